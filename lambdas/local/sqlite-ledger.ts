@@ -1,0 +1,168 @@
+/** What was moved, what the destination refused, and who is moving which study right now. */
+import type { Ledger, RejectedInstance, StudyOutcome, Totals } from '../core/ports.ts';
+import type { StateDb } from './sqlite-state.ts';
+
+export const LEDGER_SCHEMA = `
+  CREATE TABLE IF NOT EXISTS leases (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+  ) STRICT;
+  CREATE TABLE IF NOT EXISTS study_outcomes (
+    id INTEGER PRIMARY KEY,
+    source_id TEXT NOT NULL,
+    study_id TEXT NOT NULL,
+    result TEXT NOT NULL CHECK (result IN ('moved', 'partial', 'gone', 'copied')),
+    instances INTEGER NOT NULL,
+    sent INTEGER NOT NULL,
+    already_present INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    rejected INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    finished_at INTEGER NOT NULL
+  ) STRICT;
+  CREATE INDEX IF NOT EXISTS study_outcomes_study ON study_outcomes (source_id, study_id);
+  CREATE TABLE IF NOT EXISTS rejected_instances (
+    source_id TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    study_id TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    rejected_at INTEGER NOT NULL,
+    PRIMARY KEY (source_id, instance_id)
+  ) STRICT, WITHOUT ROWID;
+  CREATE INDEX IF NOT EXISTS rejected_instances_study ON rejected_instances (source_id, study_id);
+`;
+
+interface RejectedRow {
+  source_id: string;
+  study_id: string;
+  instance_id: string;
+  sop_instance_uid: string;
+  reason: string;
+  rejected_at: number;
+}
+
+const statements = (db: StateDb) => ({
+  // One statement, so that two workers cannot both see the lease free and both take it.
+  acquireLease: db.prepare(
+    `INSERT INTO leases (key, owner, expires_at) VALUES (:key, :owner, :expiresAt)
+     ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+     WHERE leases.expires_at <= :now OR leases.owner = excluded.owner`,
+  ),
+  releaseLease: db.prepare('DELETE FROM leases WHERE key = ? AND owner = ?'),
+  dropLeases: db.prepare('DELETE FROM leases WHERE owner <> ?'),
+  record: db.prepare(
+    `INSERT INTO study_outcomes (source_id, study_id, result, instances, sent, already_present,
+       deleted, rejected, bytes, duration_ms, finished_at)
+     VALUES (:sourceId, :studyId, :result, :instances, :sent, :alreadyPresent,
+       :deleted, :rejected, :bytes, :durationMs, :finishedAt)`,
+  ),
+  // The newest refusal wins, whatever order two workers write theirs in.
+  recordRejected: db.prepare(
+    `INSERT INTO rejected_instances (source_id, instance_id, study_id, sop_instance_uid, reason, rejected_at)
+     VALUES (:sourceId, :instanceId, :studyId, :sopInstanceUid, :reason, :rejectedAt)
+     ON CONFLICT (source_id, instance_id) DO UPDATE SET study_id = excluded.study_id,
+       sop_instance_uid = excluded.sop_instance_uid, reason = excluded.reason, rejected_at = excluded.rejected_at
+     WHERE excluded.rejected_at >= rejected_instances.rejected_at`,
+  ),
+  rejected: db.prepare(
+    `SELECT source_id, study_id, instance_id, sop_instance_uid, reason, rejected_at FROM rejected_instances
+     WHERE (?1 IS NULL OR source_id = ?1) AND (?2 IS NULL OR study_id = ?2)
+     ORDER BY source_id, study_id, rejected_at, instance_id`,
+  ),
+  /*
+   * studies: runs that moved (or copied) a whole study. A 'partial' run left refused instances
+   * behind and a 'gone' run found nothing, so neither counts; a study moved again after new
+   * instances arrived counts twice, since that was two moves.
+   * instances, bytes: what this forwarder sent; instances the destination already held do not count.
+   * rejected: distinct instances refused for good, from their own table, because every later
+   * run of the same study reports its earlier refusals again in its outcome.
+   */
+  totals: db.prepare(
+    `SELECT count(*) FILTER (WHERE result IN ('moved', 'copied')) AS studies,
+            coalesce(sum(sent), 0) AS instances,
+            coalesce(sum(bytes), 0) AS bytes,
+            coalesce(sum(deleted), 0) AS deleted,
+            (SELECT count(*) FROM rejected_instances) AS rejected
+     FROM study_outcomes`,
+  ),
+});
+
+export class SqliteLedger implements Ledger {
+  readonly #db: StateDb;
+  readonly #sql: ReturnType<typeof statements>;
+
+  constructor(db: StateDb) {
+    this.#db = db;
+    this.#sql = statements(db);
+  }
+
+  /** The lease is free when nobody holds it, its holder let it expire, or the caller holds it (a renewal). */
+  async acquireLease(key: string, owner: string, ttlMs: number, now: number): Promise<boolean> {
+    if (!(ttlMs > 0)) throw new RangeError(`lease ttlMs must be positive, got ${ttlMs}`);
+    const result = this.#sql.acquireLease.run({ key, owner, expiresAt: now + ttlMs, now });
+    return Number(result.changes) === 1;
+  }
+
+  /** Only the holder can release, so a worker whose lease expired cannot free its successor's. */
+  async releaseLease(key: string, owner: string): Promise<void> {
+    this.#sql.releaseLease.run(key, owner);
+  }
+
+  /** Drops every lease not held by `owner`; for a caller that knows their holders are gone. */
+  dropLeasesExcept(owner: string): number {
+    return Number(this.#sql.dropLeases.run(owner).changes);
+  }
+
+  async record(outcome: StudyOutcome): Promise<void> {
+    const { sourceId, studyId, result, instances, sent, alreadyPresent, deleted, rejected, bytes } = outcome;
+    const { durationMs, finishedAt } = outcome;
+    this.#sql.record.run({
+      sourceId,
+      studyId,
+      result,
+      instances,
+      sent,
+      alreadyPresent,
+      deleted,
+      rejected,
+      bytes,
+      durationMs,
+      finishedAt,
+    });
+  }
+
+  async recordRejected(instances: readonly RejectedInstance[]): Promise<void> {
+    if (instances.length === 0) return;
+    this.#db.write(() => {
+      for (const { sourceId, instanceId, studyId, sopInstanceUid, reason, rejectedAt } of instances) {
+        this.#sql.recordRejected.run({ sourceId, instanceId, studyId, sopInstanceUid, reason, rejectedAt });
+      }
+    });
+  }
+
+  async rejected(sourceId?: string, studyId?: string): Promise<RejectedInstance[]> {
+    const rows = this.#sql.rejected.all(sourceId ?? null, studyId ?? null) as unknown as RejectedRow[];
+    return rows.map((row) => ({
+      sourceId: row.source_id,
+      studyId: row.study_id,
+      instanceId: row.instance_id,
+      sopInstanceUid: row.sop_instance_uid,
+      reason: row.reason,
+      rejectedAt: row.rejected_at,
+    }));
+  }
+
+  async totals(): Promise<Totals> {
+    const row = this.#sql.totals.get() as unknown as Totals;
+    return {
+      studies: row.studies,
+      instances: row.instances,
+      bytes: row.bytes,
+      deleted: row.deleted,
+      rejected: row.rejected,
+    };
+  }
+}

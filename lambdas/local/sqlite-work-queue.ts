@@ -1,0 +1,257 @@
+/**
+ * The local work queue, with the semantics of SQS and its redrive policy, so that the engine
+ * behaves the same on one machine as on AWS.
+ */
+import { randomUUID } from 'node:crypto';
+import type { DeadLetter, QueueStats, ReceivedMessage, WorkItem, WorkQueue } from '../core/ports.ts';
+import type { StateDb } from './sqlite-state.ts';
+
+/*
+ * A message is in one of three states:
+ * - waiting: visible_at <= now; receivable (handle is set if an earlier receive timed out);
+ * - in flight: handle set and visible_at > now; a consumer holds it;
+ * - delayed: handle NULL and visible_at > now; released for a retry later.
+ * The handle changes at every receive and is cleared on release, so that a consumer whose
+ * visibility timed out cannot ack or release the message out from under the next one.
+ * The AUTOINCREMENT id gives the FIFO order and is never reused, so it also names dead letters.
+ */
+export const QUEUE_SCHEMA = `
+  CREATE TABLE IF NOT EXISTS queue_messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    body TEXT NOT NULL,
+    source_id TEXT,
+    study_id TEXT,
+    enqueued_at INTEGER NOT NULL,
+    visible_at INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    handle TEXT UNIQUE,
+    last_error TEXT
+  ) STRICT;
+  CREATE INDEX IF NOT EXISTS queue_messages_visible ON queue_messages (visible_at);
+  CREATE INDEX IF NOT EXISTS queue_messages_study ON queue_messages (source_id, study_id);
+  CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    body TEXT NOT NULL,
+    source_id TEXT,
+    study_id TEXT,
+    receive_count INTEGER NOT NULL,
+    last_error TEXT NOT NULL,
+    dead_lettered_at INTEGER NOT NULL
+  ) STRICT;
+`;
+
+export interface WorkQueueOptions {
+  /** Receives after which a message goes to the dead letters (SQS's maxReceiveCount). */
+  readonly maxReceives: number;
+  readonly now?: () => number;
+}
+
+interface MessageRow {
+  id: number;
+  receive_count: number;
+  last_error: string | null;
+}
+
+interface DeadLetterRow {
+  id: number;
+  body: string;
+  source_id: string | null;
+  study_id: string | null;
+  receive_count: number;
+  last_error: string;
+  dead_lettered_at: number;
+}
+
+const statements = (db: StateDb) => ({
+  waitingDuplicate: db.prepare(
+    `SELECT 1 FROM queue_messages
+     WHERE source_id = ? AND study_id = ? AND (handle IS NULL OR visible_at <= ?) LIMIT 1`,
+  ),
+  insert: db.prepare(
+    `INSERT INTO queue_messages (body, source_id, study_id, enqueued_at, visible_at)
+     VALUES (?, ?, ?, ?, ?)`,
+  ),
+  // Keyed on the last id seen rather than on visibility, so that a zero visibility timeout
+  // cannot make the loop in receive() pick the same message twice.
+  nextVisible: db.prepare(
+    `SELECT id, receive_count, last_error FROM queue_messages
+     WHERE visible_at <= ? AND id > ? ORDER BY id LIMIT ?`,
+  ),
+  markReceived: db.prepare(
+    `UPDATE queue_messages SET receive_count = receive_count + 1, visible_at = ?, handle = ?
+     WHERE id = ? RETURNING body, receive_count`,
+  ),
+  byHandle: db.prepare('SELECT id, receive_count, last_error FROM queue_messages WHERE handle = ?'),
+  deleteByHandle: db.prepare('DELETE FROM queue_messages WHERE handle = ?'),
+  delay: db.prepare('UPDATE queue_messages SET visible_at = ?, last_error = ?, handle = NULL WHERE id = ?'),
+  copyToDead: db.prepare(
+    `INSERT INTO dead_letters (id, body, source_id, study_id, receive_count, last_error, dead_lettered_at)
+     SELECT id, body, source_id, study_id, receive_count, ?, ? FROM queue_messages WHERE id = ?`,
+  ),
+  deleteById: db.prepare('DELETE FROM queue_messages WHERE id = ?'),
+  deadLetters: db.prepare(
+    `SELECT id, body, source_id, study_id, receive_count, last_error, dead_lettered_at
+     FROM dead_letters ORDER BY dead_lettered_at, id`,
+  ),
+  redriveOrder: db.prepare('SELECT id, body, source_id, study_id FROM dead_letters ORDER BY id'),
+  clearDead: db.prepare('DELETE FROM dead_letters'),
+  reclaim: db.prepare(
+    'UPDATE queue_messages SET visible_at = ?1, handle = NULL WHERE handle IS NOT NULL AND visible_at > ?1',
+  ),
+  stats: db.prepare(
+    `SELECT count(*) FILTER (WHERE visible_at <= ?1) AS waiting,
+            count(*) FILTER (WHERE visible_at > ?1) AS in_flight,
+            (SELECT count(*) FROM dead_letters) AS dead_letters
+     FROM queue_messages`,
+  ),
+});
+
+const checkCount = (name: string, value: number, min: number): void => {
+  if (!Number.isSafeInteger(value) || value < min) {
+    throw new RangeError(`${name} must be an integer >= ${min}, got ${value}`);
+  }
+};
+
+export class SqliteWorkQueue implements WorkQueue {
+  readonly #db: StateDb;
+  readonly #sql: ReturnType<typeof statements>;
+  readonly #maxReceives: number;
+  readonly #now: () => number;
+
+  constructor(db: StateDb, options: WorkQueueOptions) {
+    checkCount('maxReceives', options.maxReceives, 1);
+    this.#db = db;
+    this.#sql = statements(db);
+    this.#maxReceives = options.maxReceives;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /**
+   * A study already waiting is not queued twice: the waiting message will move it as it is then.
+   * One in flight does not count, since the study may have changed after its snapshot was taken.
+   */
+  async enqueue(items: readonly WorkItem[]): Promise<void> {
+    this.#db.write(() => {
+      const now = this.#now();
+      for (const { sourceId, studyId, reason } of items) {
+        if (this.#sql.waitingDuplicate.get(sourceId, studyId, now) !== undefined) continue;
+        this.#sql.insert.run(JSON.stringify({ sourceId, studyId, reason }), sourceId, studyId, now, now);
+      }
+    });
+  }
+
+  /** Queues any body, even one no consumer can parse: that is how tests make a poison message. */
+  async enqueueRaw(body: string): Promise<void> {
+    const now = this.#now();
+    this.#sql.insert.run(body, null, null, now, now);
+  }
+
+  async receive(max: number, visibilityTimeoutMs: number): Promise<ReceivedMessage[]> {
+    checkCount('max', max, 0);
+    checkCount('visibilityTimeoutMs', visibilityTimeoutMs, 0);
+    return this.#db.write(() => {
+      const now = this.#now();
+      const received: ReceivedMessage[] = [];
+      let lastId = 0;
+      while (received.length < max) {
+        const rows = this.#sql.nextVisible.all(now, lastId, max - received.length) as unknown as MessageRow[];
+        if (rows.length === 0) break;
+        for (const row of rows) {
+          lastId = row.id;
+          // Like SQS, a message that has used up its receives (its consumers kept timing out
+          // without releasing it) is dead-lettered when it would be received once more.
+          if (row.receive_count >= this.#maxReceives) {
+            const error = row.last_error ?? `not acked after ${row.receive_count} receives`;
+            this.#moveToDead(row.id, error, now);
+            continue;
+          }
+          const handle = randomUUID();
+          const updated = this.#sql.markReceived.get(now + visibilityTimeoutMs, handle, row.id) as {
+            body: string;
+            receive_count: number;
+          };
+          received.push({ handle, body: updated.body, receiveCount: updated.receive_count });
+        }
+      }
+      return received;
+    });
+  }
+
+  async ack(handle: string): Promise<void> {
+    this.#sql.deleteByHandle.run(handle);
+  }
+
+  async release(handle: string, error: string, delayMs: number): Promise<void> {
+    checkCount('delayMs', delayMs, 0);
+    this.#db.write(() => {
+      const row = this.#sql.byHandle.get(handle) as MessageRow | undefined;
+      if (row === undefined) return;
+      const now = this.#now();
+      if (row.receive_count >= this.#maxReceives) this.#moveToDead(row.id, error, now);
+      else this.#sql.delay.run(now + delayMs, error, row.id);
+    });
+  }
+
+  async deadLetter(handle: string, error: string): Promise<void> {
+    this.#db.write(() => {
+      const row = this.#sql.byHandle.get(handle) as MessageRow | undefined;
+      if (row !== undefined) this.#moveToDead(row.id, error, this.#now());
+    });
+  }
+
+  async deadLetters(): Promise<DeadLetter[]> {
+    return (this.#sql.deadLetters.all() as unknown as DeadLetterRow[]).map((row) => ({
+      id: String(row.id),
+      body: row.body,
+      receiveCount: row.receive_count,
+      lastError: row.last_error,
+      deadLetteredAt: row.dead_lettered_at,
+    }));
+  }
+
+  /**
+   * Dead letters go to the back of the queue as new messages (new ids), in the order they were
+   * first queued. The de-duplication of enqueue applies: a study already waiting is not queued
+   * twice. Returns how many dead letters were taken off the dead-letter list.
+   */
+  async redrive(): Promise<number> {
+    return this.#db.write(() => {
+      const now = this.#now();
+      const rows = this.#sql.redriveOrder.all() as unknown as DeadLetterRow[];
+      for (const row of rows) {
+        const duplicate =
+          row.source_id !== null &&
+          row.study_id !== null &&
+          this.#sql.waitingDuplicate.get(row.source_id, row.study_id, now) !== undefined;
+        if (!duplicate) this.#sql.insert.run(row.body, row.source_id, row.study_id, now, now);
+      }
+      this.#sql.clearDead.run();
+      return rows.length;
+    });
+  }
+
+  /** `inFlight` counts every invisible message: those being worked on and those waiting for a retry. */
+  async stats(): Promise<QueueStats> {
+    const row = this.#sql.stats.get(this.#now()) as {
+      waiting: number;
+      in_flight: number;
+      dead_letters: number;
+    };
+    return { waiting: row.waiting, inFlight: row.in_flight, deadLetters: row.dead_letters };
+  }
+
+  /**
+   * Makes every in-flight message receivable now, keeping its receive count (a study that crashes
+   * its worker every time must still end in the dead letters). Only for a caller that knows every
+   * consumer of the file is gone; returns how many it took back.
+   */
+  reclaimInFlight(): number {
+    return Number(this.#sql.reclaim.run(this.#now()).changes);
+  }
+
+  /** Only inside a write transaction. */
+  #moveToDead(id: number, error: string, now: number): void {
+    this.#sql.copyToDead.run(error, now, id);
+    this.#sql.deleteById.run(id);
+  }
+}

@@ -1,0 +1,569 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { RejectedInstance, StudyOutcome, WorkItem } from '../lambdas/core/ports.ts';
+import {
+  type LocalState,
+  openState,
+  SCHEMA_VERSION,
+  type StateOptions,
+} from '../lambdas/local/sqlite-state.ts';
+
+const STATE_MODULE = fileURLToPath(new URL('../lambdas/local/sqlite-state.ts', import.meta.url));
+
+let dir: string;
+let file: string;
+let clock: number;
+const opened: LocalState[] = [];
+
+const open = (options: StateOptions = {}): LocalState => {
+  const state = openState(file, { maxReceives: 3, now: () => clock, ...options });
+  opened.push(state);
+  return state;
+};
+
+const closeAll = () => {
+  for (const state of opened.splice(0)) {
+    try {
+      state.close();
+    } catch {
+      // already closed by the test
+    }
+  }
+};
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'sqlite-state-'));
+  file = join(dir, 'state.sqlite');
+  clock = 1_700_000_000_000;
+});
+
+afterEach(() => {
+  closeAll();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const item = (studyId: string, sourceId = 'a', reason: WorkItem['reason'] = 'stable'): WorkItem => ({
+  sourceId,
+  studyId,
+  reason,
+});
+
+const outcome = (overrides: Partial<StudyOutcome>): StudyOutcome => ({
+  sourceId: 'a',
+  studyId: 's1',
+  result: 'moved',
+  instances: 0,
+  sent: 0,
+  alreadyPresent: 0,
+  deleted: 0,
+  rejected: 0,
+  bytes: 0,
+  durationMs: 10,
+  finishedAt: clock,
+  ...overrides,
+});
+
+const rejection = (overrides: Partial<RejectedInstance>): RejectedInstance => ({
+  sourceId: 'a',
+  studyId: 's1',
+  instanceId: 'i1',
+  sopInstanceUid: '1.2.3',
+  reason: 'refused',
+  rejectedAt: clock,
+  ...overrides,
+});
+
+describe('state file', () => {
+  it('is created in WAL mode with the schema version set, and opening it again is harmless', () => {
+    open().close();
+    const raw = new DatabaseSync(file);
+    expect(raw.prepare('PRAGMA journal_mode').get()).toEqual({ journal_mode: 'wal' });
+    expect(raw.prepare('PRAGMA user_version').get()).toEqual({ user_version: SCHEMA_VERSION });
+    raw.close();
+    open().close();
+  });
+
+  it('refuses a file written by a newer schema', () => {
+    open().close();
+    const raw = new DatabaseSync(file);
+    raw.exec(`PRAGMA user_version = ${SCHEMA_VERSION + 1}`);
+    raw.close();
+    expect(() => openState(file)).toThrow(/newer/);
+  });
+
+  it('works in memory too', async () => {
+    const state = openState(':memory:');
+    opened.push(state);
+    await state.queue.enqueue([item('s1')]);
+    expect((await state.queue.stats()).waiting).toBe(1);
+  });
+
+  it('keeps cursor, watch list, queue, dead letters and ledger across a close and reopen', async () => {
+    const first = open();
+    await first.feed.advanceCursor('a', undefined, 42);
+    await first.feed.watch('a', ['w1'], clock);
+    await first.queue.enqueue([item('s1'), item('s2'), item('s3')]);
+    const [doomed, inFlight] = await first.queue.receive(2, 60_000);
+    await first.queue.deadLetter(doomed?.handle ?? '', 'refused for good');
+    await first.ledger.acquireLease('study#a#s9', 'w1', 60_000, clock);
+    await first.ledger.record(outcome({ sent: 3, bytes: 300, deleted: 3 }));
+    await first.ledger.recordRejected([rejection({})]);
+    first.close();
+
+    const second = open();
+    expect(await second.feed.getCursor('a')).toBe(42);
+    expect(await second.feed.watched('a')).toEqual([
+      { studyId: 'w1', lastUpdate: undefined, lastUpdateSeenAt: clock },
+    ]);
+    expect(await second.queue.stats()).toEqual({ waiting: 1, inFlight: 1, deadLetters: 1 });
+    expect(await second.queue.deadLetters()).toMatchObject([
+      { body: JSON.stringify(item('s1')), lastError: 'refused for good', receiveCount: 1 },
+    ]);
+    // The in-flight message's handle still works after the reopen.
+    await second.queue.ack(inFlight?.handle ?? '');
+    expect((await second.queue.stats()).inFlight).toBe(0);
+    expect(await second.ledger.acquireLease('study#a#s9', 'w2', 60_000, clock + 1)).toBe(false);
+    expect(await second.ledger.totals()).toEqual({
+      studies: 1,
+      instances: 3,
+      bytes: 300,
+      deleted: 3,
+      rejected: 1,
+    });
+    expect(await second.ledger.rejected('a', 's1')).toEqual([rejection({})]);
+  });
+
+  it('loses no acknowledged enqueue or cursor advance when the process is SIGKILLed right after', async () => {
+    const script = `
+      import { openState } from ${JSON.stringify(pathToFileURL(STATE_MODULE).href)};
+      const state = openState(${JSON.stringify(file)});
+      await state.queue.enqueue([{ sourceId: 'a', studyId: 'killed', reason: 'quiet' }]);
+      await state.feed.advanceCursor('a', undefined, 7);
+      process.stdout.write('enqueued\\n');
+      setInterval(() => {}, 60_000);
+    `;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (chunk) => {
+      stderr += String(chunk);
+    });
+    const exited = new Promise<NodeJS.Signals | null>((resolve) =>
+      child.on('exit', (_code, signal) => resolve(signal)),
+    );
+    try {
+      await new Promise<void>((resolve, reject) => {
+        let stdout = '';
+        child.stdout.on('data', (chunk) => {
+          stdout += String(chunk);
+          if (stdout.includes('enqueued')) {
+            child.kill('SIGKILL');
+            resolve();
+          }
+        });
+        child.on('exit', () => reject(new Error(`child exited before enqueueing: ${stderr}`)));
+      });
+    } finally {
+      // Never leave it running, whatever went wrong.
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+    expect(await exited).toBe('SIGKILL');
+
+    // The child ran on the real clock.
+    const state = open({ now: Date.now });
+    expect(await state.feed.getCursor('a')).toBe(7);
+    const [message] = await state.queue.receive(10, 60_000);
+    expect(message?.body).toBe(JSON.stringify({ sourceId: 'a', studyId: 'killed', reason: 'quiet' }));
+  });
+});
+
+describe('feed state', () => {
+  it('advances the cursor only from the expected value', async () => {
+    const { feed } = open();
+    expect(await feed.getCursor('a')).toBeUndefined();
+    expect(await feed.advanceCursor('a', 3, 5)).toBe(false);
+    expect(await feed.getCursor('a')).toBeUndefined();
+    expect(await feed.advanceCursor('a', undefined, 5)).toBe(true);
+    expect(await feed.advanceCursor('a', undefined, 6)).toBe(false);
+    expect(await feed.advanceCursor('a', 4, 6)).toBe(false);
+    expect(await feed.getCursor('a')).toBe(5);
+    expect(await feed.advanceCursor('a', 5, 9)).toBe(true);
+    expect(await feed.getCursor('a')).toBe(9);
+    expect(await feed.getCursor('b')).toBeUndefined();
+  });
+
+  it('lets only one of two overlapping readers advance, first cursor included', async () => {
+    const one = open();
+    const two = open();
+    const seen = [await one.feed.getCursor('a'), await two.feed.getCursor('a')];
+    expect(seen).toEqual([undefined, undefined]);
+    const first = await Promise.all([
+      one.feed.advanceCursor('a', undefined, 10),
+      two.feed.advanceCursor('a', undefined, 20),
+    ]);
+    expect(first).toEqual([true, false]);
+    expect(await two.feed.getCursor('a')).toBe(10);
+
+    const second = await Promise.all([
+      two.feed.advanceCursor('a', 10, 30),
+      one.feed.advanceCursor('a', 10, 15),
+    ]);
+    expect(second).toEqual([true, false]);
+    expect(await one.feed.getCursor('a')).toBe(30);
+  });
+
+  it('keeps the state of already watched studies and never brings back an unwatched one', async () => {
+    const { feed } = open();
+    await feed.watch('a', ['s2', 's1'], 100);
+    expect(await feed.watched('a')).toEqual([
+      { studyId: 's1', lastUpdate: undefined, lastUpdateSeenAt: 100 },
+      { studyId: 's2', lastUpdate: undefined, lastUpdateSeenAt: 100 },
+    ]);
+    await feed.updateWatched('a', { studyId: 's1', lastUpdate: '20240101T000000', lastUpdateSeenAt: 150 });
+    await feed.watch('a', ['s1', 's3'], 200);
+    expect(await feed.watched('a')).toEqual([
+      { studyId: 's1', lastUpdate: '20240101T000000', lastUpdateSeenAt: 150 },
+      { studyId: 's2', lastUpdate: undefined, lastUpdateSeenAt: 100 },
+      { studyId: 's3', lastUpdate: undefined, lastUpdateSeenAt: 200 },
+    ]);
+    await feed.updateWatched('a', { studyId: 's1', lastUpdate: undefined, lastUpdateSeenAt: 250 });
+    expect((await feed.watched('a'))[0]).toEqual({
+      studyId: 's1',
+      lastUpdate: undefined,
+      lastUpdateSeenAt: 250,
+    });
+
+    await feed.unwatch('a', ['s1', 's2', 'unknown']);
+    await feed.updateWatched('a', { studyId: 's1', lastUpdate: 'x', lastUpdateSeenAt: 300 });
+    expect((await feed.watched('a')).map((s) => s.studyId)).toEqual(['s3']);
+    expect(await feed.watched('b')).toEqual([]);
+    await feed.watch('b', ['s3'], 400);
+    expect(await feed.watched('b')).toEqual([
+      { studyId: 's3', lastUpdate: undefined, lastUpdateSeenAt: 400 },
+    ]);
+    expect(await feed.watched('a')).toEqual([
+      { studyId: 's3', lastUpdate: undefined, lastUpdateSeenAt: 200 },
+    ]);
+  });
+});
+
+describe('work queue', () => {
+  it('stores JSON bodies and hands them out in FIFO order, at most max at a time', async () => {
+    const { queue } = open();
+    await queue.enqueue([item('s1'), item('s2', 'b', 'quiet'), item('s3')]);
+    const first = await queue.receive(2, 1_000);
+    expect(first.map((m) => m.body)).toEqual([
+      JSON.stringify(item('s1')),
+      JSON.stringify({ sourceId: 'b', studyId: 's2', reason: 'quiet' }),
+    ]);
+    expect(first.map((m) => m.receiveCount)).toEqual([1, 1]);
+    expect(new Set(first.map((m) => m.handle)).size).toBe(2);
+    const second = await queue.receive(10, 1_000);
+    expect(second.map((m) => m.body)).toEqual([JSON.stringify(item('s3'))]);
+    expect(await queue.receive(10, 1_000)).toEqual([]);
+    expect(await queue.receive(0, 1_000)).toEqual([]);
+    expect(await queue.stats()).toEqual({ waiting: 0, inFlight: 3, deadLetters: 0 });
+  });
+
+  it('stores a body no consumer can parse', async () => {
+    const { queue } = open();
+    await queue.enqueueRaw('{not json');
+    const [message] = await queue.receive(1, 1_000);
+    expect(message?.body).toBe('{not json');
+  });
+
+  it('makes a message receivable again once its visibility timeout expires, with a new handle', async () => {
+    const { queue } = open();
+    await queue.enqueue([item('s1')]);
+    const [first] = await queue.receive(1, 30_000);
+    clock += 29_999;
+    expect(await queue.receive(1, 30_000)).toEqual([]);
+    clock += 1;
+    expect(await queue.stats()).toEqual({ waiting: 1, inFlight: 0, deadLetters: 0 });
+    const [second] = await queue.receive(1, 30_000);
+    expect(second?.receiveCount).toBe(2);
+    expect(second?.body).toBe(first?.body);
+    expect(second?.handle).not.toBe(first?.handle);
+  });
+
+  it('ignores a stale handle: it can neither ack, release nor dead-letter the re-received message', async () => {
+    const { queue } = open();
+    await queue.enqueue([item('s1')]);
+    const [first] = await queue.receive(1, 1_000);
+    clock += 1_000;
+    const [second] = await queue.receive(1, 1_000);
+    await queue.ack(first?.handle ?? '');
+    await queue.release(first?.handle ?? '', 'late', 0);
+    await queue.deadLetter(first?.handle ?? '', 'late');
+    expect(await queue.stats()).toEqual({ waiting: 0, inFlight: 1, deadLetters: 0 });
+    await queue.ack(second?.handle ?? '');
+    expect(await queue.stats()).toEqual({ waiting: 0, inFlight: 0, deadLetters: 0 });
+    await queue.ack(second?.handle ?? '');
+  });
+
+  it('a released handle is spent', async () => {
+    const { queue } = open();
+    await queue.enqueue([item('s1')]);
+    const [message] = await queue.receive(1, 1_000);
+    await queue.release(message?.handle ?? '', 'busy', 0);
+    await queue.ack(message?.handle ?? '');
+    expect((await queue.stats()).waiting).toBe(1);
+  });
+
+  it('release hides the message for the delay and remembers the error', async () => {
+    const { queue } = open();
+    await queue.enqueue([item('s1')]);
+    const [first] = await queue.receive(1, 60_000);
+    await queue.release(first?.handle ?? '', 'server restarting', 5_000);
+    expect(await queue.stats()).toEqual({ waiting: 0, inFlight: 1, deadLetters: 0 });
+    clock += 4_999;
+    expect(await queue.receive(1, 60_000)).toEqual([]);
+    clock += 1;
+    const [second] = await queue.receive(1, 60_000);
+    expect(second?.receiveCount).toBe(2);
+    // The error is kept: it names the cause if the message later dies of timeouts.
+    clock += 60_000;
+    const [third] = await queue.receive(1, 60_000);
+    expect(third?.receiveCount).toBe(3);
+    clock += 60_000;
+    expect(await queue.receive(1, 60_000)).toEqual([]);
+    expect(await queue.deadLetters()).toMatchObject([{ lastError: 'server restarting', receiveCount: 3 }]);
+  });
+
+  it('dead-letters a message released after maxReceives receives', async () => {
+    const { queue } = open();
+    await queue.enqueue([item('s1')]);
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      const [message] = await queue.receive(1, 60_000);
+      expect(message?.receiveCount).toBe(attempt);
+      await queue.release(message?.handle ?? '', `failure ${attempt}`, 0);
+    }
+    expect(await queue.stats()).toEqual({ waiting: 0, inFlight: 0, deadLetters: 1 });
+    expect(await queue.deadLetters()).toEqual([
+      {
+        id: expect.any(String),
+        body: JSON.stringify(item('s1')),
+        receiveCount: 3,
+        lastError: 'failure 3',
+        deadLetteredAt: clock,
+      },
+    ]);
+    expect(await queue.receive(1, 60_000)).toEqual([]);
+  });
+
+  it('dead-letters a message whose consumers kept timing out, when it would be received again', async () => {
+    const { queue } = open();
+    await queue.enqueue([item('s1'), item('s2')]);
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      const [message] = await queue.receive(1, 1_000);
+      expect(message?.body).toBe(JSON.stringify(item('s1')));
+      clock += 1_000;
+    }
+    // s1 is dead-lettered and the receive goes on to s2.
+    const [next] = await queue.receive(1, 1_000);
+    expect(next?.body).toBe(JSON.stringify(item('s2')));
+    expect(await queue.deadLetters()).toMatchObject([
+      { body: JSON.stringify(item('s1')), receiveCount: 3, lastError: 'not acked after 3 receives' },
+    ]);
+  });
+
+  it('deadLetter moves the message at once, and redrive puts every dead letter back with a fresh count', async () => {
+    const { queue } = open();
+    await queue.enqueue([item('s1'), item('s2'), item('s3')]);
+    const [m1, m2] = await queue.receive(2, 60_000);
+    await queue.deadLetter(m2?.handle ?? '', 'second');
+    clock += 1;
+    await queue.deadLetter(m1?.handle ?? '', 'first');
+    expect((await queue.deadLetters()).map((d) => d.lastError)).toEqual(['second', 'first']);
+    expect(await queue.stats()).toEqual({ waiting: 1, inFlight: 0, deadLetters: 2 });
+
+    expect(await queue.redrive()).toBe(2);
+    expect(await queue.deadLetters()).toEqual([]);
+    expect(await queue.redrive()).toBe(0);
+    const received = await queue.receive(10, 60_000);
+    // Redriven messages go behind s3, in the order they were first queued.
+    expect(received.map((m) => [m.body, m.receiveCount])).toEqual([
+      [JSON.stringify(item('s3')), 1],
+      [JSON.stringify(item('s1')), 1],
+      [JSON.stringify(item('s2')), 1],
+    ]);
+  });
+
+  it('redrive does not queue a study a second time while it is waiting', async () => {
+    const { queue } = open();
+    await queue.enqueue([item('s1')]);
+    await queue.enqueueRaw('poison');
+    for (const message of await queue.receive(2, 60_000)) await queue.deadLetter(message.handle, 'x');
+    await queue.enqueue([item('s1', 'a', 'quiet')]);
+    expect(await queue.redrive()).toBe(2);
+    expect((await queue.receive(10, 60_000)).map((m) => m.body)).toEqual([
+      JSON.stringify(item('s1', 'a', 'quiet')),
+      'poison',
+    ]);
+  });
+
+  it('de-duplicates a study that is waiting, but not one that is in flight', async () => {
+    const { queue } = open();
+    await queue.enqueue([item('s1'), item('s1', 'a', 'quiet'), item('s1', 'b')]);
+    expect((await queue.stats()).waiting).toBe(2);
+    await queue.enqueue([item('s1')]);
+    expect((await queue.stats()).waiting).toBe(2);
+
+    const [inFlight] = await queue.receive(1, 60_000);
+    expect(inFlight?.body).toBe(JSON.stringify(item('s1')));
+    await queue.enqueue([item('s1', 'a', 'quiet')]);
+    await queue.enqueue([item('s1')]);
+    expect(await queue.stats()).toEqual({ waiting: 2, inFlight: 1, deadLetters: 0 });
+
+    // A message whose visibility expired is waiting again.
+    const all = await queue.receive(10, 1_000);
+    expect(all.map((m) => m.body)).toEqual([
+      JSON.stringify(item('s1', 'b')),
+      JSON.stringify(item('s1', 'a', 'quiet')),
+    ]);
+    clock += 1_000;
+    await queue.enqueue([item('s1', 'b')]);
+    expect(await queue.stats()).toEqual({ waiting: 2, inFlight: 1, deadLetters: 0 });
+  });
+
+  it('does not queue a study again while it waits for a retry: the retry moves it as it is then', async () => {
+    const { queue } = open();
+    await queue.enqueue([item('s1')]);
+    const [message] = await queue.receive(1, 60_000);
+    await queue.release(message?.handle ?? '', 'busy', 10_000);
+    await queue.enqueue([item('s1')]);
+    expect(await queue.stats()).toEqual({ waiting: 0, inFlight: 1, deadLetters: 0 });
+  });
+
+  it('hands a message to one of two connections only', async () => {
+    const one = open();
+    const two = open();
+    await one.queue.enqueue([item('s1'), item('s2'), item('s3')]);
+    const [a, b] = await Promise.all([one.queue.receive(2, 60_000), two.queue.receive(2, 60_000)]);
+    const bodies = [...(a ?? []), ...(b ?? [])].map((m) => m.body).sort();
+    expect(bodies).toEqual(['s1', 's2', 's3'].map((s) => JSON.stringify(item(s))));
+  });
+
+  it('receives each message once per call even with a zero visibility timeout', async () => {
+    const { queue } = open();
+    await queue.enqueue([item('s1'), item('s2')]);
+    expect((await queue.receive(10, 0)).map((m) => m.receiveCount)).toEqual([1, 1]);
+    expect((await queue.receive(10, 0)).map((m) => m.receiveCount)).toEqual([2, 2]);
+  });
+
+  it('rejects nonsense arguments', async () => {
+    const { queue } = open();
+    await expect(queue.receive(-1, 1_000)).rejects.toThrow(RangeError);
+    await expect(queue.receive(1, 1.5)).rejects.toThrow(RangeError);
+    await expect(queue.release('h', 'e', -1)).rejects.toThrow(RangeError);
+    expect(() => open({ maxReceives: 0 })).toThrow(RangeError);
+  });
+
+  it('reclaim makes in-flight messages receivable and drops the leases of other owners', async () => {
+    const state = open();
+    await state.queue.enqueue([item('s1'), item('s2'), item('s3')]);
+    const [, delayed] = await state.queue.receive(2, 60_000);
+    await state.queue.release(delayed?.handle ?? '', 'later', 60_000);
+    await state.ledger.acquireLease('local-runner', 'me', 15_000, clock);
+    await state.ledger.acquireLease('study#a#s1', 'dead:w0', 60_000, clock);
+    expect(state.reclaim('me')).toEqual({ messages: 1, leases: 1 });
+    expect(await state.queue.stats()).toEqual({ waiting: 2, inFlight: 1, deadLetters: 0 });
+    const [again] = await state.queue.receive(1, 60_000);
+    expect(again).toMatchObject({ body: JSON.stringify(item('s1')), receiveCount: 2 });
+    expect(await state.ledger.acquireLease('study#a#s1', 'me:w0', 60_000, clock)).toBe(true);
+    expect(await state.ledger.acquireLease('local-runner', 'other', 15_000, clock)).toBe(false);
+  });
+});
+
+describe('ledger', () => {
+  it('grants a lease to one owner until it expires, and renews it for the same owner', async () => {
+    const { ledger } = open();
+    expect(await ledger.acquireLease('k', 'w1', 1_000, 0)).toBe(true);
+    expect(await ledger.acquireLease('k', 'w2', 1_000, 500)).toBe(false);
+    expect(await ledger.acquireLease('k', 'w1', 1_000, 900)).toBe(true);
+    // Renewed until 1900: still held at 1000.
+    expect(await ledger.acquireLease('k', 'w2', 1_000, 1_000)).toBe(false);
+    expect(await ledger.acquireLease('k', 'w2', 1_000, 1_899)).toBe(false);
+    expect(await ledger.acquireLease('k', 'w2', 1_000, 1_900)).toBe(true);
+    expect(await ledger.acquireLease('k', 'w1', 1_000, 2_000)).toBe(false);
+    expect(await ledger.acquireLease('other', 'w1', 1_000, 2_000)).toBe(true);
+    await expect(ledger.acquireLease('k', 'w1', 0, 0)).rejects.toThrow(RangeError);
+  });
+
+  it('releases a lease only for its owner', async () => {
+    const { ledger } = open();
+    await ledger.acquireLease('k', 'w1', 60_000, 0);
+    await ledger.releaseLease('k', 'w2');
+    expect(await ledger.acquireLease('k', 'w2', 60_000, 1)).toBe(false);
+    await ledger.releaseLease('k', 'w1');
+    expect(await ledger.acquireLease('k', 'w2', 60_000, 2)).toBe(true);
+  });
+
+  it('gives a contested lease to exactly one of two connections', async () => {
+    const one = open();
+    const two = open();
+    const results = await Promise.all([
+      one.ledger.acquireLease('k', 'w1', 60_000, 0),
+      two.ledger.acquireLease('k', 'w2', 60_000, 0),
+    ]);
+    expect(results.sort()).toEqual([false, true]);
+  });
+
+  it('totals count whole moves, sent instances, bytes, deletions and distinct refusals', async () => {
+    const { ledger } = open();
+    expect(await ledger.totals()).toEqual({ studies: 0, instances: 0, bytes: 0, deleted: 0, rejected: 0 });
+    await ledger.record(
+      outcome({ result: 'moved', instances: 5, sent: 4, alreadyPresent: 1, deleted: 5, bytes: 400 }),
+    );
+    await ledger.record(outcome({ result: 'copied', studyId: 's2', instances: 2, sent: 2, bytes: 200 }));
+    await ledger.record(
+      outcome({
+        result: 'partial',
+        studyId: 's3',
+        instances: 3,
+        sent: 2,
+        deleted: 2,
+        rejected: 1,
+        bytes: 100,
+      }),
+    );
+    await ledger.record(outcome({ result: 'gone', studyId: 's4' }));
+    await ledger.recordRejected([rejection({ studyId: 's3', instanceId: 'i1' })]);
+    // A later run of s3 reports the same refusal again.
+    await ledger.record(outcome({ result: 'partial', studyId: 's3', instances: 1, rejected: 1 }));
+    expect(await ledger.totals()).toEqual({ studies: 2, instances: 8, bytes: 700, deleted: 7, rejected: 1 });
+  });
+
+  it('keeps the newest reason for a rejected instance and lists by source and study', async () => {
+    const { ledger } = open();
+    await ledger.recordRejected([]);
+    await ledger.recordRejected([
+      rejection({ instanceId: 'i1', reason: 'first', rejectedAt: 10 }),
+      rejection({ instanceId: 'i2', reason: 'other', rejectedAt: 10 }),
+      rejection({ sourceId: 'b', instanceId: 'i1', reason: 'b', rejectedAt: 10 }),
+      rejection({ studyId: 's2', instanceId: 'i3', reason: 's2', rejectedAt: 10 }),
+    ]);
+    await ledger.recordRejected([rejection({ instanceId: 'i1', reason: 'newer', rejectedAt: 20 })]);
+    await ledger.recordRejected([rejection({ instanceId: 'i1', reason: 'older', rejectedAt: 15 })]);
+
+    expect(await ledger.rejected('a', 's1')).toEqual([
+      rejection({ instanceId: 'i2', reason: 'other', rejectedAt: 10 }),
+      rejection({ instanceId: 'i1', reason: 'newer', rejectedAt: 20 }),
+    ]);
+    expect((await ledger.rejected('a')).map((r) => r.instanceId)).toEqual(['i2', 'i1', 'i3']);
+    expect((await ledger.rejected()).map((r) => `${r.sourceId}/${r.instanceId}`)).toEqual([
+      'a/i2',
+      'a/i1',
+      'a/i3',
+      'b/i1',
+    ]);
+    expect((await ledger.rejected(undefined, 's1')).map((r) => r.sourceId)).toEqual(['a', 'a', 'b']);
+    expect(await ledger.rejected('c')).toEqual([]);
+  });
+});
