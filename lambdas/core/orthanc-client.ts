@@ -1,0 +1,203 @@
+/**
+ * The REST API of an Orthanc server, as far as the forwarder uses it: the change feed, a study's
+ * instances, instance files, and deletion of exactly the instances we name.
+ */
+import type { Readable } from 'node:stream';
+import { z } from 'zod';
+import { transient } from './errors.ts';
+import { call, callJson, type Endpoint, statusError } from './http.ts';
+
+const changesSchema = z.object({
+  Changes: z.array(
+    z.object({
+      ChangeType: z.string(),
+      ID: z.string(),
+      ResourceType: z.string(),
+      Seq: z.number().int(),
+    }),
+  ),
+  Done: z.boolean(),
+  Last: z.number().int(),
+});
+
+const studySchema = z.object({
+  ID: z.string(),
+  IsStable: z.boolean(),
+  LastUpdate: z.string().optional(),
+  MainDicomTags: z.object({ StudyInstanceUID: z.string() }),
+});
+
+const instancesSchema = z.array(
+  z.object({
+    ID: z.string(),
+    ParentSeries: z.string(),
+    FileSize: z.number().int().nonnegative(),
+    MainDicomTags: z.object({ SOPInstanceUID: z.string() }),
+  }),
+);
+
+const lookupSchema = z.array(z.object({ ID: z.string(), Type: z.string() }));
+
+export interface Change {
+  readonly seq: number;
+  readonly changeType: string;
+  readonly resourceType: string;
+  /** The Orthanc ID of the resource that changed. */
+  readonly id: string;
+}
+
+export interface ChangesPage {
+  readonly changes: readonly Change[];
+  readonly done: boolean;
+  readonly last: number;
+}
+
+export interface StudyInfo {
+  readonly id: string;
+  readonly studyInstanceUid: string;
+  readonly isStable: boolean;
+  readonly lastUpdate: string | undefined;
+}
+
+export interface SourceInstance {
+  /** Orthanc's ID at the source. */
+  readonly id: string;
+  readonly sopInstanceUid: string;
+  readonly seriesId: string;
+  readonly fileSize: number;
+}
+
+const parse = <T>(schema: z.ZodType<T>, value: unknown, what: string, endpoint: Endpoint): T => {
+  const result = schema.safeParse(value);
+  if (!result.success) {
+    const field = result.error.issues[0]?.path.join('.') ?? '';
+    throw transient(`${what} at ${endpoint.label}: unexpected answer (field '${field}')`);
+  }
+  return result.data;
+};
+
+const segment = (id: string): string => encodeURIComponent(id);
+
+export class OrthancClient {
+  readonly endpoint: Endpoint;
+
+  constructor(endpoint: Endpoint) {
+    this.endpoint = endpoint;
+  }
+
+  /** One page of the change feed after `since` (exclusive). */
+  async changes(since: number, limit: number): Promise<ChangesPage> {
+    // Orthanc turns a malformed value into since=0 without a word: only ever send integers.
+    if (!Number.isSafeInteger(since) || since < 0 || !Number.isSafeInteger(limit) || limit < 1) {
+      throw new RangeError(`changes: since and limit must be non-negative integers (${since}, ${limit})`);
+    }
+    const what = 'reading the change feed';
+    const raw = await callJson(this.endpoint, `/changes?since=${since}&limit=${limit}`, what);
+    const page = parse(changesSchema, raw, what, this.endpoint);
+    return {
+      changes: page.Changes.map((c) => ({
+        seq: c.Seq,
+        changeType: c.ChangeType,
+        resourceType: c.ResourceType,
+        id: c.ID,
+      })),
+      done: page.Done,
+      last: page.Last,
+    };
+  }
+
+  /** The sequence number of the newest change: how far the feed has gone. */
+  async lastChange(): Promise<number> {
+    const what = 'reading the last change';
+    return parse(changesSchema, await callJson(this.endpoint, '/changes?last', what), what, this.endpoint)
+      .Last;
+  }
+
+  /** The study, or undefined when it no longer exists. */
+  async study(studyId: string): Promise<StudyInfo | undefined> {
+    const what = 'reading a study';
+    const raw = await callJson(this.endpoint, `/studies/${segment(studyId)}`, what, { allow404: true });
+    if (raw === undefined) return undefined;
+    const study = parse(studySchema, raw, what, this.endpoint);
+    return {
+      id: study.ID,
+      studyInstanceUid: study.MainDicomTags.StudyInstanceUID,
+      isStable: study.IsStable,
+      lastUpdate: study.LastUpdate,
+    };
+  }
+
+  /** Every instance of the study in one request, or undefined when the study no longer exists. */
+  async studyInstances(studyId: string): Promise<SourceInstance[] | undefined> {
+    const what = "listing a study's instances";
+    const raw = await callJson(this.endpoint, `/studies/${segment(studyId)}/instances`, what, {
+      allow404: true,
+    });
+    if (raw === undefined) return undefined;
+    return parse(instancesSchema, raw, what, this.endpoint).map((i) => ({
+      id: i.ID,
+      sopInstanceUid: i.MainDicomTags.SOPInstanceUID,
+      seriesId: i.ParentSeries,
+      fileSize: i.FileSize,
+    }));
+  }
+
+  /** The Orthanc IDs of every study the server holds: the feed's safety net. */
+  async studyIds(): Promise<string[]> {
+    const what = 'listing studies';
+    return parse(z.array(z.string()), await callJson(this.endpoint, '/studies', what), what, this.endpoint);
+  }
+
+  /** Streams an instance's DICOM file. */
+  async openInstance(instanceId: string, signal?: AbortSignal): Promise<Readable> {
+    const what = 'reading an instance';
+    const response = await call(this.endpoint, `/instances/${segment(instanceId)}/file`, what, {
+      headers: { accept: 'application/dicom' },
+      ...(signal === undefined ? {} : { signal }),
+    });
+    if (response.statusCode !== 200) throw await statusError(this.endpoint, what, response);
+    return response.body;
+  }
+
+  /** The MD5 of the stored DICOM file, or undefined when the instance does not exist. */
+  async instanceMd5(instanceId: string): Promise<string | undefined> {
+    const what = "reading an instance's MD5";
+    const response = await call(
+      this.endpoint,
+      `/instances/${segment(instanceId)}/attachments/dicom/md5`,
+      what,
+    );
+    if (response.statusCode === 404) {
+      await response.body.dump();
+      return undefined;
+    }
+    if (response.statusCode !== 200) throw await statusError(this.endpoint, what, response);
+    return (await response.body.text()).trim();
+  }
+
+  /** The Orthanc ID of the instance with this SOPInstanceUID, if the server holds it. */
+  async findInstance(sopInstanceUid: string): Promise<string | undefined> {
+    const what = 'looking up an instance';
+    const raw = await callJson(this.endpoint, '/tools/lookup', what, {
+      method: 'POST',
+      body: sopInstanceUid,
+    });
+    return parse(lookupSchema, raw, what, this.endpoint).find((match) => match.Type === 'Instance')?.ID;
+  }
+
+  /**
+   * Deletes exactly these instances. Never a whole study by ID: that would also destroy
+   * instances that arrived after we listed it. IDs already gone are skipped by Orthanc.
+   */
+  async deleteInstances(instanceIds: readonly string[]): Promise<void> {
+    if (instanceIds.length === 0) return;
+    const what = 'deleting instances';
+    const response = await call(this.endpoint, '/tools/bulk-delete', what, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ Resources: instanceIds }),
+    });
+    if (response.statusCode !== 200) throw await statusError(this.endpoint, what, response);
+    await response.body.dump();
+  }
+}

@@ -1,0 +1,188 @@
+/**
+ * STOW-RS: stores instances at a DICOMweb destination in one multipart request whose body is
+ * streamed, chunked, straight from the source, so that memory does not grow with the batch.
+ */
+import { randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { describe, ForwarderError, transient } from './errors.ts';
+import { call, type Endpoint, isTransientStatus, statusError } from './http.ts';
+
+/** One instance to send: its UID, and how to open its file when its turn comes. */
+export interface StowPart {
+  readonly sopInstanceUid: string;
+  /** Opens the file; resolves undefined when the instance no longer exists at the source. */
+  readonly open: () => Promise<Readable | undefined>;
+}
+
+export interface StowResult {
+  readonly status: number;
+  /** Listed by the destination as stored (new or already there). */
+  readonly stored: ReadonlySet<string>;
+  /** Refused by the destination, with the reason it gave or the one we inferred. */
+  readonly refused: ReadonlyMap<string, string>;
+  /** Could not be read at the source any more (deleted meanwhile): not sent. */
+  readonly goneAtSource: readonly string[];
+  /** Bytes of DICOM sent, multipart framing excluded. */
+  readonly bytes: number;
+}
+
+const REFERENCED_SOP_SEQUENCE = '00081199';
+const FAILED_SOP_SEQUENCE = '00081198';
+const REFERENCED_SOP_INSTANCE_UID = '00081155';
+const FAILURE_REASON = '00081197';
+
+/** DICOM failure reasons (PS3.4 Annex GG) that a later attempt may overcome: out of resources, processing failure. */
+const TRANSIENT_REASONS = new Set([0xa700, 0xa701, 0xa702, 0x0110]);
+
+interface DicomJsonItem {
+  readonly [tag: string]: { readonly Value?: readonly unknown[] } | undefined;
+}
+
+const sequenceItems = (answer: DicomJsonItem, tag: string): DicomJsonItem[] | undefined => {
+  const element = answer[tag];
+  if (element === undefined) return undefined;
+  return (element.Value ?? []) as DicomJsonItem[];
+};
+
+const firstValue = (item: DicomJsonItem, tag: string): unknown => item[tag]?.Value?.[0];
+
+/** The multipart body, one part per instance opened only when the previous one is sent. */
+async function* multipartBody(
+  parts: readonly StowPart[],
+  boundary: string,
+  progress: { bytes: number; sent: string[]; gone: string[] },
+): AsyncGenerator<Buffer> {
+  const partHeader = Buffer.from(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`);
+  for (const part of parts) {
+    const stream = await part.open();
+    if (stream === undefined) {
+      progress.gone.push(part.sopInstanceUid);
+      continue;
+    }
+    yield partHeader;
+    for await (const chunk of stream) {
+      progress.bytes += (chunk as Buffer).length;
+      yield chunk as Buffer;
+    }
+    yield Buffer.from('\r\n');
+    progress.sent.push(part.sopInstanceUid);
+  }
+  yield Buffer.from(`--${boundary}--\r\n`);
+}
+
+/**
+ * Compares the answer with what was sent. An archive may answer 400 although it stored some
+ * parts, may leave a part it could not parse out of both sequences, and answers an already
+ * stored instance exactly like a new one: only the comparison tells which is which.
+ */
+const interpret = (
+  answer: DicomJsonItem,
+  sent: readonly string[],
+): Pick<StowResult, 'stored' | 'refused'> => {
+  const sentSet = new Set(sent);
+  const stored = new Set<string>();
+  for (const item of sequenceItems(answer, REFERENCED_SOP_SEQUENCE) ?? []) {
+    const uid = firstValue(item, REFERENCED_SOP_INSTANCE_UID);
+    if (typeof uid === 'string' && sentSet.has(uid)) stored.add(uid);
+  }
+  const refused = new Map<string, string>();
+  for (const item of sequenceItems(answer, FAILED_SOP_SEQUENCE) ?? []) {
+    const uid = firstValue(item, REFERENCED_SOP_INSTANCE_UID);
+    const reason = firstValue(item, FAILURE_REASON);
+    if (typeof uid !== 'string' || !sentSet.has(uid) || stored.has(uid)) continue;
+    const code = typeof reason === 'number' ? reason : undefined;
+    if (code !== undefined && TRANSIENT_REASONS.has(code)) continue;
+    refused.set(
+      uid,
+      `refused by the destination (failure reason 0x${(code ?? 0).toString(16).padStart(4, '0')})`,
+    );
+  }
+  for (const uid of sent) {
+    if (!stored.has(uid) && !refused.has(uid)) {
+      refused.set(uid, 'not acknowledged by the destination (a file it could not read)');
+    }
+  }
+  return { stored, refused };
+};
+
+export class StowClient {
+  readonly endpoint: Endpoint;
+
+  constructor(endpoint: Endpoint) {
+    this.endpoint = endpoint;
+  }
+
+  /** Sends the parts in one request. Throws a classified error when the request as a whole failed. */
+  async store(parts: readonly StowPart[], signal?: AbortSignal): Promise<StowResult> {
+    const what = 'STOW-RS';
+    const boundary = `orthanc-forwarder-${randomBytes(12).toString('hex')}`;
+    const progress = { bytes: 0, sent: [] as string[], gone: [] as string[] };
+    let sourceError: unknown;
+    const body = Readable.from(
+      (async function* () {
+        try {
+          yield* multipartBody(parts, boundary, progress);
+        } catch (error) {
+          sourceError = error;
+          throw error;
+        }
+      })(),
+    );
+    let response: Awaited<ReturnType<typeof call>>;
+    try {
+      response = await call(this.endpoint, '/studies', what, {
+        method: 'POST',
+        headers: {
+          'content-type': `multipart/related; type="application/dicom"; boundary=${boundary}`,
+          accept: 'application/dicom+json',
+        },
+        body,
+        ...(signal === undefined ? {} : { signal }),
+      });
+    } catch (error) {
+      // A failure to read the source surfaces as an aborted upload: report the real cause.
+      if (sourceError !== undefined) throw sourceFailure(sourceError);
+      throw error;
+    }
+    const base = { status: response.statusCode, goneAtSource: progress.gone, bytes: progress.bytes };
+    if (progress.sent.length === 0) {
+      await response.body.dump();
+      return { ...base, stored: new Set(), refused: new Map() };
+    }
+    if (
+      isTransientStatus(response.statusCode) ||
+      [401, 403, 404, 405, 413, 415].includes(response.statusCode)
+    ) {
+      throw await statusError(this.endpoint, what, response);
+    }
+    const answer = await this.readAnswer(response);
+    if (answer === undefined) {
+      // No sequences at all: the destination did not say what it stored (a stalled upload ends so).
+      throw transient(`${what} at ${this.endpoint.label} answered ${response.statusCode} without a result`, {
+        status: response.statusCode,
+      });
+    }
+    return { ...base, ...interpret(answer, progress.sent) };
+  }
+
+  private async readAnswer(response: Awaited<ReturnType<typeof call>>): Promise<DicomJsonItem | undefined> {
+    const text = await response.body.text();
+    let answer: unknown;
+    try {
+      answer = JSON.parse(text);
+    } catch {
+      return undefined;
+    }
+    // Some archives wrap the single result dataset in an array.
+    const item = (Array.isArray(answer) ? answer[0] : answer) as DicomJsonItem | undefined;
+    if (item === null || typeof item !== 'object') return undefined;
+    if (item[REFERENCED_SOP_SEQUENCE] === undefined && item[FAILED_SOP_SEQUENCE] === undefined)
+      return undefined;
+    return item;
+  }
+}
+
+const sourceFailure = (error: unknown): ForwarderError =>
+  error instanceof ForwarderError
+    ? error
+    : transient(`reading the source during STOW: ${describe(error)}`, { cause: error });

@@ -1,0 +1,32 @@
+/** The message that carries a work item through a queue, and its validation. */
+import { z } from 'zod';
+import { permanent } from './errors.ts';
+import type { WorkItem } from './ports.ts';
+
+const orthancId = z.string().regex(/^[0-9a-f]{8}(-[0-9a-f]{8}){4}$/, 'must be an Orthanc ID');
+
+export const workItemSchema = z.strictObject({
+  sourceId: z.string().min(1).max(64),
+  studyId: orthancId,
+  reason: z.enum(['stable', 'quiet']),
+});
+
+export const encodeWorkItem = (item: WorkItem): string => JSON.stringify(item);
+
+/** A body that does not parse will never parse: the error is permanent, so it is dead-lettered at once. */
+export const decodeWorkItem = (body: string): WorkItem => {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(body);
+  } catch {
+    throw permanent('malformed work item: not JSON');
+  }
+  const result = workItemSchema.safeParse(raw);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    throw permanent(
+      `malformed work item: ${issue?.path.join('.') || '(root)'}: ${issue?.message ?? 'invalid'}`,
+    );
+  }
+  return result.data;
+};

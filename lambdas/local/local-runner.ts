@@ -1,0 +1,295 @@
+/**
+ * Local mode: the poller and the forwarder in one process, on a SQLite state file. Each source
+ * is polled on its own schedule (a failing one backs off without holding up the others) and a
+ * fixed number of workers take studies from the queue.
+ */
+import { hostname } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { type FeedContext, type PollReport, pollSource } from '../core/changes-feed.ts';
+import type { ForwarderConfig } from '../core/config.ts';
+import { buildEngine } from '../core/engine.ts';
+import { describe, failureKind } from '../core/errors.ts';
+import { type Engine, forwardWorkItem } from '../core/forward-work-item.ts';
+import type { Log } from '../core/log.ts';
+import type { MoveContext } from '../core/move-study.ts';
+import type { StudyOutcome } from '../core/ports.ts';
+import { backoffDelay } from '../core/retry.ts';
+import type { LocalState } from './sqlite-state.ts';
+
+export interface RunOptions {
+  /** Return once every source is read to Done, nothing waits to become stable and the queue is empty. */
+  readonly untilIdle: boolean;
+  /** Stops the run: work in flight finishes, nothing new starts. */
+  readonly signal?: AbortSignal;
+  /** Called after each study outcome, for a progress display. */
+  readonly onOutcome?: (outcome: StudyOutcome) => void;
+}
+
+export interface SourceStatus {
+  lastPoll: PollReport | undefined;
+  /** Successful polls so far. */
+  polls: number;
+  consecutiveFailures: number;
+  lastError: string | undefined;
+}
+
+export interface RunSummary {
+  readonly studiesMoved: number;
+  readonly instancesMoved: number;
+  readonly bytesMoved: number;
+  readonly rejected: number;
+  readonly deadLettered: number;
+  readonly failedSources: readonly string[];
+  readonly durationMs: number;
+}
+
+const RUNNER_LEASE = 'local-runner';
+const RUNNER_LEASE_MS = 15_000;
+/** Longer than any move; in-flight messages of a crashed runner are reclaimed at start anyway. */
+const VISIBILITY_TIMEOUT_MS = 30 * 60_000;
+const IDLE_WAIT_MS = 200;
+
+const abortable = (ms: number, signal: AbortSignal) =>
+  sleep(ms, undefined, { signal }).catch(() => undefined);
+
+export class LocalRunner {
+  private readonly config: ForwarderConfig;
+  private readonly state: LocalState;
+  private readonly log: Log;
+  private readonly owner = `${hostname()}:${process.pid}`;
+  private readonly sources = new Map<string, SourceStatus>();
+  private readonly totals = {
+    studiesMoved: 0,
+    instancesMoved: 0,
+    bytesMoved: 0,
+    rejected: 0,
+    deadLettered: 0,
+  };
+  private active = 0;
+
+  private readonly onStep: MoveContext['onStep'];
+
+  constructor(
+    config: ForwarderConfig,
+    state: LocalState,
+    log: Log,
+    options: { onStep?: MoveContext['onStep'] } = {},
+  ) {
+    this.config = config;
+    this.state = state;
+    this.log = log;
+    this.onStep = options.onStep;
+    for (const source of config.sources) {
+      this.sources.set(source.id, {
+        lastPoll: undefined,
+        polls: 0,
+        consecutiveFailures: 0,
+        lastError: undefined,
+      });
+    }
+  }
+
+  async run(options: RunOptions): Promise<RunSummary> {
+    const started = Date.now();
+    const stop = new AbortController();
+    const onAbort = () => stop.abort();
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    await this.takeOver(stop.signal);
+    const heartbeat = setInterval(() => {
+      void this.state.ledger.acquireLease(RUNNER_LEASE, this.owner, RUNNER_LEASE_MS, Date.now());
+    }, RUNNER_LEASE_MS / 3);
+    const workers = Array.from({ length: this.config.concurrency }, (_, index) =>
+      this.workLoop(`${this.owner}:w${index}`, stop.signal, options),
+    );
+    const pollers = this.config.sources.map((source) => this.pollLoop(source.id, stop.signal));
+    if (options.untilIdle) void this.stopWhenIdle(stop);
+    await Promise.all([...workers, ...pollers]);
+    clearInterval(heartbeat);
+    options.signal?.removeEventListener('abort', onAbort);
+    await this.state.ledger.releaseLease(RUNNER_LEASE, this.owner);
+    return {
+      ...this.totals,
+      failedSources: [...this.sources].filter(([, s]) => s.consecutiveFailures > 0).map(([id]) => id),
+      durationMs: Date.now() - started,
+    };
+  }
+
+  /**
+   * One runner per state file. Once we hold the runner lease, any study lease or in-flight
+   * message belongs to a runner that is gone: take them back instead of waiting for them to expire.
+   */
+  private async takeOver(signal: AbortSignal): Promise<void> {
+    const deadline = Date.now() + RUNNER_LEASE_MS + 1_000;
+    while (!(await this.state.ledger.acquireLease(RUNNER_LEASE, this.owner, RUNNER_LEASE_MS, Date.now()))) {
+      if (Date.now() > deadline || signal.aborted) {
+        throw new Error('another orthanc-forwarder run is using this state file');
+      }
+      await abortable(500, signal);
+    }
+    const reclaimed = this.state.reclaim(this.owner);
+    if (reclaimed.messages > 0 || reclaimed.leases > 0) {
+      this.log.warn('resuming after an interrupted run', { ...reclaimed });
+    }
+  }
+
+  private feedContext(sourceId: string, engine: Engine): FeedContext {
+    const client = engine.sources.get(sourceId);
+    if (client === undefined) throw new Error(`unknown source ${sourceId}`);
+    return {
+      sourceId,
+      source: client,
+      store: this.state.feed,
+      sink: this.state.queue,
+      log: this.log,
+      pageSize: this.config.changesPageSize,
+      quietMs: this.config.quietSeconds * 1000,
+    };
+  }
+
+  private engineFor(owner: string): Engine {
+    return {
+      ...buildEngine(this.config, { ledger: this.state.ledger, log: this.log, owner }),
+      onStep: this.onStep,
+    };
+  }
+
+  private async pollLoop(sourceId: string, signal: AbortSignal): Promise<void> {
+    const status = this.sources.get(sourceId) as SourceStatus;
+    const context = this.feedContext(sourceId, this.engineFor(this.owner));
+    // A restarted runner resumes from its cursors without a full scan: the first sweep comes one
+    // interval later. (A source read for the first time is read from change 0, which lists all.)
+    let lastSweep = Date.now();
+    while (!signal.aborted) {
+      const sweep = Date.now() - lastSweep >= this.config.sweepIntervalSeconds * 1000;
+      try {
+        status.lastPoll = await pollSource(context, { sweep });
+        status.polls++;
+        if (sweep) lastSweep = Date.now();
+        if (status.consecutiveFailures > 0) this.log.info('source reachable again', { sourceId });
+        status.consecutiveFailures = 0;
+        status.lastError = undefined;
+        if (status.lastPoll.changesRead > 0 || status.lastPoll.queued > 0) {
+          this.log.info('source polled', { sourceId, ...status.lastPoll });
+        }
+      } catch (error) {
+        status.consecutiveFailures++;
+        status.lastError = describe(error);
+        this.log.error('source poll failed', {
+          sourceId,
+          error: status.lastError,
+          consecutiveFailures: status.consecutiveFailures,
+        });
+      }
+      const interval = this.config.pollIntervalSeconds * 1000;
+      const delay =
+        status.consecutiveFailures === 0
+          ? interval
+          : Math.max(interval, backoffDelay(status.consecutiveFailures, this.config.retry));
+      await abortable(delay, signal);
+    }
+  }
+
+  private async workLoop(owner: string, signal: AbortSignal, options: RunOptions): Promise<void> {
+    const engine = this.engineFor(owner);
+    while (!signal.aborted) {
+      const [message] = await this.state.queue.receive(1, VISIBILITY_TIMEOUT_MS);
+      if (message === undefined) {
+        await abortable(IDLE_WAIT_MS, signal);
+        continue;
+      }
+      this.active++;
+      try {
+        const outcome = await forwardWorkItem(engine, message.body);
+        await this.state.queue.ack(message.handle);
+        this.count(outcome);
+        options.onOutcome?.(outcome);
+      } catch (error) {
+        await this.fail(message, error);
+      } finally {
+        this.active--;
+      }
+    }
+  }
+
+  private async fail(message: { handle: string; body: string; receiveCount: number }, error: unknown) {
+    const reason = describe(error);
+    const kind = failureKind(error);
+    const lastAttempt = kind === 'permanent' || message.receiveCount >= this.config.retry.maxAttempts;
+    this.log.error(lastAttempt ? 'work item dead-lettered' : 'work item failed, will retry', {
+      error: reason,
+      kind,
+      receiveCount: message.receiveCount,
+      ...safeIds(message.body),
+    });
+    if (lastAttempt) {
+      await this.state.queue.deadLetter(message.handle, reason);
+      this.totals.deadLettered++;
+    } else {
+      await this.state.queue.release(
+        message.handle,
+        reason,
+        backoffDelay(message.receiveCount, this.config.retry),
+      );
+    }
+  }
+
+  private count(outcome: StudyOutcome): void {
+    if (outcome.result === 'moved' || outcome.result === 'copied') {
+      this.totals.studiesMoved++;
+    }
+    this.totals.instancesMoved += outcome.sent;
+    this.totals.bytesMoved += outcome.bytes;
+    this.totals.rejected += outcome.rejected;
+  }
+
+  /** Idle: every source read to Done with nothing waiting (or given up on), and no work queued or running. */
+  private async isIdle(): Promise<boolean> {
+    for (const status of this.sources.values()) {
+      const givenUp = status.consecutiveFailures >= this.config.retry.maxAttempts;
+      const drained =
+        status.consecutiveFailures === 0 && status.lastPoll !== undefined && status.lastPoll.waiting === 0;
+      if (!givenUp && !drained) return false;
+    }
+    const stats = await this.state.queue.stats();
+    return stats.waiting === 0 && stats.inFlight === 0 && this.active === 0;
+  }
+
+  private pollCounts(): number[] {
+    return [...this.sources.values()].map((status) => status.polls + status.consecutiveFailures);
+  }
+
+  /**
+   * Stops the run once it has been idle across a further poll of every source, so that a study
+   * queued or deleted just before the first check is not missed.
+   */
+  private async stopWhenIdle(stop: AbortController): Promise<void> {
+    let idleSince: number[] | undefined;
+    while (!stop.signal.aborted) {
+      if (!(await this.isIdle())) {
+        idleSince = undefined;
+      } else if (idleSince === undefined) {
+        idleSince = this.pollCounts();
+      } else if (this.pollCounts().every((count, index) => count > (idleSince?.[index] ?? count))) {
+        stop.abort();
+      }
+      await abortable(IDLE_WAIT_MS, stop.signal);
+    }
+  }
+
+  sourceStatus(): ReadonlyMap<string, SourceStatus> {
+    return this.sources;
+  }
+}
+
+/** The source and study IDs of a message, when it has them: safe to log, unlike an arbitrary body. */
+const safeIds = (body: string): { sourceId?: string; studyId?: string } => {
+  try {
+    const parsed = JSON.parse(body) as { sourceId?: unknown; studyId?: unknown };
+    return {
+      ...(typeof parsed.sourceId === 'string' ? { sourceId: parsed.sourceId.slice(0, 64) } : {}),
+      ...(typeof parsed.studyId === 'string' ? { studyId: parsed.studyId.slice(0, 44) } : {}),
+    };
+  } catch {
+    return {};
+  }
+};
