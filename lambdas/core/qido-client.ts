@@ -21,13 +21,18 @@ export class QidoClient {
     this.pageSize = pageSize;
   }
 
-  /** The SOPInstanceUIDs the archive holds for a study, read page by page. */
+  /**
+   * The SOPInstanceUIDs the archive holds for a study, read page by page until an empty page:
+   * an archive may cap a page below the limit asked for (Orthanc's LimitFindInstances), and a
+   * short page taken for the last would hide instances.
+   */
   async studyInstances(studyInstanceUid: string, signal?: AbortSignal): Promise<Set<string>> {
     const held = new Set<string>();
-    for (let offset = 0; ; offset += this.pageSize) {
+    for (let offset = 0; ; ) {
       const page = await this.page(studyInstanceUid, offset, signal);
+      if (page.length === 0) return held;
       for (const uid of page) held.add(uid);
-      if (page.length < this.pageSize) return held;
+      offset += page.length;
     }
   }
 

@@ -75,7 +75,7 @@ async function* multipartBody(
  * parts, may leave a part it could not parse out of both sequences, and answers an already
  * stored instance exactly like a new one: only the comparison tells which is which.
  */
-const interpret = (
+export const interpret = (
   answer: DicomJsonItem,
   sent: readonly string[],
 ): Pick<StowResult, 'stored' | 'refused'> => {
@@ -86,19 +86,25 @@ const interpret = (
     if (typeof uid === 'string' && sentSet.has(uid)) stored.add(uid);
   }
   const refused = new Map<string, string>();
+  // Refused for now (out of resources, processing failure): neither stored nor refused for good,
+  // so the move protocol retries them.
+  const retryable = new Set<string>();
   for (const item of sequenceItems(answer, FAILED_SOP_SEQUENCE) ?? []) {
     const uid = firstValue(item, REFERENCED_SOP_INSTANCE_UID);
     const reason = firstValue(item, FAILURE_REASON);
     if (typeof uid !== 'string' || !sentSet.has(uid) || stored.has(uid)) continue;
     const code = typeof reason === 'number' ? reason : undefined;
-    if (code !== undefined && TRANSIENT_REASONS.has(code)) continue;
+    if (code !== undefined && TRANSIENT_REASONS.has(code)) {
+      retryable.add(uid);
+      continue;
+    }
     refused.set(
       uid,
       `refused by the destination (failure reason 0x${(code ?? 0).toString(16).padStart(4, '0')})`,
     );
   }
   for (const uid of sent) {
-    if (!stored.has(uid) && !refused.has(uid)) {
+    if (!stored.has(uid) && !refused.has(uid) && !retryable.has(uid)) {
       refused.set(uid, 'not acknowledged by the destination (a file it could not read)');
     }
   }
@@ -145,15 +151,15 @@ export class StowClient {
       throw error;
     }
     const base = { status: response.statusCode, goneAtSource: progress.gone, bytes: progress.bytes };
-    if (progress.sent.length === 0) {
-      await response.body.dump();
-      return { ...base, stored: new Set(), refused: new Map() };
-    }
     if (
       isTransientStatus(response.statusCode) ||
       [401, 403, 404, 405, 413, 415].includes(response.statusCode)
     ) {
       throw await statusError(this.endpoint, what, response);
+    }
+    if (progress.sent.length === 0) {
+      await response.body.dump();
+      return { ...base, stored: new Set(), refused: new Map() };
     }
     const answer = await this.readAnswer(response);
     if (answer === undefined) {
