@@ -1,0 +1,245 @@
+/**
+ * The ledger on DynamoDB, with the semantics of SqliteLedger. Items of the state table:
+ * - lease: pk `lease#<key>`, sk `lease`: owner, expiresAt (epoch ms), ttl;
+ * - outcome: pk `outcome#<sourceId>#<studyId>`, sk `<finishedAt, 16 digits>#<uuid>`: the
+ *   outcome's fields, ttl 90 days after finishedAt;
+ * - totals: pk `totals`, sk `totals`: studies, instances, bytes, deleted, rejected, kept by ADD
+ *   in the same transaction as the write they count, since there is no table to count over;
+ * - rejected instance: pk `rejected`, sk `<sourceId>#<studyId>#<instanceId>`: its fields.
+ */
+
+import { randomUUID } from 'node:crypto';
+import type { DynamoDBClient, TransactWriteItem } from '@aws-sdk/client-dynamodb';
+import { runBounded } from '../core/concurrency.ts';
+import type { Ledger, RejectedInstance, StudyOutcome, Totals } from '../core/ports.ts';
+import {
+  type DynamoStateOptions,
+  epochSeconds,
+  type Item,
+  key,
+  num,
+  readNum,
+  readStr,
+  StateTable,
+  str,
+} from './dynamo-table.ts';
+
+const DAY_S = 24 * 60 * 60;
+/** DynamoDB deletes expired items within days; a lease's expiry is enforced by expiresAt, the TTL only tidies. */
+const LEASE_TTL_GRACE_S = DAY_S;
+const OUTCOME_RETENTION_S = 90 * DAY_S;
+const TOTALS_KEY = key('totals', 'totals');
+const REJECTED_PK = 'rejected';
+/** New refusals per transaction, with the totals update as the 100th action at most. */
+const REJECTED_PER_TRANSACTION = 50;
+/** Aliases for totals' attribute names, some of which are DynamoDB reserved words. */
+const TOTALS_NAMES = {
+  '#studies': 'studies',
+  '#instances': 'instances',
+  '#bytes': 'bytes',
+  '#deleted': 'deleted',
+  '#rejected': 'rejected',
+};
+
+const leaseKey = (leaseName: string) => key(`lease#${leaseName}`, 'lease');
+const rejectedSk = (r: RejectedInstance) => `${r.sourceId}#${r.studyId}#${r.instanceId}`;
+
+const outcomeItem = (outcome: StudyOutcome): Item => ({
+  ...key(
+    `outcome#${outcome.sourceId}#${outcome.studyId}`,
+    // Sorts by time; the UUID keeps two outcomes of the same millisecond apart.
+    `${String(outcome.finishedAt).padStart(16, '0')}#${randomUUID()}`,
+  ),
+  sourceId: str(outcome.sourceId),
+  studyId: str(outcome.studyId),
+  result: str(outcome.result),
+  instances: num(outcome.instances),
+  sent: num(outcome.sent),
+  alreadyPresent: num(outcome.alreadyPresent),
+  deleted: num(outcome.deleted),
+  rejected: num(outcome.rejected),
+  bytes: num(outcome.bytes),
+  durationMs: num(outcome.durationMs),
+  finishedAt: num(outcome.finishedAt),
+  ttl: num(epochSeconds(outcome.finishedAt) + OUTCOME_RETENTION_S),
+});
+
+const rejectedItem = (r: RejectedInstance): Item => ({
+  ...key(REJECTED_PK, rejectedSk(r)),
+  sourceId: str(r.sourceId),
+  studyId: str(r.studyId),
+  instanceId: str(r.instanceId),
+  sopInstanceUid: str(r.sopInstanceUid),
+  reason: str(r.reason),
+  rejectedAt: num(r.rejectedAt),
+});
+
+const toRejected = (item: Item): RejectedInstance => ({
+  sourceId: readStr(item, 'sourceId') ?? '',
+  studyId: readStr(item, 'studyId') ?? '',
+  instanceId: readStr(item, 'instanceId') ?? '',
+  sopInstanceUid: readStr(item, 'sopInstanceUid') ?? '',
+  reason: readStr(item, 'reason') ?? '',
+  rejectedAt: readNum(item, 'rejectedAt') ?? 0,
+});
+
+const compare = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+/** SqliteLedger's order: by source, study, time of refusal, instance. */
+const rejectedOrder = (a: RejectedInstance, b: RejectedInstance) =>
+  compare(a.sourceId, b.sourceId) ||
+  compare(a.studyId, b.studyId) ||
+  a.rejectedAt - b.rejectedAt ||
+  compare(a.instanceId, b.instanceId);
+
+/** One entry per instance, the newest refusal (the later one on a tie), as SQLite's sequential upserts keep. */
+const newestPerInstance = (instances: readonly RejectedInstance[]): RejectedInstance[] => {
+  const newest = new Map<string, RejectedInstance>();
+  for (const instance of instances) {
+    const seen = newest.get(rejectedSk(instance));
+    if (seen === undefined || instance.rejectedAt >= seen.rejectedAt)
+      newest.set(rejectedSk(instance), instance);
+  }
+  return [...newest.values()];
+};
+
+const chunks = <T>(items: readonly T[], size: number): T[][] =>
+  Array.from({ length: Math.ceil(items.length / size) }, (_, index) =>
+    items.slice(index * size, (index + 1) * size),
+  );
+
+export class DynamoLedger implements Ledger {
+  readonly #table: StateTable;
+
+  constructor(client: DynamoDBClient, tableName: string, options: DynamoStateOptions = {}) {
+    this.#table = new StateTable(client, tableName, options);
+  }
+
+  /**
+   * One conditional put, so that two workers cannot both see the lease free and both take it. It
+   * is free when nobody holds it, its holder let it expire, or the caller holds it (a renewal).
+   */
+  async acquireLease(key: string, owner: string, ttlMs: number, now: number): Promise<boolean> {
+    if (!(ttlMs > 0)) throw new RangeError(`lease ttlMs must be positive, got ${ttlMs}`);
+    const expiresAt = now + ttlMs;
+    const item = {
+      ...leaseKey(key),
+      owner: str(owner),
+      expiresAt: num(expiresAt),
+      ttl: num(epochSeconds(expiresAt) + LEASE_TTL_GRACE_S),
+    };
+    return this.#table.putIf(item, {
+      expression: 'attribute_not_exists(pk) OR expiresAt <= :now OR #owner = :owner',
+      values: { ':now': num(now), ':owner': str(owner) },
+      names: { '#owner': 'owner' },
+    });
+  }
+
+  /** Only the holder can release, so a worker whose lease expired cannot free its successor's. */
+  async releaseLease(key: string, owner: string): Promise<void> {
+    await this.#table.deleteIf(leaseKey(key), {
+      expression: '#owner = :owner',
+      values: { ':owner': str(owner) },
+      names: { '#owner': 'owner' },
+    });
+  }
+
+  /** The outcome and what it adds to the totals, in one transaction: SqliteLedger's totals() rules. */
+  async record(outcome: StudyOutcome): Promise<void> {
+    const wholeMove = outcome.result === 'moved' || outcome.result === 'copied';
+    await this.#table.transact([
+      { Put: { TableName: this.#table.name, Item: outcomeItem(outcome) } },
+      this.#addToTotals('ADD #studies :studies, #instances :sent, #bytes :bytes, #deleted :deleted', {
+        ':studies': num(wholeMove ? 1 : 0),
+        ':sent': num(outcome.sent),
+        ':bytes': num(outcome.bytes),
+        ':deleted': num(outcome.deleted),
+      }),
+    ]);
+  }
+
+  /**
+   * The totals count distinct refused instances, so only a first refusal adds to them (in the
+   * transaction that inserts it); a repeated one only replaces the stored refusal if it is newer.
+   */
+  async recordRejected(instances: readonly RejectedInstance[]): Promise<void> {
+    const repeated: RejectedInstance[] = [];
+    for (const chunk of chunks(newestPerInstance(instances), REJECTED_PER_TRANSACTION)) {
+      repeated.push(...(await this.#insertRejected(chunk)));
+    }
+    await runBounded(repeated, this.#table.concurrency, async (instance) => {
+      await this.#table.putIf(rejectedItem(instance), {
+        expression: 'rejectedAt <= :rejectedAt',
+        values: { ':rejectedAt': num(instance.rejectedAt) },
+      });
+    });
+  }
+
+  /**
+   * Inserts the instances not refused before, adding their number to the totals; returns the
+   * others. A transaction whose condition fails writes nothing, so it is tried again without the
+   * instances it names until it commits.
+   */
+  async #insertRejected(instances: readonly RejectedInstance[]): Promise<RejectedInstance[]> {
+    const repeated: RejectedInstance[] = [];
+    let pending = [...instances];
+    while (pending.length > 0) {
+      const inserts: TransactWriteItem[] = pending.map((instance) => ({
+        Put: {
+          TableName: this.#table.name,
+          Item: rejectedItem(instance),
+          ConditionExpression: 'attribute_not_exists(sk)',
+        },
+      }));
+      const totals = this.#addToTotals('ADD #rejected :count', { ':count': num(pending.length) });
+      const failed = new Set(await this.#table.transact([...inserts, totals]));
+      if (failed.size === 0) break;
+      repeated.push(...pending.filter((_, index) => failed.has(index)));
+      pending = pending.filter((_, index) => !failed.has(index));
+    }
+    return repeated;
+  }
+
+  #addToTotals(update: string, values: Item): TransactWriteItem {
+    const names = Object.fromEntries(
+      Object.entries(TOTALS_NAMES).filter(([alias]) => update.includes(alias)),
+    );
+    return {
+      Update: {
+        TableName: this.#table.name,
+        Key: TOTALS_KEY,
+        UpdateExpression: update,
+        ExpressionAttributeNames: names,
+        ExpressionAttributeValues: values,
+      },
+    };
+  }
+
+  /**
+   * A query on the one `rejected` partition, narrowed by sort key prefix, then filtered on the
+   * stored fields so that an ID containing '#' cannot match another's prefix.
+   */
+  async rejected(sourceId?: string, studyId?: string): Promise<RejectedInstance[]> {
+    const prefix =
+      sourceId === undefined ? undefined : studyId === undefined ? `${sourceId}#` : `${sourceId}#${studyId}#`;
+    return (await this.#table.query(REJECTED_PK, prefix))
+      .map(toRejected)
+      .filter(
+        (r) =>
+          (sourceId === undefined || r.sourceId === sourceId) &&
+          (studyId === undefined || r.studyId === studyId),
+      )
+      .sort(rejectedOrder);
+  }
+
+  async totals(): Promise<Totals> {
+    const item = (await this.#table.get(TOTALS_KEY)) ?? {};
+    return {
+      studies: readNum(item, 'studies') ?? 0,
+      instances: readNum(item, 'instances') ?? 0,
+      bytes: readNum(item, 'bytes') ?? 0,
+      deleted: readNum(item, 'deleted') ?? 0,
+      rejected: readNum(item, 'rejected') ?? 0,
+    };
+  }
+}

@@ -1,0 +1,264 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  BatchWriteItemCommand,
+  type BatchWriteItemCommandOutput,
+  type DynamoDBClient,
+  GetItemCommand,
+  QueryCommand,
+  TransactionCanceledException,
+  TransactWriteItemsCommand,
+} from '@aws-sdk/client-dynamodb';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { DynamoFeedStore } from '../lambdas/aws/dynamo-feed-store.ts';
+import { DynamoLedger } from '../lambdas/aws/dynamo-ledger.ts';
+import type { DynamoStateOptions } from '../lambdas/aws/dynamo-table.ts';
+import { ForwarderError } from '../lambdas/core/errors.ts';
+import { type LocalState, openState } from '../lambdas/local/sqlite-state.ts';
+import { type DynamoDbLocal, localClient, startDynamoDbLocal } from './support/dynamodb-local.ts';
+import { rejection, stateContract } from './support/port-contract.ts';
+
+stateContract('SQLite state (port contract)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'port-contract-'));
+  const opened: LocalState[] = [];
+  return {
+    open: () => {
+      const state = openState(join(dir, 'state.sqlite'));
+      opened.push(state);
+      return state;
+    },
+    dispose: async () => {
+      for (const state of opened) state.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+});
+
+let local: DynamoDbLocal | undefined;
+let tables = 0;
+
+const dynamo = (): DynamoDbLocal => {
+  if (local === undefined) throw new Error('DynamoDB Local is not running');
+  return local;
+};
+
+beforeAll(async () => {
+  local = await startDynamoDbLocal();
+});
+
+afterAll(async () => {
+  await local?.stop();
+});
+
+/** A fresh empty table; a small page size so that every listing crosses pages. */
+const freshTable = async (): Promise<string> => {
+  tables += 1;
+  const name = `state-${tables}`;
+  await dynamo().createTable(name);
+  return name;
+};
+
+const PAGED: DynamoStateOptions = { pageSize: 7 };
+
+stateContract('DynamoDB state (port contract)', async () => {
+  const tableName = await freshTable();
+  const clients: DynamoDBClient[] = [];
+  return {
+    // A client per handle, as two Lambdas would have.
+    open: () => {
+      const client = localClient(dynamo().endpoint);
+      clients.push(client);
+      return {
+        feed: new DynamoFeedStore(client, tableName, PAGED),
+        ledger: new DynamoLedger(client, tableName, PAGED),
+      };
+    },
+    dispose: async () => {
+      for (const client of clients) client.destroy();
+      await dynamo().deleteTable(tableName);
+    },
+  };
+});
+
+/** The real client, with some commands answered by `intercept` instead (undefined: pass it on). */
+const intercepting = (intercept: (command: unknown) => Promise<unknown> | undefined): DynamoDBClient =>
+  ({
+    send: (command: unknown) => intercept(command) ?? dynamo().client.send(command as GetItemCommand),
+  }) as unknown as DynamoDBClient;
+
+const raw = async (tableName: string, pk: string, sk: string) =>
+  (
+    await dynamo().client.send(
+      new GetItemCommand({
+        TableName: tableName,
+        Key: { pk: { S: pk }, sk: { S: sk } },
+        ConsistentRead: true,
+      }),
+    )
+  ).Item;
+
+describe('DynamoDB state: table layout and failures', () => {
+  let tableName: string;
+
+  beforeEach(async () => {
+    tableName = await freshTable();
+  });
+
+  it('writes the items the CDK table expects: pk, sk, numbers as N, TTLs in epoch seconds', async () => {
+    const feed = new DynamoFeedStore(dynamo().client, tableName);
+    const ledger = new DynamoLedger(dynamo().client, tableName);
+    await feed.advanceCursor('a', undefined, 42);
+    await feed.watch('a', ['s1'], 100);
+    await feed.updateWatched('a', { studyId: 's1', lastUpdate: '20240101T000000', lastUpdateSeenAt: 150 });
+    await ledger.acquireLease('study#a#s1', 'w1', 60_000, 1_700_000_000_000);
+    await ledger.record({
+      sourceId: 'a',
+      studyId: 's1',
+      result: 'moved',
+      instances: 3,
+      sent: 2,
+      alreadyPresent: 1,
+      deleted: 3,
+      rejected: 0,
+      bytes: 200,
+      durationMs: 10,
+      finishedAt: 1_700_000_000_000,
+    });
+    await ledger.recordRejected([rejection({ rejectedAt: 5 })]);
+
+    expect(await raw(tableName, 'source#a', 'cursor')).toEqual({
+      pk: { S: 'source#a' },
+      sk: { S: 'cursor' },
+      seq: { N: '42' },
+    });
+    expect(await raw(tableName, 'source#a', 'watch#s1')).toEqual({
+      pk: { S: 'source#a' },
+      sk: { S: 'watch#s1' },
+      lastUpdate: { S: '20240101T000000' },
+      lastUpdateSeenAt: { N: '150' },
+    });
+    expect(await raw(tableName, 'lease#study#a#s1', 'lease')).toEqual({
+      pk: { S: 'lease#study#a#s1' },
+      sk: { S: 'lease' },
+      owner: { S: 'w1' },
+      expiresAt: { N: '1700000060000' },
+      ttl: { N: String(1_700_000_060 + 86_400) },
+    });
+    const outcomes = await dynamo().client.send(
+      new QueryCommand({
+        TableName: tableName,
+        KeyConditionExpression: 'pk = :pk',
+        ExpressionAttributeValues: { ':pk': { S: 'outcome#a#s1' } },
+      }),
+    );
+    expect(outcomes.Items).toHaveLength(1);
+    expect(outcomes.Items?.[0]).toMatchObject({
+      sk: { S: expect.stringMatching(/^0001700000000000#[0-9a-f-]{36}$/) },
+      result: { S: 'moved' },
+      sent: { N: '2' },
+      alreadyPresent: { N: '1' },
+      finishedAt: { N: '1700000000000' },
+      ttl: { N: String(1_700_000_000 + 90 * 86_400) },
+    });
+    expect(await raw(tableName, 'totals', 'totals')).toEqual({
+      pk: { S: 'totals' },
+      sk: { S: 'totals' },
+      studies: { N: '1' },
+      instances: { N: '2' },
+      bytes: { N: '200' },
+      deleted: { N: '3' },
+      rejected: { N: '1' },
+    });
+    expect(await raw(tableName, 'rejected', 'a#s1#i1')).toEqual({
+      pk: { S: 'rejected' },
+      sk: { S: 'a#s1#i1' },
+      sourceId: { S: 'a' },
+      studyId: { S: 's1' },
+      instanceId: { S: 'i1' },
+      sopInstanceUid: { S: '1.2.3' },
+      reason: { S: 'refused' },
+      rejectedAt: { N: '5' },
+    });
+    // A watched study whose LastUpdate is unknown again has no lastUpdate attribute.
+    await feed.updateWatched('a', { studyId: 's1', lastUpdate: undefined, lastUpdateSeenAt: 200 });
+    expect((await raw(tableName, 'source#a', 'watch#s1'))?.lastUpdate).toBeUndefined();
+  });
+
+  it('resends the deletes DynamoDB leaves unprocessed', async () => {
+    const seen: number[] = [];
+    const client = intercepting((command) => {
+      if (!(command instanceof BatchWriteItemCommand)) return undefined;
+      const requests = command.input.RequestItems?.[tableName] ?? [];
+      seen.push(requests.length);
+      if (seen.length > 1) return undefined;
+      // The first call processes nothing beyond its first 5 requests.
+      const processed = new BatchWriteItemCommand({ RequestItems: { [tableName]: requests.slice(0, 5) } });
+      return dynamo()
+        .client.send(processed)
+        .then(
+          (): BatchWriteItemCommandOutput => ({
+            UnprocessedItems: { [tableName]: requests.slice(5) },
+            $metadata: {},
+          }),
+        );
+    });
+    const feed = new DynamoFeedStore(client, tableName);
+    const studies = Array.from({ length: 30 }, (_, index) => `s${String(index).padStart(2, '0')}`);
+    await feed.watch('a', studies, 1);
+    await feed.unwatch('a', studies.slice(0, 28));
+    expect(seen).toEqual([25, 20, 3]);
+    expect((await feed.watched('a')).map((s) => s.studyId)).toEqual(['s28', 's29']);
+  });
+
+  it('gives up with a transient error when DynamoDB keeps leaving deletes unprocessed', async () => {
+    const client = intercepting((command) =>
+      command instanceof BatchWriteItemCommand
+        ? Promise.resolve({ UnprocessedItems: command.input.RequestItems, $metadata: {} })
+        : undefined,
+    );
+    const feed = new DynamoFeedStore(client, tableName, { attempts: 3 });
+    const failure = await feed.unwatch('a', ['s1']).catch((error: unknown) => error);
+    expect(failure).toBeInstanceOf(ForwarderError);
+    expect(failure).toMatchObject({ kind: 'transient', message: expect.stringMatching(/after 3 attempts/) });
+  });
+
+  it('retries a transaction cancelled by a conflict, and counts it once', async () => {
+    let conflicts = 0;
+    const client = intercepting((command) => {
+      if (!(command instanceof TransactWriteItemsCommand) || conflicts >= 2) return undefined;
+      conflicts += 1;
+      return Promise.reject(
+        new TransactionCanceledException({
+          message: 'Transaction cancelled',
+          $metadata: {},
+          CancellationReasons: [{ Code: 'None' }, { Code: 'TransactionConflict' }],
+        }),
+      );
+    });
+    const ledger = new DynamoLedger(client, tableName);
+    await ledger.recordRejected([rejection({})]);
+    expect(conflicts).toBe(2);
+    expect((await ledger.totals()).rejected).toBe(1);
+  });
+
+  it('lets throttling and other errors propagate instead of answering false', async () => {
+    const throttled = Object.assign(new Error('Rate exceeded'), {
+      name: 'ProvisionedThroughputExceededException',
+    });
+    const client = intercepting(() => Promise.reject(throttled));
+    const feed = new DynamoFeedStore(client, tableName);
+    const ledger = new DynamoLedger(client, tableName);
+    await expect(feed.advanceCursor('a', undefined, 1)).rejects.toBe(throttled);
+    await expect(feed.watch('a', ['s1'], 1)).rejects.toBe(throttled);
+    await expect(ledger.acquireLease('k', 'w1', 1_000, 0)).rejects.toBe(throttled);
+    await expect(ledger.releaseLease('k', 'w1')).rejects.toBe(throttled);
+    await expect(ledger.recordRejected([rejection({})])).rejects.toBe(throttled);
+
+    const missing = new DynamoFeedStore(dynamo().client, 'no-such-table');
+    await expect(missing.getCursor('a')).rejects.toMatchObject({ name: 'ResourceNotFoundException' });
+    await expect(missing.advanceCursor('a', undefined, 1)).rejects.toMatchObject({
+      name: 'ResourceNotFoundException',
+    });
+  });
+});

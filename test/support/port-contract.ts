@@ -1,0 +1,316 @@
+/**
+ * The behaviour every FeedStateStore and Ledger must have, written once and run against each
+ * implementation (SQLite, DynamoDB), so that the engine cannot tell them apart.
+ */
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { FeedStateStore, Ledger, RejectedInstance, StudyOutcome } from '../../lambdas/core/ports.ts';
+
+export interface StateHandles {
+  readonly feed: FeedStateStore;
+  readonly ledger: Ledger;
+}
+
+export interface StateUnderTest {
+  /** Another handle on the same state, as a second process or Lambda would have. */
+  open(): StateHandles;
+  dispose(): Promise<void>;
+}
+
+const CLOCK = 1_700_000_000_000;
+
+const outcome = (overrides: Partial<StudyOutcome>): StudyOutcome => ({
+  sourceId: 'a',
+  studyId: 's1',
+  result: 'moved',
+  instances: 0,
+  sent: 0,
+  alreadyPresent: 0,
+  deleted: 0,
+  rejected: 0,
+  bytes: 0,
+  durationMs: 10,
+  finishedAt: CLOCK,
+  ...overrides,
+});
+
+export const rejection = (overrides: Partial<RejectedInstance>): RejectedInstance => ({
+  sourceId: 'a',
+  studyId: 's1',
+  instanceId: 'i1',
+  sopInstanceUid: '1.2.3',
+  reason: 'refused',
+  rejectedAt: CLOCK,
+  ...overrides,
+});
+
+/** Zero-padded, so that their sort order is their numeric order whatever the store sorts by. */
+const ids = (prefix: string, count: number) =>
+  Array.from({ length: count }, (_, index) => `${prefix}${String(index).padStart(3, '0')}`);
+
+/** Registers the contract's tests; `fresh` makes an empty state for each test. */
+export const stateContract = (name: string, fresh: () => Promise<StateUnderTest>): void => {
+  describe(name, () => {
+    let state: StateUnderTest;
+    const open = () => state.open();
+
+    beforeEach(async () => {
+      state = await fresh();
+    });
+
+    afterEach(async () => {
+      await state.dispose();
+    });
+
+    describe('feed state', () => {
+      it('advances the cursor only from the expected value', async () => {
+        const { feed } = open();
+        expect(await feed.getCursor('a')).toBeUndefined();
+        expect(await feed.advanceCursor('a', 3, 5)).toBe(false);
+        expect(await feed.getCursor('a')).toBeUndefined();
+        expect(await feed.advanceCursor('a', undefined, 5)).toBe(true);
+        expect(await feed.advanceCursor('a', undefined, 6)).toBe(false);
+        expect(await feed.advanceCursor('a', 4, 6)).toBe(false);
+        expect(await feed.getCursor('a')).toBe(5);
+        expect(await feed.advanceCursor('a', 5, 9)).toBe(true);
+        expect(await feed.getCursor('a')).toBe(9);
+        expect(await feed.advanceCursor('a', 9, 0)).toBe(true);
+        expect(await feed.getCursor('a')).toBe(0);
+        expect(await feed.getCursor('b')).toBeUndefined();
+        await expect(feed.advanceCursor('a', 0, 1.5)).rejects.toThrow(RangeError);
+      });
+
+      it('lets only one of two overlapping readers advance, first cursor included', async () => {
+        const one = open();
+        const two = open();
+        const first = await Promise.all([
+          one.feed.advanceCursor('a', undefined, 10),
+          two.feed.advanceCursor('a', undefined, 20),
+        ]);
+        expect([...first].sort()).toEqual([false, true]);
+        const firstCursor = first[0] ? 10 : 20;
+        expect(await two.feed.getCursor('a')).toBe(firstCursor);
+
+        const second = await Promise.all([
+          two.feed.advanceCursor('a', firstCursor, 30),
+          one.feed.advanceCursor('a', firstCursor, 15),
+        ]);
+        expect([...second].sort()).toEqual([false, true]);
+        expect(await one.feed.getCursor('a')).toBe(second[0] ? 30 : 15);
+      });
+
+      it('keeps the state of already watched studies and never brings back an unwatched one', async () => {
+        const { feed } = open();
+        await feed.watch('a', ['s2', 's1'], 100);
+        expect(await feed.watched('a')).toEqual([
+          { studyId: 's1', lastUpdate: undefined, lastUpdateSeenAt: 100 },
+          { studyId: 's2', lastUpdate: undefined, lastUpdateSeenAt: 100 },
+        ]);
+        await feed.updateWatched('a', {
+          studyId: 's1',
+          lastUpdate: '20240101T000000',
+          lastUpdateSeenAt: 150,
+        });
+        await feed.watch('a', ['s1', 's3'], 200);
+        expect(await feed.watched('a')).toEqual([
+          { studyId: 's1', lastUpdate: '20240101T000000', lastUpdateSeenAt: 150 },
+          { studyId: 's2', lastUpdate: undefined, lastUpdateSeenAt: 100 },
+          { studyId: 's3', lastUpdate: undefined, lastUpdateSeenAt: 200 },
+        ]);
+        await feed.updateWatched('a', { studyId: 's1', lastUpdate: undefined, lastUpdateSeenAt: 250 });
+        expect((await feed.watched('a'))[0]).toEqual({
+          studyId: 's1',
+          lastUpdate: undefined,
+          lastUpdateSeenAt: 250,
+        });
+
+        await feed.unwatch('a', ['s1', 's2', 'unknown']);
+        await feed.updateWatched('a', { studyId: 's1', lastUpdate: 'x', lastUpdateSeenAt: 300 });
+        expect((await feed.watched('a')).map((s) => s.studyId)).toEqual(['s3']);
+        expect(await feed.watched('b')).toEqual([]);
+        await feed.watch('b', ['s3'], 400);
+        expect(await feed.watched('b')).toEqual([
+          { studyId: 's3', lastUpdate: undefined, lastUpdateSeenAt: 400 },
+        ]);
+        expect(await feed.watched('a')).toEqual([
+          { studyId: 's3', lastUpdate: undefined, lastUpdateSeenAt: 200 },
+        ]);
+      });
+
+      it('watches and unwatches more studies than one batch or page holds, duplicates and empty lists included', async () => {
+        const { feed } = open();
+        const studies = ids('s', 60);
+        await feed.watch('a', [], 1);
+        await feed.unwatch('a', []);
+        await feed.watch('a', [...studies, ...studies.slice(0, 5)], 100);
+        await feed.updateWatched('a', { studyId: 's030', lastUpdate: '', lastUpdateSeenAt: 150 });
+        const watched = await feed.watched('a');
+        expect(watched.map((s) => s.studyId)).toEqual(studies);
+        expect(watched[30]).toEqual({ studyId: 's030', lastUpdate: '', lastUpdateSeenAt: 150 });
+        // Unwatching a cursor-like or foreign ID touches nothing else of the source.
+        await feed.advanceCursor('a', undefined, 7);
+        await feed.unwatch('a', [...studies.slice(0, 55), ...studies.slice(0, 3), 'cursor']);
+        expect((await feed.watched('a')).map((s) => s.studyId)).toEqual(studies.slice(55));
+        expect(await feed.getCursor('a')).toBe(7);
+      });
+
+      it('keeps the state of a study two readers watch at once', async () => {
+        const one = open();
+        const two = open();
+        await Promise.all([one.feed.watch('a', ['s1', 's2'], 100), two.feed.watch('a', ['s2', 's1'], 200)]);
+        const watched = await one.feed.watched('a');
+        expect(watched.map((s) => s.studyId)).toEqual(['s1', 's2']);
+        for (const study of watched) expect([100, 200]).toContain(study.lastUpdateSeenAt);
+      });
+    });
+
+    describe('ledger', () => {
+      it('grants a lease to one owner until it expires, and renews it for the same owner', async () => {
+        const { ledger } = open();
+        expect(await ledger.acquireLease('k', 'w1', 1_000, 0)).toBe(true);
+        expect(await ledger.acquireLease('k', 'w2', 1_000, 500)).toBe(false);
+        expect(await ledger.acquireLease('k', 'w1', 1_000, 900)).toBe(true);
+        // Renewed until 1900: still held at 1000.
+        expect(await ledger.acquireLease('k', 'w2', 1_000, 1_000)).toBe(false);
+        expect(await ledger.acquireLease('k', 'w2', 1_000, 1_899)).toBe(false);
+        expect(await ledger.acquireLease('k', 'w2', 1_000, 1_900)).toBe(true);
+        expect(await ledger.acquireLease('k', 'w1', 1_000, 2_000)).toBe(false);
+        expect(await ledger.acquireLease('other', 'w1', 1_000, 2_000)).toBe(true);
+        await expect(ledger.acquireLease('k', 'w1', 0, 0)).rejects.toThrow(RangeError);
+      });
+
+      it('releases a lease only for its owner', async () => {
+        const { ledger } = open();
+        await ledger.acquireLease('k', 'w1', 60_000, 0);
+        await ledger.releaseLease('k', 'w2');
+        expect(await ledger.acquireLease('k', 'w2', 60_000, 1)).toBe(false);
+        await ledger.releaseLease('k', 'w1');
+        await ledger.releaseLease('k', 'w1');
+        await ledger.releaseLease('never-taken', 'w1');
+        expect(await ledger.acquireLease('k', 'w2', 60_000, 2)).toBe(true);
+      });
+
+      it('gives a contested lease to exactly one of two connections, also once it expired', async () => {
+        const one = open();
+        const two = open();
+        const results = await Promise.all([
+          one.ledger.acquireLease('k', 'w1', 60_000, 0),
+          two.ledger.acquireLease('k', 'w2', 60_000, 0),
+        ]);
+        expect(results.sort()).toEqual([false, true]);
+        const afterExpiry = await Promise.all([
+          one.ledger.acquireLease('k', 'w3', 60_000, 60_000),
+          two.ledger.acquireLease('k', 'w4', 60_000, 60_000),
+        ]);
+        expect(afterExpiry.sort()).toEqual([false, true]);
+      });
+
+      it('totals count whole moves, sent instances, bytes, deletions and distinct refusals', async () => {
+        const { ledger } = open();
+        expect(await ledger.totals()).toEqual({
+          studies: 0,
+          instances: 0,
+          bytes: 0,
+          deleted: 0,
+          rejected: 0,
+        });
+        await ledger.record(
+          outcome({ result: 'moved', instances: 5, sent: 4, alreadyPresent: 1, deleted: 5, bytes: 400 }),
+        );
+        await ledger.record(outcome({ result: 'copied', studyId: 's2', instances: 2, sent: 2, bytes: 200 }));
+        await ledger.record(
+          outcome({
+            result: 'partial',
+            studyId: 's3',
+            instances: 3,
+            sent: 2,
+            deleted: 2,
+            rejected: 1,
+            bytes: 100,
+          }),
+        );
+        await ledger.record(outcome({ result: 'gone', studyId: 's4' }));
+        await ledger.recordRejected([rejection({ studyId: 's3', instanceId: 'i1' })]);
+        // A later run of s3 reports the same refusal again.
+        await ledger.record(outcome({ result: 'partial', studyId: 's3', instances: 1, rejected: 1 }));
+        await ledger.recordRejected([rejection({ studyId: 's3', instanceId: 'i1', rejectedAt: CLOCK + 1 })]);
+        expect(await ledger.totals()).toEqual({
+          studies: 2,
+          instances: 8,
+          bytes: 700,
+          deleted: 7,
+          rejected: 1,
+        });
+      });
+
+      it('counts the same outcome twice when it is recorded twice, even in the same millisecond', async () => {
+        const one = open();
+        const two = open();
+        const moved = outcome({ sent: 1, bytes: 10 });
+        await Promise.all([one.ledger.record(moved), two.ledger.record(moved), one.ledger.record(moved)]);
+        expect(await two.ledger.totals()).toMatchObject({ studies: 3, instances: 3, bytes: 30 });
+      });
+
+      it('keeps the newest reason for a rejected instance and lists by source and study', async () => {
+        const { ledger } = open();
+        await ledger.recordRejected([]);
+        await ledger.recordRejected([
+          rejection({ instanceId: 'i1', reason: 'first', rejectedAt: 10 }),
+          rejection({ instanceId: 'i2', reason: 'other', rejectedAt: 10 }),
+          rejection({ sourceId: 'b', instanceId: 'i1', reason: 'b', rejectedAt: 10 }),
+          rejection({ studyId: 's2', instanceId: 'i3', reason: 's2', rejectedAt: 10 }),
+        ]);
+        await ledger.recordRejected([rejection({ instanceId: 'i1', reason: 'newer', rejectedAt: 20 })]);
+        await ledger.recordRejected([rejection({ instanceId: 'i1', reason: 'older', rejectedAt: 15 })]);
+
+        expect(await ledger.rejected('a', 's1')).toEqual([
+          rejection({ instanceId: 'i2', reason: 'other', rejectedAt: 10 }),
+          rejection({ instanceId: 'i1', reason: 'newer', rejectedAt: 20 }),
+        ]);
+        expect((await ledger.rejected('a')).map((r) => r.instanceId)).toEqual(['i2', 'i1', 'i3']);
+        expect((await ledger.rejected()).map((r) => `${r.sourceId}/${r.instanceId}`)).toEqual([
+          'a/i2',
+          'a/i1',
+          'a/i3',
+          'b/i1',
+        ]);
+        expect((await ledger.rejected(undefined, 's1')).map((r) => r.sourceId)).toEqual(['a', 'a', 'b']);
+        expect(await ledger.rejected('c')).toEqual([]);
+        expect(await ledger.rejected('a', 's9')).toEqual([]);
+        expect((await ledger.totals()).rejected).toBe(4);
+      });
+
+      it('does not mistake a source or study whose ID extends another for it', async () => {
+        const { ledger } = open();
+        await ledger.recordRejected([
+          rejection({ sourceId: 'a', studyId: 's1', instanceId: 'i1' }),
+          rejection({ sourceId: 'a', studyId: 's10', instanceId: 'i2' }),
+          rejection({ sourceId: 'ab', studyId: 's1', instanceId: 'i3' }),
+        ]);
+        expect((await ledger.rejected('a', 's1')).map((r) => r.instanceId)).toEqual(['i1']);
+        expect((await ledger.rejected('a')).map((r) => r.instanceId)).toEqual(['i1', 'i2']);
+        expect((await ledger.rejected(undefined, 's1')).map((r) => r.instanceId)).toEqual(['i1', 'i3']);
+      });
+
+      it('counts each instance once however often, in whatever batches and by however many workers it is refused', async () => {
+        const one = open();
+        const two = open();
+        const instances = ids('i', 120);
+        // Duplicates within one call: the newest refusal is kept, the later one on a tie.
+        await one.ledger.recordRejected([
+          rejection({ instanceId: 'i000', reason: 'old', rejectedAt: 5 }),
+          rejection({ instanceId: 'i000', reason: 'tie-first', rejectedAt: 7 }),
+          rejection({ instanceId: 'i000', reason: 'tie-second', rejectedAt: 7 }),
+          rejection({ instanceId: 'i000', reason: 'older', rejectedAt: 6 }),
+        ]);
+        await Promise.all([
+          one.ledger.recordRejected(instances.slice(0, 80).map((instanceId) => rejection({ instanceId }))),
+          two.ledger.recordRejected(instances.slice(40).map((instanceId) => rejection({ instanceId }))),
+        ]);
+        expect((await one.ledger.totals()).rejected).toBe(120);
+        const listed = await two.ledger.rejected('a', 's1');
+        expect(listed.map((r) => r.instanceId)).toEqual(instances);
+        expect(listed[0]).toEqual(rejection({ instanceId: 'i000' }));
+      });
+    });
+  });
+};
