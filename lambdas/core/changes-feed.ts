@@ -23,6 +23,11 @@ export interface FeedContext {
   readonly pageSize: number;
   readonly quietMs: number;
   readonly now?: () => number;
+  /**
+   * Epoch ms after which no further page is read (a Lambda about to time out). The cursor
+   * stands where the last durable page left it; the next poll goes on from there.
+   */
+  readonly deadline?: number | undefined;
 }
 
 export interface PollReport {
@@ -37,9 +42,13 @@ export interface PollReport {
   readonly last: number;
   /** Another reader moved the cursor under us: this read stopped early. */
   readonly raced: boolean;
+  /** The deadline stopped the read before the feed's end. */
+  readonly outOfTime?: boolean | undefined;
 }
 
 interface ReadReport {
+  /** The deadline stopped the read before Done. */
+  outOfTime?: boolean;
   changesRead: number;
   queued: number;
   reset: boolean;
@@ -107,6 +116,8 @@ export const readChanges = async (ctx: FeedContext): Promise<ReadReport> => {
       report.cursor = target;
     }
     if (page.done || page.changes.length === 0) return report;
+    if (ctx.deadline !== undefined && (ctx.now ?? Date.now)() >= ctx.deadline)
+      return { ...report, outOfTime: true };
   }
 };
 

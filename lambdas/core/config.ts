@@ -14,6 +14,11 @@ const serverFields = {
   password: z.string().optional(),
   /** Name of an environment variable holding the password. */
   passwordEnv: z.string().min(1).optional(),
+  /**
+   * On AWS: name or ARN of a Secrets Manager secret holding `{"username": …, "password": …}`.
+   * The pipeline reads it at run time; it never enters the template or an environment variable.
+   */
+  secretId: z.string().min(1).optional(),
   /** PEM file of the certificate authorities to trust for this server, instead of the system's. */
   caFile: z.string().min(1).optional(),
   /** PEM client certificate and key, for servers that require mutual TLS. */
@@ -21,9 +26,12 @@ const serverFields = {
   clientKeyFile: z.string().min(1).optional(),
 };
 
-const exclusivePassword = (server: { password?: string | undefined; passwordEnv?: string | undefined }) =>
-  !(server.password !== undefined && server.passwordEnv !== undefined);
-const passwordMessage = { message: 'give either password or passwordEnv, not both', path: ['passwordEnv'] };
+const exclusivePassword = (server: { password?: unknown; passwordEnv?: unknown; secretId?: unknown }) =>
+  [server.password, server.passwordEnv, server.secretId].filter((value) => value !== undefined).length <= 1;
+const passwordMessage = {
+  message: 'give at most one of password, passwordEnv and secretId',
+  path: ['passwordEnv'],
+};
 
 const clientPair = (server: { clientCertFile?: string | undefined; clientKeyFile?: string | undefined }) =>
   (server.clientCertFile === undefined) === (server.clientKeyFile === undefined);
@@ -57,6 +65,61 @@ export const destinationSchema = z
   .refine(clientPair, clientPairMessage);
 
 const positiveInt = z.number().int().positive();
+
+const awsId = (prefix: string) =>
+  z
+    .string()
+    .regex(new RegExp(`^${prefix}-[0-9a-f]{8,17}$`), `must be an ID like ${prefix}-0123456789abcdef0`);
+
+/** What only the AWS pipeline needs: where its Lambdas run and how they are sized. */
+export const awsSchema = z.strictObject({
+  stackName: z
+    .string()
+    .regex(/^[A-Za-z][A-Za-z0-9-]{0,127}$/, 'must be a CloudFormation stack name')
+    .default('OrthancForwarder'),
+  /** Account and region to deploy to; the CDK CLI's defaults when absent. */
+  account: z
+    .string()
+    .regex(/^\d{12}$/, 'must be a 12-digit AWS account ID')
+    .optional(),
+  region: z
+    .string()
+    .regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'must be a region like eu-west-1')
+    .optional(),
+  /** The VPC that reaches the sources (over the VPN or Direct Connect): given, never looked up. */
+  vpc: z.strictObject({
+    vpcId: awsId('vpc'),
+    availabilityZones: z.array(z.string().min(1)).min(1),
+    /** Private subnets for the Lambdas, one per availability zone above. */
+    privateSubnetIds: z.array(awsId('subnet')).min(1),
+    /** Their route tables, for the DynamoDB gateway endpoint. */
+    routeTableIds: z.array(awsId('rtb')).min(1),
+    /** Security groups for the Lambdas: they must allow HTTPS out to the sources and the destination. */
+    securityGroupIds: z.array(awsId('sg')).min(1),
+    /** Interface endpoints for SQS, Secrets Manager and CloudWatch: not needed when the subnets have a NAT. */
+    createEndpoints: z.boolean().default(true),
+  }),
+  /** Minutes between two runs of the poller. */
+  pollScheduleMinutes: positiveInt.max(60).default(1),
+  poller: z
+    .strictObject({
+      timeoutSeconds: positiveInt.max(900).default(60),
+      memoryMb: positiveInt.min(128).max(10_240).default(256),
+    })
+    .prefault({}),
+  forwarder: z
+    .strictObject({
+      timeoutSeconds: positiveInt.max(900).default(300),
+      memoryMb: positiveInt.min(128).max(10_240).default(1024),
+      /** Studies per invocation. */
+      batchSize: positiveInt.max(10).default(1),
+      /** Invocations at once: bounds the load on the sources and the destination. */
+      maxConcurrency: positiveInt.min(2).max(1000).default(4),
+    })
+    .prefault({}),
+  /** Days to keep the Lambdas' logs. */
+  logRetentionDays: positiveInt.default(90),
+});
 
 export const configSchema = z
   .strictObject({
@@ -108,6 +171,8 @@ export const configSchema = z
       .prefault({}),
     /** false copies instead of moving: forward and record, never delete at the source. */
     deleteAfterForward: z.boolean().default(true),
+    /** The AWS pipeline's settings; local mode ignores them. */
+    aws: awsSchema.optional(),
   })
   .refine((config) => config.verify !== 'md5' || config.destination.orthancUrl !== undefined, {
     message: "verify 'md5' needs destination.orthancUrl (the destination Orthanc's REST root)",
@@ -123,6 +188,7 @@ export type SourceConfig = ForwarderConfig['sources'][number];
 export type DestinationConfig = ForwarderConfig['destination'];
 export type ServerConfig = SourceConfig | DestinationConfig;
 export type Timeouts = ForwarderConfig['timeouts'];
+export type AwsConfig = z.output<typeof awsSchema>;
 
 export class ConfigError extends Error {
   override name = 'ConfigError';

@@ -32,7 +32,7 @@ const leaseKey = (sourceId: string, studyId: string) => `study#${sourceId}#${stu
 export const forwardWorkItem = async (
   engine: Engine,
   body: string,
-  signal?: AbortSignal,
+  limits: { readonly signal?: AbortSignal; readonly deadline?: number } = {},
 ): Promise<StudyOutcome> => {
   const item = decodeWorkItem(body);
   const source = engine.sources.get(item.sourceId);
@@ -54,7 +54,8 @@ export const forwardWorkItem = async (
       log: engine.log,
       now,
       onStep: engine.onStep,
-      ...(signal === undefined ? {} : { signal }),
+      deadline: limits.deadline,
+      ...(limits.signal === undefined ? {} : { signal: limits.signal }),
     };
     const outcome = await moveStudy(context, item.studyId);
     await engine.ledger.record(outcome);

@@ -19,6 +19,9 @@ export interface Endpoint {
 }
 
 const resolvePassword = (server: ServerConfig, env: NodeJS.ProcessEnv): string | undefined => {
+  if (server.secretId !== undefined && server.password === undefined) {
+    throw new ConfigError('secretId: Secrets Manager is read only on AWS; give password or passwordEnv here');
+  }
   if (server.passwordEnv === undefined) return server.password;
   const value = env[server.passwordEnv];
   if (value === undefined) {

@@ -35,6 +35,11 @@ export interface MoveContext {
   readonly log: Log;
   readonly now?: () => number;
   readonly signal?: AbortSignal;
+  /**
+   * Epoch ms after which no further STOW batch starts (a Lambda about to time out): what was
+   * sent is still verified and deleted, and the retry continues with the rest.
+   */
+  readonly deadline?: number | undefined;
   /** Called after each step; only tests pass one. */
   readonly onStep?: ((step: MoveStep, studyId: string) => void | Promise<void>) | undefined;
 }
@@ -69,6 +74,8 @@ interface SendReport {
   readonly refused: Map<string, string>;
   readonly gone: Set<string>;
   bytes: number;
+  /** The first failure of a batch, reported once what arrived has been dealt with. */
+  failure?: unknown;
 }
 
 const openPart = (source: OrthancClient, instance: SourceInstance, signal?: AbortSignal): StowPart => ({
@@ -84,9 +91,18 @@ const openPart = (source: OrthancClient, instance: SourceInstance, signal?: Abor
   },
 });
 
+/**
+ * Sends the batches. A batch that fails, or is not started because the deadline passed, does not
+ * stop the others: what did arrive is verified and deleted, and the retry sends the rest.
+ */
 const send = async (ctx: MoveContext, instances: readonly SourceInstance[]): Promise<SendReport> => {
   const report: SendReport = { stored: new Set(), refused: new Map(), gone: new Set(), bytes: 0 };
+  const now = ctx.now ?? Date.now;
   await runBounded(planBatches(instances, ctx.options.stow), ctx.options.stow.parallel, async (batch) => {
+    if (ctx.deadline !== undefined && now() >= ctx.deadline) {
+      report.failure ??= transient('out of time: the rest of the study is sent by the next attempt');
+      return;
+    }
     const result = await ctx.stow.store(
       batch.map((instance) => openPart(ctx.source, instance, ctx.signal)),
       ctx.signal,
@@ -95,6 +111,8 @@ const send = async (ctx: MoveContext, instances: readonly SourceInstance[]): Pro
     for (const [uid, reason] of result.refused) report.refused.set(uid, reason);
     for (const uid of result.goneAtSource) report.gone.add(uid);
     report.bytes += result.bytes;
+  }).catch((error: unknown) => {
+    report.failure = error;
   });
   return report;
 };
@@ -218,6 +236,7 @@ export const moveStudy = async (ctx: MoveContext, studyId: string): Promise<Stud
   );
   if (unaccounted.length > 0) {
     // Verified ones are already deleted: a retry resumes with the rest.
+    if (sent.failure !== undefined) throw sent.failure;
     throw transient(
       `${unaccounted.length} of ${snapshot.length} instances not verified at the destination yet`,
     );

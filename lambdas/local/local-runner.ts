@@ -9,6 +9,7 @@ import { type FeedContext, type PollReport, pollSource } from '../core/changes-f
 import type { ForwarderConfig } from '../core/config.ts';
 import { buildEngine } from '../core/engine.ts';
 import { describe, failureKind } from '../core/errors.ts';
+import { decideOnFailure } from '../core/failure-policy.ts';
 import { type Engine, forwardWorkItem } from '../core/forward-work-item.ts';
 import type { Log } from '../core/log.ts';
 import type { MoveContext } from '../core/move-study.ts';
@@ -91,6 +92,9 @@ export class LocalRunner {
 
   async run(options: RunOptions): Promise<RunSummary> {
     const started = Date.now();
+    // A configuration error only the endpoints reveal (an unset passwordEnv, an unreadable PEM)
+    // fails here, before the run holds the state file's lease or starts a loop it would leave running.
+    this.engineFor(this.owner);
     const stop = new AbortController();
     const onAbort = () => stop.abort();
     options.signal?.addEventListener('abort', onAbort, { once: true });
@@ -203,6 +207,7 @@ export class LocalRunner {
         await this.state.queue.ack(message.handle);
         this.count(outcome);
         options.onOutcome?.(outcome);
+        await this.watchLateArrivals(engine, outcome);
       } catch (error) {
         await this.fail(message, error);
       } finally {
@@ -211,25 +216,51 @@ export class LocalRunner {
     }
   }
 
+  /**
+   * Instances that arrived during a move stay at the source, and Orthanc announces the study
+   * stable again only StableAge later: nothing in the feed says so before then (a NewInstance
+   * change names the instance, not its study). Watch such a study, so that the feed queues it once
+   * it is stable and `--until-idle` does not call the source drained meanwhile. Instances the
+   * destination refused for good do not count: they stay, and moving them again would loop.
+   */
+  private async watchLateArrivals(engine: Engine, outcome: StudyOutcome): Promise<void> {
+    if (outcome.result === 'gone' || !this.config.deleteAfterForward) return;
+    try {
+      const left = await engine.sources.get(outcome.sourceId)?.studyInstances(outcome.studyId);
+      if (left === undefined || left.length === 0) return;
+      const rejected = new Set(
+        (await this.state.ledger.rejected(outcome.sourceId, outcome.studyId)).map((r) => r.instanceId),
+      );
+      if (left.some((instance) => !rejected.has(instance.id))) {
+        await this.state.feed.watch(outcome.sourceId, [outcome.studyId], Date.now());
+      }
+    } catch (error) {
+      // The study's own StableStudy change still queues it; only the idle check is less sure.
+      this.log.warn('could not check a moved study for late arrivals', {
+        sourceId: outcome.sourceId,
+        studyId: outcome.studyId,
+        error: describe(error),
+      });
+    }
+  }
+
   private async fail(message: { handle: string; body: string; receiveCount: number }, error: unknown) {
     const reason = describe(error);
-    const kind = failureKind(error);
-    const lastAttempt = kind === 'permanent' || message.receiveCount >= this.config.retry.maxAttempts;
-    this.log.error(lastAttempt ? 'work item dead-lettered' : 'work item failed, will retry', {
-      error: reason,
-      kind,
-      receiveCount: message.receiveCount,
-      ...safeIds(message.body),
-    });
-    if (lastAttempt) {
+    const decision = decideOnFailure(error, message.receiveCount, this.config.retry);
+    this.log.error(
+      decision.action === 'dead-letter' ? 'work item dead-lettered' : 'work item failed, will retry',
+      {
+        error: reason,
+        kind: failureKind(error),
+        receiveCount: message.receiveCount,
+        ...safeIds(message.body),
+      },
+    );
+    if (decision.action === 'dead-letter') {
       await this.state.queue.deadLetter(message.handle, reason);
       this.totals.deadLettered++;
     } else {
-      await this.state.queue.release(
-        message.handle,
-        reason,
-        backoffDelay(message.receiveCount, this.config.retry),
-      );
+      await this.state.queue.release(message.handle, reason, decision.delayMs);
     }
   }
 

@@ -1,0 +1,73 @@
+/**
+ * The metrics the engine emits. On AWS they become CloudWatch metrics through Powertools (EMF);
+ * local mode keeps no metrics. Names and dimensions are the operations dashboard's contract.
+ */
+export type MetricName =
+  | 'ChangesRead'
+  | 'StudiesQueued'
+  | 'CursorLag'
+  | 'StudiesWaiting'
+  | 'SourceUnreachable'
+  | 'SourceReset'
+  | 'StudiesMoved'
+  | 'InstancesMoved'
+  | 'BytesMoved'
+  | 'MoveDuration'
+  | 'InstancesRejected'
+  | 'VerificationFailures'
+  | 'InstancesDeleted'
+  | 'Retries'
+  | 'DeadLettered';
+
+export type MetricUnit = 'Count' | 'Bytes' | 'Milliseconds';
+
+export interface Metrics {
+  /** Adds a data point; `sourceId`, when given, becomes the `SourceId` dimension. */
+  add(name: MetricName, value: number, unit: MetricUnit, sourceId?: string): void;
+}
+
+export const noMetrics: Metrics = { add: () => undefined };
+
+/** The metrics of one study outcome. */
+export const recordOutcome = (
+  metrics: Metrics,
+  outcome: {
+    sourceId: string;
+    result: string;
+    sent: number;
+    bytes: number;
+    durationMs: number;
+    rejected: number;
+    deleted: number;
+  },
+): void => {
+  const { sourceId } = outcome;
+  if (outcome.result === 'moved' || outcome.result === 'copied')
+    metrics.add('StudiesMoved', 1, 'Count', sourceId);
+  metrics.add('InstancesMoved', outcome.sent, 'Count', sourceId);
+  metrics.add('BytesMoved', outcome.bytes, 'Bytes', sourceId);
+  metrics.add('MoveDuration', outcome.durationMs, 'Milliseconds', sourceId);
+  metrics.add('InstancesRejected', outcome.rejected, 'Count', sourceId);
+  metrics.add('InstancesDeleted', outcome.deleted, 'Count', sourceId);
+};
+
+/** The metrics of one poll of one source. */
+export const recordPoll = (
+  metrics: Metrics,
+  sourceId: string,
+  poll: {
+    changesRead: number;
+    queued: number;
+    waiting: number;
+    cursor: number;
+    last: number;
+    reset: boolean;
+  },
+): void => {
+  metrics.add('ChangesRead', poll.changesRead, 'Count', sourceId);
+  metrics.add('StudiesQueued', poll.queued, 'Count', sourceId);
+  metrics.add('StudiesWaiting', poll.waiting, 'Count', sourceId);
+  metrics.add('CursorLag', Math.max(0, poll.last - poll.cursor), 'Count', sourceId);
+  metrics.add('SourceUnreachable', 0, 'Count', sourceId);
+  if (poll.reset) metrics.add('SourceReset', 1, 'Count', sourceId);
+};
