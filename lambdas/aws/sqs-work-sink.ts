@@ -1,0 +1,69 @@
+/**
+ * Queues work items on SQS: SendMessageBatch with at most 10 entries and 256 KiB a call,
+ * resending the entries SQS reports as failed. Resolving means every item is on the queue.
+ */
+
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  SendMessageBatchCommand,
+  type SendMessageBatchRequestEntry,
+  type SQSClient,
+} from '@aws-sdk/client-sqs';
+import { transient } from '../core/errors.ts';
+import type { WorkItem, WorkSink } from '../core/ports.ts';
+import { backoffDelay } from '../core/retry.ts';
+import { encodeWorkItem } from '../core/work-item.ts';
+
+const MAX_ENTRIES = 10;
+const MAX_BATCH_BYTES = 256 * 1024;
+
+/** Cuts entries into batches SQS accepts: at most 10 entries and 256 KiB of bodies each. */
+export const batchEntries = (bodies: readonly string[]): SendMessageBatchRequestEntry[][] => {
+  const batches: SendMessageBatchRequestEntry[][] = [];
+  let batch: SendMessageBatchRequestEntry[] = [];
+  let bytes = 0;
+  bodies.forEach((body, index) => {
+    const size = Buffer.byteLength(body);
+    if (batch.length === MAX_ENTRIES || (batch.length > 0 && bytes + size > MAX_BATCH_BYTES)) {
+      batches.push(batch);
+      batch = [];
+      bytes = 0;
+    }
+    batch.push({ Id: String(index), MessageBody: body });
+    bytes += size;
+  });
+  if (batch.length > 0) batches.push(batch);
+  return batches;
+};
+
+export class SqsWorkSink implements WorkSink {
+  private readonly client: SQSClient;
+  private readonly queueUrl: string;
+  private readonly attempts: number;
+
+  constructor(client: SQSClient, queueUrl: string, options: { attempts?: number } = {}) {
+    this.client = client;
+    this.queueUrl = queueUrl;
+    this.attempts = options.attempts ?? 5;
+  }
+
+  async enqueue(items: readonly WorkItem[]): Promise<void> {
+    for (const batch of batchEntries(items.map(encodeWorkItem))) await this.sendBatch(batch);
+  }
+
+  private async sendBatch(entries: SendMessageBatchRequestEntry[]): Promise<void> {
+    let pending = entries;
+    for (let attempt = 1; pending.length > 0; attempt++) {
+      const answer = await this.client.send(
+        new SendMessageBatchCommand({ QueueUrl: this.queueUrl, Entries: pending }),
+      );
+      const failed = new Set((answer.Failed ?? []).map((failure) => failure.Id));
+      pending = pending.filter((entry) => failed.has(entry.Id));
+      if (pending.length === 0) return;
+      if (attempt >= this.attempts) {
+        throw transient(`SQS refused ${pending.length} work item(s) after ${attempt} attempts`);
+      }
+      await sleep(backoffDelay(attempt, { baseDelayMs: 100, maxDelayMs: 2_000 }));
+    }
+  }
+}

@@ -1,0 +1,105 @@
+/**
+ * The forwarder Lambda: SQS-triggered, one move protocol run per record, partial batch failures
+ * reported to the event source mapping. Thin: parse, call the core, report.
+ */
+import { BatchProcessor, EventType, processPartialResponse } from '@aws-lambda-powertools/batch';
+import type { Context, SQSEvent, SQSRecord } from 'aws-lambda';
+import { createPowertoolsMetrics } from '../aws/powertools-metrics.ts';
+import { type AwsRuntime, createRuntime } from '../aws/runtime.ts';
+import { SqsDeadLetters } from '../aws/sqs-dead-letters.ts';
+import { buildEngine } from '../core/engine.ts';
+import { describe, failureKind } from '../core/errors.ts';
+import { decideOnFailure } from '../core/failure-policy.ts';
+import { type Engine, forwardWorkItem } from '../core/forward-work-item.ts';
+import { type Metrics, recordOutcome } from '../core/metrics.ts';
+
+/** Time kept back from the invocation's budget to verify, delete and report what was sent. */
+const RESERVE_MS = 30_000;
+
+interface Forwarder {
+  readonly runtime: AwsRuntime;
+  readonly engine: Engine;
+  readonly deadLetters: SqsDeadLetters;
+}
+
+const setUp = async (runtime: AwsRuntime): Promise<Forwarder> => {
+  const timeoutMs = (runtime.config.aws?.forwarder.timeoutSeconds ?? 300) * 1000;
+  return {
+    runtime,
+    // Clients are built once per execution environment, so connections are reused while warm.
+    engine: {
+      ...buildEngine(runtime.config, { ledger: runtime.ledger, log: runtime.log, owner: 'lambda' }),
+      // A lease outlives the longest invocation, never the queue's visibility timeout (6 × timeout).
+      leaseMs: timeoutMs + 60_000,
+    },
+    deadLetters: new SqsDeadLetters(runtime.sqs, {
+      queueUrl: runtime.queueUrl,
+      deadLetterQueueUrl: runtime.deadLetterQueueUrl,
+    }),
+  };
+};
+
+const processRecord = async (
+  forwarder: Forwarder,
+  record: SQSRecord,
+  invocation: { owner: string; deadline: number; metrics: Metrics },
+): Promise<void> => {
+  const { runtime, engine, deadLetters } = forwarder;
+  const receiveCount = Number(record.attributes.ApproximateReceiveCount ?? '1');
+  try {
+    const outcome = await forwardWorkItem({ ...engine, owner: invocation.owner }, record.body, {
+      deadline: invocation.deadline,
+    });
+    recordOutcome(invocation.metrics, outcome);
+  } catch (error) {
+    const decision = decideOnFailure(error, receiveCount, runtime.config.retry);
+    const attributes = {
+      messageId: record.messageId,
+      receiveCount,
+      kind: failureKind(error),
+      error: describe(error),
+    };
+    if (decision.action === 'dead-letter') {
+      runtime.log.error('work item dead-lettered', { ...attributes, why: decision.why });
+      await deadLetters.deadLetter(record.body, describe(error), receiveCount);
+      invocation.metrics.add('DeadLettered', 1, 'Count');
+      return; // Reported as processed: the event source mapping deletes it from the work queue.
+    }
+    runtime.log.warn('work item failed, will retry', { ...attributes, delayMs: decision.delayMs });
+    invocation.metrics.add('Retries', 1, 'Count');
+    await deadLetters.retryAfter(record.receiptHandle, decision.delayMs).catch((visibilityError: unknown) => {
+      // The queue's own visibility timeout then decides when it comes back.
+      runtime.log.warn('could not delay the retry', { error: describe(visibilityError) });
+    });
+    throw error;
+  }
+};
+
+export const createForwarderHandler = (getRuntime: () => Promise<AwsRuntime>) => {
+  const processor = new BatchProcessor(EventType.SQS);
+  let forwarder: Promise<Forwarder> | undefined;
+  return async (event: SQSEvent, context: Context) => {
+    forwarder ??= getRuntime().then(setUp);
+    const ready = await forwarder;
+    const { metrics, publish } = createPowertoolsMetrics();
+    const invocation = {
+      owner: `lambda:${context.awsRequestId}`,
+      deadline: Date.now() + context.getRemainingTimeInMillis() - RESERVE_MS,
+      metrics,
+    };
+    try {
+      return await processPartialResponse(
+        event,
+        (record: SQSRecord) => processRecord(ready, record, invocation),
+        processor,
+        // With one study per invocation every failure is a "full batch" failure: report it as
+        // an item failure like any other, so the retry keeps its backoff.
+        { context, throwOnFullBatchFailure: false },
+      );
+    } finally {
+      publish();
+    }
+  };
+};
+
+export const handler = createForwarderHandler(() => createRuntime());

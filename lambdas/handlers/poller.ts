@@ -1,0 +1,94 @@
+/**
+ * The poller Lambda: on its schedule, reads every source's change feed in parallel, each within
+ * the invocation's time budget, and queues study work items on SQS. One source failing never
+ * stops the others: it is logged and counted.
+ */
+import type { Context, ScheduledEvent } from 'aws-lambda';
+import { createPowertoolsMetrics } from '../aws/powertools-metrics.ts';
+import { type AwsRuntime, createRuntime } from '../aws/runtime.ts';
+import { SqsWorkSink } from '../aws/sqs-work-sink.ts';
+import { type FeedContext, type PollReport, pollSource } from '../core/changes-feed.ts';
+import { describe } from '../core/errors.ts';
+import { createEndpoint } from '../core/http.ts';
+import { recordPoll } from '../core/metrics.ts';
+import { OrthancClient } from '../core/orthanc-client.ts';
+
+/** Time kept back to log and publish metrics before the invocation ends. */
+const RESERVE_MS = 5_000;
+
+export interface SourcePollResult {
+  readonly sourceId: string;
+  readonly ok: boolean;
+  readonly report?: PollReport;
+  readonly error?: string;
+}
+
+/**
+ * The sweep runs in the one scheduled invocation whose period contains an interval boundary:
+ * stateless, and every `sweepIntervalSeconds` whatever the schedule.
+ */
+export const isSweepDue = (
+  eventTime: string | undefined,
+  sweepIntervalSeconds: number,
+  periodMinutes: number,
+) => {
+  const seconds = Math.floor(Date.parse(eventTime ?? '') / 1000);
+  if (!Number.isFinite(seconds)) return false;
+  return (
+    Math.floor(seconds / sweepIntervalSeconds) !==
+    Math.floor((seconds - periodMinutes * 60) / sweepIntervalSeconds)
+  );
+};
+
+const setUp = (runtime: AwsRuntime) => ({
+  runtime,
+  sink: new SqsWorkSink(runtime.sqs, runtime.queueUrl),
+  sources: runtime.config.sources.map((source) => ({
+    id: source.id,
+    client: new OrthancClient(createEndpoint(source, runtime.config.timeouts)),
+  })),
+});
+
+export const createPollerHandler = (getRuntime: () => Promise<AwsRuntime>) => {
+  let poller: Promise<ReturnType<typeof setUp>> | undefined;
+  return async (
+    event: Partial<ScheduledEvent>,
+    context: Context,
+  ): Promise<{ sources: SourcePollResult[] }> => {
+    poller ??= getRuntime().then(setUp);
+    const { runtime, sink, sources } = await poller;
+    const { config, log } = runtime;
+    const { metrics, publish } = createPowertoolsMetrics();
+    const deadline = Date.now() + context.getRemainingTimeInMillis() - RESERVE_MS;
+    const sweep = isSweepDue(event.time, config.sweepIntervalSeconds, config.aws?.pollScheduleMinutes ?? 1);
+    const poll = async (source: (typeof sources)[number]): Promise<SourcePollResult> => {
+      const context: FeedContext = {
+        sourceId: source.id,
+        source: source.client,
+        store: runtime.feed,
+        sink,
+        log,
+        pageSize: config.changesPageSize,
+        quietMs: config.quietSeconds * 1000,
+        deadline,
+      };
+      try {
+        const report = await pollSource(context, { sweep });
+        recordPoll(metrics, source.id, report);
+        log.info('source polled', { sourceId: source.id, ...report });
+        return { sourceId: source.id, ok: true, report };
+      } catch (error) {
+        metrics.add('SourceUnreachable', 1, 'Count', source.id);
+        log.error('source poll failed', { sourceId: source.id, error: describe(error) });
+        return { sourceId: source.id, ok: false, error: describe(error) };
+      }
+    };
+    try {
+      return { sources: await Promise.all(sources.map(poll)) };
+    } finally {
+      publish();
+    }
+  };
+};
+
+export const handler = createPollerHandler(() => createRuntime());

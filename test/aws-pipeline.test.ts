@@ -1,0 +1,226 @@
+/**
+ * The AWS pipeline end to end, without an AWS account: the real poller and forwarder handlers
+ * against DynamoDB Local, an SQS emulator and real Orthancs. Only Secrets Manager is stood in
+ * for (no emulator of it here): the handlers get a reader that returns the test's credentials.
+ */
+import { createHash } from 'node:crypto';
+import {
+  ChangeMessageVisibilityCommand,
+  GetQueueAttributesCommand,
+  ReceiveMessageCommand,
+  SendMessageCommand,
+} from '@aws-sdk/client-sqs';
+import type { Context, SQSBatchResponse, SQSEvent } from 'aws-lambda';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type AwsRuntime, createRuntime } from '../lambdas/aws/runtime.ts';
+import { encodeWorkItem } from '../lambdas/core/work-item.ts';
+import { createForwarderHandler } from '../lambdas/handlers/forwarder.ts';
+import { createPollerHandler } from '../lambdas/handlers/poller.ts';
+import { type GeneratedSet, generateStudies } from '../testbed/dicom-generator.ts';
+import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
+import { uploadToOrthanc } from '../testbed/upload.ts';
+import { type DynamoDbLocal, startDynamoDbLocal } from './support/dynamodb-local.ts';
+import { deliverOnce, lambdaContext } from './support/event-source-mapping.ts';
+import {
+  LOCAL_CREDENTIALS,
+  LOCAL_REGION,
+  type SqsEmulator,
+  startSqsEmulator,
+} from './support/sqs-emulator.ts';
+
+const MAX_RECEIVES = 3;
+
+const md5 = async (stream: NodeJS.ReadableStream): Promise<string> => {
+  const hash = createHash('md5');
+  for await (const chunk of stream) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+};
+
+const instanceCount = async (server: OrthancServer) =>
+  (await server.rest<{ CountInstances: number }>('GET', '/statistics')).CountInstances;
+
+const destinationMd5 = async (
+  destination: OrthancServer,
+  sopInstanceUid: string,
+): Promise<string | undefined> => {
+  const [match] = await destination.rest<{ ID: string }[]>('POST', '/tools/lookup', sopInstanceUid);
+  if (match === undefined) return undefined;
+  const response = await fetch(`${destination.url}/instances/${match.ID}/attachments/dicom/md5`, {
+    headers: { authorization: destination.authorization },
+  });
+  return (await response.text()).trim();
+};
+
+describe('AWS pipeline on emulators and real Orthancs', () => {
+  const fleet = new OrthancFleet();
+  let dynamo: DynamoDbLocal;
+  let sqs: SqsEmulator;
+  let destination: OrthancServer;
+  let sources: OrthancServer[];
+  let runtime: AwsRuntime;
+  let poller: ReturnType<typeof createPollerHandler>;
+  let forwarder: (event: SQSEvent, context: Context) => Promise<SQSBatchResponse>;
+  const sets: GeneratedSet[] = [];
+
+  const queueDepth = async (queueUrl: string) => {
+    const answer = await sqs.client.send(
+      new GetQueueAttributesCommand({
+        QueueUrl: queueUrl,
+        AttributeNames: ['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible'],
+      }),
+    );
+    const attributes = answer.Attributes ?? {};
+    return (
+      Number(attributes.ApproximateNumberOfMessages) +
+      Number(attributes.ApproximateNumberOfMessagesNotVisible)
+    );
+  };
+
+  /** The mapping's loop: deliver until the work queue is empty (bounded, never timed). */
+  const drain = async () => {
+    const deliveries = [];
+    for (let round = 0; round < 50 && (await queueDepth(sqs.queueUrl)) > 0; round++) {
+      const report = await deliverOnce({ sqs: sqs.client, queueUrl: sqs.queueUrl, handler: forwarder });
+      deliveries.push(report);
+      if (report.received === 0) await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    return deliveries;
+  };
+
+  const poll = () => poller({ time: new Date().toISOString() }, lambdaContext('poller', 60_000));
+
+  beforeAll(async () => {
+    [dynamo, sqs, destination, ...sources] = await Promise.all([
+      startDynamoDbLocal(),
+      startSqsEmulator({ maxReceiveCount: MAX_RECEIVES, visibilityTimeoutSeconds: 30 }),
+      fleet.start({ name: 'destination', stableAge: 1 }),
+      fleet.start({ name: 'site-a', stableAge: 1 }),
+      fleet.start({ name: 'site-b', stableAge: 1 }),
+    ]);
+    const credentials = { username: 'orthanc', password: 'orthanc' };
+    const env = {
+      AWS_REGION: LOCAL_REGION,
+      AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: LOCAL_CREDENTIALS.secretAccessKey,
+      AWS_ENDPOINT_URL_DYNAMODB: dynamo.endpoint,
+      AWS_ENDPOINT_URL_SQS: sqs.endpoint,
+      AWS_LAMBDA_FUNCTION_NAME: 'orthanc-forwarder-test',
+      POWERTOOLS_METRICS_NAMESPACE: 'OrthancForwarderTest',
+      POWERTOOLS_LOG_LEVEL: 'WARN',
+    };
+    Object.assign(process.env, env);
+    runtime = await createRuntime(
+      {
+        ...env,
+        FORWARDER_CONFIG: JSON.stringify({
+          sources: sources.map((server, index) => ({
+            id: `site-${index}`,
+            url: server.url,
+            secretId: `source-${index}`,
+          })),
+          destination: { url: destination.dicomWebUrl, secretId: 'destination' },
+          quietSeconds: 2,
+          retry: { maxAttempts: MAX_RECEIVES, baseDelayMs: 100, maxDelayMs: 200 },
+        }),
+        STATE_TABLE: dynamo.tableName,
+        QUEUE_URL: sqs.queueUrl,
+        DLQ_URL: sqs.deadLetterQueueUrl,
+      },
+      async () => credentials,
+    );
+    poller = createPollerHandler(async () => runtime);
+    forwarder = createForwarderHandler(async () => runtime);
+    for (const [index, server] of sources.entries()) {
+      const set = generateStudies({
+        patients: 2,
+        studiesPerPatient: 1,
+        seriesPerStudy: 2,
+        instancesPerSeries: 3,
+        pixelBytes: 8 * 1024,
+        seed: `aws-${index}`,
+      });
+      sets.push(set);
+      const results = await uploadToOrthanc(server, set.instances);
+      expect(results.every((result) => result.status === 200)).toBe(true);
+    }
+  });
+
+  afterAll(async () => {
+    await Promise.allSettled([fleet.destroyAll(), dynamo?.stop(), sqs?.stop()]);
+  });
+
+  it('polls, queues and moves every study: sources empty, destination byte-identical', async () => {
+    // Poll as EventBridge would until every study became stable and was queued.
+    let queued = 0;
+    for (let round = 0; round < 60 && queued < 4; round++) {
+      const result = await poll();
+      expect(result.sources.every((source) => source.ok)).toBe(true);
+      queued += result.sources.reduce((sum, source) => sum + (source.report?.queued ?? 0), 0);
+      if (queued < 4) await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+    expect(queued).toBe(4);
+    expect(await runtime.feed.getCursor('site-0')).toBeGreaterThan(0);
+
+    const deliveries = await drain();
+    expect(deliveries.reduce((sum, d) => sum + d.failed, 0)).toBe(0);
+    expect(await instanceCount(sources[0] as OrthancServer)).toBe(0);
+    expect(await instanceCount(sources[1] as OrthancServer)).toBe(0);
+    const all = sets.flatMap((set) => set.instances);
+    expect(await instanceCount(destination)).toBe(all.length);
+    for (const instance of all) {
+      expect(await destinationMd5(destination, instance.sopInstanceUid)).toBe(await md5(instance.stream()));
+    }
+    const totals = await runtime.ledger.totals();
+    expect(totals).toMatchObject({ studies: 4, instances: all.length, deleted: all.length, rejected: 0 });
+  });
+
+  it('does no duplicate work for a message delivered twice, or redelivered after a timeout', async () => {
+    const before = await runtime.ledger.totals();
+    const studyId = '0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d';
+    const body = encodeWorkItem({ sourceId: 'site-0', studyId, reason: 'stable' });
+    await sqs.client.send(new SendMessageCommand({ QueueUrl: sqs.queueUrl, MessageBody: body }));
+    await sqs.client.send(new SendMessageCommand({ QueueUrl: sqs.queueUrl, MessageBody: body }));
+    // A consumer that takes a message and times out: it comes back when its visibility ends.
+    const taken = await sqs.client.send(
+      new ReceiveMessageCommand({ QueueUrl: sqs.queueUrl, MaxNumberOfMessages: 1 }),
+    );
+    const receipt = taken.Messages?.[0]?.ReceiptHandle ?? '';
+    await sqs.client.send(
+      new ChangeMessageVisibilityCommand({
+        QueueUrl: sqs.queueUrl,
+        ReceiptHandle: receipt,
+        VisibilityTimeout: 0,
+      }),
+    );
+    const deliveries = await drain();
+    expect(deliveries.reduce((sum, d) => sum + d.received, 0)).toBe(2);
+    expect(deliveries.reduce((sum, d) => sum + d.failed, 0)).toBe(0);
+    const after = await runtime.ledger.totals();
+    expect(after).toEqual(before);
+    expect(await instanceCount(destination)).toBe(sets.flatMap((set) => set.instances).length);
+  });
+
+  it('dead-letters a malformed message at once, and a failing one after maxReceiveCount receives', async () => {
+    await sqs.client.send(new SendMessageCommand({ QueueUrl: sqs.queueUrl, MessageBody: 'not json' }));
+    const first = await deliverOnce({ sqs: sqs.client, queueUrl: sqs.queueUrl, handler: forwarder });
+    expect(first).toEqual({ received: 1, failed: 0 });
+    expect(await queueDepth(sqs.queueUrl)).toBe(0);
+    expect(await queueDepth(sqs.deadLetterQueueUrl)).toBe(1);
+
+    // A valid item whose source is down fails transiently on every receive.
+    const down = sources[1] as OrthancServer;
+    await down.stop();
+    const body = encodeWorkItem({
+      sourceId: 'site-1',
+      studyId: '0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3e',
+      reason: 'stable',
+    });
+    await sqs.client.send(new SendMessageCommand({ QueueUrl: sqs.queueUrl, MessageBody: body }));
+    const deliveries = await drain();
+    await down.start();
+    expect(deliveries.filter((d) => d.received > 0)).toHaveLength(MAX_RECEIVES);
+    expect(deliveries.reduce((sum, d) => sum + d.failed, 0)).toBe(MAX_RECEIVES - 1);
+    expect(await queueDepth(sqs.queueUrl)).toBe(0);
+    expect(await queueDepth(sqs.deadLetterQueueUrl)).toBe(2);
+  });
+});

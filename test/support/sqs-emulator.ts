@@ -1,0 +1,46 @@
+/**
+ * An SQS emulator (fauxqs) in the test process, with a work queue and its dead-letter queue set
+ * up as the stack sets them up (redrive policy with maxReceiveCount).
+ */
+import { SQSClient } from '@aws-sdk/client-sqs';
+import { startFauxqs } from 'fauxqs';
+
+export const LOCAL_CREDENTIALS = { accessKeyId: 'local', secretAccessKey: 'local' } as const;
+export const LOCAL_REGION = 'us-east-1';
+
+export interface SqsEmulator {
+  readonly endpoint: string;
+  readonly client: SQSClient;
+  readonly queueUrl: string;
+  readonly deadLetterQueueUrl: string;
+  stop(): Promise<void>;
+}
+
+export const startSqsEmulator = async (options: {
+  maxReceiveCount: number;
+  visibilityTimeoutSeconds: number;
+}): Promise<SqsEmulator> => {
+  const server = await startFauxqs({ port: 0, host: '127.0.0.1', logger: false });
+  const dlq = server.createQueue('forwarder-dlq');
+  const queue = server.createQueue('forwarder-work', {
+    attributes: {
+      VisibilityTimeout: String(options.visibilityTimeoutSeconds),
+      RedrivePolicy: JSON.stringify({
+        deadLetterTargetArn: dlq.queueArn,
+        maxReceiveCount: String(options.maxReceiveCount),
+      }),
+    },
+  });
+  const endpoint = `http://127.0.0.1:${server.port}`;
+  const client = new SQSClient({ endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
+  return {
+    endpoint,
+    client,
+    queueUrl: queue.queueUrl,
+    deadLetterQueueUrl: dlq.queueUrl,
+    stop: async () => {
+      client.destroy();
+      await server.stop();
+    },
+  };
+};
