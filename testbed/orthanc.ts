@@ -289,7 +289,7 @@ export class OrthancFleet {
 }
 
 /**
- * Kills every testbed Orthanc still running under a root folder, found by its command line:
+ * Kills every testbed process (Orthanc, DynamoDB Local) still running under a root folder, found by its command line:
  * the safety net of a test run whose workers died before their teardown.
  */
 export const sweepLeftovers = (root: string): number => {

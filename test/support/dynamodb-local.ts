@@ -16,6 +16,7 @@ import {
   ListTablesCommand,
   UpdateTimeToLiveCommand,
 } from '@aws-sdk/client-dynamodb';
+import { TESTBED_MARKER } from '../../testbed/orthanc.ts';
 
 export interface DynamoDbLocal {
   /** A client of this instance, with fake credentials. */
@@ -76,6 +77,8 @@ const startJava = (port: number): { child: ChildProcess; output: () => string } 
   const child = spawn(
     'java',
     [
+      // Marks the process for the test run's sweep of leftovers (test/global-setup.ts).
+      `-D${TESTBED_MARKER}=${process.env.ORTHANC_TESTBED_ROOT ?? ''}`,
       '-Djava.library.path=./DynamoDBLocal_lib',
       '-jar',
       'DynamoDBLocal.jar',
