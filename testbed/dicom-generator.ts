@@ -405,14 +405,19 @@ const datasetElements = ({ patient, study, series, ...instance }: InstanceFields
 
 const PREAMBLE_AND_MAGIC = Buffer.concat([Buffer.alloc(128), Buffer.from('DICM', 'latin1')]);
 
-/** Everything before the pixel values, ending with the PixelData element's own header. */
-const encodeHeader = (instance: InstanceFields): Buffer => {
+const NO_TAGS: ReadonlySet<number> = new Set();
+
+/**
+ * Everything before the pixel values, ending with the PixelData element's own header; data-set
+ * elements whose tag is in `omit` are left out.
+ */
+const encodeHeader = (instance: InstanceFields, omit = NO_TAGS): Buffer => {
   const meta = encodeElements(metaElements(instance));
   return Buffer.concat([
     PREAMBLE_AND_MAGIC,
     encodeElements([ul(0x00020000, meta.length)]),
     meta,
-    encodeElements(datasetElements(instance)),
+    encodeElements(datasetElements(instance).filter((element) => !omit.has(element.tag))),
     elementHeader(0x7fe00010, 'OW', instance.pixelBytes),
   ]);
 };
@@ -436,10 +441,29 @@ function* pixelChunks(sopInstanceUid: string, length: number): Generator<Buffer>
   }
 }
 
-function* fileChunks(instance: InstanceFields): Generator<Buffer> {
-  yield encodeHeader(instance);
+function* fileChunks(instance: InstanceFields, omit = NO_TAGS): Generator<Buffer> {
+  yield encodeHeader(instance, omit);
   yield* pixelChunks(instance.sopInstanceUid, instance.pixelBytes);
 }
+
+/** SOPClassUID (0008,0016), the tag whose absence a DICOMweb destination refuses. */
+export const SOP_CLASS_UID_TAG = 0x00080016;
+
+/**
+ * The same instance with some data-set elements (group * 0x10000 + element) left out; the file
+ * meta information stays whole. Without SOPClassUID, for instance, Orthanc's REST API still
+ * stores the file (its meta header names the class) but its DICOMweb STOW-RS refuses it: a file
+ * a source accepts and the destination does not.
+ */
+export const withoutElements = (instance: GeneratedInstance, tags: readonly number[]): GeneratedInstance => {
+  const { byteLength: _byteLength, stream: _stream, ...fields } = instance;
+  const omit: ReadonlySet<number> = new Set(tags);
+  return {
+    ...fields,
+    byteLength: encodeHeader(fields, omit).length + fields.pixelBytes,
+    stream: () => Readable.from(fileChunks(fields, omit), { objectMode: false }),
+  };
+};
 
 /** Streams one instance to a file. */
 export const writeInstance = async (instance: GeneratedInstance, path: string): Promise<void> => {

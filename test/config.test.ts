@@ -1,0 +1,271 @@
+/** The configuration: defaults, and errors that name the field that is wrong. */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ConfigError, parseConfig } from '../lambdas/core/config.ts';
+import { createEndpoint } from '../lambdas/core/http.ts';
+import { createLog } from '../lambdas/core/log.ts';
+import { loadConfigFile } from '../lambdas/local/load-config.ts';
+import { LocalRunner } from '../lambdas/local/local-runner.ts';
+import { openState } from '../lambdas/local/sqlite-state.ts';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const BIN = join(ROOT, 'bin/orthanc-forwarder');
+
+/** The minimal configuration as the README shows it: the test keeps the documentation honest. */
+const readmeConfig = (): Record<string, unknown> => {
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+  const block = /```json\n([\s\S]*?)\n```/.exec(readme)?.[1];
+  if (block === undefined) throw new Error('README.md has no JSON block');
+  return JSON.parse(block) as Record<string, unknown>;
+};
+
+const source = { id: 'site-a', url: 'http://127.0.0.1:8042', username: 'orthanc', password: 'orthanc' };
+const destination = { url: 'http://127.0.0.1:8043/dicom-web', username: 'orthanc', password: 'orthanc' };
+const valid = { sources: [source], destination };
+
+const messageOf = (raw: unknown): string => {
+  try {
+    parseConfig(raw);
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return (error as Error).message;
+  }
+  throw new Error('the configuration was accepted');
+};
+
+const cli = (args: readonly string[], env: NodeJS.ProcessEnv = process.env) =>
+  new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
+    const child = spawn(BIN, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      stdout += chunk;
+    });
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+      stderr += chunk;
+    });
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+
+describe('configuration', () => {
+  const work = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-config-'));
+  afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+  it("parses the README's minimal configuration with every default", () => {
+    const config = parseConfig(readmeConfig());
+    expect(config).toEqual({
+      sources: [source],
+      destination,
+      trigger: 'StableStudy',
+      pollIntervalSeconds: 5,
+      quietSeconds: 60,
+      sweepIntervalSeconds: 600,
+      changesPageSize: 1000,
+      concurrency: 2,
+      stow: { maxInstances: 50, maxBytes: 256 * 1024 * 1024, parallel: 4 },
+      verify: 'qido',
+      qidoPageSize: 1000,
+      retry: { maxAttempts: 8, baseDelayMs: 2000, maxDelayMs: 300_000 },
+      timeouts: { connectMs: 10_000, headersMs: 300_000, bodyMs: 60_000 },
+      deleteAfterForward: true,
+    });
+  });
+
+  it('drops trailing slashes from URLs', () => {
+    const config = parseConfig({
+      sources: [{ ...source, url: 'https://pacs.example.org/orthanc//' }],
+      destination: {
+        ...destination,
+        url: 'https://cloud.example.org/dicom-web/',
+        orthancUrl: 'https://x.org/',
+      },
+    });
+    expect(config.sources[0]?.url).toBe('https://pacs.example.org/orthanc');
+    expect(config.destination.url).toBe('https://cloud.example.org/dicom-web');
+    expect(config.destination.orthancUrl).toBe('https://x.org');
+  });
+
+  /** Each bad configuration, and the field its error must name (at the start of a line). */
+  const bad: readonly {
+    readonly what: string;
+    readonly raw: unknown;
+    readonly field: string;
+    readonly also?: string;
+  }[] = [
+    { what: 'missing sources', raw: { destination }, field: 'sources' },
+    { what: 'empty sources', raw: { ...valid, sources: [] }, field: 'sources' },
+    {
+      what: 'bad source id',
+      raw: { ...valid, sources: [{ ...source, id: 'site a' }] },
+      field: 'sources[0].id',
+    },
+    {
+      what: 'non-URL url',
+      raw: { ...valid, sources: [{ ...source, url: 'not a url' }] },
+      field: 'sources[0].url',
+    },
+    {
+      what: 'ftp:// url',
+      raw: { ...valid, destination: { ...destination, url: 'ftp://x/y' } },
+      field: 'destination.url',
+    },
+    {
+      what: 'password and passwordEnv together',
+      raw: { ...valid, sources: [{ ...source, passwordEnv: 'SITE_A_PASSWORD' }] },
+      field: 'sources[0].passwordEnv',
+    },
+    {
+      what: 'clientCertFile without clientKeyFile',
+      raw: { ...valid, destination: { ...destination, clientCertFile: '/etc/forwarder/client.pem' } },
+      field: 'destination.clientKeyFile',
+      also: 'clientCertFile',
+    },
+    { what: 'unknown field (strict)', raw: { ...valid, colour: 'blue' }, field: '(root)', also: '"colour"' },
+    {
+      what: 'unknown nested field (strict)',
+      raw: { ...valid, stow: { maxInstance: 10 } },
+      field: 'stow',
+      also: '"maxInstance"',
+    },
+    {
+      what: 'unknown source field (strict)',
+      raw: { ...valid, sources: [{ ...source, pasword: 'x' }] },
+      field: 'sources[0]',
+      also: '"pasword"',
+    },
+    {
+      what: 'negative pollIntervalSeconds',
+      raw: { ...valid, pollIntervalSeconds: -1 },
+      field: 'pollIntervalSeconds',
+    },
+    { what: 'concurrency 0', raw: { ...valid, concurrency: 0 }, field: 'concurrency' },
+    { what: 'stow.maxInstances 0', raw: { ...valid, stow: { maxInstances: 0 } }, field: 'stow.maxInstances' },
+    { what: "verify 'bogus'", raw: { ...valid, verify: 'bogus' }, field: 'verify' },
+    {
+      what: "verify 'md5' without destination.orthancUrl",
+      raw: { ...valid, verify: 'md5' },
+      field: 'verify',
+      also: 'destination.orthancUrl',
+    },
+    { what: 'duplicate source ids', raw: { ...valid, sources: [source, { ...source }] }, field: 'sources' },
+    { what: 'retry.maxAttempts 0', raw: { ...valid, retry: { maxAttempts: 0 } }, field: 'retry.maxAttempts' },
+    {
+      what: 'timeouts.connectMs -1',
+      raw: { ...valid, timeouts: { connectMs: -1 } },
+      field: 'timeouts.connectMs',
+    },
+    {
+      what: "deleteAfterForward 'yes'",
+      raw: { ...valid, deleteAfterForward: 'yes' },
+      field: 'deleteAfterForward',
+    },
+    { what: 'not an object', raw: ['sources'], field: '(root)' },
+  ];
+
+  it.each(bad)('names the field: $what', ({ raw, field, also }) => {
+    const message = messageOf(raw);
+    expect(message.split('\n').filter((line) => line.startsWith(`  ${field}: `))).toHaveLength(1);
+    if (also !== undefined) expect(message).toContain(also);
+  });
+
+  it('lists every wrong field at once', () => {
+    const message = messageOf({ ...valid, concurrency: 0, verify: 'bogus', stow: { parallel: 0 } });
+    for (const field of ['concurrency', 'verify', 'stow.parallel']) expect(message).toContain(`  ${field}: `);
+  });
+
+  it('names passwordEnv when its environment variable is not set, and uses it when it is', () => {
+    const config = parseConfig({
+      ...valid,
+      sources: [{ id: 'site-a', url: source.url, username: 'orthanc', passwordEnv: 'SITE_A_PASSWORD' }],
+    });
+    const server = config.sources[0];
+    if (server === undefined) throw new Error('no source');
+    expect(() => createEndpoint(server, config.timeouts, { env: {} })).toThrow(ConfigError);
+    expect(() => createEndpoint(server, config.timeouts, { env: {} })).toThrow(
+      /^passwordEnv: environment variable SITE_A_PASSWORD is not set$/,
+    );
+    const endpoint = createEndpoint(server, config.timeouts, { env: { SITE_A_PASSWORD: 's3cret' } });
+    expect(endpoint.authorization).toBe(`Basic ${Buffer.from('orthanc:s3cret').toString('base64')}`);
+    expect(endpoint.label).toBe('http://127.0.0.1:8042');
+  });
+
+  it('a runner whose passwordEnv is unset fails before it takes the state file', async () => {
+    const config = parseConfig({
+      ...valid,
+      sources: [
+        { id: 'site-a', url: source.url, username: 'orthanc', passwordEnv: 'UNSET_FORWARDER_TEST_PASSWORD' },
+      ],
+    });
+    const state = openState(':memory:');
+    try {
+      const runner = new LocalRunner(config, state, createLog({ level: 'SILENT' }));
+      await expect(runner.run({ untilIdle: true })).rejects.toThrow(/passwordEnv/);
+      // The run holds no lease: another run may take the file at once.
+      expect(await state.ledger.acquireLease('local-runner', 'another run', 15_000, Date.now())).toBe(true);
+    } finally {
+      state.close();
+    }
+  });
+
+  it('reads a file: a clear error for a missing file and for one that is not JSON', () => {
+    const good = join(work, 'good.json');
+    writeFileSync(good, JSON.stringify(readmeConfig()));
+    expect(loadConfigFile(good).concurrency).toBe(2);
+    const notJson = join(work, 'not-json.json');
+    writeFileSync(notJson, '{ "sources": [ oops');
+    expect(() => loadConfigFile(notJson)).toThrow(ConfigError);
+    expect(() => loadConfigFile(notJson)).toThrow(`${notJson} is not valid JSON`);
+    expect(() => loadConfigFile(join(work, 'missing.json'))).toThrow(
+      /cannot read the configuration file .*ENOENT/,
+    );
+    const invalid = join(work, 'invalid.json');
+    writeFileSync(invalid, JSON.stringify({ ...valid, concurrency: 0 }));
+    expect(() => loadConfigFile(invalid)).toThrow(`invalid ${invalid}:\n  concurrency: `);
+  });
+
+  it('the CLI exits 2 and names the field on stderr', async () => {
+    const invalid = join(work, 'cli-invalid.json');
+    writeFileSync(invalid, JSON.stringify({ ...valid, stow: { maxInstances: 0 } }));
+    const state = join(work, 'cli.sqlite');
+    for (const command of ['run', 'status', 'redrive']) {
+      const result = await cli([command, '--config', invalid, '--state', state]);
+      expect(result.code).toBe(2);
+      expect(result.stdout).toBe('');
+      expect(result.stderr).toContain('  stow.maxInstances: ');
+    }
+
+    const notJson = join(work, 'cli-not-json.json');
+    writeFileSync(notJson, 'sources = site-a');
+    const garbled = await cli(['run', '--config', notJson, '--state', state, '--until-idle']);
+    expect(garbled.code).toBe(2);
+    expect(garbled.stderr).toContain(`${notJson} is not valid JSON`);
+
+    const withEnv = join(work, 'cli-password-env.json');
+    writeFileSync(
+      withEnv,
+      JSON.stringify({
+        ...valid,
+        sources: [
+          {
+            id: 'site-a',
+            url: source.url,
+            username: 'orthanc',
+            passwordEnv: 'UNSET_FORWARDER_TEST_PASSWORD',
+          },
+        ],
+      }),
+    );
+    const env = { ...process.env };
+    delete env.UNSET_FORWARDER_TEST_PASSWORD;
+    const unset = await cli(['run', '--config', withEnv, '--state', state, '--until-idle'], env);
+    expect(unset.code).toBe(2);
+    expect(unset.stderr).toContain(
+      'passwordEnv: environment variable UNSET_FORWARDER_TEST_PASSWORD is not set',
+    );
+  });
+});
