@@ -4,7 +4,6 @@
  */
 const missing: Record<string, string> = {
   bench: 'the side-by-side benchmark (issue "Fast and lean")',
-  synth: 'the CDK app (issue "The AWS pipeline")',
 };
 const name = process.argv[2] ?? '';
 process.stderr.write(`npm run ${name}: not implemented yet: ${missing[name] ?? 'unknown script'}\n`);
