@@ -125,6 +125,12 @@ export class LocalRunner {
   private async takeOver(signal: AbortSignal): Promise<void> {
     const deadline = Date.now() + RUNNER_LEASE_MS + 1_000;
     while (!(await this.state.ledger.acquireLease(RUNNER_LEASE, this.owner, RUNNER_LEASE_MS, Date.now()))) {
+      const holder = this.state.ledger.leaseHolder(RUNNER_LEASE);
+      if (holder !== undefined && isDeadLocalProcess(holder)) {
+        // A run on this machine that was killed: no need to wait for its lease to expire.
+        this.state.ledger.dropLeaseOf(RUNNER_LEASE, holder);
+        continue;
+      }
       if (Date.now() > deadline || signal.aborted) {
         throw new Error('another orthanc-forwarder run is using this state file');
       }
@@ -322,5 +328,17 @@ const safeIds = (body: string): { sourceId?: string; studyId?: string } => {
     };
   } catch {
     return {};
+  }
+};
+
+/** A lease owner `host:pid` naming a process of this machine that no longer exists. */
+const isDeadLocalProcess = (owner: string): boolean => {
+  const [host, pid] = owner.split(':');
+  if (host !== hostname() || pid === undefined || !/^\d+$/.test(pid)) return false;
+  try {
+    process.kill(Number(pid), 0);
+    return false;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'ESRCH';
   }
 };

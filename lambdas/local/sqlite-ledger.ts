@@ -53,6 +53,8 @@ const statements = (db: StateDb) => ({
   ),
   releaseLease: db.prepare('DELETE FROM leases WHERE key = ? AND owner = ?'),
   dropLeases: db.prepare('DELETE FROM leases WHERE owner <> ?'),
+  leaseHolder: db.prepare('SELECT owner FROM leases WHERE key = ?'),
+  dropLease: db.prepare('DELETE FROM leases WHERE key = ? AND owner = ?'),
   record: db.prepare(
     `INSERT INTO study_outcomes (source_id, study_id, result, instances, sent, already_present,
        deleted, rejected, bytes, duration_ms, finished_at)
@@ -109,6 +111,16 @@ export class SqliteLedger implements Ledger {
   /** Only the holder can release, so a worker whose lease expired cannot free its successor's. */
   async releaseLease(key: string, owner: string): Promise<void> {
     this.#sql.releaseLease.run(key, owner);
+  }
+
+  /** Who holds the lease, expired or not. */
+  leaseHolder(key: string): string | undefined {
+    return (this.#sql.leaseHolder.get(key) as { owner: string } | undefined)?.owner;
+  }
+
+  /** Drops a lease whose holder the caller knows is dead, unless someone else took it meanwhile. */
+  dropLeaseOf(key: string, owner: string): void {
+    this.#sql.dropLease.run(key, owner);
   }
 
   /** Drops every lease not held by `owner`; for a caller that knows their holders are gone. */
