@@ -1,6 +1,3 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import {
   BatchWriteItemCommand,
   type BatchWriteItemCommandOutput,
@@ -15,25 +12,8 @@ import { DynamoFeedStore } from '../lambdas/aws/dynamo-feed-store.ts';
 import { DynamoLedger } from '../lambdas/aws/dynamo-ledger.ts';
 import type { DynamoStateOptions } from '../lambdas/aws/dynamo-table.ts';
 import { ForwarderError } from '../lambdas/core/errors.ts';
-import { type LocalState, openState } from '../lambdas/local/sqlite-state.ts';
 import { type DynamoDbLocal, localClient, startDynamoDbLocal } from './support/dynamodb-local.ts';
 import { rejection, stateContract } from './support/port-contract.ts';
-
-stateContract('SQLite state (port contract)', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'port-contract-'));
-  const opened: LocalState[] = [];
-  return {
-    open: () => {
-      const state = openState(join(dir, 'state.sqlite'));
-      opened.push(state);
-      return state;
-    },
-    dispose: async () => {
-      for (const state of opened) state.close();
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-});
 
 let local: DynamoDbLocal | undefined;
 let tables = 0;

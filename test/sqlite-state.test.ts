@@ -12,6 +12,7 @@ import {
   SCHEMA_VERSION,
   type StateOptions,
 } from '../lambdas/local/sqlite-state.ts';
+import { stateContract } from './support/port-contract.ts';
 
 const STATE_MODULE = fileURLToPath(new URL('../lambdas/local/sqlite-state.ts', import.meta.url));
 
@@ -180,76 +181,6 @@ describe('state file', () => {
     expect(await state.feed.getCursor('a')).toBe(7);
     const [message] = await state.queue.receive(10, 60_000);
     expect(message?.body).toBe(JSON.stringify({ sourceId: 'a', studyId: 'killed', reason: 'quiet' }));
-  });
-});
-
-describe('feed state', () => {
-  it('advances the cursor only from the expected value', async () => {
-    const { feed } = open();
-    expect(await feed.getCursor('a')).toBeUndefined();
-    expect(await feed.advanceCursor('a', 3, 5)).toBe(false);
-    expect(await feed.getCursor('a')).toBeUndefined();
-    expect(await feed.advanceCursor('a', undefined, 5)).toBe(true);
-    expect(await feed.advanceCursor('a', undefined, 6)).toBe(false);
-    expect(await feed.advanceCursor('a', 4, 6)).toBe(false);
-    expect(await feed.getCursor('a')).toBe(5);
-    expect(await feed.advanceCursor('a', 5, 9)).toBe(true);
-    expect(await feed.getCursor('a')).toBe(9);
-    expect(await feed.getCursor('b')).toBeUndefined();
-  });
-
-  it('lets only one of two overlapping readers advance, first cursor included', async () => {
-    const one = open();
-    const two = open();
-    const seen = [await one.feed.getCursor('a'), await two.feed.getCursor('a')];
-    expect(seen).toEqual([undefined, undefined]);
-    const first = await Promise.all([
-      one.feed.advanceCursor('a', undefined, 10),
-      two.feed.advanceCursor('a', undefined, 20),
-    ]);
-    expect(first).toEqual([true, false]);
-    expect(await two.feed.getCursor('a')).toBe(10);
-
-    const second = await Promise.all([
-      two.feed.advanceCursor('a', 10, 30),
-      one.feed.advanceCursor('a', 10, 15),
-    ]);
-    expect(second).toEqual([true, false]);
-    expect(await one.feed.getCursor('a')).toBe(30);
-  });
-
-  it('keeps the state of already watched studies and never brings back an unwatched one', async () => {
-    const { feed } = open();
-    await feed.watch('a', ['s2', 's1'], 100);
-    expect(await feed.watched('a')).toEqual([
-      { studyId: 's1', lastUpdate: undefined, lastUpdateSeenAt: 100 },
-      { studyId: 's2', lastUpdate: undefined, lastUpdateSeenAt: 100 },
-    ]);
-    await feed.updateWatched('a', { studyId: 's1', lastUpdate: '20240101T000000', lastUpdateSeenAt: 150 });
-    await feed.watch('a', ['s1', 's3'], 200);
-    expect(await feed.watched('a')).toEqual([
-      { studyId: 's1', lastUpdate: '20240101T000000', lastUpdateSeenAt: 150 },
-      { studyId: 's2', lastUpdate: undefined, lastUpdateSeenAt: 100 },
-      { studyId: 's3', lastUpdate: undefined, lastUpdateSeenAt: 200 },
-    ]);
-    await feed.updateWatched('a', { studyId: 's1', lastUpdate: undefined, lastUpdateSeenAt: 250 });
-    expect((await feed.watched('a'))[0]).toEqual({
-      studyId: 's1',
-      lastUpdate: undefined,
-      lastUpdateSeenAt: 250,
-    });
-
-    await feed.unwatch('a', ['s1', 's2', 'unknown']);
-    await feed.updateWatched('a', { studyId: 's1', lastUpdate: 'x', lastUpdateSeenAt: 300 });
-    expect((await feed.watched('a')).map((s) => s.studyId)).toEqual(['s3']);
-    expect(await feed.watched('b')).toEqual([]);
-    await feed.watch('b', ['s3'], 400);
-    expect(await feed.watched('b')).toEqual([
-      { studyId: 's3', lastUpdate: undefined, lastUpdateSeenAt: 400 },
-    ]);
-    expect(await feed.watched('a')).toEqual([
-      { studyId: 's3', lastUpdate: undefined, lastUpdateSeenAt: 200 },
-    ]);
   });
 });
 
@@ -481,89 +412,18 @@ describe('work queue', () => {
   });
 });
 
-describe('ledger', () => {
-  it('grants a lease to one owner until it expires, and renews it for the same owner', async () => {
-    const { ledger } = open();
-    expect(await ledger.acquireLease('k', 'w1', 1_000, 0)).toBe(true);
-    expect(await ledger.acquireLease('k', 'w2', 1_000, 500)).toBe(false);
-    expect(await ledger.acquireLease('k', 'w1', 1_000, 900)).toBe(true);
-    // Renewed until 1900: still held at 1000.
-    expect(await ledger.acquireLease('k', 'w2', 1_000, 1_000)).toBe(false);
-    expect(await ledger.acquireLease('k', 'w2', 1_000, 1_899)).toBe(false);
-    expect(await ledger.acquireLease('k', 'w2', 1_000, 1_900)).toBe(true);
-    expect(await ledger.acquireLease('k', 'w1', 1_000, 2_000)).toBe(false);
-    expect(await ledger.acquireLease('other', 'w1', 1_000, 2_000)).toBe(true);
-    await expect(ledger.acquireLease('k', 'w1', 0, 0)).rejects.toThrow(RangeError);
-  });
-
-  it('releases a lease only for its owner', async () => {
-    const { ledger } = open();
-    await ledger.acquireLease('k', 'w1', 60_000, 0);
-    await ledger.releaseLease('k', 'w2');
-    expect(await ledger.acquireLease('k', 'w2', 60_000, 1)).toBe(false);
-    await ledger.releaseLease('k', 'w1');
-    expect(await ledger.acquireLease('k', 'w2', 60_000, 2)).toBe(true);
-  });
-
-  it('gives a contested lease to exactly one of two connections', async () => {
-    const one = open();
-    const two = open();
-    const results = await Promise.all([
-      one.ledger.acquireLease('k', 'w1', 60_000, 0),
-      two.ledger.acquireLease('k', 'w2', 60_000, 0),
-    ]);
-    expect(results.sort()).toEqual([false, true]);
-  });
-
-  it('totals count whole moves, sent instances, bytes, deletions and distinct refusals', async () => {
-    const { ledger } = open();
-    expect(await ledger.totals()).toEqual({ studies: 0, instances: 0, bytes: 0, deleted: 0, rejected: 0 });
-    await ledger.record(
-      outcome({ result: 'moved', instances: 5, sent: 4, alreadyPresent: 1, deleted: 5, bytes: 400 }),
-    );
-    await ledger.record(outcome({ result: 'copied', studyId: 's2', instances: 2, sent: 2, bytes: 200 }));
-    await ledger.record(
-      outcome({
-        result: 'partial',
-        studyId: 's3',
-        instances: 3,
-        sent: 2,
-        deleted: 2,
-        rejected: 1,
-        bytes: 100,
-      }),
-    );
-    await ledger.record(outcome({ result: 'gone', studyId: 's4' }));
-    await ledger.recordRejected([rejection({ studyId: 's3', instanceId: 'i1' })]);
-    // A later run of s3 reports the same refusal again.
-    await ledger.record(outcome({ result: 'partial', studyId: 's3', instances: 1, rejected: 1 }));
-    expect(await ledger.totals()).toEqual({ studies: 2, instances: 8, bytes: 700, deleted: 7, rejected: 1 });
-  });
-
-  it('keeps the newest reason for a rejected instance and lists by source and study', async () => {
-    const { ledger } = open();
-    await ledger.recordRejected([]);
-    await ledger.recordRejected([
-      rejection({ instanceId: 'i1', reason: 'first', rejectedAt: 10 }),
-      rejection({ instanceId: 'i2', reason: 'other', rejectedAt: 10 }),
-      rejection({ sourceId: 'b', instanceId: 'i1', reason: 'b', rejectedAt: 10 }),
-      rejection({ studyId: 's2', instanceId: 'i3', reason: 's2', rejectedAt: 10 }),
-    ]);
-    await ledger.recordRejected([rejection({ instanceId: 'i1', reason: 'newer', rejectedAt: 20 })]);
-    await ledger.recordRejected([rejection({ instanceId: 'i1', reason: 'older', rejectedAt: 15 })]);
-
-    expect(await ledger.rejected('a', 's1')).toEqual([
-      rejection({ instanceId: 'i2', reason: 'other', rejectedAt: 10 }),
-      rejection({ instanceId: 'i1', reason: 'newer', rejectedAt: 20 }),
-    ]);
-    expect((await ledger.rejected('a')).map((r) => r.instanceId)).toEqual(['i2', 'i1', 'i3']);
-    expect((await ledger.rejected()).map((r) => `${r.sourceId}/${r.instanceId}`)).toEqual([
-      'a/i2',
-      'a/i1',
-      'a/i3',
-      'b/i1',
-    ]);
-    expect((await ledger.rejected(undefined, 's1')).map((r) => r.sourceId)).toEqual(['a', 'a', 'b']);
-    expect(await ledger.rejected('c')).toEqual([]);
-  });
+stateContract('SQLite state (port contract)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'port-contract-'));
+  const opened: LocalState[] = [];
+  return {
+    open: () => {
+      const state = openState(join(dir, 'state.sqlite'));
+      opened.push(state);
+      return state;
+    },
+    dispose: async () => {
+      for (const state of opened) state.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 });
