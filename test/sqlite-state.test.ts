@@ -5,14 +5,14 @@ import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { RejectedInstance, StudyOutcome, WorkItem } from '../lambdas/core/ports.ts';
+import type { WorkItem } from '../lambdas/core/ports.ts';
 import {
   type LocalState,
   openState,
   SCHEMA_VERSION,
   type StateOptions,
 } from '../lambdas/local/sqlite-state.ts';
-import { stateContract } from './support/port-contract.ts';
+import { CLOCK, outcome, rejection, stateContract } from './support/port-contract.ts';
 
 const STATE_MODULE = fileURLToPath(new URL('../lambdas/local/sqlite-state.ts', import.meta.url));
 
@@ -40,7 +40,7 @@ const closeAll = () => {
 beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), 'sqlite-state-'));
   file = join(dir, 'state.sqlite');
-  clock = 1_700_000_000_000;
+  clock = CLOCK;
 });
 
 afterEach(() => {
@@ -52,31 +52,6 @@ const item = (studyId: string, sourceId = 'a', reason: WorkItem['reason'] = 'sta
   sourceId,
   studyId,
   reason,
-});
-
-const outcome = (overrides: Partial<StudyOutcome>): StudyOutcome => ({
-  sourceId: 'a',
-  studyId: 's1',
-  result: 'moved',
-  instances: 0,
-  sent: 0,
-  alreadyPresent: 0,
-  deleted: 0,
-  rejected: 0,
-  bytes: 0,
-  durationMs: 10,
-  finishedAt: clock,
-  ...overrides,
-});
-
-const rejection = (overrides: Partial<RejectedInstance>): RejectedInstance => ({
-  sourceId: 'a',
-  studyId: 's1',
-  instanceId: 'i1',
-  sopInstanceUid: '1.2.3',
-  reason: 'refused',
-  rejectedAt: clock,
-  ...overrides,
 });
 
 describe('state file', () => {

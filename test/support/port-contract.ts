@@ -16,9 +16,9 @@ export interface StateUnderTest {
   dispose(): Promise<void>;
 }
 
-const CLOCK = 1_700_000_000_000;
+export const CLOCK = 1_700_000_000_000;
 
-const outcome = (overrides: Partial<StudyOutcome>): StudyOutcome => ({
+export const outcome = (overrides: Partial<StudyOutcome>): StudyOutcome => ({
   sourceId: 'a',
   studyId: 's1',
   result: 'moved',
