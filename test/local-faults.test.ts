@@ -1,19 +1,10 @@
-/**
- * Fault tests of local mode, against real Orthanc servers: the destination going down mid-move,
- * the forwarder killed between two steps of a move, a source that is down or frozen, restarts of
- * the forwarder and of a source, and a source whose database was reset. In every one, an
- * instance is at any moment at its source or at the destination, and a rerun converges without
- * sending again what the destination already holds.
- */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
-import type { Log, LogAttributes } from '../lambdas/core/log.ts';
+import type { Log } from '../lambdas/core/log.ts';
 import type { MoveStep } from '../lambdas/core/move-study.ts';
 import type { StudyOutcome } from '../lambdas/core/ports.ts';
 import { LocalRunner } from '../lambdas/local/local-runner.ts';
@@ -22,96 +13,29 @@ import {
   type GeneratedInstance,
   generateStudies,
   SOP_CLASS_UID_TAG,
-  type StudyShape,
   withoutElements,
 } from '../testbed/dicom-generator.ts';
 import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
-import { uploadToOrthanc } from '../testbed/upload.ts';
+import {
+  BIN,
+  captureLog,
+  configFor,
+  expectEachSomewhere,
+  heldUids,
+  instanceCount,
+  killChildren,
+  logLines,
+  runProcess,
+  shape,
+  uidsOf,
+  until,
+  upload,
+} from './support/harness.ts';
 
-const BIN = fileURLToPath(new URL('../bin/orthanc-forwarder', import.meta.url));
 const CRASH_AT = fileURLToPath(new URL('./support/crash-at.ts', import.meta.url));
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-interface ProcessResult {
-  readonly code: number | null;
-  readonly signal: NodeJS.Signals | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-const children = new Set<ChildProcess>();
-
-/** Runs a child process to its end (or its death) and collects what it printed. */
-const runProcess = (command: string, args: readonly string[]): Promise<ProcessResult> =>
-  new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    children.add(child);
-    const stdout: Buffer[] = [];
-    const stderr: Buffer[] = [];
-    child.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));
-    child.stderr.on('data', (chunk: Buffer) => stderr.push(chunk));
-    child.once('error', reject);
-    child.once('close', (code, signal) => {
-      children.delete(child);
-      resolve({
-        code,
-        signal,
-        stdout: Buffer.concat(stdout).toString('utf8'),
-        stderr: Buffer.concat(stderr).toString('utf8'),
-      });
-    });
-  });
-
-/** Only for a test that failed with a child still running: nothing outlives the test. */
-const killChildren = () => {
-  for (const child of children) child.kill('SIGKILL');
-  children.clear();
-};
-
-/** The JSON log lines of a run's output (Powertools writes one object per line). */
-const logLines = (output: string): Record<string, unknown>[] =>
-  output
-    .split('\n')
-    .filter((line) => line.startsWith('{'))
-    .map((line) => JSON.parse(line) as Record<string, unknown>);
-
-interface LogEntry {
-  readonly level: string;
-  readonly message: string;
-  readonly [attribute: string]: unknown;
-}
-
-/** A Log that keeps every entry, and tells `onEntry` of each as it is written. */
-const captureLog = (onEntry?: (entry: LogEntry) => void): { log: Log; entries: LogEntry[] } => {
-  const entries: LogEntry[] = [];
-  const at =
-    (level: string) =>
-    (message: string, ...attributes: LogAttributes[]) => {
-      const entry: LogEntry = { ...Object.assign({}, ...attributes), level, message };
-      entries.push(entry);
-      onEntry?.(entry);
-    };
-  return { log: { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') }, entries };
-};
-
-const upload = async (server: OrthancServer, instances: readonly GeneratedInstance[]) => {
-  const results = await uploadToOrthanc(server, instances);
-  expect(results.map((result) => result.status)).toEqual(instances.map(() => 200));
-};
-
-const instanceCount = async (server: OrthancServer): Promise<number> =>
-  (await server.rest<{ CountInstances: number }>('GET', '/statistics')).CountInstances;
-
-/** The SOPInstanceUIDs a server holds, sorted. */
-const heldUids = async (server: OrthancServer): Promise<string[]> =>
-  (await server.rest<{ MainDicomTags: { SOPInstanceUID: string } }[]>('GET', '/instances?expand'))
-    .map((instance) => instance.MainDicomTags.SOPInstanceUID)
-    .sort();
-
-const uidsOf = (instances: readonly GeneratedInstance[]): string[] =>
-  instances.map((instance) => instance.sopInstanceUid).sort();
 
 /** The generated instances of the study that a source knows under an Orthanc ID. */
 const instancesOfStudy = async (
@@ -126,15 +50,6 @@ const instancesOfStudy = async (
   const found = instances.filter((i) => i.studyInstanceUid === study.MainDicomTags.StudyInstanceUID);
   expect(found.length).toBeGreaterThan(0);
   return found;
-};
-
-/** Nothing is lost: every instance is at one of the sources or at the destination. */
-const expectEachSomewhere = async (
-  instances: readonly GeneratedInstance[],
-  servers: readonly OrthancServer[],
-) => {
-  const held = new Set((await Promise.all(servers.map(heldUids))).flat());
-  expect(instances.filter((i) => !held.has(i.sopInstanceUid)).map((i) => i.sopInstanceUid)).toEqual([]);
 };
 
 interface ChangesAnswer {
@@ -152,44 +67,6 @@ const changesSince = (server: OrthancServer, since: number): Promise<ChangesAnsw
  */
 const newInstanceChanges = async (server: OrthancServer): Promise<number> =>
   (await changesSince(server, 0)).Changes.filter((change) => change.ChangeType === 'NewInstance').length;
-
-/** Waits for a condition of the servers (no deadline: the test's timeout is the bound). */
-const until = async (condition: () => Promise<boolean>) => {
-  while (!(await condition())) await sleep(100);
-};
-
-interface SourceEntry {
-  readonly id: string;
-  readonly server: OrthancServer;
-}
-
-const configFor = (sources: readonly SourceEntry[], destination: OrthancServer, extra: object = {}) => ({
-  sources: sources.map(({ id, server }) => ({
-    id,
-    url: server.url,
-    username: server.username,
-    password: server.password,
-  })),
-  destination: {
-    url: destination.dicomWebUrl,
-    username: destination.username,
-    password: destination.password,
-  },
-  pollIntervalSeconds: 0.3,
-  quietSeconds: 2,
-  retry: { baseDelayMs: 200, maxDelayMs: 1_000 },
-  ...extra,
-});
-
-const shape = (seed: string, overrides: Partial<StudyShape> = {}): StudyShape => ({
-  patients: 2,
-  studiesPerPatient: 1,
-  seriesPerStudy: 2,
-  instancesPerSeries: 3,
-  pixelBytes: 16 * 1024,
-  seed,
-  ...overrides,
-});
 
 const sum = (outcomes: readonly StudyOutcome[], field: 'sent' | 'alreadyPresent' | 'deleted'): number =>
   outcomes.reduce((total, outcome) => total + outcome[field], 0);

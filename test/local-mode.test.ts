@@ -1,13 +1,6 @@
-/**
- * Acceptance tests of local mode: real Orthanc servers, the real CLI as a child process (or the
- * real runner in-process where a test must act between two steps of a move).
- */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
 import { createLog } from '../lambdas/core/log.ts';
@@ -21,108 +14,32 @@ import {
   type GeneratedSet,
   generateStudies,
   SOP_CLASS_UID_TAG,
-  type StudyShape,
   withoutElements,
 } from '../testbed/dicom-generator.ts';
-import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
-import { uploadToOrthanc } from '../testbed/upload.ts';
-
-const BIN = fileURLToPath(new URL('../bin/orthanc-forwarder', import.meta.url));
+import { OrthancFleet } from '../testbed/orthanc.ts';
+import {
+  cli,
+  configFor,
+  expectAllAtDestination,
+  findInstance,
+  heldUids,
+  instanceCount,
+  killChildren,
+  logLines,
+  md5Of,
+  shape,
+  storedMd5,
+  upload,
+} from './support/harness.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-interface CliResult {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-const children = new Set<ChildProcess>();
-
-/** Runs bin/orthanc-forwarder to its end and collects what it printed. */
-const cli = (args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<CliResult> =>
-  new Promise((resolve, reject) => {
-    const child = spawn(BIN, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    children.add(child);
-    const stdout: Buffer[] = [];
-    const stderr: Buffer[] = [];
-    child.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));
-    child.stderr.on('data', (chunk: Buffer) => stderr.push(chunk));
-    child.once('error', reject);
-    child.once('close', (code) => {
-      children.delete(child);
-      resolve({
-        code,
-        stdout: Buffer.concat(stdout).toString('utf8'),
-        stderr: Buffer.concat(stderr).toString('utf8'),
-      });
-    });
-  });
-
-/** Only for a test that failed with a child still running: nothing outlives the test. */
-const killChildren = () => {
-  for (const child of children) child.kill('SIGKILL');
-  children.clear();
-};
-
-/** The JSON log lines of a run's output (Powertools writes one object per line). */
-const logLines = (output: string): Record<string, unknown>[] =>
-  output
-    .split('\n')
-    .filter((line) => line.startsWith('{'))
-    .map((line) => JSON.parse(line) as Record<string, unknown>);
 
 const statusOf = async (configPath: string, statePath: string): Promise<StatusReport> => {
   const result = await cli(['status', '--config', configPath, '--state', statePath, '--json']);
   expect(result.stderr).toBe('');
   expect(result.code).toBe(0);
   return JSON.parse(result.stdout) as StatusReport;
-};
-
-const upload = async (server: OrthancServer, instances: readonly GeneratedInstance[]) => {
-  const results = await uploadToOrthanc(server, instances);
-  expect(results.map((result) => result.status)).toEqual(instances.map(() => 200));
-};
-
-const instanceCount = async (server: OrthancServer): Promise<number> =>
-  (await server.rest<{ CountInstances: number }>('GET', '/statistics')).CountInstances;
-
-/** The SOPInstanceUIDs a server holds, sorted. */
-const heldUids = async (server: OrthancServer): Promise<string[]> =>
-  (await server.rest<{ MainDicomTags: { SOPInstanceUID: string } }[]>('GET', '/instances?expand'))
-    .map((instance) => instance.MainDicomTags.SOPInstanceUID)
-    .sort();
-
-const findInstance = async (server: OrthancServer, sopInstanceUid: string): Promise<string | undefined> =>
-  (await server.rest<{ ID: string; Type: string }[]>('POST', '/tools/lookup', sopInstanceUid)).find(
-    (match) => match.Type === 'Instance',
-  )?.ID;
-
-const storedMd5 = async (server: OrthancServer, instanceId: string): Promise<string> => {
-  const response = await fetch(`${server.url}/instances/${instanceId}/attachments/dicom/md5`, {
-    headers: { authorization: server.authorization },
-  });
-  expect(response.status).toBe(200);
-  return (await response.text()).trim();
-};
-
-const md5Of = async (instance: GeneratedInstance): Promise<string> => {
-  const hash = createHash('md5');
-  for await (const chunk of instance.stream()) hash.update(chunk as Buffer);
-  return hash.digest('hex');
-};
-
-/** Every generated instance is at the destination, byte for byte. */
-const expectAllAtDestination = async (
-  destination: OrthancServer,
-  instances: readonly GeneratedInstance[],
-) => {
-  for (const instance of instances) {
-    const id = await findInstance(destination, instance.sopInstanceUid);
-    expect(id, `instance ${instance.sopInstanceUid} at the destination`).toBeDefined();
-    expect(await storedMd5(destination, id as string)).toBe(await md5Of(instance));
-  }
 };
 
 /** Every identifying value of a generated set, and how each may appear in a text. */
@@ -142,39 +59,6 @@ const expectNoPhi = (text: string, sets: readonly GeneratedSet[]) => {
     }
   }
 };
-
-interface SourceEntry {
-  readonly id: string;
-  readonly server: OrthancServer;
-}
-
-const configFor = (sources: readonly SourceEntry[], destination: OrthancServer, extra: object = {}) => ({
-  sources: sources.map(({ id, server }) => ({
-    id,
-    url: server.url,
-    username: server.username,
-    password: server.password,
-  })),
-  destination: {
-    url: destination.dicomWebUrl,
-    username: destination.username,
-    password: destination.password,
-  },
-  pollIntervalSeconds: 0.3,
-  quietSeconds: 2,
-  retry: { baseDelayMs: 200, maxDelayMs: 2_000 },
-  ...extra,
-});
-
-const shape = (seed: string, overrides: Partial<StudyShape> = {}): StudyShape => ({
-  patients: 2,
-  studiesPerPatient: 1,
-  seriesPerStudy: 2,
-  instancesPerSeries: 3,
-  pixelBytes: 16 * 1024,
-  seed,
-  ...overrides,
-});
 
 const ORTHANC_ID = /^[0-9a-f]{8}(-[0-9a-f]{8}){4}$/;
 

@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateStudies } from '../../testbed/dicom-generator.ts';
+import { forwarderConfigFor, instanceCount } from '../../testbed/forwarder-config.ts';
 import { OrthancFleet, type OrthancServer } from '../../testbed/orthanc.ts';
 import { uploadToOrthanc } from '../../testbed/upload.ts';
 import { type ForwarderConfig, parseConfig } from '../core/config.ts';
@@ -43,24 +44,13 @@ const SHAPE = {
 };
 
 const demoConfig = (sources: readonly OrthancServer[], destination: OrthancServer): ForwarderConfig =>
-  parseConfig({
-    sources: sources.map((server, index) => ({
-      id: `site-${String.fromCharCode(97 + index)}`,
-      url: server.url,
-      username: server.username,
-      password: server.password,
-    })),
-    destination: {
-      url: destination.dicomWebUrl,
-      username: destination.username,
-      password: destination.password,
-    },
-    pollIntervalSeconds: 0.5,
-    quietSeconds: 3,
-  });
-
-const instanceCount = async (server: OrthancServer): Promise<number> =>
-  (await server.rest<{ CountInstances: number }>('GET', '/statistics')).CountInstances;
+  parseConfig(
+    forwarderConfigFor(
+      sources.map((server, index) => ({ id: `site-${String.fromCharCode(97 + index)}`, server })),
+      destination,
+      { pollIntervalSeconds: 0.5, quietSeconds: 3 },
+    ),
+  );
 
 export const runDemo = async (options: DemoOptions): Promise<DemoSummary> => {
   const progress = options.onProgress ?? (() => undefined);
