@@ -2,7 +2,7 @@
  * Loads DICOM files into an Orthanc server through its REST API, the way a modality's archive
  * feed would: one streamed POST per file, a few at a time, every outcome reported.
  */
-import { createReadStream } from 'node:fs';
+import * as fs from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { Agent, request } from 'undici';
 import type { GeneratedInstance } from './dicom-generator.ts';
@@ -43,8 +43,9 @@ interface OrthancStored {
 const identify = (item: UploadItem): Pick<UploadResult, 'sopInstanceUid' | 'path'> =>
   typeof item === 'string' ? { path: item } : { sopInstanceUid: item.sopInstanceUid };
 
-const open = (item: UploadItem): Readable =>
-  typeof item === 'string' ? createReadStream(item) : item.stream();
+/** Opens the file first, so that a missing one fails here and not later as an unhandled stream error. */
+const open = async (item: UploadItem): Promise<Readable> =>
+  typeof item === 'string' ? (await fs.open(item)).createReadStream() : item.stream();
 
 const uploadOne = async (
   target: OrthancTarget,
@@ -52,8 +53,9 @@ const uploadOne = async (
   authorization: string,
   item: UploadItem,
 ): Promise<UploadResult> => {
-  const body = open(item);
+  let body: Readable | undefined;
   try {
+    body = await open(item);
     // No content-length: undici sends the stream chunked, so nothing is buffered whole.
     const response = await request(`${target.url.replace(/\/+$/, '')}/instances`, {
       method: 'POST',
@@ -70,7 +72,7 @@ const uploadOne = async (
   } catch (error) {
     return { ...identify(item), status: 0, error: error instanceof Error ? error.message : String(error) };
   } finally {
-    body.destroy();
+    body?.destroy();
   }
 };
 
