@@ -2,7 +2,21 @@
  * The orthanc-forwarder command line: parse, call the core, report. Exit codes: 0 success,
  * 1 something was dead-lettered or rejected, 2 a usage or configuration error.
  */
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { SQSClient } from '@aws-sdk/client-sqs';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import {
+  type AwsResources,
+  deadLetterEntry,
+  formatAwsStatus,
+  formatDeadLetters,
+  formatRedriveProgress,
+  gatherAwsStatus,
+  listDeadLetters,
+  reachSources,
+  redrive,
+} from '../lambdas/aws/operations.ts';
 import { ConfigError, type ForwarderConfig } from '../lambdas/core/config.ts';
 import { createLog, type LogLevel } from '../lambdas/core/log.ts';
 import { runDemo } from '../lambdas/local/demo.ts';
@@ -34,6 +48,66 @@ const withState = async <T>(
   } finally {
     state.close();
   }
+};
+
+/**
+ * `--aws`: the command works on the deployed stack instead of the state file. The resources come
+ * from options, else from the variables the Lambdas read (QUEUE_URL, DLQ_URL, STATE_TABLE); the
+ * stack's CliOptions output is the options to copy (docs/operations.md).
+ */
+interface AwsCliOptions {
+  aws?: boolean;
+  queueUrl?: string;
+  dlqUrl?: string;
+  table?: string;
+  region?: string;
+}
+
+const withAwsOptions = (command: Command): Command =>
+  command
+    .option('--aws', 'work on the deployed stack (SQS, DynamoDB) instead of the local state file')
+    .addOption(
+      new Option('--queue-url <url>', 'AWS: the work queue (stack output QueueUrl)').env('QUEUE_URL'),
+    )
+    .addOption(
+      new Option('--dlq-url <url>', 'AWS: the dead-letter queue (stack output DeadLetterQueueUrl)').env(
+        'DLQ_URL',
+      ),
+    )
+    .addOption(
+      new Option('--table <name>', 'AWS: the state table (stack output StateTableName)').env('STATE_TABLE'),
+    )
+    .option(
+      '--region <region>',
+      'AWS: the region (default: aws.region of the configuration, else the SDK’s)',
+    );
+
+const awsResources = <K extends keyof AwsResources>(
+  options: AwsCliOptions,
+  needed: readonly K[],
+): Pick<AwsResources, K> => {
+  const given: AwsResources = {
+    queueUrl: options.queueUrl ?? '',
+    deadLetterQueueUrl: options.dlqUrl ?? '',
+    tableName: options.table ?? '',
+  };
+  const flags = {
+    queueUrl: '--queue-url (QUEUE_URL)',
+    deadLetterQueueUrl: '--dlq-url (DLQ_URL)',
+    tableName: '--table (STATE_TABLE)',
+  };
+  const missing = needed.filter((key) => given[key] === '').map((key) => flags[key]);
+  if (missing.length > 0) {
+    throw new InvalidArgumentError(
+      `--aws needs ${missing.join(', ')}: copy the stack's CliOptions output (docs/operations.md)`,
+    );
+  }
+  return given;
+};
+
+const awsClientConfig = (options: AwsCliOptions, config: ForwarderConfig) => {
+  const region = options.region ?? config.aws?.region;
+  return region === undefined ? {} : { region };
 };
 
 /** Ends the run cleanly on the first SIGINT or SIGTERM; a second one exits at once. */
@@ -83,28 +157,103 @@ program
     });
   });
 
-program
-  .command('status')
-  .description('cursors, lag, queue, dead letters, rejected instances and totals')
-  .requiredOption('-c, --config <file>', 'configuration file (JSON)')
-  .option('-s, --state <file>', 'state file (default: beside the configuration file)')
-  .option('--json', 'print one JSON object')
-  .action(async (options: StateOptions & { json?: boolean }) => {
-    const config = loadConfigFile(options.config);
-    const report = await withState(options, config, (state) => gatherStatus(config, state));
-    process.stdout.write(`${options.json ? JSON.stringify(report) : formatStatus(report)}\n`);
-  });
+withAwsOptions(
+  program
+    .command('status')
+    .description('cursors, lag, queue, dead letters, rejected instances and totals')
+    .requiredOption('-c, --config <file>', 'configuration file (JSON)')
+    .option('-s, --state <file>', 'state file (default: beside the configuration file)')
+    .option('--json', 'print one JSON object')
+    .option('--reach-sources', 'AWS: ask each source for its newest change, to show the lag'),
+).action(async (options: StateOptions & AwsCliOptions & { json?: boolean; reachSources?: boolean }) => {
+  const config = loadConfigFile(options.config);
+  let report: unknown;
+  let text: string;
+  if (options.aws) {
+    const resources = awsResources(options, ['queueUrl', 'deadLetterQueueUrl', 'tableName']);
+    const clientConfig = awsClientConfig(options, config);
+    const aws = await gatherAwsStatus(
+      config,
+      { sqs: new SQSClient(clientConfig), dynamodb: new DynamoDBClient(clientConfig) },
+      resources,
+      options.reachSources
+        ? { lastChange: reachSources(config, new SecretsManagerClient(clientConfig)) }
+        : {},
+    );
+    [report, text] = [aws, formatAwsStatus(aws)];
+  } else {
+    const local = await withState(options, config, (state) => gatherStatus(config, state));
+    [report, text] = [local, formatStatus(local)];
+  }
+  process.stdout.write(`${options.json ? JSON.stringify(report) : text}\n`);
+});
 
-program
-  .command('redrive')
-  .description('put every dead letter back on the queue')
-  .requiredOption('-c, --config <file>', 'configuration file (JSON)')
-  .option('-s, --state <file>', 'state file (default: beside the configuration file)')
-  .action(async (options: StateOptions) => {
-    const config = loadConfigFile(options.config);
+const dlq = program.command('dlq').description('the dead letters');
+withAwsOptions(
+  dlq
+    .command('list')
+    .description('each dead letter: its work item (Orthanc IDs) and its last error')
+    .requiredOption('-c, --config <file>', 'configuration file (JSON)')
+    .option('-s, --state <file>', 'state file (default: beside the configuration file)')
+    .option('--json', 'print one JSON array')
+    .addOption(
+      new Option('--max <count>', 'AWS: list at most this many').default(100).argParser((value) => {
+        const count = Number(value);
+        if (!Number.isInteger(count) || count < 1)
+          throw new InvalidArgumentError('must be a positive integer');
+        return count;
+      }),
+    ),
+).action(async (options: StateOptions & AwsCliOptions & { json?: boolean; max: number }) => {
+  const config = loadConfigFile(options.config);
+  const entries = options.aws
+    ? await listDeadLetters(
+        new SQSClient(awsClientConfig(options, config)),
+        awsResources(options, ['deadLetterQueueUrl']).deadLetterQueueUrl,
+        { max: options.max },
+      )
+    : (await withState(options, config, (state) => state.queue.deadLetters())).map((letter) =>
+        deadLetterEntry({ ...letter, messageId: letter.id, sentAt: letter.deadLetteredAt }),
+      );
+  process.stdout.write(`${options.json ? JSON.stringify(entries) : formatDeadLetters(entries)}\n`);
+});
+
+withAwsOptions(
+  program
+    .command('redrive')
+    .description('put every dead letter back on the queue')
+    .requiredOption('-c, --config <file>', 'configuration file (JSON)')
+    .option('-s, --state <file>', 'state file (default: beside the configuration file)')
+    .option('--no-wait', 'AWS: start the move task and return, without following it')
+    .addOption(
+      new Option('--rate <messages>', 'AWS: messages moved per second (default: SQS’s)').argParser(
+        (value) => {
+          const rate = Number(value);
+          if (!Number.isInteger(rate) || rate < 1 || rate > 500)
+            throw new InvalidArgumentError('must be 1-500');
+          return rate;
+        },
+      ),
+    ),
+).action(async (options: StateOptions & AwsCliOptions & { wait: boolean; rate?: number }) => {
+  const config = loadConfigFile(options.config);
+  if (!options.aws) {
     const count = await withState(options, config, (state) => state.queue.redrive());
     process.stdout.write(`redrove ${count} message(s)\n`);
-  });
+    return;
+  }
+  const progress = await redrive(
+    new SQSClient(awsClientConfig(options, config)),
+    awsResources(options, ['queueUrl', 'deadLetterQueueUrl']),
+    {
+      wait: options.wait,
+      ...(options.rate === undefined ? {} : { maxPerSecond: options.rate }),
+      onProgress: (step) => process.stdout.write(`${formatRedriveProgress(step)}\n`),
+    },
+  );
+  if (progress.status !== 'COMPLETED' && (options.wait || progress.status !== 'RUNNING'))
+    process.exitCode = 1;
+});
 
 program
   .command('demo')
@@ -141,6 +290,12 @@ try {
   if (error instanceof ConfigError || error instanceof InvalidArgumentError) {
     process.stderr.write(`orthanc-forwarder: ${error.message}\n`);
     process.exit(2);
+  }
+  // An AWS answer (access denied, no such queue, a move task already running) or missing
+  // credentials: the operator needs the message, not a stack trace.
+  if (error instanceof Error && ('$metadata' in error || error.name === 'CredentialsProviderError')) {
+    process.stderr.write(`orthanc-forwarder: ${error.name}: ${error.message}\n`);
+    process.exit(1);
   }
   throw error;
 }

@@ -1,8 +1,9 @@
 /** The deployable stack: the pipeline construct, named and placed by the configuration. */
-import { Stack, type StackProps } from 'aws-cdk-lib';
+import { CfnOutput, Fn, Stack, type StackProps } from 'aws-cdk-lib';
 import type { Construct } from 'constructs';
 import type { ForwarderConfig } from '../lambdas/core/config.ts';
-import { OrthancForwarder, type OrthancForwarderProps } from './orthanc-forwarder.ts';
+import { ForwarderMonitoring } from './forwarder-monitoring.ts';
+import { deployableConfig, OrthancForwarder, type OrthancForwarderProps } from './orthanc-forwarder.ts';
 
 export interface ForwarderStackProps extends StackProps {
   readonly config: ForwarderConfig;
@@ -13,6 +14,8 @@ export interface ForwarderStackProps extends StackProps {
 
 export class ForwarderStack extends Stack {
   readonly forwarder: OrthancForwarder;
+  /** Dashboard, alarms and their SNS topic. */
+  readonly monitoring: ForwarderMonitoring;
 
   constructor(scope: Construct, id: string, props: ForwarderStackProps) {
     const { config, logLevel, entries, ...stackProps } = props;
@@ -25,6 +28,44 @@ export class ForwarderStack extends Stack {
       config,
       ...(logLevel === undefined ? {} : { logLevel }),
       ...(entries === undefined ? {} : { entries }),
+    });
+    this.monitoring = new ForwarderMonitoring(this, 'Monitoring', {
+      forwarder: this.forwarder,
+      config: deployableConfig(config),
+    });
+
+    // What the CLI's AWS mode needs (docs/operations.md): copy CliOptions, or export the three
+    // variables the Lambdas themselves read.
+    const { queue, deadLetterQueue, table } = this.forwarder;
+    new CfnOutput(this, 'QueueUrl', { description: 'Work queue (QUEUE_URL)', value: queue.queueUrl });
+    new CfnOutput(this, 'DeadLetterQueueUrl', {
+      description: 'Dead-letter queue (DLQ_URL)',
+      value: deadLetterQueue.queueUrl,
+    });
+    new CfnOutput(this, 'StateTableName', {
+      description: 'State table (STATE_TABLE)',
+      value: table.tableName,
+    });
+    new CfnOutput(this, 'AlarmTopicArn', {
+      description: 'SNS topic of the alarms',
+      value: this.monitoring.alarmTopic.topicArn,
+    });
+    new CfnOutput(this, 'DashboardName', {
+      description: 'CloudWatch dashboard',
+      value: this.monitoring.dashboard.dashboardName,
+    });
+    new CfnOutput(this, 'CliOptions', {
+      description: 'Options for `orthanc-forwarder status|dlq list|redrive --aws --config <file>`',
+      value: Fn.join(' ', [
+        '--region',
+        this.region,
+        '--queue-url',
+        queue.queueUrl,
+        '--dlq-url',
+        deadLetterQueue.queueUrl,
+        '--table',
+        table.tableName,
+      ]),
     });
   }
 }

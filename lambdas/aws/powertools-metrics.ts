@@ -8,6 +8,13 @@ const UNITS = {
   Milliseconds: MetricUnit.Milliseconds,
 } as const;
 
+/**
+ * Every data point lands in the invocation's one record, whose only dimension is Powertools'
+ * `service` (POWERTOOLS_SERVICE_NAME): the all-sources series that alarms and totals use (an
+ * alarm cannot sum a SEARCH over sources). A per-source data point is also written at once as
+ * its own record with the dimensions `service` and `SourceId`, so the two sets never mix.
+ * lib/forwarder-monitoring.ts names these exact dimension sets.
+ */
 export const createPowertoolsMetrics = (): { metrics: Metrics; publish: () => void } => {
   const powertools = new PowertoolsMetrics({
     namespace: process.env.POWERTOOLS_METRICS_NAMESPACE ?? 'OrthancForwarder',
@@ -15,11 +22,8 @@ export const createPowertoolsMetrics = (): { metrics: Metrics; publish: () => vo
   return {
     metrics: {
       add(name, value, unit, sourceId) {
-        if (sourceId === undefined) {
-          powertools.addMetric(name, UNITS[unit], value);
-          return;
-        }
-        // A per-source data point gets its own EMF record, so dimensions never mix.
+        powertools.addMetric(name, UNITS[unit], value);
+        if (sourceId === undefined) return;
         const single = powertools.singleMetric();
         single.addDimension('SourceId', sourceId);
         single.addMetric(name, UNITS[unit], value);

@@ -24,6 +24,16 @@ export const transient = (message: string, options?: { cause?: unknown; status?:
 export const permanent = (message: string, options?: { cause?: unknown; status?: number }) =>
   new ForwarderError('permanent', message, options);
 
+/**
+ * Transient: instances were sent, but the destination does not list them when verified. The
+ * retry resumes with them; the forwarder counts these as `VerificationFailures`.
+ */
+export class NotVerifiedError extends ForwarderError {
+  constructor(message: string) {
+    super('transient', message);
+  }
+}
+
 /** Anything not classified where it was thrown is a bug or an unknown condition: retry it. */
 export const failureKind = (error: unknown): FailureKind =>
   error instanceof ForwarderError ? error.kind : 'transient';

@@ -8,7 +8,7 @@ import { createPowertoolsMetrics } from '../aws/powertools-metrics.ts';
 import { type AwsRuntime, createRuntime } from '../aws/runtime.ts';
 import { SqsDeadLetters } from '../aws/sqs-dead-letters.ts';
 import { buildEngine } from '../core/engine.ts';
-import { describe, failureKind } from '../core/errors.ts';
+import { describe, failureKind, NotVerifiedError } from '../core/errors.ts';
 import { decideOnFailure } from '../core/failure-policy.ts';
 import { type Engine, forwardWorkItem } from '../core/forward-work-item.ts';
 import { type Metrics, recordOutcome } from '../core/metrics.ts';
@@ -28,7 +28,13 @@ const setUp = async (runtime: AwsRuntime): Promise<Forwarder> => {
     runtime,
     // Clients are built once per execution environment, so connections are reused while warm.
     engine: {
-      ...buildEngine(runtime.config, { ledger: runtime.ledger, log: runtime.log, owner: 'lambda' }),
+      // With the feed's state: a study whose late arrivals stayed is watched, and the poller queues it.
+      ...buildEngine(runtime.config, {
+        ledger: runtime.ledger,
+        feed: runtime.feed,
+        log: runtime.log,
+        owner: 'lambda',
+      }),
       // A lease outlives the longest invocation, never the queue's visibility timeout (6 × timeout).
       leaseMs: timeoutMs + 60_000,
     },
@@ -52,6 +58,8 @@ const processRecord = async (
     });
     recordOutcome(invocation.metrics, outcome);
   } catch (error) {
+    // Sent but not listed by the destination: retried like any transient failure, and counted.
+    if (error instanceof NotVerifiedError) invocation.metrics.add('VerificationFailures', 1, 'Count');
     const decision = decideOnFailure(error, receiveCount, runtime.config.retry);
     const attributes = {
       messageId: record.messageId,

@@ -1,0 +1,374 @@
+/**
+ * Operating the pipeline: one CloudWatch dashboard, the alarms of docs/operations.md, and the
+ * encrypted SNS topic they notify (with an optional email subscription from `aws.alarms.email`).
+ *
+ * cdk-monitoring-constructs draws the standard parts and their alarms: the work queue and its
+ * DLQ (depth, age of the oldest message; the alarms "DLQ not empty" and "oldest message too
+ * old") and both functions (invocations, duration, errors, throttles; the alarm "poller
+ * errors"). Its fault-rate alarm is a rate per second, not a share of attempts, and it knows
+ * nothing of our EMF metrics; so the rest is written here as plain CloudWatch metrics and math
+ * with the exact dimension sets lambdas/aws/powertools-metrics.ts emits (`service` alone, or
+ * `service` and `SourceId`), and handed to the library's custom monitoring so that every alarm
+ * shares one naming scheme, one action and the dashboard's annotations.
+ *
+ * The topic's key is a customer managed KMS key, unlike the stack's other resources (see
+ * lib/orthanc-forwarder.ts): CloudWatch can publish to an encrypted topic only if the key policy
+ * lets cloudwatch.amazonaws.com use the key, which the AWS managed `aws/sns` key never does.
+ */
+import { Duration, RemovalPolicy, Stack } from 'aws-cdk-lib';
+import {
+  type AlarmBase,
+  ComparisonOperator,
+  type Dashboard,
+  MathExpression,
+  Metric,
+  TreatMissingData,
+} from 'aws-cdk-lib/aws-cloudwatch';
+import { PolicyStatement, ServicePrincipal } from 'aws-cdk-lib/aws-iam';
+import { Key } from 'aws-cdk-lib/aws-kms';
+import { Topic } from 'aws-cdk-lib/aws-sns';
+import { EmailSubscription } from 'aws-cdk-lib/aws-sns-subscriptions';
+import { DefaultDashboardFactory, MonitoringFacade, SnsAlarmActionStrategy } from 'cdk-monitoring-constructs';
+import { Construct } from 'constructs';
+import type { MetricName } from '../lambdas/core/metrics.ts';
+import {
+  type DeployableConfig,
+  METRICS_NAMESPACE,
+  type OrthancForwarder,
+  SERVICE_NAME,
+} from './orthanc-forwarder.ts';
+
+/** The alarms, by the name they carry after the stack name (`<stackName>-<name>`). */
+export const ALARM_NAMES = {
+  deadLetterQueueNotEmpty: 'DeadLetterQueueNotEmpty',
+  oldestMessageTooOld: 'OldestMessageTooOld',
+  pollerErrors: 'PollerErrors',
+  noSuccessfulPoll: 'NoSuccessfulPoll',
+  forwarderErrorRate: 'ForwarderErrorRate',
+  instancesRejected: 'InstancesRejected',
+} as const;
+/** One per source: `<stackName>-SourceUnreachable-<sourceId>`. */
+export const sourceUnreachableAlarmName = (sourceId: string) => `SourceUnreachable-${sourceId}`;
+
+/** The period of the dashboard's graphs and of the alarms that do not set their own. */
+const PERIOD = Duration.minutes(5);
+/** The forwarder's error rate must stay above its threshold this many periods on end. */
+const ERROR_RATE_PERIODS = 3;
+
+export interface ForwarderMonitoringProps {
+  readonly forwarder: OrthancForwarder;
+  readonly config: DeployableConfig;
+}
+
+export class ForwarderMonitoring extends Construct {
+  /** Every alarm notifies this topic, on ALARM and back to OK. */
+  readonly alarmTopic: Topic;
+  readonly alarmTopicKey: Key;
+  readonly dashboard: Dashboard;
+  /** The alarms by their name (ALARM_NAMES, sourceUnreachableAlarmName). */
+  readonly alarms: ReadonlyMap<string, AlarmBase>;
+
+  constructor(scope: Construct, id: string, props: ForwarderMonitoringProps) {
+    super(scope, id);
+    const { forwarder, config } = props;
+    const { alarms: thresholds } = config.aws;
+    const stack = Stack.of(this);
+    const prefix = config.aws.stackName;
+    const runbook = (anchor: string) => `Runbook: docs/operations.md, section "${anchor}".`;
+
+    // --- The topic -------------------------------------------------------------------------
+    const cloudwatch = new ServicePrincipal('cloudwatch.amazonaws.com', {
+      conditions: { StringEquals: { 'aws:SourceAccount': stack.account } },
+    });
+    this.alarmTopicKey = new Key(this, 'AlarmTopicKey', {
+      description: `${prefix}: encrypts the alarm topic; CloudWatch may use it to publish alarms`,
+      enableKeyRotation: true,
+      // It encrypts only notifications in transit through SNS: nothing outlives the stack.
+      removalPolicy: RemovalPolicy.DESTROY,
+      pendingWindow: Duration.days(7),
+    });
+    this.alarmTopicKey.grant(cloudwatch, 'kms:Decrypt', 'kms:GenerateDataKey*');
+    this.alarmTopic = new Topic(this, 'AlarmTopic', {
+      displayName: `${prefix} alarms`,
+      masterKey: this.alarmTopicKey,
+      enforceSSL: true,
+    });
+    this.alarmTopic.addToResourcePolicy(
+      new PolicyStatement({
+        sid: 'CloudWatchAlarmsOfThisAccount',
+        principals: [new ServicePrincipal('cloudwatch.amazonaws.com')],
+        actions: ['sns:Publish'],
+        resources: [this.alarmTopic.topicArn],
+        conditions: {
+          StringEquals: { 'aws:SourceAccount': stack.account },
+          ArnLike: {
+            'aws:SourceArn': `arn:${stack.partition}:cloudwatch:${stack.region}:${stack.account}:alarm:${prefix}-*`,
+          },
+        },
+      }),
+    );
+    if (thresholds.email !== undefined) {
+      this.alarmTopic.addSubscription(new EmailSubscription(thresholds.email));
+    }
+
+    // --- Metrics -------------------------------------------------------------------------------
+    /** An EMF metric of the handlers: all sources (`service` only) or one (`service`, `SourceId`). */
+    const emf = (name: MetricName, statistic: string, label: string, sourceId?: string) =>
+      new Metric({
+        namespace: METRICS_NAMESPACE,
+        metricName: name,
+        dimensionsMap:
+          sourceId === undefined ? { service: SERVICE_NAME } : { service: SERVICE_NAME, SourceId: sourceId },
+        statistic,
+        period: PERIOD,
+        label,
+      });
+    const perSource = (name: MetricName, statistic: string) =>
+      config.sources.map((source) => emf(name, statistic, source.id, source.id));
+
+    const poller = forwarder.pollerFunction;
+    const forwarderFn = forwarder.forwarderFunction;
+    const noPollPeriod = Duration.minutes(thresholds.noPollMinutes);
+    const successfulPolls = new MathExpression({
+      expression: 'FILL(invocations, 0) - FILL(errors, 0)',
+      usingMetrics: {
+        invocations: poller.metricInvocations({ statistic: 'Sum', period: noPollPeriod }),
+        errors: poller.metricErrors({ statistic: 'Sum', period: noPollPeriod }),
+      },
+      period: noPollPeriod,
+      label: 'Successful poller invocations',
+    });
+    // An attempt is one work item taken by the forwarder: it ends in an outcome (MoveDuration is
+    // recorded once per outcome), a retry, a dead letter, or the function failing outright.
+    const failureRate = new MathExpression({
+      expression:
+        '100 * (FILL(retries, 0) + FILL(deadLettered, 0) + FILL(errors, 0)) / ' +
+        '(FILL(outcomes, 0) + FILL(retries, 0) + FILL(deadLettered, 0) + FILL(errors, 0))',
+      usingMetrics: {
+        outcomes: emf('MoveDuration', 'SampleCount', 'Outcomes'),
+        retries: emf('Retries', 'Sum', 'Retries'),
+        deadLettered: emf('DeadLettered', 'Sum', 'Dead-lettered'),
+        errors: forwarderFn.metricErrors({ statistic: 'Sum', period: PERIOD }),
+      },
+      period: PERIOD,
+      label: 'Failed attempts (%)',
+    });
+
+    // --- Dashboard and alarms ----------------------------------------------------------------
+    const facade = new MonitoringFacade(this, 'Monitoring', {
+      metricFactoryDefaults: { namespace: METRICS_NAMESPACE, period: PERIOD },
+      alarmFactoryDefaults: {
+        alarmNamePrefix: prefix,
+        actionsEnabled: true,
+        action: new SnsAlarmActionStrategy({ onAlarmTopic: this.alarmTopic, onOkTopic: this.alarmTopic }),
+        datapointsToAlarm: 1,
+        evaluationPeriods: 1,
+      },
+      dashboardFactory: new DefaultDashboardFactory(this, 'Dashboards', {
+        dashboardNamePrefix: prefix,
+        createDashboard: true,
+        createSummaryDashboard: false,
+        createAlarmDashboard: false,
+      }),
+    });
+    const alarm = (name: string, description: string) => ({
+      alarmNameOverride: `${prefix}-${name}`,
+      alarmDescriptionOverride: description,
+    });
+
+    facade.addLargeHeader(`Orthanc forwarder (${prefix})`);
+    facade.monitorCustom({
+      alarmFriendlyName: 'Throughput',
+      humanReadableName: 'Throughput, all sources',
+      metricGroups: [
+        {
+          title: 'Studies and instances moved',
+          metrics: [emf('StudiesMoved', 'Sum', 'Studies'), emf('InstancesMoved', 'Sum', 'Instances')],
+        },
+        {
+          title: 'Bytes moved',
+          metrics: [emf('BytesMoved', 'Sum', 'Bytes')],
+        },
+        {
+          title: 'Instances rejected by the destination, verification failures',
+          metrics: [
+            {
+              metric: emf('InstancesRejected', 'Sum', 'Instances rejected'),
+              alarmFriendlyName: 'InstancesRejected',
+              addAlarm: {
+                Critical: {
+                  ...alarm(
+                    ALARM_NAMES.instancesRejected,
+                    `The destination refused instances: they stay at their source and are not sent again. ${runbook('InstancesRejected')}`,
+                  ),
+                  threshold: 0,
+                  comparisonOperator: ComparisonOperator.GREATER_THAN_THRESHOLD,
+                  treatMissingDataOverride: TreatMissingData.NOT_BREACHING,
+                },
+              },
+            },
+            emf('VerificationFailures', 'Sum', 'Verification failures'),
+          ],
+        },
+        {
+          title: 'Retries and dead letters',
+          metrics: [emf('Retries', 'Sum', 'Retries'), emf('DeadLettered', 'Sum', 'Dead-lettered')],
+        },
+        {
+          title: 'Work items in flight (being moved, or waiting out a retry delay)',
+          metrics: [
+            forwarder.queue.metricApproximateNumberOfMessagesNotVisible({
+              statistic: 'Maximum',
+              period: PERIOD,
+              label: 'In flight',
+            }),
+          ],
+        },
+        {
+          title: 'Forwarder: failed attempts (%)',
+          metrics: [
+            {
+              metric: failureRate,
+              alarmFriendlyName: 'ForwarderErrorRate',
+              addAlarm: {
+                Critical: {
+                  ...alarm(
+                    ALARM_NAMES.forwarderErrorRate,
+                    `More than ${thresholds.forwarderErrorRatePercent}% of the forwarder's attempts failed for ${ERROR_RATE_PERIODS * PERIOD.toMinutes()} minutes. ${runbook('ForwarderErrorRate')}`,
+                  ),
+                  threshold: thresholds.forwarderErrorRatePercent,
+                  comparisonOperator: ComparisonOperator.GREATER_THAN_THRESHOLD,
+                  treatMissingDataOverride: TreatMissingData.NOT_BREACHING,
+                  evaluationPeriods: ERROR_RATE_PERIODS,
+                  datapointsToAlarm: ERROR_RATE_PERIODS,
+                },
+              },
+            },
+          ],
+        },
+      ],
+    });
+
+    facade.monitorCustom({
+      alarmFriendlyName: 'Sources',
+      humanReadableName: 'Sources: lag, reachability, studies waiting to become stable',
+      metricGroups: [
+        {
+          title: 'Cursor lag (changes not read yet)',
+          metrics: perSource('CursorLag', 'Maximum'),
+        },
+        {
+          title: 'Source unreachable (1: every poll in the period failed)',
+          metrics: config.sources.map((source) => ({
+            metric: emf('SourceUnreachable', 'Minimum', source.id, source.id).with({
+              period: Duration.minutes(thresholds.sourceUnreachableMinutes),
+            }),
+            alarmFriendlyName: sourceUnreachableAlarmName(source.id),
+            addAlarm: {
+              Critical: {
+                ...alarm(
+                  sourceUnreachableAlarmName(source.id),
+                  `Every poll of the source ${source.id} failed for ${thresholds.sourceUnreachableMinutes} minutes. ${runbook('SourceUnreachable')}`,
+                ),
+                threshold: 1,
+                comparisonOperator: ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                // No poll at all is NoSuccessfulPoll's business.
+                treatMissingDataOverride: TreatMissingData.NOT_BREACHING,
+                period: Duration.minutes(thresholds.sourceUnreachableMinutes),
+              },
+            },
+          })),
+        },
+        {
+          title: 'Studies waiting to become stable',
+          metrics: perSource('StudiesWaiting', 'Maximum'),
+        },
+        {
+          title: 'Changes read, studies queued',
+          metrics: [emf('ChangesRead', 'Sum', 'Changes read'), emf('StudiesQueued', 'Sum', 'Studies queued')],
+        },
+      ],
+    });
+
+    facade.monitorSqsQueueWithDlq({
+      queue: forwarder.queue,
+      deadLetterQueue: forwarder.deadLetterQueue,
+      alarmFriendlyName: 'WorkQueue',
+      humanReadableName: 'Work queue and dead-letter queue',
+      addQueueMaxMessageAgeAlarm: {
+        Critical: {
+          ...alarm(
+            ALARM_NAMES.oldestMessageTooOld,
+            `A work item has waited more than ${thresholds.oldestMessageAgeMinutes} minutes on the queue. ${runbook('OldestMessageTooOld')}`,
+          ),
+          maxAgeInSeconds: thresholds.oldestMessageAgeMinutes * 60,
+        },
+      },
+      addDeadLetterQueueMaxSizeAlarm: {
+        Critical: {
+          ...alarm(
+            ALARM_NAMES.deadLetterQueueNotEmpty,
+            `Work items were dead-lettered: their studies stay at their sources until redriven (or queued again by the sweep). ${runbook('DeadLetterQueueNotEmpty')}`,
+          ),
+          maxMessageCount: 0,
+        },
+      },
+    });
+
+    facade.monitorLambdaFunction({
+      lambdaFunction: poller,
+      isIterator: false,
+      alarmFriendlyName: 'Poller',
+      humanReadableName: 'Poller function',
+      addFaultCountAlarm: {
+        Critical: {
+          ...alarm(
+            ALARM_NAMES.pollerErrors,
+            `The poller function failed (it does not fail for a source that is down: that is SourceUnreachable). ${runbook('PollerErrors')}`,
+          ),
+          maxErrorCount: 0,
+        },
+      },
+    });
+    facade.monitorCustom({
+      alarmFriendlyName: 'Polls',
+      humanReadableName: 'Poller: successful invocations',
+      metricGroups: [
+        {
+          title: `Successful poller invocations per ${thresholds.noPollMinutes} minutes`,
+          metrics: [
+            {
+              metric: successfulPolls,
+              alarmFriendlyName: 'NoSuccessfulPoll',
+              addAlarm: {
+                Critical: {
+                  ...alarm(
+                    ALARM_NAMES.noSuccessfulPoll,
+                    `No invocation of the poller succeeded for ${thresholds.noPollMinutes} minutes: no change feed is read. ${runbook('NoSuccessfulPoll')}`,
+                  ),
+                  threshold: 1,
+                  comparisonOperator: ComparisonOperator.LESS_THAN_THRESHOLD,
+                  treatMissingDataOverride: TreatMissingData.BREACHING,
+                  period: noPollPeriod,
+                },
+              },
+            },
+          ],
+        },
+      ],
+    });
+    facade.monitorLambdaFunction({
+      lambdaFunction: forwarderFn,
+      isIterator: false,
+      alarmFriendlyName: 'Forwarder',
+      humanReadableName: 'Forwarder function',
+    });
+
+    const dashboard = facade.createdDashboard();
+    if (dashboard === undefined) throw new Error('cdk-monitoring-constructs created no dashboard');
+    this.dashboard = dashboard;
+    this.alarms = new Map(
+      facade.createdAlarms().map((created) => [created.alarmName.replace(`${prefix}-`, ''), created.alarm]),
+    );
+  }
+}
