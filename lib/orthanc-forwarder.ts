@@ -36,7 +36,12 @@ import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
 import { type ISecret, Secret } from 'aws-cdk-lib/aws-secretsmanager';
 import { Queue, QueueEncryption } from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
-import { type AwsConfig, ConfigError, type ForwarderConfig } from '../lambdas/core/config.ts';
+import {
+  type AwsConfig,
+  ConfigError,
+  destinationServers,
+  type ForwarderConfig,
+} from '../lambdas/core/config.ts';
 
 /** The configuration the pipeline deploys: parsed by `parseConfig`, with its `aws` section. */
 export type DeployableConfig = ForwarderConfig & { readonly aws: AwsConfig };
@@ -79,7 +84,7 @@ const MAX_RETENTION = Duration.days(14);
 
 const serverFields = (config: ForwarderConfig) => [
   ...config.sources.map((server, index) => ({ field: `sources[${index}]`, server })),
-  { field: 'destination', server: config.destination },
+  ...destinationServers(config),
 ];
 
 /**
@@ -139,7 +144,10 @@ export const lambdaConfigJson = (config: DeployableConfig): string => {
   return JSON.stringify({
     ...config,
     sources: config.sources.map(strip),
-    destination: strip(config.destination),
+    destinations: config.destinations.map(({ alternate, ...destination }) => ({
+      ...strip(destination),
+      ...(alternate === undefined ? {} : { alternate: strip(alternate) }),
+    })),
   });
 };
 

@@ -13,10 +13,12 @@ import {
 import type { Context, SQSBatchResponse, SQSEvent } from 'aws-lambda';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AwsRuntime, createRuntime } from '../lambdas/aws/runtime.ts';
+import { buildEngine } from '../lambdas/core/engine.ts';
+import { forwardWorkItem } from '../lambdas/core/forward-work-item.ts';
 import { encodeWorkItem } from '../lambdas/core/work-item.ts';
 import { createForwarderHandler } from '../lambdas/handlers/forwarder.ts';
 import { createPollerHandler } from '../lambdas/handlers/poller.ts';
-import { type GeneratedSet, generateStudies } from '../testbed/dicom-generator.ts';
+import { type GeneratedInstance, type GeneratedSet, generateStudies } from '../testbed/dicom-generator.ts';
 import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
 import { uploadToOrthanc } from '../testbed/upload.ts';
 import { type DynamoDbLocal, startDynamoDbLocal } from './support/dynamodb-local.ts';
@@ -222,5 +224,59 @@ describe('AWS pipeline on emulators and real Orthancs', () => {
     expect(deliveries.reduce((sum, d) => sum + d.failed, 0)).toBe(MAX_RECEIVES - 1);
     expect(await queueDepth(sqs.queueUrl)).toBe(0);
     expect(await queueDepth(sqs.deadLetterQueueUrl)).toBe(2);
+  });
+
+  it('watches a study whose instances arrived during a Lambda move, and the next polls move them', async () => {
+    const source = sources[0] as OrthancServer;
+    const set = generateStudies({
+      patients: 1,
+      studiesPerPatient: 1,
+      seriesPerStudy: 2,
+      instancesPerSeries: 3,
+      pixelBytes: 8 * 1024,
+      seed: 'aws-late-arrival',
+    });
+    const late = set.instances.at(-1) as GeneratedInstance;
+    const early = set.instances.slice(0, -1);
+    expect((await uploadToOrthanc(source, early)).every((result) => result.status === 200)).toBe(true);
+    const [study] = await source.rest<{ ID: string; Type: string }[]>(
+      'POST',
+      '/tools/lookup',
+      late.studyInstanceUid,
+    );
+    const studyId = study?.ID as string;
+
+    // The forwarder's engine as the Lambda builds it (DynamoDB ledger and feed store), with a
+    // hook that uploads the last instance once the others are sent.
+    let uploaded = false;
+    const engine = {
+      ...buildEngine(runtime.config, {
+        ledger: runtime.ledger,
+        feed: runtime.feed,
+        log: runtime.log,
+        owner: 'test-worker',
+      }),
+      onStep: async (step: string) => {
+        if (step !== 'sent' || uploaded) return;
+        uploaded = true;
+        await uploadToOrthanc(source, [late]);
+      },
+    };
+    const outcome = await forwardWorkItem(
+      engine,
+      encodeWorkItem({ sourceId: 'site-0', studyId, reason: 'stable' }),
+    );
+    expect(outcome).toMatchObject({ result: 'moved', deleted: early.length });
+    expect(await instanceCount(source)).toBe(1);
+    expect((await runtime.feed.watched('site-0')).map((watched) => watched.studyId)).toContain(studyId);
+
+    // The poller queues it from the watch list once it is stable; the forwarder moves the rest.
+    for (let round = 0; round < 60 && (await instanceCount(source)) > 0; round++) {
+      await poll();
+      await drain();
+      if ((await instanceCount(source)) > 0) await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+    expect(await instanceCount(source)).toBe(0);
+    expect(await destinationMd5(destination, late.sopInstanceUid)).toBe(await md5(late.stream()));
   });
 });

@@ -60,8 +60,10 @@ describe('configuration', () => {
     const config = parseConfig(readmeConfig());
     expect(config).toEqual({
       sources: [source],
-      destination,
+      // The short form becomes a list of one: the core sees only `destinations`.
+      destinations: [{ id: 'destination', ...destination, transfer: 'relay' }],
       trigger: 'StableStudy',
+      unrouted: 'keep',
       pollIntervalSeconds: 5,
       quietSeconds: 60,
       sweepIntervalSeconds: 600,
@@ -76,6 +78,37 @@ describe('configuration', () => {
     });
   });
 
+  it('parses destinations with their defaults, and parsing the result again changes nothing', () => {
+    const config = parseConfig({
+      sources: [source],
+      trigger: 'StableSeries',
+      destinations: [
+        { id: 'cloud', ...destination, filter: { modalities: ['CT'], studyDescription: { regex: '^CT ' } } },
+        {
+          id: 'archive',
+          ...destination,
+          transfer: 'push',
+          pushServerName: 'archive',
+          alternate: { ...destination, pushServerName: 'archive-2', afterSeconds: 30 },
+        },
+      ],
+    });
+    expect(config.trigger).toBe('StableSeries');
+    expect(config.destinations.map((d) => [d.id, d.transfer])).toEqual([
+      ['cloud', 'relay'],
+      ['archive', 'push'],
+    ]);
+    expect(config.destinations[1]?.alternate).toEqual({
+      ...destination,
+      pushServerName: 'archive-2',
+      afterSeconds: 30,
+    });
+    // The AWS pipeline hands the parsed configuration to its Lambdas, which parse it again.
+    expect(parseConfig(JSON.parse(JSON.stringify(config)))).toEqual(config);
+    const short = parseConfig(readmeConfig());
+    expect(parseConfig(JSON.parse(JSON.stringify(short)))).toEqual(short);
+  });
+
   it('drops trailing slashes from URLs', () => {
     const config = parseConfig({
       sources: [{ ...source, url: 'https://pacs.example.org/orthanc//' }],
@@ -86,8 +119,8 @@ describe('configuration', () => {
       },
     });
     expect(config.sources[0]?.url).toBe('https://pacs.example.org/orthanc');
-    expect(config.destination.url).toBe('https://cloud.example.org/dicom-web');
-    expect(config.destination.orthancUrl).toBe('https://x.org');
+    expect(config.destinations[0]?.url).toBe('https://cloud.example.org/dicom-web');
+    expect(config.destinations[0]?.orthancUrl).toBe('https://x.org');
   });
 
   /** Each bad configuration, and the field its error must name (at the start of a line). */
@@ -165,6 +198,92 @@ describe('configuration', () => {
       field: 'deleteAfterForward',
     },
     { what: 'not an object', raw: ['sources'], field: '(root)' },
+    {
+      what: 'both destination and destinations',
+      raw: { ...valid, destinations: [{ id: 'cloud', ...destination }] },
+      field: 'destinations',
+      also: 'exactly one of destination and destinations',
+    },
+    { what: 'neither destination nor destinations', raw: { sources: [source] }, field: 'destinations' },
+    { what: 'empty destinations', raw: { sources: [source], destinations: [] }, field: 'destinations' },
+    {
+      what: 'a destinations entry without id',
+      raw: { sources: [source], destinations: [destination] },
+      field: 'destinations[0].id',
+    },
+    {
+      what: 'duplicate destination ids',
+      raw: {
+        sources: [source],
+        destinations: [
+          { id: 'a', ...destination },
+          { id: 'a', ...destination },
+        ],
+      },
+      field: 'destinations',
+    },
+    {
+      what: "transfer 'push' without pushServerName",
+      raw: { ...valid, destination: { ...destination, transfer: 'push' } },
+      field: 'destination.pushServerName',
+      also: 'DicomWeb.Servers',
+    },
+    {
+      what: "transfer 'push' with an alternate without pushServerName",
+      raw: {
+        sources: [source],
+        destinations: [
+          {
+            id: 'cloud',
+            ...destination,
+            transfer: 'push',
+            pushServerName: 'cloud',
+            alternate: { url: 'https://backup.example.org/dicom-web', afterSeconds: 60 },
+          },
+        ],
+      },
+      field: 'destinations[0].alternate.pushServerName',
+    },
+    {
+      what: "transfer 'ftp'",
+      raw: { ...valid, destination: { ...destination, transfer: 'ftp' } },
+      field: 'destination.transfer',
+    },
+    {
+      what: 'an alternate without afterSeconds',
+      raw: { ...valid, destination: { ...destination, alternate: { url: 'https://b.example.org' } } },
+      field: 'destination.alternate.afterSeconds',
+    },
+    {
+      what: 'a filter regex that does not compile',
+      raw: { ...valid, destination: { ...destination, filter: { studyDescription: { regex: '(' } } } },
+      field: 'destination.filter.studyDescription.regex',
+    },
+    {
+      what: 'an empty modalities filter',
+      raw: { ...valid, destination: { ...destination, filter: { modalities: [] } } },
+      field: 'destination.filter.modalities',
+    },
+    {
+      what: "verify 'md5' without the orthancUrl of the second destination",
+      raw: {
+        sources: [source],
+        verify: 'md5',
+        destinations: [
+          { id: 'a', ...destination, orthancUrl: 'http://127.0.0.1:8043' },
+          { id: 'b', ...destination },
+        ],
+      },
+      field: 'verify',
+      also: 'destinations[1].orthancUrl',
+    },
+    { what: "trigger 'NewSeries'", raw: { ...valid, trigger: 'NewSeries' }, field: 'trigger' },
+    {
+      what: "unrouted 'delete' in copy mode",
+      raw: { ...valid, unrouted: 'delete', deleteAfterForward: false },
+      field: 'unrouted',
+      also: 'copy mode never deletes',
+    },
   ];
 
   it.each(bad)('names the field: $what', ({ raw, field, also }) => {

@@ -72,6 +72,36 @@ describe('state file', () => {
     expect(() => openState(file)).toThrow(/newer/);
   });
 
+  it('migrates a version 1 file: its outcomes stay, and the results of version 2 are accepted', async () => {
+    // A version 1 file as the forwarder wrote it: the outcomes table allowed four results.
+    const raw = new DatabaseSync(file);
+    raw.exec(`CREATE TABLE study_outcomes (
+      id INTEGER PRIMARY KEY, source_id TEXT NOT NULL, study_id TEXT NOT NULL,
+      result TEXT NOT NULL CHECK (result IN ('moved', 'partial', 'gone', 'copied')),
+      instances INTEGER NOT NULL, sent INTEGER NOT NULL, already_present INTEGER NOT NULL,
+      deleted INTEGER NOT NULL, rejected INTEGER NOT NULL, bytes INTEGER NOT NULL,
+      duration_ms INTEGER NOT NULL, finished_at INTEGER NOT NULL) STRICT;
+      CREATE INDEX study_outcomes_study ON study_outcomes (source_id, study_id);
+      INSERT INTO study_outcomes VALUES (1, 'a', 's1', 'moved', 5, 5, 0, 5, 0, 500, 10, 1);
+      PRAGMA user_version = 1;`);
+    raw.close();
+
+    const state = open();
+    expect(await state.ledger.totals()).toMatchObject({ studies: 1, instances: 5, deleted: 5 });
+    await state.ledger.record(outcome({ result: 'skipped', studyId: 's2', instances: 2, deleted: 2 }));
+    expect(await state.ledger.totals()).toMatchObject({ studies: 1, instances: 5, deleted: 7 });
+    state.close();
+    const check = new DatabaseSync(file);
+    expect(check.prepare('PRAGMA user_version').get()).toEqual({ user_version: SCHEMA_VERSION });
+    expect(
+      check
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'study_outcomes'")
+        .all(),
+    ).toEqual([{ name: 'study_outcomes_study' }]);
+    check.close();
+    open().close();
+  });
+
   it('works in memory too', async () => {
     const state = openState(':memory:');
     opened.push(state);
@@ -336,6 +366,26 @@ describe('work queue', () => {
     clock += 1_000;
     await queue.enqueue([item('s1', 'b')]);
     expect(await queue.stats()).toEqual({ waiting: 2, inFlight: 1, deadLetters: 0 });
+  });
+
+  it('de-duplicates a series item against a waiting item of its series or of its whole study', async () => {
+    const { queue } = open();
+    const series = (studyId: string, seriesId: string): WorkItem => ({ ...item(studyId), seriesId });
+    await queue.enqueue([series('s1', 'r1'), series('s1', 'r2'), series('s1', 'r1')]);
+    // A whole-study item is not covered by a series item; then it covers every series of the study.
+    await queue.enqueue([item('s1'), series('s1', 'r3'), item('s1', 'a', 'quiet')]);
+    const bodies = (await queue.receive(10, 60_000)).map((m) => m.body);
+    expect(bodies).toEqual([
+      JSON.stringify(series('s1', 'r1')),
+      JSON.stringify(series('s1', 'r2')),
+      JSON.stringify(item('s1')),
+    ]);
+    expect(JSON.parse(bodies[0] as string)).toEqual({
+      sourceId: 'a',
+      studyId: 's1',
+      reason: 'stable',
+      seriesId: 'r1',
+    });
   });
 
   it('does not queue a study again while it waits for a retry: the retry moves it as it is then', async () => {

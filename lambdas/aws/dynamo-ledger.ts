@@ -5,13 +5,15 @@
  *   outcome's fields, ttl 90 days after finishedAt;
  * - totals: pk `totals`, sk `totals`: studies, instances, bytes, deleted, rejected, kept by ADD
  *   in the same transaction as the write they count, since there is no table to count over;
- * - rejected instance: pk `rejected`, sk `<sourceId>#<studyId>#<instanceId>`: its fields.
+ * - rejected instance: pk `rejected`, sk `<sourceId>#<studyId>#<instanceId>`: its fields;
+ * - settled study: pk `settled#<sourceId>#<studyId>`, sk `study` or `series#<seriesId>`: its
+ *   fields. No TTL: a copied study forgotten would be verified again at the next sweep.
  */
 
 import { randomUUID } from 'node:crypto';
 import type { DynamoDBClient, TransactWriteItem } from '@aws-sdk/client-dynamodb';
 import { runBounded } from '../core/concurrency.ts';
-import type { Ledger, RejectedInstance, StudyOutcome, Totals } from '../core/ports.ts';
+import type { Ledger, RejectedInstance, SettledStudy, StudyOutcome, Totals } from '../core/ports.ts';
 import {
   type DynamoStateOptions,
   epochSeconds,
@@ -73,6 +75,26 @@ const rejectedItem = (r: RejectedInstance): Item => ({
   reason: str(r.reason),
   rejectedAt: num(r.rejectedAt),
 });
+
+const settledKey = (sourceId: string, studyId: string, seriesId: string) =>
+  key(`settled#${sourceId}#${studyId}`, seriesId === '' ? 'study' : `series#${seriesId}`);
+
+const SETTLED_RESULTS: readonly SettledStudy['result'][] = ['copied', 'partial', 'skipped'];
+
+const toSettled = (item: Item): SettledStudy => {
+  const result = readStr(item, 'result') as SettledStudy['result'];
+  return {
+    sourceId: readStr(item, 'sourceId') ?? '',
+    studyId: readStr(item, 'studyId') ?? '',
+    seriesId: readStr(item, 'seriesId') ?? '',
+    lastUpdate: readStr(item, 'lastUpdate') ?? '',
+    instances: readNum(item, 'instances') ?? 0,
+    routing: readStr(item, 'routing') ?? '',
+    // An unknown value would make the study look settled for a reason the engine does not know.
+    result: SETTLED_RESULTS.includes(result) ? result : 'partial',
+    settledAt: readNum(item, 'settledAt') ?? 0,
+  };
+};
 
 const toRejected = (item: Item): RejectedInstance => ({
   sourceId: readStr(item, 'sourceId') ?? '',
@@ -230,6 +252,32 @@ export class DynamoLedger implements Ledger {
           (studyId === undefined || r.studyId === studyId),
       )
       .sort(rejectedOrder);
+  }
+
+  async recordSettled(study: SettledStudy): Promise<void> {
+    await this.#table.putIf(
+      {
+        ...settledKey(study.sourceId, study.studyId, study.seriesId),
+        sourceId: str(study.sourceId),
+        studyId: str(study.studyId),
+        seriesId: str(study.seriesId),
+        lastUpdate: str(study.lastUpdate),
+        instances: num(study.instances),
+        routing: str(study.routing),
+        result: str(study.result),
+        settledAt: num(study.settledAt),
+      },
+      // The newest wins, whatever order two workers write in, as SQLite's sequential upserts keep.
+      {
+        expression: 'attribute_not_exists(sk) OR settledAt <= :settledAt',
+        values: { ':settledAt': num(study.settledAt) },
+      },
+    );
+  }
+
+  async settled(sourceId: string, studyId: string, seriesId: string): Promise<SettledStudy | undefined> {
+    const item = await this.#table.get(settledKey(sourceId, studyId, seriesId));
+    return item === undefined ? undefined : toSettled(item);
   }
 
   async totals(): Promise<Totals> {

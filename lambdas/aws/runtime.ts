@@ -5,7 +5,13 @@
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { SQSClient } from '@aws-sdk/client-sqs';
 import { z } from 'zod';
-import { ConfigError, type ForwarderConfig, parseConfig, type ServerConfig } from '../core/config.ts';
+import {
+  ConfigError,
+  destinationField,
+  type ForwarderConfig,
+  parseConfig,
+  type ServerConfig,
+} from '../core/config.ts';
 import { createLog, type Log, type LogLevel } from '../core/log.ts';
 import { DynamoFeedStore } from './dynamo-feed-store.ts';
 import { DynamoLedger } from './dynamo-ledger.ts';
@@ -54,7 +60,18 @@ export const resolveSecrets = async (
   sources: await Promise.all(
     config.sources.map((source, index) => withSecret(source, `sources[${index}]`, read)),
   ),
-  destination: await withSecret(config.destination, 'destination', read),
+  destinations: await Promise.all(
+    config.destinations.map(async (destination, index) => {
+      const field = destinationField(config, index);
+      const { alternate } = destination;
+      return {
+        ...(await withSecret(destination, field, read)),
+        ...(alternate === undefined
+          ? {}
+          : { alternate: await withSecret(alternate, `${field}.alternate`, read) }),
+      };
+    }),
+  ),
 });
 
 const powertoolsSecrets: SecretReader = async (secretId) => {

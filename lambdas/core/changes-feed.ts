@@ -2,20 +2,35 @@
  * Turns a source's change feed into work items, at least once: the cursor moves only after the
  * items of the changes it passes are durably queued or watched.
  *
- * StableStudy is the trigger, but Orthanc forgets stability when it restarts: a study received
- * before a restart never gets its StableStudy change. So every study seen in a NewStudy change
- * is watched until it is queued, and queued once Orthanc calls it stable or it has been quiet
- * (its LastUpdate unchanged) for the configured time. An occasional sweep of all studies adds
- * what the feed cannot show (changes lost with a wiped database, late instances after a restart).
+ * The trigger is StableStudy (a study item), StableSeries (a series item) or NewInstance (an
+ * item for the instance's study, at once). Orthanc forgets stability when it restarts: a study
+ * received before a restart never gets its stable changes. So every study seen in a NewStudy
+ * change is watched until its StableStudy change, and queued whole once Orthanc calls it stable
+ * or it has been quiet (its LastUpdate unchanged) for the configured time. An occasional sweep of
+ * all studies adds what the feed cannot show (changes lost with a wiped database, late instances
+ * after a restart).
  */
 
 import { runBounded } from './concurrency.ts';
+import type { ForwarderConfig } from './config.ts';
 import type { Log } from './log.ts';
 import type { OrthancClient } from './orthanc-client.ts';
 import type { FeedStateStore, WorkItem, WorkSink } from './ports.ts';
 
+export type Trigger = ForwarderConfig['trigger'];
+
 export interface FeedContext {
   readonly sourceId: string;
+  /** Which change makes work; StableStudy when absent. */
+  readonly trigger?: Trigger | undefined;
+  /**
+   * Whether the study was left at the source on purpose (copied, or skipped by the filters) and
+   * has not changed since: such a watched study leaves the watch list without being queued, so
+   * that a sweep does not queue every copied or skipped study again.
+   */
+  readonly isSettled?:
+    | ((sourceId: string, studyId: string, lastUpdate: string | undefined) => Promise<boolean>)
+    | undefined;
   readonly source: OrthancClient;
   readonly store: FeedStateStore;
   readonly sink: WorkSink;
@@ -49,6 +64,8 @@ export interface PollReport {
 interface ReadReport {
   /** The deadline stopped the read before Done. */
   outOfTime?: boolean;
+  /** Studies put on the watch list by this read. */
+  newlyWatched: number;
   changesRead: number;
   queued: number;
   reset: boolean;
@@ -57,14 +74,75 @@ interface ReadReport {
   last: number;
 }
 
-const item = (sourceId: string, studyId: string, reason: WorkItem['reason']): WorkItem => ({
+const item = (
+  sourceId: string,
+  studyId: string,
+  reason: WorkItem['reason'],
+  seriesId?: string,
+): WorkItem => ({
   sourceId,
   studyId,
+  ...(seriesId === undefined ? {} : { seriesId }),
   reason,
 });
 
-/** Reads the feed from the stored cursor until Orthanc says Done. */
-export const readChanges = async (ctx: FeedContext): Promise<ReadReport> => {
+/** The key that de-duplicates items within one read. */
+const itemKey = (workItem: WorkItem) => `${workItem.studyId}/${workItem.seriesId ?? ''}`;
+
+/** Lookups of a page's series or instances, a few at a time: each is a few ms at the source. */
+const LOOKUPS_IN_FLIGHT = 8;
+
+/** Series items for StableSeries changes: one lookup per series for its study. */
+const seriesItems = async (ctx: FeedContext, seriesIds: readonly string[]): Promise<WorkItem[]> => {
+  const items: WorkItem[] = [];
+  await runBounded(seriesIds, LOOKUPS_IN_FLIGHT, async (seriesId) => {
+    const series = await ctx.source.series(seriesId);
+    // Gone already: moved with its study, or deleted.
+    if (series !== undefined) items.push(item(ctx.sourceId, series.studyId, 'stable', seriesId));
+  });
+  return items;
+};
+
+/**
+ * Study items for NewInstance changes: one lookup per instance (GET /instances/{id}/study, which
+ * names the study in one request), one item per study.
+ */
+const instanceItems = async (ctx: FeedContext, instanceIds: readonly string[]): Promise<WorkItem[]> => {
+  const studies = new Set<string>();
+  await runBounded(instanceIds, LOOKUPS_IN_FLIGHT, async (instanceId) => {
+    const study = await ctx.source.instanceStudy(instanceId);
+    if (study !== undefined) studies.add(study.id);
+  });
+  return [...studies].map((studyId) => item(ctx.sourceId, studyId, 'instance'));
+};
+
+/** The items a page of changes makes under the trigger. */
+const pageItems = async (
+  ctx: FeedContext,
+  changes: {
+    readonly stableStudies: Set<string>;
+    readonly stableSeries: Set<string>;
+    readonly instances: Set<string>;
+  },
+): Promise<WorkItem[]> => {
+  switch (ctx.trigger ?? 'StableStudy') {
+    case 'StableStudy':
+      return [...changes.stableStudies].map((id) => item(ctx.sourceId, id, 'stable'));
+    case 'StableSeries':
+      return seriesItems(ctx, [...changes.stableSeries]);
+    case 'NewInstance':
+      return instanceItems(ctx, [...changes.instances]);
+  }
+};
+
+/**
+ * Reads the feed from the stored cursor until Orthanc says Done. Items in `alreadyQueued` (by
+ * the watch-list check of the same poll) are not queued again.
+ */
+export const readChanges = async (
+  ctx: FeedContext,
+  alreadyQueued: ReadonlySet<string> = new Set(),
+): Promise<ReadReport> => {
   const stored = await ctx.store.getCursor(ctx.sourceId);
   const report: ReadReport = {
     changesRead: 0,
@@ -73,9 +151,10 @@ export const readChanges = async (ctx: FeedContext): Promise<ReadReport> => {
     raced: false,
     cursor: stored ?? 0,
     last: 0,
+    newlyWatched: 0,
   };
   let expected = stored;
-  const queuedThisRead = new Set<string>();
+  const queuedThisRead = new Set<string>(alreadyQueued);
   for (;;) {
     const page = await ctx.source.changes(report.cursor, ctx.pageSize);
     report.last = page.last;
@@ -93,19 +172,25 @@ export const readChanges = async (ctx: FeedContext): Promise<ReadReport> => {
     }
     const stable = new Set<string>();
     const created = new Set<string>();
+    const stableSeries = new Set<string>();
+    const instances = new Set<string>();
     for (const change of page.changes) {
       if (change.changeType === 'StableStudy') stable.add(change.id);
       else if (change.changeType === 'NewStudy') created.add(change.id);
+      else if (change.changeType === 'StableSeries') stableSeries.add(change.id);
+      else if (change.changeType === 'NewInstance') instances.add(change.id);
     }
-    const fresh = [...stable].filter((id) => !queuedThisRead.has(id));
-    await ctx.store.watch(
-      ctx.sourceId,
-      [...created].filter((id) => !stable.has(id)),
-      (ctx.now ?? Date.now)(),
+    const fresh = (await pageItems(ctx, { stableStudies: stable, stableSeries, instances })).filter(
+      (workItem) => !queuedThisRead.has(itemKey(workItem)),
     );
-    await ctx.sink.enqueue(fresh.map((id) => item(ctx.sourceId, id, 'stable')));
+    const toWatch = [...created].filter((id) => !stable.has(id));
+    await ctx.store.watch(ctx.sourceId, toWatch, (ctx.now ?? Date.now)());
+    report.newlyWatched += toWatch.length;
+    await ctx.sink.enqueue(fresh);
+    // A study Orthanc calls stable needs the watch list no more: under StableStudy it is queued;
+    // under the other triggers its series or instances were.
     await ctx.store.unwatch(ctx.sourceId, [...stable]);
-    for (const id of fresh) queuedThisRead.add(id);
+    for (const workItem of fresh) queuedThisRead.add(itemKey(workItem));
     report.queued += fresh.length;
     report.changesRead += page.changes.length;
     const next = page.changes.reduce((max, change) => Math.max(max, change.seq), report.cursor);
@@ -122,17 +207,26 @@ export const readChanges = async (ctx: FeedContext): Promise<ReadReport> => {
 };
 
 /** Queues watched studies that Orthanc calls stable or that have been quiet long enough. */
-export const checkWatched = async (ctx: FeedContext): Promise<{ queued: number; waiting: number }> => {
+export const checkWatched = async (
+  ctx: FeedContext,
+): Promise<{ queued: number; waiting: number; keys: Set<string> }> => {
   const now = (ctx.now ?? Date.now)();
   const watched = await ctx.store.watched(ctx.sourceId);
   const ready: WorkItem[] = [];
-  const gone: string[] = [];
-  await runBounded(watched, 8, async (entry) => {
+  // Gone, or settled and unchanged: nothing to queue, nothing to wait for.
+  const done: string[] = [];
+  await runBounded(watched, LOOKUPS_IN_FLIGHT, async (entry) => {
     const study = await ctx.source.study(entry.studyId);
+    const queue = async (reason: WorkItem['reason']) => {
+      if (await ctx.isSettled?.(ctx.sourceId, entry.studyId, study?.lastUpdate)) done.push(entry.studyId);
+      else ready.push(item(ctx.sourceId, entry.studyId, reason));
+    };
     if (study === undefined) {
-      gone.push(entry.studyId);
-    } else if (study.isStable) {
-      ready.push(item(ctx.sourceId, entry.studyId, 'stable'));
+      done.push(entry.studyId);
+    } else if (study.isStable && (ctx.trigger ?? 'StableStudy') === 'StableStudy') {
+      // Under the series and instance triggers their own changes queue the study's parts: a
+      // whole-study item then waits for the quiet time, as the safety net it is.
+      await queue('stable');
     } else if (study.lastUpdate !== entry.lastUpdate) {
       await ctx.store.updateWatched(ctx.sourceId, {
         ...entry,
@@ -140,12 +234,16 @@ export const checkWatched = async (ctx: FeedContext): Promise<{ queued: number; 
         lastUpdateSeenAt: now,
       });
     } else if (now - entry.lastUpdateSeenAt >= ctx.quietMs) {
-      ready.push(item(ctx.sourceId, entry.studyId, 'quiet'));
+      await queue('quiet');
     }
   });
   await ctx.sink.enqueue(ready);
-  await ctx.store.unwatch(ctx.sourceId, [...gone, ...ready.map((r) => r.studyId)]);
-  return { queued: ready.length, waiting: watched.length - ready.length - gone.length };
+  await ctx.store.unwatch(ctx.sourceId, [...done, ...ready.map((r) => r.studyId)]);
+  return {
+    queued: ready.length,
+    waiting: watched.length - ready.length - done.length,
+    keys: new Set(ready.map(itemKey)),
+  };
 };
 
 /** Watches every study the source holds: the safety net for what the feed cannot show. */
@@ -156,9 +254,15 @@ export const sweepStudies = async (ctx: FeedContext): Promise<number> => {
 };
 
 /** One poll of one source: the feed, an optional sweep, then the watch list. */
+/**
+ * One poll of one source: an optional sweep, the watch list, then the feed. The watch list goes
+ * first: Orthanc flags a study stable and logs its StableStudy change at one moment, so a check
+ * that follows the read could queue a study whose change the next poll queues again; this way
+ * the read skips what the check just queued.
+ */
 export const pollSource = async (ctx: FeedContext, options: { sweep: boolean }): Promise<PollReport> => {
-  const read = await readChanges(ctx);
   if (options.sweep) await sweepStudies(ctx);
   const watched = await checkWatched(ctx);
-  return { ...read, queued: read.queued + watched.queued, waiting: watched.waiting };
+  const { newlyWatched, ...read } = await readChanges(ctx, watched.keys);
+  return { ...read, queued: read.queued + watched.queued, waiting: watched.waiting + newlyWatched };
 };

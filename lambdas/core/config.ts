@@ -40,29 +40,131 @@ const clientPairMessage = {
   path: ['clientKeyFile'],
 };
 
+/** The id of a source or destination: it appears in state keys, logs and metrics. */
+const stableId = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, 'must be 1-64 letters, digits, ".", "_" or "-"');
+
 export const sourceSchema = z
   .strictObject({
     /** Stable identifier: it keys the cursor, the ledger and the metrics. */
-    id: z
-      .string()
-      .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, 'must be 1-64 letters, digits, ".", "_" or "-"'),
+    id: stableId,
     ...serverFields,
   })
   .refine(exclusivePassword, passwordMessage)
   .refine(clientPair, clientPairMessage);
 
-export const destinationSchema = z
+const orthancRestUrl = httpUrl.transform((url) => url.replace(/\/+$/, ''));
+
+/** A DICOMweb server studies go to: its DICOMweb root, credentials and TLS, its Orthanc REST root. */
+const dicomWebServerFields = {
+  /** The DICOMweb root, e.g. https://pacs.example.org/dicom-web. */
+  ...serverFields,
+  /**
+   * The REST root of the destination when it is an Orthanc (e.g. https://pacs.example.org):
+   * needed only for the `md5` verification level.
+   */
+  orthancUrl: orthancRestUrl.optional(),
+  /**
+   * For `transfer: 'push'`: the name under which the source Orthancs declare this server in their
+   * own `DicomWeb.Servers`. Every source must declare it under this name.
+   */
+  pushServerName: z.string().min(1).optional(),
+};
+
+const checkRegex = (pattern: string) => {
+  try {
+    new RegExp(pattern, 'i');
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * Which studies a destination takes. Every criterion given must match; within one, any value
+ * does. The values are read for routing only and never logged.
+ */
+export const studyFilterSchema = z.strictObject({
+  /** A case-insensitive substring of the StudyDescription, or `{ "regex": … }` (case-insensitive). */
+  studyDescription: z
+    .union([
+      z.string().min(1),
+      z.strictObject({ regex: z.string().min(1).refine(checkRegex, 'must be a valid regular expression') }),
+    ])
+    .optional(),
+  /** Modalities, any of which the study holds (its series' Modality; the series' own for a series item). */
+  modalities: z.array(z.string().min(1)).min(1).optional(),
+  /** Calling AETs that sent the study to the source (Orthanc's RemoteAET metadata), any of them. */
+  remoteAets: z.array(z.string().min(1)).min(1).optional(),
+});
+
+/** Used instead of the destination while it has been unreachable for longer than afterSeconds. */
+export const alternateSchema = z
   .strictObject({
-    /** The DICOMweb root, e.g. https://pacs.example.org/dicom-web. */
-    ...serverFields,
-    /**
-     * The REST root of the destination when it is an Orthanc (e.g. https://pacs.example.org):
-     * needed only for the `md5` verification level.
-     */
-    orthancUrl: httpUrl.transform((url) => url.replace(/\/+$/, '')).optional(),
+    ...dicomWebServerFields,
+    /** How long the destination must have been unreachable (network errors, 5xx) first. */
+    afterSeconds: z.number().nonnegative(),
   })
   .refine(exclusivePassword, passwordMessage)
   .refine(clientPair, clientPairMessage);
+
+const destinationFields = {
+  ...dicomWebServerFields,
+  /**
+   * `relay`: the forwarder reads each instance from the source and sends it with STOW-RS.
+   * `push`: the source Orthanc sends it itself (`POST /dicom-web/servers/{pushServerName}/stow`).
+   */
+  transfer: z.enum(['relay', 'push']).default('relay'),
+  /** Only the studies this accepts go to this destination; every study without a filter. */
+  filter: studyFilterSchema.optional(),
+  alternate: alternateSchema.optional(),
+};
+
+interface PushFields {
+  readonly transfer: 'relay' | 'push';
+  readonly pushServerName?: string | undefined;
+  readonly alternate?: { readonly pushServerName?: string | undefined } | undefined;
+}
+const pushNamed = (destination: PushFields) =>
+  destination.transfer !== 'push' || destination.pushServerName !== undefined;
+const pushNamedMessage = {
+  message:
+    "transfer 'push' needs pushServerName: the destination's name in the source Orthancs' DicomWeb.Servers",
+  path: ['pushServerName'],
+};
+const alternatePushNamed = (destination: PushFields) =>
+  destination.transfer !== 'push' ||
+  destination.alternate === undefined ||
+  destination.alternate.pushServerName !== undefined;
+const alternatePushNamedMessage = {
+  message: "transfer 'push' needs the alternate's pushServerName too",
+  path: ['alternate', 'pushServerName'],
+};
+
+type DestinationChecked = PushFields &
+  Parameters<typeof exclusivePassword>[0] &
+  Parameters<typeof clientPair>[0];
+const withDestinationChecks = <T extends z.ZodType<DestinationChecked>>(schema: T): T =>
+  schema
+    .refine(exclusivePassword, passwordMessage)
+    .refine(clientPair, clientPairMessage)
+    .refine(pushNamed, pushNamedMessage)
+    .refine(alternatePushNamed, alternatePushNamedMessage);
+
+/** One of `destinations`. */
+export const destinationSchema = withDestinationChecks(
+  z.strictObject({
+    /** Stable identifier: it names the destination in refusals, logs and metrics. */
+    id: stableId,
+    ...destinationFields,
+  }),
+);
+
+/** The single `destination` of the short form: the same, its id 'destination' unless given. */
+const singleDestinationSchema = withDestinationChecks(
+  z.strictObject({ id: stableId.default('destination'), ...destinationFields }),
+);
 
 const positiveInt = z.number().int().positive();
 
@@ -72,123 +174,213 @@ const awsId = (prefix: string) =>
     .regex(new RegExp(`^${prefix}-[0-9a-f]{8,17}$`), `must be an ID like ${prefix}-0123456789abcdef0`);
 
 /** What only the AWS pipeline needs: where its Lambdas run and how they are sized. */
-export const awsSchema = z.strictObject({
-  stackName: z
-    .string()
-    .regex(/^[A-Za-z][A-Za-z0-9-]{0,127}$/, 'must be a CloudFormation stack name')
-    .default('OrthancForwarder'),
-  /** Account and region to deploy to; the CDK CLI's defaults when absent. */
-  account: z
-    .string()
-    .regex(/^\d{12}$/, 'must be a 12-digit AWS account ID')
-    .optional(),
-  region: z
-    .string()
-    .regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'must be a region like eu-west-1')
-    .optional(),
-  /** The VPC that reaches the sources (over the VPN or Direct Connect): given, never looked up. */
-  vpc: z.strictObject({
-    vpcId: awsId('vpc'),
-    availabilityZones: z.array(z.string().min(1)).min(1),
-    /** Private subnets for the Lambdas, one per availability zone above. */
-    privateSubnetIds: z.array(awsId('subnet')).min(1),
-    /** Their route tables, for the DynamoDB gateway endpoint. */
-    routeTableIds: z.array(awsId('rtb')).min(1),
-    /** Security groups for the Lambdas: they must allow HTTPS out to the sources and the destination. */
-    securityGroupIds: z.array(awsId('sg')).min(1),
-    /** Interface endpoints for SQS, Secrets Manager and CloudWatch: not needed when the subnets have a NAT. */
-    createEndpoints: z.boolean().default(true),
-  }),
-  /** Minutes between two runs of the poller. */
-  pollScheduleMinutes: positiveInt.max(60).default(1),
-  poller: z
+export const awsSchema = z
+  .strictObject({
+    stackName: z
+      .string()
+      .regex(/^[A-Za-z][A-Za-z0-9-]{0,127}$/, 'must be a CloudFormation stack name')
+      .default('OrthancForwarder'),
+    /** Account and region to deploy to; the CDK CLI's defaults when absent. */
+    account: z
+      .string()
+      .regex(/^\d{12}$/, 'must be a 12-digit AWS account ID')
+      .optional(),
+    region: z
+      .string()
+      .regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'must be a region like eu-west-1')
+      .optional(),
+    /** The VPC that reaches the sources (over the VPN or Direct Connect): given, never looked up. */
+    vpc: z.strictObject({
+      vpcId: awsId('vpc'),
+      availabilityZones: z.array(z.string().min(1)).min(1),
+      /** Private subnets for the Lambdas, one per availability zone above. */
+      privateSubnetIds: z.array(awsId('subnet')).min(1),
+      /** Their route tables, for the DynamoDB gateway endpoint. */
+      routeTableIds: z.array(awsId('rtb')).min(1),
+      /** Security groups for the Lambdas: they must allow HTTPS out to the sources and the destination. */
+      securityGroupIds: z.array(awsId('sg')).min(1),
+      /** Interface endpoints for SQS, Secrets Manager and CloudWatch: not needed when the subnets have a NAT. */
+      createEndpoints: z.boolean().default(true),
+    }),
+    /** Minutes between two runs of the poller. */
+    pollScheduleMinutes: positiveInt.max(60).default(1),
+    poller: z
+      .strictObject({
+        timeoutSeconds: positiveInt.max(900).default(60),
+        memoryMb: positiveInt.min(128).max(10_240).default(256),
+      })
+      .prefault({}),
+    forwarder: z
+      .strictObject({
+        timeoutSeconds: positiveInt.max(900).default(300),
+        memoryMb: positiveInt.min(128).max(10_240).default(1024),
+        /** Studies per invocation. */
+        batchSize: positiveInt.max(10).default(1),
+        /** Invocations at once: bounds the load on the sources and the destination. */
+        maxConcurrency: positiveInt.min(2).max(1000).default(4),
+      })
+      .prefault({}),
+    /** Days to keep the Lambdas' logs. */
+    logRetentionDays: positiveInt.default(90),
+    /** The stack's alarms (docs/operations.md): where they are sent, and their thresholds. */
+    alarms: z
+      .strictObject({
+        /** Subscribed to the alarm topic (SNS asks the address to confirm); none: subscribe yourself. */
+        email: z.email('must be an email address').optional(),
+        /** The oldest work item on the queue is older than this. */
+        oldestMessageAgeMinutes: positiveInt.max(20_160).default(60),
+        /** No poller invocation succeeded for this long. */
+        noPollMinutes: positiveInt.max(1440).default(10),
+        /** Every poll of a source failed for this long. */
+        sourceUnreachableMinutes: positiveInt.max(1440).default(15),
+        /** Failed attempts (retried, dead-lettered, or the function failed) per 100 attempts, 15 minutes on end. */
+        forwarderErrorRatePercent: z.number().positive().max(100).default(10),
+      })
+      .prefault({}),
+  })
+  .superRefine((aws, ctx) => {
+    // A window shorter than two polls would alarm on one late or failed poll.
+    for (const key of ['noPollMinutes', 'sourceUnreachableMinutes'] as const) {
+      if (aws.alarms[key] < 2 * aws.pollScheduleMinutes) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['alarms', key],
+          message: `must be at least twice pollScheduleMinutes (${2 * aws.pollScheduleMinutes})`,
+        });
+      }
+    }
+  });
+
+const configObject = z.strictObject({
+  sources: z.array(sourceSchema).min(1, 'needs at least one source'),
+  /** The short form of `destinations` with one element. Give exactly one of the two. */
+  destination: singleDestinationSchema.optional(),
+  /** A study leaves its source once every destination whose filter accepts it holds it. */
+  destinations: z.array(destinationSchema).min(1, 'needs at least one destination').optional(),
+  /**
+   * Which change makes work: a stable study (moved whole), a stable series (moved series by
+   * series), or a new instance (its study moved at once, what arrives later in later rounds).
+   */
+  trigger: z.enum(['StableStudy', 'StableSeries', 'NewInstance']).default('StableStudy'),
+  /** A study no destination's filter accepts stays at the source (`keep`) or is deleted there. */
+  unrouted: z.enum(['keep', 'delete']).default('keep'),
+  /** Seconds between two reads of each source's change feed. */
+  pollIntervalSeconds: z.number().positive().max(3600).default(5),
+  /**
+   * Seconds without a change before a study whose stability Orthanc never announced (it
+   * forgets on restart) is moved anyway. Orthanc's own StableAge defaults to 60.
+   */
+  quietSeconds: z.number().positive().default(60),
+  /** Seconds between two full listings of a source's studies, the safety net of the feed. */
+  sweepIntervalSeconds: z.number().positive().default(600),
+  /** Changes asked for per /changes request. */
+  changesPageSize: positiveInt.max(10_000).default(1000),
+  /** Studies moved at the same time. */
+  concurrency: positiveInt.max(64).default(2),
+  stow: z
     .strictObject({
-      timeoutSeconds: positiveInt.max(900).default(60),
-      memoryMb: positiveInt.min(128).max(10_240).default(256),
+      maxInstances: positiveInt.default(50),
+      maxBytes: positiveInt.default(256 * 1024 * 1024),
+      /** STOW requests (or push jobs) in flight for one study. */
+      parallel: positiveInt.max(32).default(4),
     })
     .prefault({}),
-  forwarder: z
+  /** How the destination is proven to hold an instance before it is deleted at the source. */
+  verify: z.enum(['stow', 'qido', 'md5']).default('qido'),
+  /** QIDO page size when listing a study's instances at the destination. */
+  qidoPageSize: positiveInt.max(10_000).default(1000),
+  retry: z
     .strictObject({
-      timeoutSeconds: positiveInt.max(900).default(300),
-      memoryMb: positiveInt.min(128).max(10_240).default(1024),
-      /** Studies per invocation. */
-      batchSize: positiveInt.max(10).default(1),
-      /** Invocations at once: bounds the load on the sources and the destination. */
-      maxConcurrency: positiveInt.min(2).max(1000).default(4),
+      /** Attempts of one study before it is dead-lettered. */
+      maxAttempts: positiveInt.max(100).default(8),
+      baseDelayMs: positiveInt.default(2_000),
+      maxDelayMs: positiveInt.default(300_000),
     })
     .prefault({}),
-  /** Days to keep the Lambdas' logs. */
-  logRetentionDays: positiveInt.default(90),
+  timeouts: z
+    .strictObject({
+      connectMs: positiveInt.default(10_000),
+      /** Until the answer's headers arrive; a STOW of a large batch takes the destination a while. */
+      headersMs: positiveInt.default(300_000),
+      /** Longest silence while a body streams, in either direction. */
+      bodyMs: positiveInt.default(60_000),
+    })
+    .prefault({}),
+  /** false copies instead of moving: forward and record, never delete at the source. */
+  deleteAfterForward: z.boolean().default(true),
+  /** The AWS pipeline's settings; local mode ignores them. */
+  aws: awsSchema.optional(),
 });
 
-export const configSchema = z
-  .strictObject({
-    sources: z.array(sourceSchema).min(1, 'needs at least one source'),
-    destination: destinationSchema,
-    /** Which change makes a study ready to move. */
-    trigger: z.enum(['StableStudy']).default('StableStudy'),
-    /** Seconds between two reads of each source's change feed. */
-    pollIntervalSeconds: z.number().positive().max(3600).default(5),
-    /**
-     * Seconds without a change before a study whose stability Orthanc never announced (it
-     * forgets on restart) is moved anyway. Orthanc's own StableAge defaults to 60.
-     */
-    quietSeconds: z.number().positive().default(60),
-    /** Seconds between two full listings of a source's studies, the safety net of the feed. */
-    sweepIntervalSeconds: z.number().positive().default(600),
-    /** Changes asked for per /changes request. */
-    changesPageSize: positiveInt.max(10_000).default(1000),
-    /** Studies moved at the same time. */
-    concurrency: positiveInt.max(64).default(2),
-    stow: z
-      .strictObject({
-        maxInstances: positiveInt.default(50),
-        maxBytes: positiveInt.default(256 * 1024 * 1024),
-        /** STOW requests in flight for one study. */
-        parallel: positiveInt.max(32).default(4),
-      })
-      .prefault({}),
-    /** How the destination is proven to hold an instance before it is deleted at the source. */
-    verify: z.enum(['stow', 'qido', 'md5']).default('qido'),
-    /** QIDO page size when listing a study's instances at the destination. */
-    qidoPageSize: positiveInt.max(10_000).default(1000),
-    retry: z
-      .strictObject({
-        /** Attempts of one study before it is dead-lettered. */
-        maxAttempts: positiveInt.max(100).default(8),
-        baseDelayMs: positiveInt.default(2_000),
-        maxDelayMs: positiveInt.default(300_000),
-      })
-      .prefault({}),
-    timeouts: z
-      .strictObject({
-        connectMs: positiveInt.default(10_000),
-        /** Until the answer's headers arrive; a STOW of a large batch takes the destination a while. */
-        headersMs: positiveInt.default(300_000),
-        /** Longest silence while a body streams, in either direction. */
-        bodyMs: positiveInt.default(60_000),
-      })
-      .prefault({}),
-    /** false copies instead of moving: forward and record, never delete at the source. */
-    deleteAfterForward: z.boolean().default(true),
-    /** The AWS pipeline's settings; local mode ignores them. */
-    aws: awsSchema.optional(),
-  })
-  .refine((config) => config.verify !== 'md5' || config.destination.orthancUrl !== undefined, {
-    message: "verify 'md5' needs destination.orthancUrl (the destination Orthanc's REST root)",
-    path: ['verify'],
+export const configSchema = configObject
+  .refine((config) => (config.destination === undefined) !== (config.destinations === undefined), {
+    message: 'give exactly one of destination and destinations',
+    path: ['destinations'],
   })
   .refine((config) => new Set(config.sources.map((source) => source.id)).size === config.sources.length, {
     message: 'source ids must be unique',
     path: ['sources'],
+  })
+  .refine(
+    (config) =>
+      config.destinations === undefined ||
+      new Set(config.destinations.map((destination) => destination.id)).size === config.destinations.length,
+    { message: 'destination ids must be unique', path: ['destinations'] },
+  )
+  .refine((config) => config.unrouted !== 'delete' || config.deleteAfterForward, {
+    message: "'delete' contradicts deleteAfterForward false: copy mode never deletes at the source",
+    path: ['unrouted'],
+  })
+  // The core sees one list: the short form becomes a list of one, and parsing the result again
+  // gives the same result (the AWS pipeline hands the parsed configuration to its Lambdas).
+  .transform(({ destination, destinations, ...rest }) => ({
+    ...rest,
+    destinations: destinations ?? (destination === undefined ? [] : [destination]),
+  }))
+  .superRefine((config, context) => {
+    if (config.verify !== 'md5') return;
+    for (const { field, server } of destinationServers(config)) {
+      if (server.orthancUrl !== undefined) continue;
+      context.addIssue({
+        code: 'custom',
+        message: `verify 'md5' needs ${field}.orthancUrl (the destination Orthanc's REST root)`,
+        path: ['verify'],
+      });
+    }
   });
 
 export type ForwarderConfig = z.output<typeof configSchema>;
 export type SourceConfig = ForwarderConfig['sources'][number];
-export type DestinationConfig = ForwarderConfig['destination'];
-export type ServerConfig = SourceConfig | DestinationConfig;
+export type DestinationConfig = ForwarderConfig['destinations'][number];
+export type AlternateConfig = NonNullable<DestinationConfig['alternate']>;
+export type StudyFilter = NonNullable<DestinationConfig['filter']>;
+/** What every server we talk to has: its URL, credentials and TLS settings. */
+export type ServerConfig = Pick<SourceConfig, Exclude<keyof SourceConfig, 'id'>>;
 export type Timeouts = ForwarderConfig['timeouts'];
 export type AwsConfig = z.output<typeof awsSchema>;
+
+/**
+ * Where a destination is in the file, for errors: `destination` when the short form was used
+ * (it is the one destination, with its default id), `destinations[i]` otherwise.
+ */
+export const destinationField = (config: Pick<ForwarderConfig, 'destinations'>, index: number): string =>
+  config.destinations.length === 1 && config.destinations[0]?.id === 'destination'
+    ? 'destination'
+    : `destinations[${index}]`;
+
+/** Every server studies go to, destinations and alternates, with where each is in the file. */
+export const destinationServers = (
+  config: Pick<ForwarderConfig, 'destinations'>,
+): { field: string; server: DestinationConfig | AlternateConfig }[] =>
+  config.destinations.flatMap((destination, index) => {
+    const field = destinationField(config, index);
+    return [
+      { field, server: destination },
+      ...(destination.alternate === undefined
+        ? []
+        : [{ field: `${field}.alternate`, server: destination.alternate }]),
+    ];
+  });
 
 export class ConfigError extends Error {
   override name = 'ConfigError';

@@ -1,22 +1,22 @@
 /**
  * What a worker does with one queued message, in local mode and in the forwarder Lambda alike:
- * validate it, take the study's lease, run the move protocol, record and log the outcome.
+ * validate it, take the study's lease, run the move protocol, record and log the outcome, and
+ * watch the study again if instances arrived during the move.
  */
-import { permanent, transient } from './errors.ts';
+import type { Destination } from './destinations.ts';
+import { describe, permanent, transient } from './errors.ts';
 import type { Log } from './log.ts';
 import { type MoveContext, type MoveOptions, moveStudy } from './move-study.ts';
 import type { OrthancClient } from './orthanc-client.ts';
-import type { Ledger, StudyOutcome } from './ports.ts';
-import type { QidoClient } from './qido-client.ts';
-import type { StowClient } from './stow-client.ts';
+import type { FeedStateStore, Ledger, StudyOutcome, WorkItem } from './ports.ts';
 import { decodeWorkItem } from './work-item.ts';
 
 export interface Engine {
   readonly sources: ReadonlyMap<string, OrthancClient>;
-  readonly stow: StowClient;
-  readonly qido: QidoClient;
-  readonly destinationOrthanc?: OrthancClient | undefined;
+  readonly destinations: readonly Destination[];
   readonly ledger: Ledger;
+  /** The change feed's state: a study whose late arrivals stayed at the source is watched again. */
+  readonly feed?: FeedStateStore | undefined;
   readonly options: MoveOptions;
   readonly log: Log;
   /** Who holds leases taken by this worker. */
@@ -27,7 +27,42 @@ export interface Engine {
   readonly onStep?: MoveContext['onStep'];
 }
 
+/** Per study, also for a series item: two series of one study are never moved at once. */
 const leaseKey = (sourceId: string, studyId: string) => `study#${sourceId}#${studyId}`;
+
+/**
+ * Instances that arrived during a move stay at the source, and Orthanc announces the study
+ * stable again only StableAge later: nothing in the feed says so before then (a NewInstance
+ * change names the instance, not its study). Watch such a study, so that the feed queues it once
+ * it is stable (or quiet), and local mode's `--until-idle` does not call the source drained
+ * meanwhile. Only after a move that deleted something: a copy, a skipped study or one found gone
+ * leaves nothing of ours behind. Instances the destination refused for good do not count: they
+ * stay, and moving them again would loop.
+ */
+const watchLateArrivals = async (engine: Engine, item: WorkItem, outcome: StudyOutcome): Promise<void> => {
+  const source = engine.sources.get(item.sourceId);
+  if (engine.feed === undefined || source === undefined || outcome.deleted === 0) return;
+  try {
+    const left =
+      item.seriesId === undefined
+        ? await source.studyInstances(item.studyId)
+        : await source.seriesInstances(item.seriesId);
+    if (left === undefined || left.length === 0) return;
+    const rejected = new Set(
+      (await engine.ledger.rejected(item.sourceId, item.studyId)).map((r) => r.instanceId),
+    );
+    if (left.some((instance) => !rejected.has(instance.id))) {
+      await engine.feed.watch(item.sourceId, [item.studyId], (engine.now ?? Date.now)());
+    }
+  } catch (error) {
+    // The study's own StableStudy change still queues it; only the idle check is less sure.
+    engine.log.warn('could not check a moved study for late arrivals', {
+      sourceId: item.sourceId,
+      studyId: item.studyId,
+      error: describe(error),
+    });
+  }
+};
 
 export const forwardWorkItem = async (
   engine: Engine,
@@ -46,9 +81,7 @@ export const forwardWorkItem = async (
     const context: MoveContext = {
       sourceId: item.sourceId,
       source,
-      stow: engine.stow,
-      qido: engine.qido,
-      destinationOrthanc: engine.destinationOrthanc,
+      destinations: engine.destinations,
       ledger: engine.ledger,
       options: engine.options,
       log: engine.log,
@@ -57,9 +90,14 @@ export const forwardWorkItem = async (
       deadline: limits.deadline,
       ...(limits.signal === undefined ? {} : { signal: limits.signal }),
     };
-    const outcome = await moveStudy(context, item.studyId);
-    await engine.ledger.record(outcome);
-    engine.log.info('study outcome', { ...outcome });
+    const outcome = await moveStudy(context, item.studyId, item.seriesId);
+    // An unchanged study was looked at and left as it was: there is nothing to record.
+    if (outcome.result !== 'unchanged') await engine.ledger.record(outcome);
+    engine.log.info('study outcome', {
+      ...outcome,
+      ...(item.seriesId === undefined ? {} : { seriesId: item.seriesId }),
+    });
+    await watchLateArrivals(engine, item, outcome);
     return outcome;
   } finally {
     await engine.ledger.releaseLease(key, engine.owner);

@@ -66,9 +66,12 @@ export const createEndpoint = (
     headersTimeout: timeouts.headersMs,
     bodyTimeout: timeouts.bodyMs,
     connections: options.connections ?? 16,
-    // Orthanc closes idle connections after 1 s; reuse only within that window.
+    // Orthanc closes idle connections after 1 s (it answers Keep-Alive: timeout=1); reuse only
+    // within that window. undici subtracts keepAliveTimeoutThreshold from the server's hint, and
+    // its default (2 s) leaves nothing of 1 s: every request would open a new connection.
     keepAliveTimeout: 900,
     keepAliveMaxTimeout: 900,
+    keepAliveTimeoutThreshold: 300,
   });
   return { baseUrl: server.url, authorization, dispatcher, label: new URL(server.url).origin };
 };

@@ -24,7 +24,27 @@ const studySchema = z.object({
   ID: z.string(),
   IsStable: z.boolean(),
   LastUpdate: z.string().optional(),
-  MainDicomTags: z.object({ StudyInstanceUID: z.string() }),
+  MainDicomTags: z.object({ StudyInstanceUID: z.string(), StudyDescription: z.string().optional() }),
+});
+
+const seriesSchema = z.object({
+  ID: z.string(),
+  ParentStudy: z.string(),
+  MainDicomTags: z.object({ Modality: z.string().optional() }),
+});
+
+const jobCreatedSchema = z.object({ ID: z.string() });
+
+const jobSchema = z.object({
+  State: z.string(),
+  ErrorCode: z.number().optional(),
+  ErrorDescription: z.string().optional(),
+  Content: z
+    .object({
+      FunctionErrorCode: z.number().optional(),
+      FunctionErrorDescription: z.string().optional(),
+    })
+    .optional(),
 });
 
 const instancesSchema = z.array(
@@ -57,6 +77,24 @@ export interface StudyInfo {
   readonly studyInstanceUid: string;
   readonly isStable: boolean;
   readonly lastUpdate: string | undefined;
+  /** For routing only: a DICOM tag value, never logged. */
+  readonly description: string | undefined;
+}
+
+export interface SeriesInfo {
+  readonly id: string;
+  readonly studyId: string;
+  /** For routing only: a DICOM tag value, never logged. */
+  readonly modality: string | undefined;
+}
+
+/** An Orthanc job as far as the forwarder follows one. */
+export interface JobStatus {
+  /** Pending, Running, Success, Failure, Paused or Retry. */
+  readonly state: string;
+  /** Orthanc's error code and its fixed description (the plugin's own when it gave one): no PHI. */
+  readonly errorCode: number | undefined;
+  readonly errorDescription: string | undefined;
 }
 
 export interface SourceInstance {
@@ -77,6 +115,20 @@ const parse = <T>(schema: z.ZodType<T>, value: unknown, what: string, endpoint: 
 };
 
 const segment = (id: string): string => encodeURIComponent(id);
+
+const toStudyInfo = (study: z.output<typeof studySchema>): StudyInfo => ({
+  id: study.ID,
+  studyInstanceUid: study.MainDicomTags.StudyInstanceUID,
+  isStable: study.IsStable,
+  lastUpdate: study.LastUpdate,
+  description: study.MainDicomTags.StudyDescription,
+});
+
+const toSeriesInfo = (series: z.output<typeof seriesSchema>): SeriesInfo => ({
+  id: series.ID,
+  studyId: series.ParentStudy,
+  modality: series.MainDicomTags.Modality,
+});
 
 export class OrthancClient {
   readonly endpoint: Endpoint;
@@ -118,21 +170,52 @@ export class OrthancClient {
     const what = 'reading a study';
     const raw = await callJson(this.endpoint, `/studies/${segment(studyId)}`, what, { allow404: true });
     if (raw === undefined) return undefined;
-    const study = parse(studySchema, raw, what, this.endpoint);
-    return {
-      id: study.ID,
-      studyInstanceUid: study.MainDicomTags.StudyInstanceUID,
-      isStable: study.IsStable,
-      lastUpdate: study.LastUpdate,
-    };
+    return toStudyInfo(parse(studySchema, raw, what, this.endpoint));
+  }
+
+  /** The study an instance belongs to, in one request; undefined when the instance is gone. */
+  async instanceStudy(instanceId: string): Promise<StudyInfo | undefined> {
+    const what = "reading an instance's study";
+    const raw = await callJson(this.endpoint, `/instances/${segment(instanceId)}/study`, what, {
+      allow404: true,
+    });
+    return raw === undefined ? undefined : toStudyInfo(parse(studySchema, raw, what, this.endpoint));
+  }
+
+  /** The series, or undefined when it no longer exists. */
+  async series(seriesId: string): Promise<SeriesInfo | undefined> {
+    const what = 'reading a series';
+    const raw = await callJson(this.endpoint, `/series/${segment(seriesId)}`, what, { allow404: true });
+    return raw === undefined ? undefined : toSeriesInfo(parse(seriesSchema, raw, what, this.endpoint));
+  }
+
+  /** Every series of the study in one request, or undefined when the study no longer exists. */
+  async studySeries(studyId: string): Promise<SeriesInfo[] | undefined> {
+    const what = "listing a study's series";
+    const raw = await callJson(this.endpoint, `/studies/${segment(studyId)}/series`, what, {
+      allow404: true,
+    });
+    return raw === undefined
+      ? undefined
+      : parse(z.array(seriesSchema), raw, what, this.endpoint).map(toSeriesInfo);
   }
 
   /** Every instance of the study in one request, or undefined when the study no longer exists. */
   async studyInstances(studyId: string): Promise<SourceInstance[] | undefined> {
-    const what = "listing a study's instances";
-    const raw = await callJson(this.endpoint, `/studies/${segment(studyId)}/instances`, what, {
-      allow404: true,
-    });
+    return this.instancesOf('studies', studyId, "listing a study's instances");
+  }
+
+  /** Every instance of the series in one request, or undefined when the series no longer exists. */
+  async seriesInstances(seriesId: string): Promise<SourceInstance[] | undefined> {
+    return this.instancesOf('series', seriesId, "listing a series' instances");
+  }
+
+  private async instancesOf(
+    level: 'studies' | 'series',
+    id: string,
+    what: string,
+  ): Promise<SourceInstance[] | undefined> {
+    const raw = await callJson(this.endpoint, `/${level}/${segment(id)}/instances`, what, { allow404: true });
     if (raw === undefined) return undefined;
     return parse(instancesSchema, raw, what, this.endpoint).map((i) => ({
       id: i.ID,
@@ -156,7 +239,88 @@ export class OrthancClient {
       ...(signal === undefined ? {} : { signal }),
     });
     if (response.statusCode !== 200) throw await statusError(this.endpoint, what, response);
+    // A proxy's login or error page answered with 200 is not the file: sent on, the destination
+    // would refuse it and the instance would be recorded as refused for good, never sent again.
+    const type = String(response.headers['content-type'] ?? '');
+    if (!/^application\/(dicom|octet-stream)\s*(;|$)/i.test(type)) {
+      await response.body.dump();
+      throw transient(
+        `${what} at ${this.endpoint.label}: expected DICOM, got ${type === '' ? 'no content type' : type}`,
+      );
+    }
     return response.body;
+  }
+
+  /**
+   * The calling AET that sent the instance (Orthanc's RemoteAET metadata): '' for an instance
+   * that came another way (REST API, DICOMweb), undefined when the instance does not exist.
+   */
+  async remoteAet(instanceId: string): Promise<string | undefined> {
+    const what = "reading an instance's RemoteAET";
+    const response = await call(this.endpoint, `/instances/${segment(instanceId)}/metadata/RemoteAET`, what);
+    if (response.statusCode === 404) {
+      await response.body.dump();
+      // Also the answer when the metadata is absent: it came without one.
+      return (await this.hasInstance(instanceId)) ? '' : undefined;
+    }
+    if (response.statusCode !== 200) throw await statusError(this.endpoint, what, response);
+    return (await response.body.text()).trim();
+  }
+
+  private async hasInstance(instanceId: string): Promise<boolean> {
+    const what = 'reading an instance';
+    const raw = await callJson(this.endpoint, `/instances/${segment(instanceId)}`, what, { allow404: true });
+    return raw !== undefined;
+  }
+
+  /**
+   * Asks the source to send these resources (series or instances) to a DICOMweb server declared
+   * in its own configuration (`DicomWeb.Servers`), as a job; returns the job's ID. Undefined when
+   * a resource no longer exists.
+   */
+  async pushToDicomWeb(serverName: string, resources: readonly string[]): Promise<string | undefined> {
+    const what = 'starting a push to a DICOMweb server';
+    const raw = await callJson(this.endpoint, `/dicom-web/servers/${segment(serverName)}/stow`, what, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ Resources: resources, Synchronous: false }),
+      allow404: true,
+    });
+    return raw === undefined ? undefined : parse(jobCreatedSchema, raw, what, this.endpoint).ID;
+  }
+
+  /** The names of the DICOMweb servers the source declares. */
+  async dicomWebServers(): Promise<string[]> {
+    const what = 'listing DICOMweb servers';
+    return parse(
+      z.array(z.string()),
+      await callJson(this.endpoint, '/dicom-web/servers', what),
+      what,
+      this.endpoint,
+    );
+  }
+
+  /** A job's state, or undefined when Orthanc no longer knows it (it keeps only the latest ones). */
+  async job(jobId: string): Promise<JobStatus | undefined> {
+    const what = 'reading a job';
+    const raw = await callJson(this.endpoint, `/jobs/${segment(jobId)}`, what, { allow404: true });
+    if (raw === undefined) return undefined;
+    const job = parse(jobSchema, raw, what, this.endpoint);
+    return {
+      state: job.State,
+      errorCode: job.Content?.FunctionErrorCode ?? job.ErrorCode,
+      errorDescription: job.Content?.FunctionErrorDescription ?? job.ErrorDescription,
+    };
+  }
+
+  /** Cancels a job; one that has ended or that Orthanc forgot is no error. */
+  async cancelJob(jobId: string): Promise<void> {
+    const what = 'cancelling a job';
+    const response = await call(this.endpoint, `/jobs/${segment(jobId)}/cancel`, what, {
+      method: 'POST',
+      body: '',
+    });
+    await response.body.dump();
   }
 
   /** The MD5 of the stored DICOM file, or undefined when the instance does not exist. */

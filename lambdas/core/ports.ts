@@ -3,13 +3,18 @@
  * (SQLite, one state file) and an AWS one (DynamoDB, SQS); the engine sees only these types.
  */
 
-/** One unit of work: move one study of one source. */
+/** One unit of work: move one study of one source, or one series of it. */
 export interface WorkItem {
   readonly sourceId: string;
   /** Orthanc's ID of the study at that source. */
   readonly studyId: string;
-  /** What made the feed queue it: a StableStudy change, or the study being quiet long enough. */
-  readonly reason: 'stable' | 'quiet';
+  /** Orthanc's ID of one series of the study (trigger StableSeries): only it is moved. */
+  readonly seriesId?: string;
+  /**
+   * What made the feed queue it: a StableStudy or StableSeries change, the study being quiet long
+   * enough, or a NewInstance change (trigger NewInstance).
+   */
+  readonly reason: 'stable' | 'quiet' | 'instance';
 }
 
 /** Where the change-feed reader puts work. Resolving means the items are durably queued. */
@@ -91,7 +96,12 @@ export interface RejectedInstance {
   readonly rejectedAt: number;
 }
 
-export type MoveResult = 'moved' | 'partial' | 'gone' | 'copied';
+/**
+ * `skipped`: no destination's filter accepts the study (it stays at the source unless `unrouted`
+ * is 'delete'); `unchanged`: settled before and unchanged since (copy mode, or skipped), so nothing
+ * was sent or verified.
+ */
+export type MoveResult = 'moved' | 'partial' | 'gone' | 'copied' | 'skipped' | 'unchanged';
 
 /** What one run of the move protocol did; contains Orthanc IDs and counts only, never PHI. */
 export interface StudyOutcome {
@@ -116,6 +126,25 @@ export interface Totals {
   readonly rejected: number;
 }
 
+/**
+ * A study (or one series of it) that stays at its source on purpose, as it was when the forwarder
+ * last finished with it: copied (copy mode), or skipped (no destination accepts it). While the
+ * source's LastUpdate, its instance count and the routing stay the same, there is nothing to do.
+ */
+export interface SettledStudy {
+  readonly sourceId: string;
+  readonly studyId: string;
+  /** The series of a series work item; '' for the whole study. */
+  readonly seriesId: string;
+  /** The study's LastUpdate at the source. */
+  readonly lastUpdate: string;
+  readonly instances: number;
+  /** A digest of the destinations and their filters: another configuration looks again. */
+  readonly routing: string;
+  readonly result: 'copied' | 'partial' | 'skipped';
+  readonly settledAt: number;
+}
+
 export interface Ledger {
   /**
    * Takes the lease on a study for `ttlMs`, so that two workers never move it at once. A lease
@@ -127,5 +156,9 @@ export interface Ledger {
   recordRejected(instances: readonly RejectedInstance[]): Promise<void>;
   /** The rejected instances of one study (or of all, without studyId). */
   rejected(sourceId?: string, studyId?: string): Promise<RejectedInstance[]>;
+  /** Remembers a study left at its source on purpose; replaces what was remembered of it. */
+  recordSettled(study: SettledStudy): Promise<void>;
+  /** What was remembered of the study (or of one series of it, seriesId '' for the whole study). */
+  settled(sourceId: string, studyId: string, seriesId: string): Promise<SettledStudy | undefined>;
   totals(): Promise<Totals>;
 }

@@ -8,7 +8,9 @@ const orthancId = z.string().regex(/^[0-9a-f]{8}(-[0-9a-f]{8}){4}$/, 'must be an
 export const workItemSchema = z.strictObject({
   sourceId: z.string().min(1).max(64),
   studyId: orthancId,
-  reason: z.enum(['stable', 'quiet']),
+  /** Trigger StableSeries: only this series of the study is moved. */
+  seriesId: orthancId.optional(),
+  reason: z.enum(['stable', 'quiet', 'instance']),
 });
 
 export const encodeWorkItem = (item: WorkItem): string => JSON.stringify(item);

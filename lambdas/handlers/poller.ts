@@ -8,6 +8,7 @@ import { createPowertoolsMetrics } from '../aws/powertools-metrics.ts';
 import { type AwsRuntime, createRuntime } from '../aws/runtime.ts';
 import { SqsWorkSink } from '../aws/sqs-work-sink.ts';
 import { type FeedContext, type PollReport, pollSource } from '../core/changes-feed.ts';
+import { feedSettings } from '../core/engine.ts';
 import { describe } from '../core/errors.ts';
 import { createEndpoint } from '../core/http.ts';
 import { recordPoll } from '../core/metrics.ts';
@@ -42,6 +43,7 @@ export const isSweepDue = (
 
 const setUp = (runtime: AwsRuntime) => ({
   runtime,
+  settings: feedSettings(runtime.config, runtime.ledger),
   sink: new SqsWorkSink(runtime.sqs, runtime.queueUrl),
   sources: runtime.config.sources.map((source) => ({
     id: source.id,
@@ -56,7 +58,7 @@ export const createPollerHandler = (getRuntime: () => Promise<AwsRuntime>) => {
     context: Context,
   ): Promise<{ sources: SourcePollResult[] }> => {
     poller ??= getRuntime().then(setUp);
-    const { runtime, sink, sources } = await poller;
+    const { runtime, settings, sink, sources } = await poller;
     const { config, log } = runtime;
     const { metrics, publish } = createPowertoolsMetrics();
     const deadline = Date.now() + context.getRemainingTimeInMillis() - RESERVE_MS;
@@ -68,8 +70,7 @@ export const createPollerHandler = (getRuntime: () => Promise<AwsRuntime>) => {
         store: runtime.feed,
         sink,
         log,
-        pageSize: config.changesPageSize,
-        quietMs: config.quietSeconds * 1000,
+        ...settings,
         deadline,
       };
       try {

@@ -7,7 +7,7 @@ import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type FeedContext, type PollReport, pollSource } from '../core/changes-feed.ts';
 import type { ForwarderConfig } from '../core/config.ts';
-import { buildEngine } from '../core/engine.ts';
+import { buildEngine, feedSettings } from '../core/engine.ts';
 import { describe, failureKind } from '../core/errors.ts';
 import { decideOnFailure } from '../core/failure-policy.ts';
 import { type Engine, forwardWorkItem } from '../core/forward-work-item.ts';
@@ -67,6 +67,7 @@ export class LocalRunner {
     deadLettered: 0,
   };
   private active = 0;
+  private engine: Engine | undefined;
 
   private readonly onStep: MoveContext['onStep'];
 
@@ -94,7 +95,15 @@ export class LocalRunner {
     const started = Date.now();
     // A configuration error only the endpoints reveal (an unset passwordEnv, an unreadable PEM)
     // fails here, before the run holds the state file's lease or starts a loop it would leave running.
-    this.engineFor(this.owner);
+    this.engine = {
+      ...buildEngine(this.config, {
+        ledger: this.state.ledger,
+        feed: this.state.feed,
+        log: this.log,
+        owner: this.owner,
+      }),
+      onStep: this.onStep,
+    };
     const stop = new AbortController();
     const onAbort = () => stop.abort();
     options.signal?.addEventListener('abort', onAbort, { once: true });
@@ -151,16 +160,14 @@ export class LocalRunner {
       store: this.state.feed,
       sink: this.state.queue,
       log: this.log,
-      pageSize: this.config.changesPageSize,
-      quietMs: this.config.quietSeconds * 1000,
+      ...feedSettings(this.config, this.state.ledger),
     };
   }
 
+  /** The run's one engine, under a worker's own lease owner: the workers share its clients and what it learns. */
   private engineFor(owner: string): Engine {
-    return {
-      ...buildEngine(this.config, { ledger: this.state.ledger, log: this.log, owner }),
-      onStep: this.onStep,
-    };
+    if (this.engine === undefined) throw new Error('the engine is built when the run starts');
+    return { ...this.engine, owner };
   }
 
   private async pollLoop(sourceId: string, signal: AbortSignal): Promise<void> {
@@ -213,40 +220,11 @@ export class LocalRunner {
         await this.state.queue.ack(message.handle);
         this.count(outcome);
         options.onOutcome?.(outcome);
-        await this.watchLateArrivals(engine, outcome);
       } catch (error) {
         await this.fail(message, error);
       } finally {
         this.active--;
       }
-    }
-  }
-
-  /**
-   * Instances that arrived during a move stay at the source, and Orthanc announces the study
-   * stable again only StableAge later: nothing in the feed says so before then (a NewInstance
-   * change names the instance, not its study). Watch such a study, so that the feed queues it once
-   * it is stable and `--until-idle` does not call the source drained meanwhile. Instances the
-   * destination refused for good do not count: they stay, and moving them again would loop.
-   */
-  private async watchLateArrivals(engine: Engine, outcome: StudyOutcome): Promise<void> {
-    if (outcome.result === 'gone' || !this.config.deleteAfterForward) return;
-    try {
-      const left = await engine.sources.get(outcome.sourceId)?.studyInstances(outcome.studyId);
-      if (left === undefined || left.length === 0) return;
-      const rejected = new Set(
-        (await this.state.ledger.rejected(outcome.sourceId, outcome.studyId)).map((r) => r.instanceId),
-      );
-      if (left.some((instance) => !rejected.has(instance.id))) {
-        await this.state.feed.watch(outcome.sourceId, [outcome.studyId], Date.now());
-      }
-    } catch (error) {
-      // The study's own StableStudy change still queues it; only the idle check is less sure.
-      this.log.warn('could not check a moved study for late arrivals', {
-        sourceId: outcome.sourceId,
-        studyId: outcome.studyId,
-        error: describe(error),
-      });
     }
   }
 

@@ -1,18 +1,14 @@
 /** What was moved, what the destination refused, and who is moving which study right now. */
-import type { Ledger, RejectedInstance, StudyOutcome, Totals } from '../core/ports.ts';
+import type { Ledger, RejectedInstance, SettledStudy, StudyOutcome, Totals } from '../core/ports.ts';
 import type { StateDb } from './sqlite-state.ts';
 
-export const LEDGER_SCHEMA = `
-  CREATE TABLE IF NOT EXISTS leases (
-    key TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    expires_at INTEGER NOT NULL
-  ) STRICT;
-  CREATE TABLE IF NOT EXISTS study_outcomes (
+const outcomesTable = (name: string) => `
+  CREATE TABLE IF NOT EXISTS ${name} (
     id INTEGER PRIMARY KEY,
     source_id TEXT NOT NULL,
     study_id TEXT NOT NULL,
-    result TEXT NOT NULL CHECK (result IN ('moved', 'partial', 'gone', 'copied')),
+    result TEXT NOT NULL
+      CHECK (result IN ('moved', 'partial', 'gone', 'copied', 'skipped', 'unchanged')),
     instances INTEGER NOT NULL,
     sent INTEGER NOT NULL,
     already_present INTEGER NOT NULL,
@@ -22,7 +18,40 @@ export const LEDGER_SCHEMA = `
     duration_ms INTEGER NOT NULL,
     finished_at INTEGER NOT NULL
   ) STRICT;
-  CREATE INDEX IF NOT EXISTS study_outcomes_study ON study_outcomes (source_id, study_id);
+  CREATE INDEX IF NOT EXISTS ${name}_study ON ${name} (source_id, study_id);
+`;
+
+/**
+ * Schema version 2 allows the results 'skipped' and 'unchanged'. SQLite cannot alter a CHECK
+ * constraint, so a version 1 file's outcomes move to a table made anew.
+ */
+export const LEDGER_MIGRATION_TO_2 = `
+  ${outcomesTable('study_outcomes_v2')}
+  INSERT INTO study_outcomes_v2 SELECT * FROM study_outcomes;
+  DROP TABLE study_outcomes;
+  ALTER TABLE study_outcomes_v2 RENAME TO study_outcomes;
+  DROP INDEX study_outcomes_v2_study;
+  CREATE INDEX study_outcomes_study ON study_outcomes (source_id, study_id);
+`;
+
+export const LEDGER_SCHEMA = `
+  CREATE TABLE IF NOT EXISTS leases (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+  ) STRICT;
+  ${outcomesTable('study_outcomes')}
+  CREATE TABLE IF NOT EXISTS settled_studies (
+    source_id TEXT NOT NULL,
+    study_id TEXT NOT NULL,
+    series_id TEXT NOT NULL,
+    last_update TEXT NOT NULL,
+    instances INTEGER NOT NULL,
+    routing TEXT NOT NULL,
+    result TEXT NOT NULL CHECK (result IN ('copied', 'partial', 'skipped')),
+    settled_at INTEGER NOT NULL,
+    PRIMARY KEY (source_id, study_id, series_id)
+  ) STRICT, WITHOUT ROWID;
   CREATE TABLE IF NOT EXISTS rejected_instances (
     source_id TEXT NOT NULL,
     instance_id TEXT NOT NULL,
@@ -34,6 +63,17 @@ export const LEDGER_SCHEMA = `
   ) STRICT, WITHOUT ROWID;
   CREATE INDEX IF NOT EXISTS rejected_instances_study ON rejected_instances (source_id, study_id);
 `;
+
+interface SettledRow {
+  source_id: string;
+  study_id: string;
+  series_id: string;
+  last_update: string;
+  instances: number;
+  routing: string;
+  result: SettledStudy['result'];
+  settled_at: number;
+}
 
 interface RejectedRow {
   source_id: string;
@@ -68,6 +108,19 @@ const statements = (db: StateDb) => ({
      ON CONFLICT (source_id, instance_id) DO UPDATE SET study_id = excluded.study_id,
        sop_instance_uid = excluded.sop_instance_uid, reason = excluded.reason, rejected_at = excluded.rejected_at
      WHERE excluded.rejected_at >= rejected_instances.rejected_at`,
+  ),
+  // The newest wins, whatever order two workers write theirs in.
+  recordSettled: db.prepare(
+    `INSERT INTO settled_studies (source_id, study_id, series_id, last_update, instances, routing, result, settled_at)
+     VALUES (:sourceId, :studyId, :seriesId, :lastUpdate, :instances, :routing, :result, :settledAt)
+     ON CONFLICT (source_id, study_id, series_id) DO UPDATE SET last_update = excluded.last_update,
+       instances = excluded.instances, routing = excluded.routing, result = excluded.result,
+       settled_at = excluded.settled_at
+     WHERE excluded.settled_at >= settled_studies.settled_at`,
+  ),
+  settled: db.prepare(
+    `SELECT source_id, study_id, series_id, last_update, instances, routing, result, settled_at
+     FROM settled_studies WHERE source_id = ? AND study_id = ? AND series_id = ?`,
   ),
   rejected: db.prepare(
     `SELECT source_id, study_id, instance_id, sop_instance_uid, reason, rejected_at FROM rejected_instances
@@ -165,6 +218,35 @@ export class SqliteLedger implements Ledger {
       reason: row.reason,
       rejectedAt: row.rejected_at,
     }));
+  }
+
+  async recordSettled(study: SettledStudy): Promise<void> {
+    const { sourceId, studyId, seriesId, lastUpdate, instances, routing, result, settledAt } = study;
+    this.#sql.recordSettled.run({
+      sourceId,
+      studyId,
+      seriesId,
+      lastUpdate,
+      instances,
+      routing,
+      result,
+      settledAt,
+    });
+  }
+
+  async settled(sourceId: string, studyId: string, seriesId: string): Promise<SettledStudy | undefined> {
+    const row = this.#sql.settled.get(sourceId, studyId, seriesId) as SettledRow | undefined;
+    if (row === undefined) return undefined;
+    return {
+      sourceId: row.source_id,
+      studyId: row.study_id,
+      seriesId: row.series_id,
+      lastUpdate: row.last_update,
+      instances: row.instances,
+      routing: row.routing,
+      result: row.result,
+      settledAt: row.settled_at,
+    };
   }
 
   async totals(): Promise<Totals> {

@@ -4,6 +4,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { DeadLetter, QueueStats, ReceivedMessage, WorkItem, WorkQueue } from '../core/ports.ts';
+import { encodeWorkItem } from '../core/work-item.ts';
 import type { StateDb } from './sqlite-state.ts';
 
 /*
@@ -63,9 +64,13 @@ interface DeadLetterRow {
 }
 
 const statements = (db: StateDb) => ({
+  // A waiting whole-study item covers any item of the study; a series item covers its series.
   waitingDuplicate: db.prepare(
     `SELECT 1 FROM queue_messages
-     WHERE source_id = ? AND study_id = ? AND (handle IS NULL OR visible_at <= ?) LIMIT 1`,
+     WHERE source_id = :sourceId AND study_id = :studyId AND (handle IS NULL OR visible_at <= :now)
+       AND (CASE WHEN json_valid(body) THEN json_extract(body, '$.seriesId') END IS NULL
+            OR CASE WHEN json_valid(body) THEN json_extract(body, '$.seriesId') END = :seriesId)
+     LIMIT 1`,
   ),
   insert: db.prepare(
     `INSERT INTO queue_messages (body, source_id, study_id, enqueued_at, visible_at)
@@ -127,17 +132,25 @@ export class SqliteWorkQueue implements WorkQueue {
   }
 
   /**
-   * A study already waiting is not queued twice: the waiting message will move it as it is then.
-   * One in flight does not count, since the study may have changed after its snapshot was taken.
+   * A study (or series) already waiting is not queued twice: the waiting message will move it as
+   * it is then. One in flight does not count, since the study may have changed after its
+   * snapshot was taken.
    */
   async enqueue(items: readonly WorkItem[]): Promise<void> {
     this.#db.write(() => {
       const now = this.#now();
-      for (const { sourceId, studyId, reason } of items) {
-        if (this.#sql.waitingDuplicate.get(sourceId, studyId, now) !== undefined) continue;
-        this.#sql.insert.run(JSON.stringify({ sourceId, studyId, reason }), sourceId, studyId, now, now);
+      for (const item of items) {
+        const { sourceId, studyId } = item;
+        if (this.#waiting(sourceId, studyId, item.seriesId, now)) continue;
+        this.#sql.insert.run(encodeWorkItem(item), sourceId, studyId, now, now);
       }
     });
+  }
+
+  #waiting(sourceId: string, studyId: string, seriesId: string | undefined, now: number): boolean {
+    return (
+      this.#sql.waitingDuplicate.get({ sourceId, studyId, now, seriesId: seriesId ?? null }) !== undefined
+    );
   }
 
   /** Queues any body, even one no consumer can parse: that is how tests make a poison message. */
@@ -222,7 +235,7 @@ export class SqliteWorkQueue implements WorkQueue {
         const duplicate =
           row.source_id !== null &&
           row.study_id !== null &&
-          this.#sql.waitingDuplicate.get(row.source_id, row.study_id, now) !== undefined;
+          this.#waiting(row.source_id, row.study_id, seriesOf(row.body), now);
         if (!duplicate) this.#sql.insert.run(row.body, row.source_id, row.study_id, now, now);
       }
       this.#sql.clearDead.run();
@@ -255,3 +268,13 @@ export class SqliteWorkQueue implements WorkQueue {
     this.#sql.deleteById.run(id);
   }
 }
+
+/** The series of a queued body, if it is a series item. */
+const seriesOf = (body: string): string | undefined => {
+  try {
+    const { seriesId } = JSON.parse(body) as { seriesId?: unknown };
+    return typeof seriesId === 'string' ? seriesId : undefined;
+  } catch {
+    return undefined;
+  }
+};

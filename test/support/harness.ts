@@ -2,77 +2,88 @@
  * What the local-mode tests share: running the CLI and other children, reading their logs,
  * uploading generated studies, and checking where each instance is.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
+import { type PollReport, pollSource } from '../../lambdas/core/changes-feed.ts';
+import type { ForwarderConfig } from '../../lambdas/core/config.ts';
+import { buildEngine, feedSettings } from '../../lambdas/core/engine.ts';
 import type { Log, LogAttributes } from '../../lambdas/core/log.ts';
-import type { GeneratedInstance, StudyShape } from '../../testbed/dicom-generator.ts';
-import { forwarderConfigFor, type SourceEntry } from '../../testbed/forwarder-config.ts';
+import type { LocalState } from '../../lambdas/local/sqlite-state.ts';
+import type { GeneratedInstance } from '../../testbed/dicom-generator.ts';
 import type { OrthancServer } from '../../testbed/orthanc.ts';
 import { uploadToOrthanc } from '../../testbed/upload.ts';
+import { findInstance, heldUids, md5Of } from './invariant.ts';
 
 export { instanceCount } from '../../testbed/forwarder-config.ts';
-
-export const BIN = fileURLToPath(new URL('../../bin/orthanc-forwarder', import.meta.url));
-
-export interface ProcessResult {
-  readonly code: number | null;
-  readonly signal: NodeJS.Signals | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-const children = new Set<ChildProcess>();
-
-/** Runs a child process to its end (or its death) and collects what it printed. */
-export const runProcess = (
-  command: string,
-  args: readonly string[],
-  env: NodeJS.ProcessEnv = process.env,
-): Promise<ProcessResult> =>
-  new Promise((resolve, reject) => {
-    const child = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    children.add(child);
-    const stdout: Buffer[] = [];
-    const stderr: Buffer[] = [];
-    child.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));
-    child.stderr.on('data', (chunk: Buffer) => stderr.push(chunk));
-    child.once('error', reject);
-    child.once('close', (code, signal) => {
-      children.delete(child);
-      resolve({
-        code,
-        signal,
-        stdout: Buffer.concat(stdout).toString('utf8'),
-        stderr: Buffer.concat(stderr).toString('utf8'),
-      });
-    });
-  });
-
-/** Runs bin/orthanc-forwarder to its end. */
-export const cli = (args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<ProcessResult> =>
-  runProcess(BIN, args, env);
-
-/** Only for a test that failed with a child still running: nothing outlives the test. */
-export const killChildren = (): void => {
-  for (const child of children) child.kill('SIGKILL');
-  children.clear();
-};
-
-/** The JSON log lines of a run's output (Powertools writes one object per line). */
-export const logLines = (output: string): Record<string, unknown>[] =>
-  output
-    .split('\n')
-    .filter((line) => line.startsWith('{'))
-    .map((line) => JSON.parse(line) as Record<string, unknown>);
+export { configFor, shape, until } from './fixtures.ts';
+export { findInstance, heldUids, md5Of, uidsOf } from './invariant.ts';
+export {
+  BIN,
+  cli,
+  killChildren,
+  logLines,
+  type ProcessResult,
+  runProcess,
+} from './processes.ts';
 
 export interface LogEntry {
   readonly level: string;
   readonly message: string;
   readonly [attribute: string]: unknown;
 }
+
+/**
+ * How many instances a server ever stored as new: a destination never deletes in these tests, so
+ * an instance sent twice (and stored twice) would show as more NewInstance changes than instances.
+ */
+export const newInstanceChanges = async (server: OrthancServer): Promise<number> =>
+  (
+    await server.rest<{ Changes: { ChangeType: string }[] }>('GET', '/changes?since=0&limit=100000')
+  ).Changes.filter((change) => change.ChangeType === 'NewInstance').length;
+
+/**
+ * One poll of a source with a sweep of all its studies, as a run's poll would be (the runner's
+ * first sweep comes only after sweepIntervalSeconds), on the given state.
+ */
+export const pollWithSweep = async (
+  config: ForwarderConfig,
+  state: LocalState,
+  log: Log,
+  sourceId = 'site-a',
+): Promise<PollReport> => {
+  const engine = buildEngine(config, { ledger: state.ledger, feed: state.feed, log, owner: 'test' });
+  const source = engine.sources.get(sourceId);
+  if (source === undefined) throw new Error(`no source ${sourceId}`);
+  return pollSource(
+    {
+      sourceId,
+      source,
+      store: state.feed,
+      sink: state.queue,
+      log,
+      ...feedSettings(config, state.ledger),
+    },
+    { sweep: true },
+  );
+};
+
+/** One entry of `destinations` for a server the test bed started. */
+export const destinationEntry = (
+  id: string,
+  server: OrthancServer,
+  extra: Readonly<Record<string, unknown>> = {},
+) => ({
+  id,
+  url: server.dicomWebUrl,
+  username: server.username,
+  password: server.password,
+  ...extra,
+});
+
+/** A test configuration with a list of destinations instead of its one. */
+export const withDestinations = (raw: Readonly<Record<string, unknown>>, destinations: readonly object[]) => {
+  const { destination: _one, ...rest } = raw;
+  return { ...rest, destinations };
+};
 
 /** A Log that keeps every entry, and tells `onEntry` of each as it is written. */
 export const captureLog = (onEntry?: (entry: LogEntry) => void): { log: Log; entries: LogEntry[] } => {
@@ -95,35 +106,12 @@ export const upload = async (
   expect(results.map((result) => result.status)).toEqual(instances.map(() => 200));
 };
 
-/** The SOPInstanceUIDs a server holds, sorted. */
-export const heldUids = async (server: OrthancServer): Promise<string[]> =>
-  (await server.rest<{ MainDicomTags: { SOPInstanceUID: string } }[]>('GET', '/instances?expand'))
-    .map((instance) => instance.MainDicomTags.SOPInstanceUID)
-    .sort();
-
-export const uidsOf = (instances: readonly GeneratedInstance[]): string[] =>
-  instances.map((instance) => instance.sopInstanceUid).sort();
-
-export const findInstance = async (
-  server: OrthancServer,
-  sopInstanceUid: string,
-): Promise<string | undefined> =>
-  (await server.rest<{ ID: string; Type: string }[]>('POST', '/tools/lookup', sopInstanceUid)).find(
-    (match) => match.Type === 'Instance',
-  )?.ID;
-
 export const storedMd5 = async (server: OrthancServer, instanceId: string): Promise<string> => {
   const response = await fetch(`${server.url}/instances/${instanceId}/attachments/dicom/md5`, {
     headers: { authorization: server.authorization },
   });
   expect(response.status).toBe(200);
   return (await response.text()).trim();
-};
-
-export const md5Of = async (instance: GeneratedInstance): Promise<string> => {
-  const hash = createHash('md5');
-  for await (const chunk of instance.stream()) hash.update(chunk as Buffer);
-  return hash.digest('hex');
 };
 
 /** Every generated instance is at the destination, byte for byte. */
@@ -145,33 +133,4 @@ export const expectEachSomewhere = async (
 ): Promise<void> => {
   const held = new Set((await Promise.all(servers.map(heldUids))).flat());
   expect(instances.filter((i) => !held.has(i.sopInstanceUid)).map((i) => i.sopInstanceUid)).toEqual([]);
-};
-
-/** A configuration that polls fast and retries soon, so that tests converge quickly. */
-export const configFor = (
-  sources: readonly SourceEntry[],
-  destination: OrthancServer,
-  extra: Readonly<Record<string, unknown>> = {},
-): Record<string, unknown> =>
-  forwarderConfigFor(sources, destination, {
-    pollIntervalSeconds: 0.3,
-    quietSeconds: 2,
-    retry: { baseDelayMs: 200, maxDelayMs: 1_000 },
-    ...extra,
-  });
-
-/** A small study set: 2 patients × 1 study × 2 series × 3 instances of 16 KB, unless overridden. */
-export const shape = (seed: string, overrides: Partial<StudyShape> = {}): StudyShape => ({
-  patients: 2,
-  studiesPerPatient: 1,
-  seriesPerStudy: 2,
-  instancesPerSeries: 3,
-  pixelBytes: 16 * 1024,
-  seed,
-  ...overrides,
-});
-
-/** Waits for a condition of the servers (no deadline: the test's timeout is the bound). */
-export const until = async (condition: () => Promise<boolean>): Promise<void> => {
-  while (!(await condition())) await sleep(100);
 };

@@ -3,7 +3,13 @@
  * implementation (SQLite, DynamoDB), so that the engine cannot tell them apart.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { FeedStateStore, Ledger, RejectedInstance, StudyOutcome } from '../../lambdas/core/ports.ts';
+import type {
+  FeedStateStore,
+  Ledger,
+  RejectedInstance,
+  SettledStudy,
+  StudyOutcome,
+} from '../../lambdas/core/ports.ts';
 
 export interface StateHandles {
   readonly feed: FeedStateStore;
@@ -40,6 +46,18 @@ export const rejection = (overrides: Partial<RejectedInstance>): RejectedInstanc
   sopInstanceUid: '1.2.3',
   reason: 'refused',
   rejectedAt: CLOCK,
+  ...overrides,
+});
+
+export const settledStudy = (overrides: Partial<SettledStudy>): SettledStudy => ({
+  sourceId: 'a',
+  studyId: 's1',
+  seriesId: '',
+  lastUpdate: '20240101T000000',
+  instances: 6,
+  routing: 'r',
+  result: 'copied',
+  settledAt: CLOCK,
   ...overrides,
 });
 
@@ -310,6 +328,49 @@ export const stateContract = (name: string, fresh: () => Promise<StateUnderTest>
         const listed = await two.ledger.rejected('a', 's1');
         expect(listed.map((r) => r.instanceId)).toEqual(instances);
         expect(listed[0]).toEqual(rejection({ instanceId: 'i000' }));
+      });
+
+      it('remembers a settled study by source, study and series, and keeps the newest', async () => {
+        const one = open();
+        const two = open();
+        expect(await one.ledger.settled('a', 's1', '')).toBeUndefined();
+        await one.ledger.recordSettled(settledStudy({}));
+        await one.ledger.recordSettled(settledStudy({ seriesId: 'r1', result: 'skipped', instances: 2 }));
+        await one.ledger.recordSettled(settledStudy({ sourceId: 'ab', instances: 9 }));
+        await one.ledger.recordSettled(settledStudy({ studyId: 's10', result: 'partial' }));
+        expect(await two.ledger.settled('a', 's1', '')).toEqual(settledStudy({}));
+        expect(await two.ledger.settled('a', 's1', 'r1')).toEqual(
+          settledStudy({ seriesId: 'r1', result: 'skipped', instances: 2 }),
+        );
+        expect(await two.ledger.settled('ab', 's1', '')).toEqual(
+          settledStudy({ sourceId: 'ab', instances: 9 }),
+        );
+        expect(await two.ledger.settled('a', 's10', '')).toEqual(
+          settledStudy({ studyId: 's10', result: 'partial' }),
+        );
+        expect(await two.ledger.settled('a', 's1', 'r2')).toBeUndefined();
+        expect(await two.ledger.settled('b', 's1', '')).toBeUndefined();
+
+        // Two workers may write in either order: the newer record wins.
+        await two.ledger.recordSettled(settledStudy({ lastUpdate: 'newer', settledAt: CLOCK + 10 }));
+        await one.ledger.recordSettled(settledStudy({ lastUpdate: 'older', settledAt: CLOCK + 5 }));
+        expect((await one.ledger.settled('a', 's1', ''))?.lastUpdate).toBe('newer');
+        await one.ledger.recordSettled(settledStudy({ lastUpdate: 'newest', settledAt: CLOCK + 10 }));
+        expect((await two.ledger.settled('a', 's1', ''))?.lastUpdate).toBe('newest');
+      });
+
+      it('records skipped and unchanged outcomes without counting them as studies moved', async () => {
+        const { ledger } = open();
+        await ledger.record(outcome({ result: 'skipped', instances: 3 }));
+        await ledger.record(outcome({ result: 'skipped', studyId: 's2', instances: 2, deleted: 2 }));
+        await ledger.record(outcome({ result: 'unchanged', studyId: 's3', instances: 4 }));
+        expect(await ledger.totals()).toEqual({
+          studies: 0,
+          instances: 0,
+          bytes: 0,
+          deleted: 2,
+          rejected: 0,
+        });
       });
     });
   });
