@@ -1,0 +1,478 @@
+/**
+ * Security: TLS verification is on by default and a CA bundle or a client certificate is a
+ * configuration option, never a way to turn it off; credentials never reach a log, a status
+ * report or the state file; patient data never reaches a log, even when everything goes wrong.
+ * Real Orthancs behind real TLS (a throwaway CA made with `openssl`), the real CLI.
+ *
+ * IAM scoping, encryption at rest and cdk-nag are checked on the synthesized stack in
+ * test/cdk-stack.test.ts.
+ */
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import type { Timeouts } from '../lambdas/core/config.ts';
+import { ForwarderError } from '../lambdas/core/errors.ts';
+import { createEndpoint } from '../lambdas/core/http.ts';
+import { OrthancClient } from '../lambdas/core/orthanc-client.ts';
+import type { StatusReport } from '../lambdas/local/status.ts';
+import {
+  type GeneratedInstance,
+  generateStudies,
+  SOP_CLASS_UID_TAG,
+  withoutElements,
+} from '../testbed/dicom-generator.ts';
+import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
+import { type TestPki, TlsFront, testPki } from './support/fronts.ts';
+import {
+  BIN,
+  cli,
+  configFor,
+  expectAllAtDestination,
+  heldUids,
+  instanceCount,
+  killChildren,
+  logLines,
+  type ProcessResult,
+  shape,
+  uidsOf,
+  until,
+  upload,
+} from './support/harness.ts';
+import { type Credentials, expectClearError, expectNoPhi, expectNoSecret } from './support/no-leaks.ts';
+import { parseLogLine, startProcess } from './support/processes.ts';
+
+const TIMEOUTS: Timeouts = { connectMs: 5_000, headersMs: 30_000, bodyMs: 30_000 };
+
+const distinctive = (prefix: string) => `${prefix}-${randomBytes(9).toString('hex')}`;
+
+/** The Orthancs' password, distinctive so that a search for it in an error means something. */
+const PASSWORD = distinctive('pw-tls');
+
+type RawConfig = Record<string, unknown>;
+
+const withDestination = (raw: RawConfig, patch: Readonly<Record<string, unknown>>): RawConfig => ({
+  ...raw,
+  destination: { ...(raw.destination as object), ...patch },
+});
+
+const withSource = (raw: RawConfig, index: number, patch: Readonly<Record<string, unknown>>): RawConfig => ({
+  ...raw,
+  sources: (raw.sources as object[]).map((source, i) => (i === index ? { ...source, ...patch } : source)),
+});
+
+const without = (raw: object, field: string): Record<string, unknown> =>
+  Object.fromEntries(Object.entries(raw).filter(([key]) => key !== field));
+
+/** The studies that have a dead letter, each once (the feed may queue a study twice). */
+const deadStudies = (letters: readonly { body: string }[]): string[] =>
+  [...new Set(letters.map((letter) => (JSON.parse(letter.body) as { studyId: string }).studyId))].sort();
+
+describe('security', () => {
+  const fleet = new OrthancFleet();
+  const fronts: TlsFront[] = [];
+  let pkiDir: string;
+  let pki: TestPki;
+  let work: string;
+
+  beforeAll(() => {
+    pkiDir = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-pki-'));
+    pki = testPki(pkiDir);
+  });
+  beforeEach(() => {
+    work = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-security-'));
+  });
+  const tearDown = async () => {
+    killChildren();
+    await Promise.allSettled(fronts.map((front) => front.close()));
+    fronts.length = 0;
+    await fleet.destroyAll();
+  };
+  afterEach(async () => {
+    await tearDown();
+    rmSync(work, { recursive: true, force: true });
+  });
+  afterAll(async () => {
+    await tearDown();
+    rmSync(pkiDir, { recursive: true, force: true });
+  });
+
+  const tlsFront = async (server: OrthancServer, options: { wrongName?: boolean; mutual?: boolean } = {}) => {
+    const front = await TlsFront.start(server.url, {
+      ...(options.wrongName === true ? pki.wrongName : pki.server),
+      ...(options.mutual === true ? { clientCa: pki.caPem } : {}),
+    });
+    fronts.push(front);
+    return front;
+  };
+
+  const writeConfig = (name: string, raw: RawConfig): string => {
+    const path = join(work, name);
+    writeFileSync(path, JSON.stringify(raw, null, 2));
+    return path;
+  };
+
+  const statusOf = async (configPath: string, statePath: string, env = process.env) => {
+    const result = await cli(['status', '--config', configPath, '--state', statePath, '--json'], env);
+    expect(result.code, result.stderr).toBe(0);
+    return { report: JSON.parse(result.stdout) as StatusReport, text: result.stdout + result.stderr };
+  };
+
+  const run = (configPath: string, statePath: string, env = process.env, extra: readonly string[] = []) =>
+    cli(['run', '--config', configPath, '--state', statePath, '--until-idle', ...extra], env);
+
+  describe('TLS', () => {
+    it('verifies the server certificate by default: an unknown CA, another CA or a wrong name is refused, for good', async () => {
+      const source = await fleet.start({ name: 'site-a', password: PASSWORD });
+      const trusted = await tlsFront(source);
+      const wrongName = await tlsFront(source, { wrongName: true });
+      const lastChange = async (url: string, tls: Record<string, string> = {}) => {
+        const endpoint = createEndpoint(
+          { url, username: source.username, password: source.password, ...tls },
+          TIMEOUTS,
+        );
+        try {
+          return await new OrthancClient(endpoint).lastChange();
+        } finally {
+          await endpoint.dispatcher.close();
+        }
+      };
+      const refusal = async (promise: Promise<unknown>): Promise<ForwarderError> => {
+        const error = await promise.then(
+          () => undefined,
+          (thrown: unknown) => thrown,
+        );
+        expect(error).toBeInstanceOf(ForwarderError);
+        return error as ForwarderError;
+      };
+      const credentials = [{ username: source.username, password: source.password }];
+
+      // The system's trust store does not know our CA; neither does a bundle of another CA.
+      for (const tls of [{}, { caFile: pki.otherCaFile }] as Record<string, string>[]) {
+        const error = await refusal(lastChange(trusted.origin, tls));
+        expect(error.kind).toBe('permanent');
+        expectClearError(
+          error.message,
+          trusted.origin,
+          /^reading the last change at \S+: UNABLE_TO_VERIFY_LEAF_SIGNATURE \(TLS\)$/,
+          credentials,
+        );
+      }
+      // Our CA, but a certificate for another address.
+      const misnamed = await refusal(lastChange(wrongName.origin, { caFile: pki.caFile }));
+      expect(misnamed.kind).toBe('permanent');
+      expectClearError(
+        misnamed.message,
+        wrongName.origin,
+        /^reading the last change at \S+: ERR_TLS_CERT_ALTNAME_INVALID \(TLS\)$/,
+        credentials,
+      );
+      // Not one request got through to the server behind.
+      expect(trusted.connections).toBe(0);
+      expect(wrongName.connections).toBe(0);
+      // The fronts saw the handshakes fail (the client hangs up; the server learns it a moment later).
+      await until(async () => trusted.handshakeFailures === 2 && wrongName.handshakeFailures === 1);
+
+      // The CA bundle given: the same server answers, through TLS.
+      const last = (await source.rest<{ Last: number }>('GET', '/changes?last')).Last;
+      expect(await lastChange(trusted.origin, { caFile: pki.caFile })).toBe(last);
+      expect(trusted.connections).toBe(1);
+    });
+
+    it('dead-letters at once and deletes nothing when the destination is not trusted, even with NODE_TLS_REJECT_UNAUTHORIZED=0; moves through TLS at both ends with caFile', async () => {
+      const [destination, source] = await Promise.all([
+        fleet.start({ name: 'destination', stableAge: 1, password: PASSWORD }),
+        fleet.start({ name: 'site-a', stableAge: 1, password: PASSWORD }),
+      ]);
+      const set = generateStudies(shape('tls-ca'));
+      await upload(source, set.instances);
+      const studyIds = (await source.rest<string[]>('GET', '/studies')).sort();
+      const sourceTls = await tlsFront(source);
+      const destinationTls = await tlsFront(destination);
+      const base = withSource(configFor([{ id: 'site-a', server: source }], destination), 0, {
+        url: sourceTls.origin,
+        caFile: pki.caFile,
+      });
+      const untrusted = withDestination(base, { url: destinationTls.urlFor(destination.dicomWebUrl) });
+      const trusted = withDestination(untrusted, { caFile: pki.caFile });
+      const statePath = join(work, 'state.sqlite');
+      const untrustedPath = writeConfig('untrusted.json', untrusted);
+      // Node's switch that turns certificate checks off for a whole process must not reach ours.
+      const careless = { ...process.env, NODE_TLS_REJECT_UNAUTHORIZED: '0' };
+
+      const refused = await run(untrustedPath, statePath, careless);
+      expect(refused.code, refused.stderr).toBe(1);
+      expect(await heldUids(source)).toEqual(uidsOf(set.instances));
+      expect(await instanceCount(destination)).toBe(0);
+      expect(destinationTls.connections).toBe(0);
+      await until(async () => destinationTls.handshakeFailures > 0);
+      // The source was read through its TLS front with the CA bundle.
+      expect(sourceTls.connections).toBeGreaterThan(0);
+      const credentials = [{ username: source.username, password: source.password }];
+      const { report } = await statusOf(untrustedPath, statePath);
+      expect(deadStudies(report.deadLetters)).toEqual(studyIds);
+      for (const letter of report.deadLetters) {
+        // A certificate refused is refused again: no retries before the alarm.
+        expect(letter.receiveCount).toBe(1);
+        expectClearError(
+          letter.lastError,
+          destinationTls.origin,
+          /QIDO-RS at \S+: UNABLE_TO_VERIFY_LEAF_SIGNATURE \(TLS\)/,
+          credentials,
+        );
+      }
+      const deadLettered = logLines(`${refused.stdout}\n${refused.stderr}`).filter(
+        (line) => line.message === 'work item dead-lettered',
+      );
+      expect(deadLettered.length).toBe(report.deadLetters.length);
+      for (const line of deadLettered) expect(line.kind).toBe('permanent');
+
+      const trustedPath = writeConfig('trusted.json', trusted);
+      expect((await cli(['redrive', '--config', trustedPath, '--state', statePath])).stdout).toBe(
+        `redrove ${report.deadLetters.length} message(s)\n`,
+      );
+      const moved = await run(trustedPath, statePath);
+      expect(moved.code, moved.stderr).toBe(0);
+      expect(destinationTls.connections).toBeGreaterThan(0);
+      expect(await instanceCount(source)).toBe(0);
+      await expectAllAtDestination(destination, set.instances);
+      expect((await statusOf(trustedPath, statePath)).report.queue).toEqual({
+        waiting: 0,
+        inFlight: 0,
+        deadLetters: 0,
+      });
+    });
+
+    it('mutual TLS: a destination that requires a client certificate refuses the forwarder without one, and accepts it with clientCertFile and clientKeyFile', async () => {
+      const [destination, source] = await Promise.all([
+        fleet.start({ name: 'destination', stableAge: 1, password: PASSWORD }),
+        fleet.start({ name: 'site-a', stableAge: 1, password: PASSWORD }),
+      ]);
+      const set = generateStudies(shape('mutual-tls'));
+      await upload(source, set.instances);
+      const studyIds = (await source.rest<string[]>('GET', '/studies')).sort();
+      const front = await tlsFront(destination, { mutual: true });
+      const anonymous = withDestination(
+        configFor([{ id: 'site-a', server: source }], destination, {
+          retry: { maxAttempts: 2, baseDelayMs: 100, maxDelayMs: 300 },
+        }),
+        { url: front.urlFor(destination.dicomWebUrl), caFile: pki.caFile },
+      );
+      const statePath = join(work, 'state.sqlite');
+      const anonymousPath = writeConfig('anonymous.json', anonymous);
+
+      const refused = await run(anonymousPath, statePath);
+      expect(refused.code, refused.stderr).toBe(1);
+      expect(await heldUids(source)).toEqual(uidsOf(set.instances));
+      expect(await instanceCount(destination)).toBe(0);
+      expect(front.connections).toBe(0);
+      await until(async () => front.handshakeFailures > 0);
+      const { report } = await statusOf(anonymousPath, statePath);
+      expect(deadStudies(report.deadLetters)).toEqual(studyIds);
+      for (const letter of report.deadLetters) {
+        // TLS 1.3 refuses a missing client certificate after the handshake, with an alert that
+        // undici reports as a closed socket: today a transient failure, retried until
+        // retry.maxAttempts (see the report); refused, and named, either way.
+        expectClearError(
+          letter.lastError,
+          front.origin,
+          /QIDO-RS at \S+: (UND_ERR_SOCKET|ECONNRESET|ERR_SSL_\S+ \(TLS\))/,
+          [{ username: destination.username, password: destination.password }],
+        );
+      }
+
+      const identified = writeConfig(
+        'identified.json',
+        withDestination(anonymous, { clientCertFile: pki.clientCertFile, clientKeyFile: pki.clientKeyFile }),
+      );
+      await cli(['redrive', '--config', identified, '--state', statePath]);
+      const moved = await run(identified, statePath);
+      expect(moved.code, moved.stderr).toBe(0);
+      expect([...front.clientNames]).toEqual(['orthanc-forwarder test client']);
+      expect(front.connections).toBeGreaterThan(0);
+      expect(await instanceCount(source)).toBe(0);
+      await expectAllAtDestination(destination, set.instances);
+    });
+  });
+
+  it('never shows a password (nor its basic-auth form) in the output of a move or of a 401, at DEBUG, in status or in the state file', async () => {
+    const username = 'forwarder';
+    const password = distinctive('Pw');
+    const wrongSourcePassword = distinctive('WrongSrc');
+    const wrongDestinationPassword = distinctive('WrongDst');
+    const secrets: Credentials[] = [
+      { username, password },
+      { username, password: wrongSourcePassword },
+      { username, password: wrongDestinationPassword },
+    ];
+    const [destination, siteA, siteB] = await Promise.all([
+      fleet.start({ name: 'destination', stableAge: 1, username, password }),
+      fleet.start({ name: 'site-a', stableAge: 1, username, password }),
+      fleet.start({ name: 'site-b', stableAge: 1, username, password }),
+    ]);
+    const firstSet = generateStudies(shape('credentials-first'));
+    await upload(siteA, firstSet.instances);
+    const env = {
+      ...process.env,
+      FORWARDER_TEST_DESTINATION_PASSWORD: password,
+      FORWARDER_TEST_WRONG_PASSWORD: wrongSourcePassword,
+    };
+    const outputs: string[] = [];
+    const collect = (result: ProcessResult) => outputs.push(result.stdout, result.stderr);
+
+    // A move: the source's password inline, the destination's from the environment.
+    const good = configFor([{ id: 'site-a', server: siteA }], destination);
+    const goodPath = writeConfig('good.json', {
+      ...good,
+      destination: {
+        ...without(good.destination as object, 'password'),
+        passwordEnv: 'FORWARDER_TEST_DESTINATION_PASSWORD',
+      },
+    });
+    const goodState = join(work, 'good.sqlite');
+    const moved = await run(goodPath, goodState, env, ['--log-level', 'DEBUG']);
+    collect(moved);
+    expect(moved.code, moved.stderr).toBe(0);
+    expect(await instanceCount(siteA)).toBe(0);
+    expect(logLines(moved.stdout).filter((line) => line.message === 'study outcome').length).toBeGreaterThan(
+      0,
+    );
+    const goodStatus = await statusOf(goodPath, goodState, env);
+    outputs.push(goodStatus.text);
+    outputs.push((await cli(['status', '--config', goodPath, '--state', goodState], env)).stdout);
+
+    // Refusals: the destination's password wrong (inline), site-b's wrong (from the environment).
+    const secondSet = generateStudies(shape('credentials-second'));
+    await upload(siteA, secondSet.instances);
+    await upload(siteB, firstSet.instances);
+    const refused = configFor(
+      [
+        { id: 'site-a', server: siteA },
+        { id: 'site-b', server: siteB },
+      ],
+      destination,
+      { retry: { maxAttempts: 2, baseDelayMs: 100, maxDelayMs: 300 } },
+    );
+    const [sourceA, sourceB] = refused.sources as object[];
+    const refusedPath = writeConfig('refused.json', {
+      ...refused,
+      sources: [
+        sourceA,
+        { ...without(sourceB as object, 'password'), passwordEnv: 'FORWARDER_TEST_WRONG_PASSWORD' },
+      ],
+      destination: { ...(refused.destination as object), password: wrongDestinationPassword },
+    });
+    const refusedState = join(work, 'refused.sqlite');
+    const failed = await run(refusedPath, refusedState, env, ['--log-level', 'DEBUG']);
+    collect(failed);
+    expect(failed.code, failed.stderr).toBe(1);
+    const failedStatus = await statusOf(refusedPath, refusedState, env);
+    outputs.push(failedStatus.text);
+    outputs.push((await cli(['status', '--config', refusedPath, '--state', refusedState], env)).stdout);
+    // Both refusals were met and reported, with their status: the search below is not vacuous.
+    const failedOutput = `${failed.stdout}\n${failed.stderr}`;
+    expect(failedOutput).toMatch(/QIDO-RS at http:\/\/127\.0\.0\.1:\d+ answered 401/);
+    expect(failedOutput).toMatch(/reading the change feed at http:\/\/127\.0\.0\.1:\d+ answered 401/);
+    expect(failedStatus.report.sources.find((source) => source.id === 'site-b')?.error).toMatch(
+      /answered 401/,
+    );
+    expect(failedStatus.report.deadLetters.length).toBeGreaterThan(0);
+    // Nothing lost: every refused instance is still where it was.
+    expect(await heldUids(siteA)).toEqual(uidsOf(secondSet.instances));
+    expect(await heldUids(siteB)).toEqual(uidsOf(firstSet.instances));
+
+    expectNoSecret(outputs.join('\n'), secrets);
+    // Nor in the state files (dead letters keep their last error).
+    for (const file of [goodState, refusedState].flatMap((path) => [path, `${path}-wal`])) {
+      if (existsSync(file)) expectNoSecret(readFileSync(file).toString('latin1'), secrets);
+    }
+  });
+
+  it('never logs patient data, even at DEBUG through a run with faults: the destination down then back, a source refusing the credentials, a refused instance', async () => {
+    const [destination, siteA, siteB] = await Promise.all([
+      fleet.start({ name: 'destination', stableAge: 1 }),
+      fleet.start({ name: 'site-a', stableAge: 1 }),
+      fleet.start({ name: 'site-b', stableAge: 1 }),
+    ]);
+    const setA = generateStudies(shape('phi-faults-a', { patients: 3, modality: 'MR' }));
+    const setB = generateStudies(shape('phi-faults-b', { patients: 2 }));
+    // Without SOPClassUID: Orthanc's REST API stores it, its STOW-RS refuses it.
+    const refused = withoutElements(setA.instances[2] as GeneratedInstance, [SOP_CLASS_UID_TAG]);
+    const instancesA = setA.instances.map((instance, index) => (index === 2 ? refused : instance));
+    await upload(siteA, instancesA);
+    await upload(siteB, setB.instances);
+    const configPath = writeConfig(
+      'forwarder.json',
+      withSource(
+        configFor(
+          [
+            { id: 'site-a', server: siteA },
+            { id: 'site-b', server: siteB },
+          ],
+          destination,
+          // Enough attempts to outlast the destination's restart.
+          { retry: { maxAttempts: 12, baseDelayMs: 100, maxDelayMs: 1_000 } },
+        ),
+        1,
+        { password: distinctive('wrong') },
+      ),
+    );
+    const statePath = join(work, 'state.sqlite');
+    await destination.stop();
+
+    // The destination comes back once a move has failed for want of it.
+    let missed = false;
+    let failedForWantOfIt: () => void = () => undefined;
+    const destinationMissed = new Promise<void>((resolve) => {
+      failedForWantOfIt = () => {
+        missed = true;
+        resolve();
+      };
+    });
+    const live = startProcess(
+      BIN,
+      ['run', '--config', configPath, '--state', statePath, '--until-idle', '--log-level', 'DEBUG'],
+      {
+        onLine: (line) => {
+          const entry = parseLogLine(line);
+          if (
+            entry?.message === 'work item failed, will retry' &&
+            String(entry.error).includes('ECONNREFUSED')
+          )
+            failedForWantOfIt();
+        },
+      },
+    );
+    await Promise.race([
+      destinationMissed,
+      live.done.then((early) => {
+        if (!missed) throw new Error(`the run ended before the destination was missed:\n${early.stderr}`);
+      }),
+    ]);
+    await destination.start();
+    const result = await live.done;
+    expect(result.code, result.stderr).toBe(1);
+
+    const output = `${result.stdout}\n${result.stderr}`;
+    // Every fault happened and was reported.
+    expect(output).toMatch(/reading the change feed at http:\/\/127\.0\.0\.1:\d+ answered 401/);
+    const outcomes = logLines(output).filter((line) => line.message === 'study outcome');
+    expect(outcomes.filter((line) => line.result === 'partial').length).toBeGreaterThan(0);
+    // Nothing lost: site-a keeps only the refused instance, the rest is at the destination;
+    // site-b keeps everything.
+    expect(await heldUids(siteA)).toEqual([refused.sopInstanceUid]);
+    await expectAllAtDestination(
+      destination,
+      instancesA.filter((instance) => instance !== refused),
+    );
+    expect(await heldUids(siteB)).toEqual(uidsOf(setB.instances));
+
+    const status = await statusOf(configPath, statePath);
+    expect(status.report.rejected.map((rejected) => rejected.sopInstanceUid)).toEqual([
+      refused.sopInstanceUid,
+    ]);
+    const statusText = await cli(['status', '--config', configPath, '--state', statePath]);
+    expectNoPhi([output, status.text, statusText.stdout, statusText.stderr].join('\n'), [setA, setB]);
+  });
+});

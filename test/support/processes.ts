@@ -1,0 +1,123 @@
+/**
+ * Child processes for the tests and the chaos runner (no vitest here, so that scripts can use it):
+ * run one to its end, or start one and watch its log lines as they come; SIGKILL every one still
+ * running when the test or the script is done.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+export const BIN = fileURLToPath(new URL('../../bin/orthanc-forwarder', import.meta.url));
+/** The forwarder that SIGKILLs itself at a chosen step (see crash-at.ts). */
+export const CRASH_AT = fileURLToPath(new URL('./crash-at.ts', import.meta.url));
+/** The steps crash-at.ts can die at: two of the change-feed reader's, then the move protocol's. */
+export const CRASH_STEPS = [
+  'queued',
+  'cursor-advanced',
+  'snapshot-taken',
+  'sent',
+  'verified',
+  'deleted',
+] as const;
+export type CrashStep = (typeof CRASH_STEPS)[number];
+
+export interface ProcessResult {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+export interface RunningProcess {
+  readonly child: ChildProcess;
+  /** Settles when the process has ended (by itself or killed), with everything it printed. */
+  readonly done: Promise<ProcessResult>;
+}
+
+const children = new Set<ChildProcess>();
+
+/**
+ * Starts a child process. `onLine` sees each complete line of its stdout and stderr as it is
+ * printed (Powertools writes INFO to stdout, WARN and ERROR to stderr).
+ */
+export const startProcess = (
+  command: string,
+  args: readonly string[],
+  options: { env?: NodeJS.ProcessEnv; onLine?: (line: string) => void } = {},
+): RunningProcess => {
+  const child = spawn(command, args, { env: options.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(child);
+  const stdout: Buffer[] = [];
+  const stderr: Buffer[] = [];
+  const lineReader = () => {
+    let rest = '';
+    return (chunk: Buffer) => {
+      if (options.onLine === undefined) return;
+      const lines = (rest + chunk.toString('utf8')).split('\n');
+      rest = lines.pop() ?? '';
+      for (const line of lines) options.onLine(line);
+    };
+  };
+  const outLines = lineReader();
+  const errLines = lineReader();
+  child.stdout?.on('data', (chunk: Buffer) => {
+    stdout.push(chunk);
+    outLines(chunk);
+  });
+  child.stderr?.on('data', (chunk: Buffer) => {
+    stderr.push(chunk);
+    errLines(chunk);
+  });
+  const done = new Promise<ProcessResult>((resolve, reject) => {
+    child.once('error', (error) => {
+      children.delete(child);
+      reject(error);
+    });
+    child.once('close', (code, signal) => {
+      children.delete(child);
+      resolve({
+        code,
+        signal,
+        stdout: Buffer.concat(stdout).toString('utf8'),
+        stderr: Buffer.concat(stderr).toString('utf8'),
+      });
+    });
+  });
+  return { child, done };
+};
+
+/** Runs a child process to its end (or its death) and collects what it printed. */
+export const runProcess = (
+  command: string,
+  args: readonly string[],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<ProcessResult> => startProcess(command, args, { env }).done;
+
+/** Runs bin/orthanc-forwarder to its end. */
+export const cli = (args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<ProcessResult> =>
+  runProcess(BIN, args, env);
+
+/** Only for a test that failed with a child still running: nothing outlives the test. */
+export const killChildren = (): void => {
+  for (const child of children) child.kill('SIGKILL');
+  children.clear();
+};
+
+/** Last resort for a script that exits without its cleanup. */
+process.once('exit', killChildren);
+
+/** The JSON log lines of a run's output (Powertools writes one object per line). */
+export const logLines = (output: string): Record<string, unknown>[] =>
+  output
+    .split('\n')
+    .filter((line) => line.startsWith('{'))
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
+
+/** One JSON log line, or undefined for anything else a process printed. */
+export const parseLogLine = (line: string): Record<string, unknown> | undefined => {
+  if (!line.startsWith('{')) return undefined;
+  try {
+    return JSON.parse(line) as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+};
