@@ -6,6 +6,8 @@
  * Runs local mode (the real runner on the real state file) until idle; the first time a move
  * reaches STEP ('snapshot-taken', 'sent', 'verified' or 'deleted'), it writes the step and the
  * study's ID to MARKER and kills itself with SIGKILL: no handler, no cleanup, as after a power cut.
+ * Two steps of the change-feed reader too: 'queued', once work items are committed to the queue
+ * and before the cursor moves past their changes; 'cursor-advanced', once a cursor moved.
  * If no move ever reaches STEP it exits 3, so that the test can tell.
  */
 import { writeFileSync } from 'node:fs';
@@ -14,27 +16,40 @@ import type { MoveStep } from '../../lambdas/core/move-study.ts';
 import { loadConfigFile } from '../../lambdas/local/load-config.ts';
 import { LocalRunner } from '../../lambdas/local/local-runner.ts';
 import { openState } from '../../lambdas/local/sqlite-state.ts';
-
-const STEPS: readonly MoveStep[] = ['snapshot-taken', 'sent', 'verified', 'deleted'];
+import { CRASH_STEPS, type CrashStep } from './processes.ts';
 
 const [configPath, statePath, step, markerPath] = process.argv.slice(2);
 if (
   configPath === undefined ||
   statePath === undefined ||
   markerPath === undefined ||
-  !STEPS.includes(step as MoveStep)
+  !CRASH_STEPS.includes(step as CrashStep)
 ) {
-  process.stderr.write(`usage: crash-at.ts CONFIG STATE ${STEPS.join('|')} MARKER\n`);
+  process.stderr.write(`usage: crash-at.ts CONFIG STATE ${CRASH_STEPS.join('|')} MARKER\n`);
   process.exit(2);
 }
 
 const config = loadConfigFile(configPath);
 const state = openState(statePath, { maxReceives: config.retry.maxAttempts });
-const onStep = (reached: MoveStep, studyId: string): void => {
+const crash = (reached: CrashStep, details: Record<string, unknown>): void => {
   if (reached !== step) return;
   // Synchronous, so that the marker is on disk before the process is gone.
-  writeFileSync(markerPath, JSON.stringify({ step: reached, studyId }));
+  writeFileSync(markerPath, JSON.stringify({ step: reached, ...details }));
   process.kill(process.pid, 'SIGKILL');
+};
+const onStep = (reached: MoveStep, studyId: string): void => crash(reached, { studyId });
+// The feed reader's writes, seen from the state it is given: each resolves once committed.
+const { queue, feed } = state;
+const enqueue = queue.enqueue.bind(queue);
+queue.enqueue = async (items) => {
+  await enqueue(items);
+  if (items.length > 0) crash('queued', { studyIds: items.map((item) => item.studyId) });
+};
+const advanceCursor = feed.advanceCursor.bind(feed);
+feed.advanceCursor = async (sourceId, expected, next) => {
+  const advanced = await advanceCursor(sourceId, expected, next);
+  if (advanced && next !== expected) crash('cursor-advanced', { sourceId, cursor: next });
+  return advanced;
 };
 await new LocalRunner(config, state, createLog({ level: 'INFO' }), { onStep }).run({ untilIdle: true });
 state.close();
