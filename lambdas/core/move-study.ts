@@ -466,9 +466,18 @@ export const moveStudy = async (
       `${unaccounted.length} of ${snapshot.length} instances not verified at the destination yet`,
     );
   }
+  // Deleted at the source by someone else while we moved it: nothing of it went anywhere.
+  if (gone.size === snapshot.length) return outcome('gone', { instances: snapshot.length });
   const counts = {
     instances: snapshot.length,
-    sent: deliveries.reduce((sum, d) => sum + d.sent.stored.size, 0),
+    // What this move put at the destinations, as verified there: a STOW answer may be lost
+    // after the archive stored the batch.
+    sent: deliveries.reduce(
+      (sum, d) =>
+        sum +
+        snapshot.filter((i) => d.held.has(i.sopInstanceUid) && !d.heldBefore.has(i.sopInstanceUid)).length,
+      0,
+    ),
     alreadyPresent: verifiedInstances.filter((i) =>
       deliveries.every((d) => d.heldBefore.has(i.sopInstanceUid)),
     ).length,
