@@ -1,13 +1,4 @@
-/**
- * Copy mode (`deleteAfterForward: false`) against real Orthanc servers: every study is copied and
- * stays at its source; the ledger remembers what was copied, so that neither a sweep nor a
- * redelivered message sends or verifies an unchanged study again, while a study that changed is
- * copied again, sending only what is new.
- */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
 import { buildEngine } from '../lambdas/core/engine.ts';
 import { forwardWorkItem } from '../lambdas/core/forward-work-item.ts';
@@ -17,7 +8,6 @@ import { encodeWorkItem } from '../lambdas/core/work-item.ts';
 import { LocalRunner } from '../lambdas/local/local-runner.ts';
 import { openState } from '../lambdas/local/sqlite-state.ts';
 import { type GeneratedInstance, generateStudies } from '../testbed/dicom-generator.ts';
-import { OrthancFleet } from '../testbed/orthanc.ts';
 import {
   configFor,
   expectAllAtDestination,
@@ -28,22 +18,11 @@ import {
   uidsOf,
   until,
   upload,
+  useTestbed,
 } from './support/harness.ts';
 
 describe('copy mode', () => {
-  const fleet = new OrthancFleet();
-  let work: string;
-
-  beforeEach(() => {
-    work = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-copy-'));
-  });
-  afterEach(async () => {
-    await fleet.destroyAll();
-    rmSync(work, { recursive: true, force: true });
-  });
-  afterAll(async () => {
-    await fleet.destroyAll();
-  });
+  const { fleet, workPath } = useTestbed('copy');
 
   it('copies and deletes nothing; an unchanged study is neither queued by a sweep nor sent or verified again; a changed one sends only what is new', async () => {
     const [destination, source] = await Promise.all([
@@ -60,7 +39,7 @@ describe('copy mode', () => {
     const config = parseConfig(
       configFor([{ id: 'site-a', server: source }], destination, { deleteAfterForward: false }),
     );
-    const state = openState(join(work, 'state.sqlite'), { maxReceives: config.retry.maxAttempts });
+    const state = openState(workPath('state.sqlite'), { maxReceives: config.retry.maxAttempts });
     const log = createLog({ level: 'SILENT' });
     const outcomes: StudyOutcome[] = [];
     const run = () =>

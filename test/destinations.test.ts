@@ -1,13 +1,4 @@
-/**
- * Several destinations against real Orthanc servers: a study leaves its source only once every
- * destination holds it; each destination's own listing says what it still lacks, so a retry
- * sends nothing again to one that has it; a refusal by one destination keeps the instance at the
- * source, the reason naming that destination.
- */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
 import { createLog } from '../lambdas/core/log.ts';
 import type { StudyOutcome } from '../lambdas/core/ports.ts';
@@ -19,7 +10,7 @@ import {
   SOP_CLASS_UID_TAG,
   withoutElements,
 } from '../testbed/dicom-generator.ts';
-import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
+import type { OrthancServer } from '../testbed/orthanc.ts';
 import {
   captureLog,
   configFor,
@@ -31,23 +22,12 @@ import {
   shape,
   uidsOf,
   upload,
+  useTestbed,
   withDestinations,
 } from './support/harness.ts';
 
 describe('several destinations', () => {
-  const fleet = new OrthancFleet();
-  let work: string;
-
-  beforeEach(() => {
-    work = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-destinations-'));
-  });
-  afterEach(async () => {
-    await fleet.destroyAll();
-    rmSync(work, { recursive: true, force: true });
-  });
-  afterAll(async () => {
-    await fleet.destroyAll();
-  });
+  const { fleet, workPath } = useTestbed('destinations');
 
   const start = async () => {
     const [cloud, archive, source] = await Promise.all([
@@ -71,7 +51,7 @@ describe('several destinations', () => {
         [destinationEntry('cloud', cloud), destinationEntry('archive', archive)],
       ),
     );
-    const state = openState(join(work, 'state.sqlite'), { maxReceives: config.retry.maxAttempts });
+    const state = openState(workPath('state.sqlite'), { maxReceives: config.retry.maxAttempts });
     const log = createLog({ level: 'SILENT' });
     const outcomes: StudyOutcome[] = [];
     const run = () =>
@@ -119,7 +99,7 @@ describe('several destinations', () => {
         destinationEntry('archive', archive, orthancUrl(archive)),
       ]),
     );
-    const state = openState(join(work, 'state.sqlite'), { maxReceives: config.retry.maxAttempts });
+    const state = openState(workPath('state.sqlite'), { maxReceives: config.retry.maxAttempts });
     try {
       const run = await new LocalRunner(config, state, createLog({ level: 'SILENT' })).run({
         untilIdle: true,
@@ -163,7 +143,7 @@ describe('several destinations', () => {
           },
         }),
       );
-    const state = openState(join(work, 'state.sqlite'), { maxReceives: 2 });
+    const state = openState(workPath('state.sqlite'), { maxReceives: 2 });
     const { log, entries } = captureLog();
     try {
       await cloud.stop();

@@ -1,20 +1,11 @@
-/**
- * Routing filters and the StableSeries and NewInstance triggers, against real Orthanc servers.
- * Studies reach the source the way they do in a hospital where it matters: those whose sending
- * AET is filtered on come from a "modality" (another Orthanc) over DICOM C-STORE, so that the
- * source records its AET as RemoteAET.
- */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
 import { createLog } from '../lambdas/core/log.ts';
 import type { StudyOutcome } from '../lambdas/core/ports.ts';
 import { LocalRunner } from '../lambdas/local/local-runner.ts';
 import { openState } from '../lambdas/local/sqlite-state.ts';
 import { type GeneratedSet, generateStudies } from '../testbed/dicom-generator.ts';
-import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
+import type { OrthancServer } from '../testbed/orthanc.ts';
 import {
   captureLog,
   configFor,
@@ -27,6 +18,7 @@ import {
   uidsOf,
   until,
   upload,
+  useTestbed,
   withDestinations,
 } from './support/harness.ts';
 
@@ -41,19 +33,7 @@ const studyIdsOf = async (server: OrthancServer, set: GeneratedSet): Promise<str
 };
 
 describe('filters and triggers', () => {
-  const fleet = new OrthancFleet();
-  let work: string;
-
-  beforeEach(() => {
-    work = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-filters-'));
-  });
-  afterEach(async () => {
-    await fleet.destroyAll();
-    rmSync(work, { recursive: true, force: true });
-  });
-  afterAll(async () => {
-    await fleet.destroyAll();
-  });
+  const { fleet, workPath } = useTestbed('filters');
 
   it('routes by modality, description and sending AET, keeps and remembers what no destination takes, and deletes it once told to', async () => {
     const [cloud, research, source] = await Promise.all([
@@ -84,7 +64,7 @@ describe('filters and triggers', () => {
         }),
       ]);
     const config = parseConfig(raw('keep'));
-    const state = openState(join(work, 'state.sqlite'), { maxReceives: config.retry.maxAttempts });
+    const state = openState(workPath('state.sqlite'), { maxReceives: config.retry.maxAttempts });
     const { log, entries } = captureLog();
     const outcomes: StudyOutcome[] = [];
     try {
@@ -154,7 +134,7 @@ describe('filters and triggers', () => {
     const config = parseConfig(
       configFor([{ id: 'site-a', server: source }], destination, { trigger: 'StableSeries', concurrency: 1 }),
     );
-    const state = openState(join(work, 'state.sqlite'), { maxReceives: config.retry.maxAttempts });
+    const state = openState(workPath('state.sqlite'), { maxReceives: config.retry.maxAttempts });
     const { log, entries } = captureLog();
     try {
       const run = await new LocalRunner(config, state, log).run({ untilIdle: true });
@@ -186,7 +166,7 @@ describe('filters and triggers', () => {
         quietSeconds: 3600,
       }),
     );
-    const state = openState(join(work, 'state.sqlite'), { maxReceives: config.retry.maxAttempts });
+    const state = openState(workPath('state.sqlite'), { maxReceives: config.retry.maxAttempts });
     const stop = new AbortController();
     try {
       const running = new LocalRunner(config, state, createLog({ level: 'SILENT' })).run({

@@ -1,8 +1,7 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
 import type { Log } from '../lambdas/core/log.ts';
 import type { MoveStep } from '../lambdas/core/move-study.ts';
@@ -15,7 +14,7 @@ import {
   SOP_CLASS_UID_TAG,
   withoutElements,
 } from '../testbed/dicom-generator.ts';
-import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
+import type { OrthancServer } from '../testbed/orthanc.ts';
 import {
   BIN,
   captureLog,
@@ -23,13 +22,13 @@ import {
   expectEachSomewhere,
   heldUids,
   instanceCount,
-  killChildren,
   logLines,
   runProcess,
   shape,
   uidsOf,
   until,
   upload,
+  useTestbed,
 } from './support/harness.ts';
 
 const CRASH_AT = fileURLToPath(new URL('./support/crash-at.ts', import.meta.url));
@@ -74,24 +73,10 @@ const sum = (outcomes: readonly StudyOutcome[], field: 'sent' | 'alreadyPresent'
 // ---------------------------------------------------------------------------------------------
 
 describe('local mode under faults', () => {
-  const fleet = new OrthancFleet();
-  let work: string;
-
-  beforeEach(() => {
-    work = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-faults-'));
-  });
-  afterEach(async () => {
-    killChildren();
-    await fleet.destroyAll();
-    rmSync(work, { recursive: true, force: true });
-  });
-  afterAll(async () => {
-    killChildren();
-    await fleet.destroyAll();
-  });
+  const { fleet, workPath } = useTestbed('faults');
 
   const openLocalState = (maxReceives: number): LocalState =>
-    openState(join(work, 'state.sqlite'), { maxReceives });
+    openState(workPath('state.sqlite'), { maxReceives });
 
   const runUntilIdle = async (
     config: ReturnType<typeof parseConfig>,
@@ -187,9 +172,9 @@ describe('local mode under faults', () => {
       if (destination === undefined || source === undefined) throw new Error('no servers');
       const set = generateStudies(shape(`crash-at-${step}`));
       await upload(source, set.instances);
-      const configPath = join(work, 'forwarder.json');
-      const statePath = join(work, 'state.sqlite');
-      const markerPath = join(work, 'crashed.json');
+      const configPath = workPath('forwarder.json');
+      const statePath = workPath('state.sqlite');
+      const markerPath = workPath('crashed.json');
       writeFileSync(
         configPath,
         JSON.stringify(configFor([{ id: 'site-a', server: source }], destination, { concurrency: 1 })),

@@ -1,7 +1,7 @@
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
 import { createLog } from '../lambdas/core/log.ts';
 import type { MoveStep } from '../lambdas/core/move-study.ts';
@@ -16,7 +16,6 @@ import {
   SOP_CLASS_UID_TAG,
   withoutElements,
 } from '../testbed/dicom-generator.ts';
-import { OrthancFleet } from '../testbed/orthanc.ts';
 import {
   cli,
   configFor,
@@ -24,12 +23,12 @@ import {
   findInstance,
   heldUids,
   instanceCount,
-  killChildren,
   logLines,
   md5Of,
   shape,
   storedMd5,
   upload,
+  useTestbed,
 } from './support/harness.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -65,26 +64,12 @@ const ORTHANC_ID = /^[0-9a-f]{8}(-[0-9a-f]{8}){4}$/;
 // ---------------------------------------------------------------------------------------------
 
 describe('local mode', () => {
-  const fleet = new OrthancFleet();
-  let work: string;
-
-  beforeEach(() => {
-    work = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-local-'));
-  });
-  afterEach(async () => {
-    killChildren();
-    await fleet.destroyAll();
-    rmSync(work, { recursive: true, force: true });
-  });
-  afterAll(async () => {
-    killChildren();
-    await fleet.destroyAll();
-  });
+  const { fleet, workPath } = useTestbed('local');
 
   const writeConfig = (config: object): { configPath: string; statePath: string } => {
-    const configPath = join(work, 'forwarder.json');
+    const configPath = workPath('forwarder.json');
     writeFileSync(configPath, JSON.stringify(config, null, 2));
-    return { configPath, statePath: join(work, 'state.sqlite') };
+    return { configPath, statePath: workPath('state.sqlite') };
   };
 
   it('moves every study of two sources byte for byte, empties them, reports, and a rerun is a no-op', async () => {
@@ -167,7 +152,7 @@ describe('local mode', () => {
     await upload(source, early);
 
     const config = parseConfig(configFor([{ id: 'site-a', server: source }], destination));
-    const state = openState(join(work, 'state.sqlite'), { maxReceives: config.retry.maxAttempts });
+    const state = openState(workPath('state.sqlite'), { maxReceives: config.retry.maxAttempts });
     const log = createLog({ level: 'SILENT' });
     try {
       const steps: MoveStep[] = [];

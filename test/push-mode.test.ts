@@ -1,19 +1,11 @@
-/**
- * Push mode against real Orthanc servers: the source Orthanc sends each series the destination
- * lacks to a DICOMweb server declared in its own configuration, as a job the forwarder follows;
- * the forwarder verifies and deletes exactly as in relay mode.
- */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
 import { createLog } from '../lambdas/core/log.ts';
 import type { StudyOutcome } from '../lambdas/core/ports.ts';
 import { LocalRunner } from '../lambdas/local/local-runner.ts';
 import { openState } from '../lambdas/local/sqlite-state.ts';
 import { generateStudies } from '../testbed/dicom-generator.ts';
-import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
+import type { OrthancServer } from '../testbed/orthanc.ts';
 import {
   captureLog,
   configFor,
@@ -24,6 +16,7 @@ import {
   shape,
   uidsOf,
   upload,
+  useTestbed,
 } from './support/harness.ts';
 
 interface JobAnswer {
@@ -45,19 +38,7 @@ const pushTo = (destination: OrthancServer, pushServerName: string) => ({
 });
 
 describe('push mode', () => {
-  const fleet = new OrthancFleet();
-  let work: string;
-
-  beforeEach(() => {
-    work = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-push-'));
-  });
-  afterEach(async () => {
-    await fleet.destroyAll();
-    rmSync(work, { recursive: true, force: true });
-  });
-  afterAll(async () => {
-    await fleet.destroyAll();
-  });
+  const { fleet, workPath } = useTestbed('push');
 
   it('has the source push only the series with instances the destination lacks, then verifies and deletes as relay mode does', async () => {
     const destination = await fleet.start({ name: 'destination', stableAge: 1 });
@@ -86,7 +67,7 @@ describe('push mode', () => {
       ...configFor([{ id: 'site-a', server: source }], destination),
       destination: pushTo(destination, 'cloud'),
     });
-    const state = openState(join(work, 'state.sqlite'), { maxReceives: config.retry.maxAttempts });
+    const state = openState(workPath('state.sqlite'), { maxReceives: config.retry.maxAttempts });
     const outcomes: StudyOutcome[] = [];
     try {
       await new LocalRunner(config, state, createLog({ level: 'SILENT' })).run({
@@ -129,7 +110,7 @@ describe('push mode', () => {
       }),
       destination: pushTo(destination, 'cloud'),
     });
-    const state = openState(join(work, 'state.sqlite'), { maxReceives: config.retry.maxAttempts });
+    const state = openState(workPath('state.sqlite'), { maxReceives: config.retry.maxAttempts });
     const { log, entries } = captureLog();
     try {
       const failed = await new LocalRunner(config, state, log).run({ untilIdle: true });
@@ -169,7 +150,7 @@ describe('push mode', () => {
       ...configFor([{ id: 'site-a', server: source }], destination),
       destination: pushTo(destination, 'nowhere'),
     });
-    const state = openState(join(work, 'state.sqlite'), { maxReceives: config.retry.maxAttempts });
+    const state = openState(workPath('state.sqlite'), { maxReceives: config.retry.maxAttempts });
     try {
       const run = await new LocalRunner(config, state, createLog({ level: 'SILENT' })).run({
         untilIdle: true,

@@ -2,16 +2,20 @@
  * What the local-mode tests share: running the CLI and other children, reading their logs,
  * uploading generated studies, and checking where each instance is.
  */
-import { expect } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeEach, expect } from 'vitest';
 import { type PollReport, pollSource } from '../../lambdas/core/changes-feed.ts';
 import type { ForwarderConfig } from '../../lambdas/core/config.ts';
 import { buildEngine, feedSettings } from '../../lambdas/core/engine.ts';
 import type { Log, LogAttributes } from '../../lambdas/core/log.ts';
 import type { LocalState } from '../../lambdas/local/sqlite-state.ts';
 import type { GeneratedInstance } from '../../testbed/dicom-generator.ts';
-import type { OrthancServer } from '../../testbed/orthanc.ts';
+import { OrthancFleet, type OrthancServer } from '../../testbed/orthanc.ts';
 import { uploadToOrthanc } from '../../testbed/upload.ts';
 import { findInstance, heldUids, md5Of } from './invariant.ts';
+import { killChildren } from './processes.ts';
 
 export { instanceCount } from '../../testbed/forwarder-config.ts';
 export { configFor, shape, until } from './fixtures.ts';
@@ -133,4 +137,28 @@ export const expectEachSomewhere = async (
 ): Promise<void> => {
   const held = new Set((await Promise.all(servers.map(heldUids))).flat());
   expect(instances.filter((i) => !held.has(i.sopInstanceUid)).map((i) => i.sopInstanceUid)).toEqual([]);
+};
+
+/**
+ * The usual set-up of a test file that starts servers: a fleet torn down after each test and at
+ * the end, children killed, and a fresh working folder per test (`workPath` names files in it).
+ */
+export const useTestbed = (
+  name: string,
+): { fleet: OrthancFleet; workPath: (...parts: string[]) => string } => {
+  const fleet = new OrthancFleet();
+  let work = '';
+  beforeEach(() => {
+    work = mkdtempSync(join(tmpdir(), `orthanc-forwarder-${name}-`));
+  });
+  afterEach(async () => {
+    killChildren();
+    await fleet.destroyAll();
+    rmSync(work, { recursive: true, force: true });
+  });
+  afterAll(async () => {
+    killChildren();
+    await fleet.destroyAll();
+  });
+  return { fleet, workPath: (...parts) => join(work, ...parts) };
 };
