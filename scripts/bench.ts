@@ -1,0 +1,170 @@
+/**
+ * `npm run bench`: the side-by-side benchmark of the ceiling (files uploaded straight to the
+ * destination), the push (the source Orthanc's own DICOMweb client) and the relay (our local
+ * mode), on real Orthancs on loopback. See docs/performance.md for what it measures and how.
+ */
+import { Command, InvalidArgumentError } from 'commander';
+import {
+  type BenchOptions,
+  DEFAULT_OPTIONS,
+  parseRelayRun,
+  type RelayRun,
+  type Runtime,
+} from './bench/options.ts';
+import { formatReport } from './bench/report.ts';
+import { runBenchmark } from './bench/run.ts';
+
+const positive = (value: string): number => {
+  const parsed = Number(value);
+  if (!Number.isFinite(parsed) || parsed <= 0) throw new InvalidArgumentError('must be a positive number');
+  return parsed;
+};
+
+const whole = (value: string): number => {
+  const parsed = positive(value);
+  if (!Number.isInteger(parsed)) throw new InvalidArgumentError('must be a whole number');
+  return parsed;
+};
+
+const verifyLevel = (value: string): 'qido' | 'stow' => {
+  if (value !== 'qido' && value !== 'stow') throw new InvalidArgumentError('must be qido or stow');
+  return value;
+};
+
+const runtime = (value: string): Runtime => {
+  if (value !== 'ts' && value !== 'bundle') throw new InvalidArgumentError('must be ts or bundle');
+  return value;
+};
+
+const variants = (value: string): RelayRun[] => {
+  try {
+    return value
+      .split(',')
+      .filter((part) => part.trim() !== '')
+      .map((part) => parseRelayRun(part.trim()));
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
+};
+
+const list = (value: string): number[] => value.split(',').map((part) => whole(part.trim()));
+
+interface CliOptions {
+  json?: boolean;
+  instances: number;
+  sizeKb: number;
+  studies: number;
+  small: boolean;
+  smallInstances: number;
+  smallSizeKb: number;
+  repetitions: number;
+  ceilingConcurrency: number[];
+  big: boolean;
+  bigGb: number;
+  maxInstances: number;
+  parallel: number;
+  concurrency: number;
+  verify: 'qido' | 'stow';
+  sweep?: boolean;
+  wado?: boolean;
+  profile?: string;
+  nodeFlags?: string;
+  runtime: Runtime;
+  bigVariants: RelayRun[];
+}
+
+const program = new Command('bench')
+  .description('ceiling, push and relay side by side on real Orthancs on loopback')
+  .option('--json', 'print one JSON object instead of tables')
+  .option('--instances <n>', 'instances in the default set', whole, DEFAULT_OPTIONS.main.instances)
+  .option('--size-kb <n>', 'size of one instance in the default set, KiB', whole, DEFAULT_OPTIONS.main.sizeKb)
+  .option('--studies <n>', 'studies in each set', whole, DEFAULT_OPTIONS.main.studies)
+  .option('--no-small', 'skip the small-instance set')
+  .option(
+    '--small-instances <n>',
+    'instances in the small-instance set',
+    whole,
+    DEFAULT_OPTIONS.small?.instances,
+  )
+  .option('--small-size-kb <n>', 'size of one small instance, KiB', whole, DEFAULT_OPTIONS.small?.sizeKb)
+  .option('--repetitions <n>', 'trials of each method', whole, DEFAULT_OPTIONS.repetitions)
+  .option('--ceiling-concurrency <list>', 'upload concurrencies tried for the ceiling', list, [
+    ...DEFAULT_OPTIONS.ceilingConcurrency,
+  ])
+  .option('--no-big', 'skip the memory run with one large study')
+  .option('--big-gb <gb>', 'size of the large study, GB', positive, DEFAULT_OPTIONS.bigGb)
+  .option('--max-instances <n>', "relay's stow.maxInstances", whole, DEFAULT_OPTIONS.relay.maxInstances)
+  .option('--parallel <n>', "relay's stow.parallel", whole, DEFAULT_OPTIONS.relay.parallel)
+  .option('--concurrency <n>', "relay's concurrency", whole, DEFAULT_OPTIONS.relay.concurrency)
+  .option('--verify <level>', "relay's verify (qido or stow)", verifyLevel, DEFAULT_OPTIONS.relay.verify)
+  .option('--sweep', 'only: the relay at several settings on the default set')
+  .option('--wado', 'only: read every series from the source, WADO-RS per series against GET per instance')
+  .option('--profile <dir>', 'write a V8 CPU profile of each relay child into this folder')
+  .option('--node-flags <flags>', 'extra Node flags for the relay child, e.g. "--optimize-for-size"')
+  .option(
+    '--runtime <runtime>',
+    'the relay child runs from the TypeScript sources (ts) or a bundle (bundle)',
+    runtime,
+    'ts',
+  )
+  .option(
+    '--big-variants <list>',
+    'further relay runs of the large study, comma-separated runtime[:node flags]',
+    variants,
+    [...DEFAULT_OPTIONS.bigVariants],
+  )
+  .showHelpAfterError();
+
+const toOptions = (cli: CliOptions, onProgress: ((line: string) => void) | undefined): BenchOptions => ({
+  ...DEFAULT_OPTIONS,
+  main: { ...DEFAULT_OPTIONS.main, instances: cli.instances, sizeKb: cli.sizeKb, studies: cli.studies },
+  small:
+    cli.small && DEFAULT_OPTIONS.small !== undefined
+      ? {
+          ...DEFAULT_OPTIONS.small,
+          instances: cli.smallInstances,
+          sizeKb: cli.smallSizeKb,
+          studies: cli.studies,
+        }
+      : undefined,
+  repetitions: cli.repetitions,
+  ceilingConcurrency: cli.ceilingConcurrency,
+  relay: {
+    maxInstances: cli.maxInstances,
+    parallel: cli.parallel,
+    concurrency: cli.concurrency,
+    verify: cli.verify,
+  },
+  bigGb: cli.big ? cli.bigGb : undefined,
+  sweep: cli.sweep === true,
+  wado: cli.wado === true,
+  relayRun: {
+    runtime: cli.runtime,
+    nodeFlags: [
+      ...(cli.profile === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${cli.profile}`]),
+      ...(cli.nodeFlags?.split(' ').filter((flag) => flag !== '') ?? []),
+    ],
+  },
+  bigVariants: cli.bigVariants,
+  onProgress,
+});
+
+const main = async (): Promise<void> => {
+  program.parse();
+  const cli = program.opts<CliOptions>();
+  const stop = () => process.exit(130);
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  const options = toOptions(cli, (line) => process.stderr.write(`${line}\n`));
+  const result = await runBenchmark(options);
+  process.stdout.write(
+    cli.json === true
+      ? `${JSON.stringify(result, null, 2)}\n`
+      : `${formatReport(result, options.repetitions)}\n`,
+  );
+};
+
+main().catch((error: unknown) => {
+  process.stderr.write(`bench: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+  process.exit(1);
+});

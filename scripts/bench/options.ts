@@ -1,0 +1,136 @@
+/** What one benchmark run measures, and the defaults of `npm run bench`. */
+
+/** A set of generated studies: how many instances, how large, in how many studies. */
+export interface SetShape {
+  readonly name: string;
+  readonly instances: number;
+  /** Approximate size of one instance (pixel data), in KiB. */
+  readonly sizeKb: number;
+  readonly studies: number;
+  readonly seriesPerStudy: number;
+}
+
+/** How a relay child runs: TypeScript stripped by Node (as from a checkout), or one bundled file. */
+export type Runtime = 'ts' | 'bundle';
+
+/** A relay child's runtime and extra Node flags. */
+export interface RelayRun {
+  readonly runtime: Runtime;
+  readonly nodeFlags: readonly string[];
+}
+
+/** Parses `runtime[:flag flag…]`, e.g. `bundle:--optimize-for-size`. */
+export const parseRelayRun = (text: string): RelayRun => {
+  const [runtime = '', ...rest] = text.split(':');
+  if (runtime !== 'ts' && runtime !== 'bundle')
+    throw new RangeError(`runtime must be ts or bundle, got '${runtime}'`);
+  return {
+    runtime,
+    nodeFlags: rest
+      .join(':')
+      .split(' ')
+      .filter((flag) => flag !== ''),
+  };
+};
+
+export const relayRunLabel = (run: RelayRun): string =>
+  run.nodeFlags.length === 0 ? run.runtime : `${run.runtime}:${run.nodeFlags.join(' ')}`;
+
+/** The relay's tuning: the configuration fields the sweep varies. */
+export interface RelaySettings {
+  readonly maxInstances: number;
+  readonly parallel: number;
+  readonly concurrency: number;
+  /** The verification level: `qido` (the default) lists the study again; `stow` trusts the answers. */
+  readonly verify: 'qido' | 'stow';
+}
+
+export interface BenchOptions {
+  /** The main set (default about 1,000 instances of 512 KiB in 4 studies). */
+  readonly main: SetShape;
+  /** The small-instance set, or undefined to skip it. */
+  readonly small: SetShape | undefined;
+  /** Trials of each method per set; the figures are their median, min and max. */
+  readonly repetitions: number;
+  /** The ceiling is measured at each of these upload concurrencies; the best median counts. */
+  readonly ceilingConcurrency: readonly number[];
+  /** Studies pushed at once by the push method (Orthanc runs 2 jobs at once by default). */
+  readonly pushConcurrency: number;
+  /** The relay's settings for the comparison (the configuration's defaults unless given). */
+  readonly relay: RelaySettings;
+  /** Size of the one-study memory run in GB (10^9 bytes), or undefined to skip it. */
+  readonly bigGb: number | undefined;
+  /** Also measure the relay at several settings. */
+  readonly sweep: boolean;
+  /** Also compare reading a series with one WADO-RS request against one request per instance. */
+  readonly wado: boolean;
+  /** How the relay's child runs: from the TypeScript sources or the bundle, with extra Node flags. */
+  readonly relayRun: RelayRun;
+  /** Further ways to run the relay in the memory run (each moves the large study once more). */
+  readonly bigVariants: readonly RelayRun[];
+  /** Progress lines (to stderr); silent when undefined. */
+  readonly onProgress?: ((line: string) => void) | undefined;
+}
+
+/** The configuration's defaults (lambdas/core/config.ts). */
+export const DEFAULT_RELAY: RelaySettings = { maxInstances: 50, parallel: 4, concurrency: 2, verify: 'qido' };
+
+export const DEFAULT_MAIN: SetShape = {
+  name: 'default',
+  instances: 1000,
+  sizeKb: 512,
+  studies: 4,
+  seriesPerStudy: 5,
+};
+
+export const DEFAULT_SMALL: SetShape = {
+  name: 'small',
+  instances: 3000,
+  sizeKb: 10,
+  studies: 4,
+  seriesPerStudy: 5,
+};
+
+export const DEFAULT_OPTIONS: BenchOptions = {
+  main: DEFAULT_MAIN,
+  small: DEFAULT_SMALL,
+  repetitions: 3,
+  ceilingConcurrency: [4, 8, 16],
+  pushConcurrency: 2,
+  relay: DEFAULT_RELAY,
+  bigGb: 2,
+  sweep: false,
+  wado: false,
+  relayRun: { runtime: 'ts', nodeFlags: [] },
+  // The configuration that meets the memory target (docs/performance.md): built JavaScript, and
+  // V8 told to favour memory over speed, which collects spent network buffers sooner.
+  bigVariants: [{ runtime: 'bundle', nodeFlags: ['--optimize-for-size'] }],
+};
+
+/**
+ * The sweep: one setting varied at a time around the defaults (9 distinct settings), and the
+ * defaults with `verify: stow`, which shows what the QIDO-RS verification costs.
+ */
+export const sweepSettings = (): RelaySettings[] => {
+  const variants: RelaySettings[] = [
+    ...[10, 25, 50, 100].map((maxInstances) => ({ ...DEFAULT_RELAY, maxInstances })),
+    ...[2, 4, 8].map((parallel) => ({ ...DEFAULT_RELAY, parallel })),
+    ...[1, 2, 4].map((concurrency) => ({ ...DEFAULT_RELAY, concurrency })),
+    { ...DEFAULT_RELAY, verify: 'stow' },
+  ];
+  const seen = new Set<string>();
+  return variants.filter((settings) => {
+    const key = settingsLabel(settings);
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+};
+
+export const settingsLabel = (settings: RelaySettings): string =>
+  `maxInstances=${settings.maxInstances} parallel=${settings.parallel} concurrency=${settings.concurrency}` +
+  (settings.verify === 'qido' ? '' : ` verify=${settings.verify}`);
+
+/** Instances per series so that the set has about `instances` instances. */
+export const instancesPerSeries = (shape: SetShape): number =>
+  Math.max(1, Math.round(shape.instances / (shape.studies * shape.seriesPerStudy)));

@@ -1,0 +1,158 @@
+/**
+ * The benchmark itself: on each set, the ceiling, the push and the relay, interleaved and
+ * repeated on a fresh destination (and a freshly loaded source); then the memory run with one
+ * large study; or, as separate modes, the relay's tuning sweep and the WADO-RS read comparison.
+ */
+import { mkdtempSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type BigStudyResult, bigVariants, measureBigStudy } from './big-study.ts';
+import { Lab } from './lab.ts';
+import { type ReadPoint, runReadComparison, runSweep, type SweepPoint } from './modes.ts';
+import type { BenchOptions, RelaySettings, SetShape } from './options.ts';
+import { machineLoad } from './proc.ts';
+import { type MethodFigures, ratio, round, summarise, type TrialFigures } from './stats.ts';
+import { evaluateTargets, type TargetResult } from './targets.ts';
+import { describeTrial, measureCeiling, measurePush, measureRelay, type Progress } from './trials.ts';
+
+export type { BigStudyResult, BigStudyRun } from './big-study.ts';
+
+export interface SetResult {
+  readonly set: {
+    readonly name: string;
+    readonly instances: number;
+    readonly bytes: number;
+    readonly sizeKb: number;
+    readonly studies: number;
+  };
+  readonly ceiling: MethodFigures & {
+    readonly concurrency: number;
+    readonly byConcurrency: Readonly<Record<string, MethodFigures>>;
+  };
+  readonly push: MethodFigures;
+  readonly relay: MethodFigures & { readonly settings: RelaySettings };
+  readonly ratios: { readonly relayVsPush: number | undefined; readonly relayVsCeiling: number | undefined };
+}
+
+export interface BenchResult {
+  readonly machine: {
+    readonly cpus: number;
+    readonly node: string;
+    readonly loadBefore: readonly number[];
+    readonly loadAfter: readonly number[];
+  };
+  readonly ceiling?: SetResult['ceiling'];
+  readonly push?: MethodFigures;
+  readonly relay?: SetResult['relay'];
+  readonly ratios?: SetResult['ratios'];
+  readonly sets: readonly SetResult[];
+  readonly bigStudy?: BigStudyResult;
+  readonly sweep?: readonly SweepPoint[];
+  readonly wado?: readonly ReadPoint[];
+  readonly targets: readonly TargetResult[];
+  readonly durationSeconds: number;
+}
+
+type Method = 'ceiling' | 'push' | 'relay';
+
+/** The three methods on one set, interleaved: each repetition starts with a different one. */
+export const compareOnSet = async (
+  lab: Lab,
+  shape: SetShape,
+  options: BenchOptions,
+  progress: Progress,
+): Promise<SetResult> => {
+  progress(`set '${shape.name}': writing ${shape.instances} instances of ${shape.sizeKb} KiB`);
+  const set = await lab.writeSet(shape);
+  const ceiling = new Map<number, TrialFigures[]>(options.ceilingConcurrency.map((c) => [c, []]));
+  const push: TrialFigures[] = [];
+  const relay: TrialFigures[] = [];
+  const methods: Method[] = ['ceiling', 'push', 'relay'];
+  try {
+    for (let rep = 0; rep < options.repetitions; rep++) {
+      const order = [...methods.slice(rep % 3), ...methods.slice(0, rep % 3)];
+      for (const method of order) {
+        const label = `${shape.name} #${rep + 1} ${method}`;
+        if (method === 'ceiling') {
+          for (const concurrency of options.ceilingConcurrency) {
+            const t = await measureCeiling(lab, set, concurrency);
+            ceiling.get(concurrency)?.push(t);
+            progress(describeTrial(`${label} (concurrency ${concurrency})`, t));
+          }
+        } else if (method === 'push') {
+          const t = await measurePush(lab, set, options.pushConcurrency);
+          push.push(t);
+          progress(describeTrial(label, t));
+        } else {
+          const t = await measureRelay(lab, set, options.relay, options.relayRun);
+          relay.push(t);
+          progress(describeTrial(label, t));
+        }
+      }
+    }
+  } finally {
+    lab.removeSet(set);
+  }
+  const byConcurrency = Object.fromEntries(
+    [...ceiling].map(([c, trials]) => [String(c), summarise(trials, set.instances, false)]),
+  );
+  const [bestConcurrency, best] = Object.entries(byConcurrency).reduce((a, b) =>
+    b[1].instancesPerSecond > a[1].instancesPerSecond ? b : a,
+  );
+  const relayFigures = summarise(relay, set.instances, true);
+  const pushFigures = summarise(push, set.instances, true);
+  return {
+    set: {
+      name: shape.name,
+      instances: set.instances,
+      bytes: set.bytes,
+      sizeKb: shape.sizeKb,
+      studies: shape.studies,
+    },
+    ceiling: { ...best, concurrency: Number(bestConcurrency), byConcurrency },
+    push: pushFigures,
+    relay: { ...relayFigures, settings: options.relay },
+    ratios: {
+      relayVsPush: ratio(relayFigures.instancesPerSecond, pushFigures.instancesPerSecond),
+      relayVsCeiling: ratio(relayFigures.instancesPerSecond, best.instancesPerSecond),
+    },
+  };
+};
+
+/** Runs what the options ask for and returns every figure; starts and stops its own Orthancs. */
+export const runBenchmark = async (options: BenchOptions): Promise<BenchResult> => {
+  const progress = options.onProgress ?? (() => undefined);
+  const started = performance.now();
+  const loadBefore = machineLoad();
+  const lab = await Lab.start(mkdtempSync(join(tmpdir(), 'orthanc-forwarder-bench-')));
+  try {
+    const sets: SetResult[] = [];
+    let bigStudy: BigStudyResult | undefined;
+    let sweep: SweepPoint[] | undefined;
+    let wado: ReadPoint[] | undefined;
+    if (options.sweep) sweep = await runSweep(lab, options.main, options, progress);
+    if (options.wado) wado = await runReadComparison(lab, options.main, options, progress);
+    if (!options.sweep && !options.wado) {
+      sets.push(await compareOnSet(lab, options.main, options, progress));
+      if (options.small !== undefined) sets.push(await compareOnSet(lab, options.small, options, progress));
+      if (options.bigGb !== undefined) {
+        bigStudy = await measureBigStudy(lab, options.bigGb, options.relay, bigVariants(options), progress);
+      }
+    }
+    const main = sets[0];
+    return {
+      machine: { cpus: cpus().length, node: process.version, loadBefore, loadAfter: machineLoad() },
+      ...(main === undefined
+        ? {}
+        : { ceiling: main.ceiling, push: main.push, relay: main.relay, ratios: main.ratios }),
+      sets,
+      ...(bigStudy === undefined ? {} : { bigStudy }),
+      ...(sweep === undefined ? {} : { sweep }),
+      ...(wado === undefined ? {} : { wado }),
+      targets: evaluateTargets(sets, bigStudy),
+      durationSeconds: round((performance.now() - started) / 1000, 1),
+    };
+  } finally {
+    await lab.stop();
+  }
+};
