@@ -68,7 +68,7 @@ describe('configuration', () => {
       quietSeconds: 60,
       sweepIntervalSeconds: 600,
       changesPageSize: 1000,
-      concurrency: 2,
+      concurrency: 4,
       stow: { maxInstances: 50, maxBytes: 256 * 1024 * 1024, parallel: 4 },
       verify: 'qido',
       qidoPageSize: 1000,
@@ -334,7 +334,7 @@ describe('configuration', () => {
   it('reads a file: a clear error for a missing file and for one that is not JSON', () => {
     const good = join(work, 'good.json');
     writeFileSync(good, JSON.stringify(readmeConfig()));
-    expect(loadConfigFile(good).concurrency).toBe(2);
+    expect(loadConfigFile(good).concurrency).toBe(4);
     const notJson = join(work, 'not-json.json');
     writeFileSync(notJson, '{ "sources": [ oops');
     expect(() => loadConfigFile(notJson)).toThrow(ConfigError);

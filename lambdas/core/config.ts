@@ -276,7 +276,7 @@ const configObject = z.strictObject({
   /** Changes asked for per /changes request. */
   changesPageSize: positiveInt.max(10_000).default(1000),
   /** Studies moved at the same time. */
-  concurrency: positiveInt.max(64).default(2),
+  concurrency: positiveInt.max(64).default(4),
   stow: z
     .strictObject({
       maxInstances: positiveInt.default(50),
