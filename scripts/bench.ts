@@ -3,13 +3,14 @@
  * destination), the push (the source Orthanc's own DICOMweb client) and the relay (our local
  * mode), on real Orthancs on loopback. See docs/performance.md for what it measures and how.
  */
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import {
   type BenchOptions,
   DEFAULT_OPTIONS,
   parseRelayRun,
   type RelayRun,
   type Runtime,
+  relayRunLabel,
 } from './bench/options.ts';
 import { formatReport } from './bench/report.ts';
 import { runBenchmark } from './bench/run.ts';
@@ -107,11 +108,13 @@ const program = new Command('bench')
     runtime,
     'ts',
   )
-  .option(
-    '--big-variants <list>',
-    'further relay runs of the large study, comma-separated runtime[:node flags]',
-    variants,
-    [...DEFAULT_OPTIONS.bigVariants],
+  .addOption(
+    new Option(
+      '--big-variants <list>',
+      'further relay runs of the large study, comma-separated runtime[:node flags]',
+    )
+      .argParser(variants)
+      .default([...DEFAULT_OPTIONS.bigVariants], DEFAULT_OPTIONS.bigVariants.map(relayRunLabel).join(',')),
   )
   .showHelpAfterError();
 

@@ -1,4 +1,5 @@
 /** What one benchmark run measures, and the defaults of `npm run bench`. */
+import { parseConfig } from '../../lambdas/core/config.ts';
 
 /** A set of generated studies: how many instances, how large, in how many studies. */
 export interface SetShape {
@@ -72,8 +73,18 @@ export interface BenchOptions {
   readonly onProgress?: ((line: string) => void) | undefined;
 }
 
-/** The configuration's defaults (lambdas/core/config.ts). */
-export const DEFAULT_RELAY: RelaySettings = { maxInstances: 50, parallel: 4, concurrency: 2, verify: 'qido' };
+/** The configuration's defaults (lambdas/core/config.ts), read from its schema so that they cannot drift. */
+const configDefaults = parseConfig({
+  sources: [{ id: 'defaults', url: 'http://127.0.0.1:8042' }],
+  destination: { url: 'http://127.0.0.1:8043/dicom-web' },
+});
+
+export const DEFAULT_RELAY: RelaySettings = {
+  maxInstances: configDefaults.stow.maxInstances,
+  parallel: configDefaults.stow.parallel,
+  concurrency: configDefaults.concurrency,
+  verify: configDefaults.verify === 'stow' ? 'stow' : 'qido',
+};
 
 export const DEFAULT_MAIN: SetShape = {
   name: 'default',
