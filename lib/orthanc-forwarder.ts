@@ -10,7 +10,8 @@
  * permissions with wildcard actions on both roles, a monthly key charge, and a retained table
  * that can be read only while a separately managed key lives. Pass a key through a new prop
  * (table `encryptionKey`, queue `encryptionMasterKey`, log group `encryptionKey`) if an auditor
- * asks for one.
+ * asks for one. (The alarm topic in forwarder-monitoring.ts is the exception: CloudWatch cannot
+ * publish to a topic under the AWS managed SNS key, so it has a customer key of its own.)
  */
 import { fileURLToPath } from 'node:url';
 import { Duration, RemovalPolicy, Stack, Token, Validations } from 'aws-cdk-lib';
