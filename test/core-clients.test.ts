@@ -407,7 +407,7 @@ describe('HTTP failure classification', () => {
       endpointFor(source.url, { timeouts: { ...TIMEOUTS, headersMs: 500 } }).endpoint,
     );
     const last = await client.lastChange();
-    source.pause();
+    await source.pause();
     try {
       const failure = await failureOf(client.lastChange());
       expect(failure.kind).toBe('transient');

@@ -278,7 +278,7 @@ describe('local mode under faults', () => {
         ),
       );
       if (fault === 'stopped') await bad.stop();
-      else bad.pause();
+      else await bad.pause();
       const state = openLocalState(config.retry.maxAttempts);
       try {
         const capture = captureLog();

@@ -149,7 +149,7 @@ describe('Orthanc fleet', () => {
 
   it('answers nothing while paused, and again once resumed', async () => {
     const server = await fleet.start({ name: 'pause' });
-    server.pause();
+    await server.pause();
     try {
       // The kernel still accepts the connection; only the client's own timeout ends the wait.
       const frozen = fetch(`${server.url}/system`, {

@@ -237,8 +237,16 @@ export class OrthancServer {
   }
 
   /** Freezes the process (SIGSTOP): it keeps its sockets but answers nothing. */
-  pause(): void {
+  /**
+   * SIGSTOP is delivered to each of Orthanc's threads on its own time: resolves once every
+   * thread is stopped, so that a request sent next cannot still be answered.
+   */
+  async pause(): Promise<void> {
+    const pid = this.child?.pid;
+    if (pid === undefined) return;
     this.child?.kill('SIGSTOP');
+    const deadline = Date.now() + 5_000;
+    while (Date.now() < deadline && !allThreadsStopped(pid)) await sleep(5);
   }
 
   resume(): void {
@@ -320,5 +328,18 @@ const listPids = (): number[] => {
       .map(Number);
   } catch {
     return [];
+  }
+};
+
+/** Every thread of the process is in the stopped state ('T' in /proc/<pid>/task/<tid>/stat). */
+const allThreadsStopped = (pid: number): boolean => {
+  try {
+    return readdirSync(`/proc/${pid}/task`).every((tid) => {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      return stat.slice(stat.lastIndexOf(')') + 2).startsWith('T');
+    });
+  } catch {
+    // Gone: nothing left to answer.
+    return true;
   }
 };

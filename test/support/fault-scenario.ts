@@ -399,7 +399,8 @@ export const runScenario = async (
         triggered = true;
         proxy.heal();
         if (fault.action === 'pause') {
-          server.pause();
+          // Stopped within milliseconds; the proxy holds the traffic meanwhile.
+          void server.pause();
           undo = async () => server.resume();
           return;
         }
