@@ -1,16 +1,8 @@
-/**
- * The CLI's AWS mode (lambdas/aws/operations.ts, bin/cli.ts): `status` and `dlq list` against
- * an SQS emulator (fauxqs) and DynamoDB Local with real messages, dead-lettered both ways the
- * pipeline does it; `redrive` against local-aws-sqs, which implements StartMessageMoveTask and
- * ListMessageMoveTasks; and the CLI itself, spawned, on the same emulators.
- */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import {
   ChangeMessageVisibilityCommand,
@@ -40,6 +32,7 @@ import { type ForwarderConfig, parseConfig } from '../lambdas/core/config.ts';
 import { encodeWorkItem } from '../lambdas/core/work-item.ts';
 import { openState } from '../lambdas/local/sqlite-state.ts';
 import { type DynamoDbLocal, startDynamoDbLocal } from './support/dynamodb-local.ts';
+import { cli } from './support/processes.ts';
 import {
   LOCAL_CREDENTIALS,
   LOCAL_REGION,
@@ -47,8 +40,6 @@ import {
   startSqsEmulator,
 } from './support/sqs-emulator.ts';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const BIN = join(ROOT, 'bin/orthanc-forwarder');
 const MAX_RECEIVES = 2;
 
 const study = (n: number) => `${String(n).padStart(8, '0')}-0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d`;
@@ -65,21 +56,6 @@ const config: ForwarderConfig = parseConfig({
   destination: { url: 'http://127.0.0.1:9/dicom-web', secretId: 'orthanc-forwarder/destination' },
   retry: { maxAttempts: MAX_RECEIVES },
 });
-
-const cli = (args: readonly string[], env: NodeJS.ProcessEnv) =>
-  new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-    const child = spawn(BIN, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-      stdout += chunk;
-    });
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
-      stderr += chunk;
-    });
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
 
 const receiveAll = async (sqs: SQSClient, queueUrl: string) => {
   const bodies: string[] = [];

@@ -1,5 +1,3 @@
-/** The configuration: defaults, and errors that name the field that is wrong. */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,9 +9,9 @@ import { createLog } from '../lambdas/core/log.ts';
 import { loadConfigFile } from '../lambdas/local/load-config.ts';
 import { LocalRunner } from '../lambdas/local/local-runner.ts';
 import { openState } from '../lambdas/local/sqlite-state.ts';
+import { cli } from './support/processes.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const BIN = join(ROOT, 'bin/orthanc-forwarder');
 
 /** The minimal configuration as the README shows it: the test keeps the documentation honest. */
 const readmeConfig = (): Record<string, unknown> => {
@@ -36,21 +34,6 @@ const messageOf = (raw: unknown): string => {
   }
   throw new Error('the configuration was accepted');
 };
-
-const cli = (args: readonly string[], env: NodeJS.ProcessEnv = process.env) =>
-  new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-    const child = spawn(BIN, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-      stdout += chunk;
-    });
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
-      stderr += chunk;
-    });
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
 
 describe('configuration', () => {
   const work = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-config-'));
