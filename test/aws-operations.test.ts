@@ -1,3 +1,9 @@
+/**
+ * The CLI's AWS mode (lambdas/aws/operations.ts, bin/cli.ts): `status` and `dlq list` against
+ * an SQS emulator (fauxqs) and DynamoDB Local with real messages, dead-lettered both ways the
+ * pipeline does it; `redrive` against local-aws-sqs, which implements StartMessageMoveTask and
+ * ListMessageMoveTasks; and the CLI itself, spawned, on the same emulators.
+ */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';

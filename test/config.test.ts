@@ -1,3 +1,4 @@
+/** The configuration: defaults, and errors that name the field that is wrong. */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -1,3 +1,9 @@
+/**
+ * Copy mode (`deleteAfterForward: false`) against real Orthanc servers: every study is copied and
+ * stays at its source; the ledger remembers what was copied, so that neither a sweep nor a
+ * redelivered message sends or verifies an unchanged study again, while a study that changed is
+ * copied again, sending only what is new.
+ */
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
 import { buildEngine } from '../lambdas/core/engine.ts';

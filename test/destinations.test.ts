@@ -1,3 +1,9 @@
+/**
+ * Several destinations against real Orthanc servers: a study leaves its source only once every
+ * destination holds it; each destination's own listing says what it still lacks, so a retry
+ * sends nothing again to one that has it; a refusal by one destination keeps the instance at the
+ * source, the reason naming that destination.
+ */
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
 import { createLog } from '../lambdas/core/log.ts';

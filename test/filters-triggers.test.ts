@@ -1,3 +1,9 @@
+/**
+ * Routing filters and the StableSeries and NewInstance triggers, against real Orthanc servers.
+ * Studies reach the source the way they do in a hospital where it matters: those whose sending
+ * AET is filtered on come from a "modality" (another Orthanc) over DICOM C-STORE, so that the
+ * source records its AET as RemoteAET.
+ */
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
 import { createLog } from '../lambdas/core/log.ts';

@@ -1,3 +1,10 @@
+/**
+ * Fault tests of local mode, against real Orthanc servers: the destination going down mid-move,
+ * the forwarder killed between two steps of a move, a source that is down or frozen, restarts of
+ * the forwarder and of a source, and a source whose database was reset. In every one, an
+ * instance is at any moment at its source or at the destination, and a rerun converges without
+ * sending again what the destination already holds.
+ */
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';

@@ -1,3 +1,7 @@
+/**
+ * Acceptance tests of local mode: real Orthanc servers, the real CLI as a child process (or the
+ * real runner in-process where a test must act between two steps of a move).
+ */
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -1,3 +1,8 @@
+/**
+ * Push mode against real Orthanc servers: the source Orthanc sends each series the destination
+ * lacks to a DICOMweb server declared in its own configuration, as a job the forwarder follows;
+ * the forwarder verifies and deletes exactly as in relay mode.
+ */
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
 import { createLog } from '../lambdas/core/log.ts';
