@@ -37,14 +37,14 @@ import { SqsDeadLetters } from '../lambdas/aws/sqs-dead-letters.ts';
 import { type ForwarderConfig, parseConfig } from '../lambdas/core/config.ts';
 import { encodeWorkItem } from '../lambdas/core/work-item.ts';
 import { openState } from '../lambdas/local/sqlite-state.ts';
-import { type DynamoDbLocal, startDynamoDbLocal } from './support/dynamodb-local.ts';
-import { cli } from './support/processes.ts';
+import { type DynamoDbLocal, startDynamoDbLocal } from '../testbed/dynamodb-local.ts';
 import {
   LOCAL_CREDENTIALS,
   LOCAL_REGION,
   type SqsEmulator,
   startSqsEmulator,
-} from './support/sqs-emulator.ts';
+} from '../testbed/sqs-emulator.ts';
+import { cli } from './support/processes.ts';
 
 const MAX_RECEIVES = 2;
 

@@ -19,16 +19,16 @@ import { encodeWorkItem } from '../lambdas/core/work-item.ts';
 import { createForwarderHandler } from '../lambdas/handlers/forwarder.ts';
 import { createPollerHandler } from '../lambdas/handlers/poller.ts';
 import { type GeneratedInstance, type GeneratedSet, generateStudies } from '../testbed/dicom-generator.ts';
+import { type DynamoDbLocal, startDynamoDbLocal } from '../testbed/dynamodb-local.ts';
+import { deliverOnce, lambdaContext } from '../testbed/event-source-mapping.ts';
 import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
-import { uploadToOrthanc } from '../testbed/upload.ts';
-import { type DynamoDbLocal, startDynamoDbLocal } from './support/dynamodb-local.ts';
-import { deliverOnce, lambdaContext } from './support/event-source-mapping.ts';
 import {
   LOCAL_CREDENTIALS,
   LOCAL_REGION,
   type SqsEmulator,
   startSqsEmulator,
-} from './support/sqs-emulator.ts';
+} from '../testbed/sqs-emulator.ts';
+import { uploadToOrthanc } from '../testbed/upload.ts';
 
 const MAX_RECEIVES = 3;
 

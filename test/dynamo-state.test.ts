@@ -12,7 +12,7 @@ import { DynamoFeedStore } from '../lambdas/aws/dynamo-feed-store.ts';
 import { DynamoLedger } from '../lambdas/aws/dynamo-ledger.ts';
 import type { DynamoStateOptions } from '../lambdas/aws/dynamo-table.ts';
 import { ForwarderError } from '../lambdas/core/errors.ts';
-import { type DynamoDbLocal, localClient, startDynamoDbLocal } from './support/dynamodb-local.ts';
+import { type DynamoDbLocal, localClient, startDynamoDbLocal } from '../testbed/dynamodb-local.ts';
 import { rejection, stateContract } from './support/port-contract.ts';
 
 let local: DynamoDbLocal | undefined;

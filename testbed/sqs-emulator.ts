@@ -1,6 +1,6 @@
 /**
- * An SQS emulator (fauxqs) in the test process, with a work queue and its dead-letter queue set
- * up as the stack sets them up (redrive policy with maxReceiveCount).
+ * An SQS emulator (fauxqs) in the calling process (a test or the benchmark), with a work queue
+ * and its dead-letter queue set up as the stack sets them up (redrive policy, maxReceiveCount).
  */
 import { SQSClient } from '@aws-sdk/client-sqs';
 import { startFauxqs } from 'fauxqs';

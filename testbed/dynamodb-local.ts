@@ -1,7 +1,7 @@
 /**
- * DynamoDB Local for tests: the jar that amplify-dynamodb-simulator ships, started with java
- * directly (the package's launcher is broken), in memory, on a free loopback port. Full fidelity
- * for what the adapters use: conditions, transactions, TTL settings, reserved words.
+ * DynamoDB Local for the tests and the benchmark: the jar that amplify-dynamodb-simulator ships,
+ * started with java directly (the package's launcher is broken), in memory, on a free loopback
+ * port. Full fidelity for what the adapters use: conditions, transactions, TTL, reserved words.
  */
 
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
@@ -16,7 +16,7 @@ import {
   ListTablesCommand,
   UpdateTimeToLiveCommand,
 } from '@aws-sdk/client-dynamodb';
-import { TESTBED_MARKER } from '../../testbed/orthanc.ts';
+import { TESTBED_MARKER } from './orthanc.ts';
 
 export interface DynamoDbLocal {
   /** A client of this instance, with fake credentials. */
