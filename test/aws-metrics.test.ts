@@ -20,13 +20,9 @@ import { type GeneratedSet, generateStudies } from '../testbed/dicom-generator.t
 import { type DynamoDbLocal, startDynamoDbLocal } from '../testbed/dynamodb-local.ts';
 import { deliverOnce, lambdaContext } from '../testbed/event-source-mapping.ts';
 import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
-import {
-  LOCAL_CREDENTIALS,
-  LOCAL_REGION,
-  type SqsEmulator,
-  startSqsEmulator,
-} from '../testbed/sqs-emulator.ts';
+import { type SqsEmulator, startSqsEmulator } from '../testbed/sqs-emulator.ts';
 import { uploadToOrthanc } from '../testbed/upload.ts';
+import { emulatorEnv } from './support/aws-emulators.ts';
 
 const METRIC_NAMES: readonly MetricName[] = [
   'ChangesRead',
@@ -188,11 +184,7 @@ describe('EMF records of a forwarder run', () => {
     ]);
     proxy = await startProxy(destination, proxyState);
     const env = {
-      AWS_REGION: LOCAL_REGION,
-      AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: LOCAL_CREDENTIALS.secretAccessKey,
-      AWS_ENDPOINT_URL_DYNAMODB: dynamo.endpoint,
-      AWS_ENDPOINT_URL_SQS: sqs.endpoint,
+      ...emulatorEnv({ dynamodb: dynamo.endpoint, sqs: sqs.endpoint }),
       AWS_LAMBDA_FUNCTION_NAME: 'orthanc-forwarder-metrics-test',
       // What the stack sets (lib/orthanc-forwarder.ts), so the records are the deployed ones.
       POWERTOOLS_SERVICE_NAME: SERVICE_NAME,

@@ -44,6 +44,7 @@ import {
   type SqsEmulator,
   startSqsEmulator,
 } from '../testbed/sqs-emulator.ts';
+import { emulatorEnv } from './support/aws-emulators.ts';
 import { cli } from './support/processes.ts';
 
 const MAX_RECEIVES = 2;
@@ -366,10 +367,7 @@ describe('redrive on local-aws-sqs (StartMessageMoveTask, ListMessageMoveTasks)'
       const env = {
         PATH: process.env.PATH,
         HOME: work,
-        AWS_REGION: LOCAL_REGION,
-        AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: LOCAL_CREDENTIALS.secretAccessKey,
-        AWS_ENDPOINT_URL_SQS: endpoint,
+        ...emulatorEnv({ sqs: endpoint }),
         DLQ_URL: resources.deadLetterQueueUrl,
       };
       const listed = await cli(['dlq', 'list', '--aws', '--config', file], env);
@@ -424,11 +422,7 @@ describe('status --aws from the CLI', () => {
     const env = {
       PATH: process.env.PATH,
       HOME: work,
-      AWS_REGION: LOCAL_REGION,
-      AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: LOCAL_CREDENTIALS.secretAccessKey,
-      AWS_ENDPOINT_URL_SQS: endpoint,
-      AWS_ENDPOINT_URL_DYNAMODB: dynamo.endpoint,
+      ...emulatorEnv({ dynamodb: dynamo.endpoint, sqs: endpoint }),
     };
     const args = ['status', '--aws', '--config', file, '--queue-url', queueUrl, '--dlq-url', dlqUrl];
     const run = await cli([...args, '--table', dynamo.tableName, '--json'], env);

@@ -22,13 +22,9 @@ import { type GeneratedInstance, type GeneratedSet, generateStudies } from '../t
 import { type DynamoDbLocal, startDynamoDbLocal } from '../testbed/dynamodb-local.ts';
 import { deliverOnce, lambdaContext } from '../testbed/event-source-mapping.ts';
 import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
-import {
-  LOCAL_CREDENTIALS,
-  LOCAL_REGION,
-  type SqsEmulator,
-  startSqsEmulator,
-} from '../testbed/sqs-emulator.ts';
+import { type SqsEmulator, startSqsEmulator } from '../testbed/sqs-emulator.ts';
 import { uploadToOrthanc } from '../testbed/upload.ts';
+import { emulatorEnv } from './support/aws-emulators.ts';
 
 const MAX_RECEIVES = 3;
 
@@ -101,11 +97,7 @@ describe('AWS pipeline on emulators and real Orthancs', () => {
     ]);
     const credentials = { username: 'orthanc', password: 'orthanc' };
     const env = {
-      AWS_REGION: LOCAL_REGION,
-      AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: LOCAL_CREDENTIALS.secretAccessKey,
-      AWS_ENDPOINT_URL_DYNAMODB: dynamo.endpoint,
-      AWS_ENDPOINT_URL_SQS: sqs.endpoint,
+      ...emulatorEnv({ dynamodb: dynamo.endpoint, sqs: sqs.endpoint }),
       AWS_LAMBDA_FUNCTION_NAME: 'orthanc-forwarder-test',
       POWERTOOLS_METRICS_NAMESPACE: 'OrthancForwarderTest',
       POWERTOOLS_LOG_LEVEL: 'WARN',

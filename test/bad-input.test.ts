@@ -12,18 +12,14 @@
  *   "reads the feed from the start when the source database was reset, and moves the new studies".
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { type ForwarderConfig, parseConfig } from '../lambdas/core/config.ts';
 import type { MoveStep } from '../lambdas/core/move-study.ts';
-import type { StudyOutcome } from '../lambdas/core/ports.ts';
 import { LocalRunner } from '../lambdas/local/local-runner.ts';
 import { type LocalState, openState } from '../lambdas/local/sqlite-state.ts';
 import { gatherStatus } from '../lambdas/local/status.ts';
 import { generateStudies } from '../testbed/dicom-generator.ts';
-import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
+import type { OrthancServer } from '../testbed/orthanc.ts';
 import { type FakeAnswer, type FaultRule, HttpFront } from './support/fronts.ts';
 import {
   captureLog,
@@ -31,9 +27,12 @@ import {
   expectAllAtDestination,
   heldUids,
   instanceCount,
+  runUntilIdle,
   shape,
+  startServers,
   uidsOf,
   upload,
+  useTestbed,
 } from './support/harness.ts';
 import { type Credentials, expectClearError, expectNoSecret } from './support/no-leaks.ts';
 
@@ -122,9 +121,12 @@ interface Arranged {
   readonly front?: HttpFront;
 }
 
+/** Hands a front back, to be closed after the test. */
+type KeepFront = (front: HttpFront) => HttpFront;
+
 interface BadInputCase {
   readonly name: string;
-  readonly arrange: (servers: Servers, fronts: HttpFront[]) => Promise<Arranged>;
+  readonly arrange: (servers: Servers, keep: KeepFront) => Promise<Arranged>;
   readonly kind: 'transient' | 'permanent';
   /** The work item's error: what failed and why. */
   readonly work: RegExp;
@@ -135,33 +137,14 @@ interface BadInputCase {
 const baseConfig = ({ source, destination }: Servers): RawConfig =>
   configFor([{ id: 'site-a', server: source }], destination, SETTINGS);
 
-/** The source seen through a front that fakes the answers the rule picks. */
-const sourceFront =
-  (rule: FaultRule) =>
-  async (servers: Servers, fronts: HttpFront[]): Promise<Arranged> => {
-    const front = await HttpFront.start(servers.source.url, rule);
-    fronts.push(front);
-    const config = patched(baseConfig(servers), 'source', { url: front.urlFor(servers.source.url) });
-    return {
-      config,
-      origin: front.origin,
-      heal: () => {
-        front.rule = undefined;
-        return config;
-      },
-      front,
-    };
-  };
-
-/** The destination seen through a front that fakes the answers the rule picks. */
-const destinationFront =
-  (rule: FaultRule) =>
-  async (servers: Servers, fronts: HttpFront[]): Promise<Arranged> => {
-    const front = await HttpFront.start(servers.destination.url, rule);
-    fronts.push(front);
-    const config = patched(baseConfig(servers), 'destination', {
-      url: front.urlFor(servers.destination.dicomWebUrl),
-    });
+/** A real Orthanc seen through a front that fakes the answers the rule picks. */
+const throughFront =
+  (server: 'source' | 'destination', rule: FaultRule) =>
+  async (servers: Servers, keep: KeepFront): Promise<Arranged> => {
+    const front = keep(await HttpFront.start(servers[server].url, rule));
+    // The forwarder reads a source's REST API, and a destination's DICOMweb API under its own path.
+    const url = front.urlFor(server === 'source' ? servers.source.url : servers.destination.dicomWebUrl);
+    const config = patched(baseConfig(servers), server, { url });
     return {
       config,
       origin: front.origin,
@@ -185,7 +168,7 @@ const wrongPassword =
 const CASES: readonly BadInputCase[] = [
   {
     name: 'a source behind a login page (HTML for every request)',
-    arrange: sourceFront(() => ({ answer: LOGIN_PAGE })),
+    arrange: throughFront('source', () => ({ answer: LOGIN_PAGE })),
     kind: 'transient',
     work: /reading a study at \S+: expected JSON, got text\/html/,
     poll: {
@@ -195,7 +178,7 @@ const CASES: readonly BadInputCase[] = [
   },
   {
     name: 'a source whose JSON answers come labelled text/plain',
-    arrange: sourceFront(() => ({ rewrite: relabelled })),
+    arrange: throughFront('source', () => ({ rewrite: relabelled })),
     kind: 'transient',
     work: /reading a study at \S+: expected JSON, got text\/plain/,
     poll: {
@@ -205,7 +188,7 @@ const CASES: readonly BadInputCase[] = [
   },
   {
     name: "a source answering truncated JSON for a study's instances",
-    arrange: sourceFront(({ path }) =>
+    arrange: throughFront('source', ({ path }) =>
       /^\/studies\/[^/]+\/instances(\?|$)/.test(path) ? { rewrite: truncated } : undefined,
     ),
     kind: 'transient',
@@ -213,7 +196,7 @@ const CASES: readonly BadInputCase[] = [
   },
   {
     name: 'a source answering an HTML page (200) instead of an instance file',
-    arrange: sourceFront(({ path }) =>
+    arrange: throughFront('source', ({ path }) =>
       /^\/instances\/[^/]+\/file(\?|$)/.test(path) ? { answer: LOGIN_PAGE } : undefined,
     ),
     kind: 'transient',
@@ -221,7 +204,7 @@ const CASES: readonly BadInputCase[] = [
   },
   {
     name: 'a destination answering truncated JSON to QIDO-RS',
-    arrange: destinationFront(({ method, path }) =>
+    arrange: throughFront('destination', ({ method, path }) =>
       method === 'GET' && /^\/dicom-web\/studies\/[^/]+\/instances(\?|$)/.test(path)
         ? { rewrite: truncated }
         : undefined,
@@ -231,7 +214,7 @@ const CASES: readonly BadInputCase[] = [
   },
   {
     name: 'a destination answering STOW-RS without its sequences (the files dropped)',
-    arrange: destinationFront((request) =>
+    arrange: throughFront('destination', (request) =>
       isStow(request) ? { answer: STOW_WITHOUT_SEQUENCES } : undefined,
     ),
     kind: 'transient',
@@ -258,46 +241,29 @@ const CASES: readonly BadInputCase[] = [
 // ---------------------------------------------------------------------------------------------
 
 describe('bad input', () => {
-  const fleet = new OrthancFleet();
-  const fronts: HttpFront[] = [];
-  let work: string;
+  const { fleet, workPath, closeAfterTest } = useTestbed('bad-input');
 
-  beforeEach(() => {
-    work = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-bad-input-'));
-  });
-  const tearDown = async () => {
-    await Promise.allSettled(fronts.map((front) => front.close()));
-    fronts.length = 0;
-    await fleet.destroyAll();
-  };
-  afterEach(async () => {
-    await tearDown();
-    rmSync(work, { recursive: true, force: true });
-  });
-  afterAll(tearDown);
-
-  const startServers = async (): Promise<Servers> => {
-    const [destination, source] = await Promise.all([
-      fleet.start({ name: 'destination', stableAge: 1, username: USERNAME, password: PASSWORD }),
-      fleet.start({ name: 'site-a', stableAge: 1, username: USERNAME, password: PASSWORD }),
-    ]);
-    if (destination === undefined || source === undefined) throw new Error('no servers');
+  const startSourceAndDestination = async (): Promise<Servers> => {
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a'], {
+      username: USERNAME,
+      password: PASSWORD,
+    });
     return { source, destination };
   };
 
   const openLocalState = (config: ForwarderConfig): LocalState =>
-    openState(join(work, 'state.sqlite'), { maxReceives: config.retry.maxAttempts });
+    openState(workPath('state.sqlite'), { maxReceives: config.retry.maxAttempts });
 
   for (const [index, badCase] of CASES.entries()) {
     it(`${badCase.name}: a clear error, counted, nothing lost`, async () => {
-      const servers = await startServers();
+      const servers = await startSourceAndDestination();
       const { source, destination } = servers;
       // Two studies of two series of three instances.
       const set = generateStudies(shape(`bad-input-${index}`));
       await upload(source, set.instances);
       const studyIds = (await source.rest<string[]>('GET', '/studies')).sort();
       expect(studyIds).toHaveLength(2);
-      const arranged = await badCase.arrange(servers, fronts);
+      const arranged = await badCase.arrange(servers, closeAfterTest);
       const config = parseConfig(arranged.config);
       const state = openLocalState(config);
       try {
@@ -309,11 +275,7 @@ describe('bad input', () => {
           );
         }
         const capture = captureLog();
-        const outcomes: StudyOutcome[] = [];
-        const summary = await new LocalRunner(config, state, capture.log).run({
-          untilIdle: true,
-          onOutcome: (outcome) => outcomes.push(outcome),
-        });
+        const { summary, outcomes } = await runUntilIdle(config, state, capture.log);
         if (arranged.front !== undefined) {
           expect(arranged.front.faked).toBeGreaterThan(0);
           expect(arranged.front.errors).toEqual([]);
@@ -378,15 +340,16 @@ describe('bad input', () => {
 
   for (const verify of ['qido', 'stow'] as const) {
     it(`a STOW-RS answer without its sequences for files the destination did store: nothing deleted unverified (verify ${verify})`, async () => {
-      const servers = await startServers();
+      const servers = await startSourceAndDestination();
       const { source, destination } = servers;
       const set = generateStudies(shape(`stow-stored-${verify}`, { patients: 1 }));
       await upload(source, set.instances);
       // The files reach the destination; only its answer is replaced.
-      const front = await HttpFront.start(destination.url, (request) =>
-        isStow(request) ? { rewrite: () => STOW_WITHOUT_SEQUENCES } : undefined,
+      const front = closeAfterTest(
+        await HttpFront.start(destination.url, (request) =>
+          isStow(request) ? { rewrite: () => STOW_WITHOUT_SEQUENCES } : undefined,
+        ),
       );
-      fronts.push(front);
       const config = parseConfig(
         patched({ ...baseConfig(servers), verify }, 'destination', {
           url: front.urlFor(destination.dicomWebUrl),
@@ -395,11 +358,7 @@ describe('bad input', () => {
       const state = openLocalState(config);
       try {
         const capture = captureLog();
-        const outcomes: StudyOutcome[] = [];
-        const summary = await new LocalRunner(config, state, capture.log).run({
-          untilIdle: true,
-          onOutcome: (outcome) => outcomes.push(outcome),
-        });
+        const { summary, outcomes } = await runUntilIdle(config, state, capture.log);
         expect(front.faked).toBeGreaterThan(0);
         expect(front.errors).toEqual([]);
 
@@ -445,7 +404,7 @@ describe('bad input', () => {
   ] as const;
   for (const [step, scope] of deletions) {
     it(`a ${scope} deleted at the source by someone else at '${step}': no error, no dead letter, nothing lost`, async () => {
-      const { source, destination } = await startServers();
+      const { source, destination } = await startSourceAndDestination();
       // One study of two series of three instances.
       const set = generateStudies(shape(`deleted-${scope}-at-${step}`, { patients: 1 }));
       await upload(source, set.instances);
@@ -466,11 +425,7 @@ describe('bad input', () => {
           await source.rest('DELETE', path);
         };
         const capture = captureLog();
-        const outcomes: StudyOutcome[] = [];
-        const summary = await new LocalRunner(config, state, capture.log, { onStep }).run({
-          untilIdle: true,
-          onOutcome: (outcome) => outcomes.push(outcome),
-        });
+        const { summary, outcomes } = await runUntilIdle(config, state, capture.log, { onStep });
         expect(deletedUids).toHaveLength(scope === 'study' ? 6 : 3);
 
         // Without error: no failed attempt, no dead letter, no refusal.

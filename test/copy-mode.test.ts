@@ -19,8 +19,9 @@ import {
   expectAllAtDestination,
   heldUids,
   instanceCount,
-  pollWithSweep,
+  pollOnce,
   shape,
+  startServers,
   uidsOf,
   until,
   upload,
@@ -31,11 +32,7 @@ describe('copy mode', () => {
   const { fleet, workPath } = useTestbed('copy');
 
   it('copies and deletes nothing; an unchanged study is neither queued by a sweep nor sent or verified again; a changed one sends only what is new', async () => {
-    const [destination, source] = await Promise.all([
-      fleet.start({ name: 'destination', stableAge: 1 }),
-      fleet.start({ name: 'site-a', stableAge: 1 }),
-    ]);
-    if (destination === undefined || source === undefined) throw new Error('no servers');
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
     const set = generateStudies(shape('copy-mode'));
     // The last instance of the second study arrives after the first copy.
     const late = set.instances.at(-1) as GeneratedInstance;
@@ -77,7 +74,7 @@ describe('copy mode', () => {
 
       // A sweep watches every study the source holds: the copied ones leave the watch list at
       // once, none is queued.
-      const swept = await pollWithSweep(config, state, log);
+      const swept = await pollOnce(config, state, log);
       expect(swept).toMatchObject({ queued: 0, waiting: 0 });
       expect(await state.queue.stats()).toEqual({ waiting: 0, inFlight: 0, deadLetters: 0 });
 

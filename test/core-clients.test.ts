@@ -22,6 +22,7 @@ import {
 } from '../testbed/dicom-generator.ts';
 import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
 import { uploadToOrthanc } from '../testbed/upload.ts';
+import { forwarderErrorOf } from './support/harness.ts';
 
 /** Short enough that a hang fails the test quickly, long enough for any loopback answer. */
 const TIMEOUTS: Timeouts = { connectMs: 5_000, headersMs: 30_000, bodyMs: 30_000 };
@@ -243,28 +244,21 @@ describe('StowClient and QidoClient against Orthanc DICOMweb', () => {
   const studyUid = set.instances[0]?.studyInstanceUid ?? '';
   const stow = () => new StowClient(endpointFor(destination.dicomWebUrl).endpoint);
   const destinationInstances = async () => (await destination.rest<string[]>('GET', '/instances')).length;
+  const firstThreeStored = {
+    status: 200,
+    stored: uids(firstThree),
+    refused: new Map(),
+    goneAtSource: [],
+    bytes: totalBytes(firstThree),
+  };
 
   it('stores three instances and lists them all as stored', async () => {
-    const result = await stow().store(firstThree.map(partOf));
-    expect(result).toEqual({
-      status: 200,
-      stored: uids(firstThree),
-      refused: new Map(),
-      goneAtSource: [],
-      bytes: totalBytes(firstThree),
-    });
+    expect(await stow().store(firstThree.map(partOf))).toEqual(firstThreeStored);
     expect(await destinationInstances()).toBe(3);
   });
 
   it('answers a second store of the same instances exactly like the first', async () => {
-    const result = await stow().store(firstThree.map(partOf));
-    expect(result).toEqual({
-      status: 200,
-      stored: uids(firstThree),
-      refused: new Map(),
-      goneAtSource: [],
-      bytes: totalBytes(firstThree),
-    });
+    expect(await stow().store(firstThree.map(partOf))).toEqual(firstThreeStored);
     expect(await destinationInstances()).toBe(3);
   });
 
@@ -376,23 +370,13 @@ describe('StowClient and QidoClient against Orthanc DICOMweb', () => {
 });
 
 describe('HTTP failure classification', () => {
-  /** The classified error a call rejects with; fails the test when it resolves. */
-  const failureOf = async (promise: Promise<unknown>): Promise<ForwarderError> => {
-    const outcome = await promise.then(
-      () => undefined,
-      (error: unknown) => error,
-    );
-    expect(outcome).toBeInstanceOf(ForwarderError);
-    return outcome as ForwarderError;
-  };
-
   it('calls a stopped server transiently unreachable, and reaches it again once started', async () => {
     // A fresh endpoint: no pooled socket from an earlier test can turn the refusal into a reset.
     const client = new OrthancClient(endpointFor(source.url).endpoint);
     const last = await client.lastChange();
     await source.stop();
     try {
-      const failure = await failureOf(client.lastChange());
+      const failure = await forwarderErrorOf(client.lastChange());
       expect(failure.kind).toBe('transient');
       expect(failure.status).toBeUndefined();
       expect(failure.message).toContain('ECONNREFUSED');
@@ -409,7 +393,7 @@ describe('HTTP failure classification', () => {
     const last = await client.lastChange();
     await source.pause();
     try {
-      const failure = await failureOf(client.lastChange());
+      const failure = await forwarderErrorOf(client.lastChange());
       expect(failure.kind).toBe('transient');
       expect(failure.message).toContain('UND_ERR_HEADERS_TIMEOUT');
     } finally {

@@ -26,6 +26,7 @@ import {
   instanceCount,
   newInstanceChanges,
   shape,
+  startServers,
   uidsOf,
   upload,
   useTestbed,
@@ -35,18 +36,8 @@ import {
 describe('several destinations', () => {
   const { fleet, workPath } = useTestbed('destinations');
 
-  const start = async () => {
-    const [cloud, archive, source] = await Promise.all([
-      fleet.start({ name: 'cloud', stableAge: 1 }),
-      fleet.start({ name: 'archive', stableAge: 1 }),
-      fleet.start({ name: 'site-a', stableAge: 1 }),
-    ]);
-    if (cloud === undefined || archive === undefined || source === undefined) throw new Error('no servers');
-    return { cloud, archive, source };
-  };
-
   it('deletes at the source only what both hold; a destination down keeps everything, and the retry sends only to it', async () => {
-    const { cloud, archive, source } = await start();
+    const [cloud, archive, source] = await startServers(fleet, ['cloud', 'archive', 'site-a']);
     const set = generateStudies(shape('two-destinations'));
     await upload(source, set.instances);
     const config = parseConfig(
@@ -92,7 +83,7 @@ describe('several destinations', () => {
   });
 
   it('keeps an instance one destination refuses at the source, recording which destination refused it', async () => {
-    const { cloud, archive, source } = await start();
+    const [cloud, archive, source] = await startServers(fleet, ['cloud', 'archive', 'site-a']);
     const set = generateStudies(shape('one-refuses', { patients: 1 }));
     const disputed = set.instances[2] as GeneratedInstance;
     // The archive holds another file under the disputed instance's SOPInstanceUID.
@@ -126,12 +117,7 @@ describe('several destinations', () => {
   });
 
   it('uses the alternate while the destination has been unreachable for longer than afterSeconds, and the destination again once it answers', async () => {
-    const [cloud, standby, source] = await Promise.all([
-      fleet.start({ name: 'cloud', stableAge: 1 }),
-      fleet.start({ name: 'standby', stableAge: 1 }),
-      fleet.start({ name: 'site-a', stableAge: 1 }),
-    ]);
-    if (cloud === undefined || standby === undefined || source === undefined) throw new Error('no servers');
+    const [cloud, standby, source] = await startServers(fleet, ['cloud', 'standby', 'site-a']);
     const configWith = (afterSeconds: number) =>
       parseConfig(
         configFor([{ id: 'site-a', server: source }], cloud, {

@@ -19,8 +19,9 @@ import {
   expectAllAtDestination,
   heldUids,
   instanceCount,
-  pollWithSweep,
+  pollOnce,
   shape,
+  startServers,
   uidsOf,
   until,
   upload,
@@ -42,12 +43,7 @@ describe('filters and triggers', () => {
   const { fleet, workPath } = useTestbed('filters');
 
   it('routes by modality, description and sending AET, keeps and remembers what no destination takes, and deletes it once told to', async () => {
-    const [cloud, research, source] = await Promise.all([
-      fleet.start({ name: 'cloud', stableAge: 1 }),
-      fleet.start({ name: 'research', stableAge: 1 }),
-      fleet.start({ name: 'site-a', stableAge: 1 }),
-    ]);
-    if (cloud === undefined || research === undefined || source === undefined) throw new Error('no servers');
+    const [cloud, research, source] = await startServers(fleet, ['cloud', 'research', 'site-a']);
     // A scanner whose AET is MRI3T (from its name), which C-STOREs its studies to the source.
     const scanner = await fleet.start({
       name: 'mri-3t',
@@ -99,7 +95,7 @@ describe('filters and triggers', () => {
       }
 
       // A sweep finds the skipped studies again and leaves them: nothing is queued.
-      const swept = await pollWithSweep(config, state, log);
+      const swept = await pollOnce(config, state, log);
       expect(swept).toMatchObject({ queued: 0, waiting: 0 });
 
       // The values routed on were never logged.
@@ -112,7 +108,7 @@ describe('filters and triggers', () => {
       // Told to delete what no destination takes (another routing: looked at again), the source
       // deletes exactly those studies' instances; nothing more reaches a destination.
       const deleting = parseConfig(raw('delete'));
-      expect(await pollWithSweep(deleting, state, log)).toMatchObject({ queued: 2 });
+      expect(await pollOnce(deleting, state, log)).toMatchObject({ queued: 2 });
       outcomes.length = 0;
       await new LocalRunner(deleting, state, log).run({
         untilIdle: true,
@@ -128,11 +124,7 @@ describe('filters and triggers', () => {
   });
 
   it('StableSeries: moves each series on its own, under one lease per study', async () => {
-    const [destination, source] = await Promise.all([
-      fleet.start({ name: 'destination', stableAge: 1 }),
-      fleet.start({ name: 'site-a', stableAge: 1 }),
-    ]);
-    if (destination === undefined || source === undefined) throw new Error('no servers');
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
     const set = generateStudies(shape('stable-series', { patients: 1, seriesPerStudy: 3 }));
     await upload(source, set.instances);
     const seriesIds = (await source.rest<string[]>('GET', '/series')).sort();
@@ -157,12 +149,11 @@ describe('filters and triggers', () => {
   });
 
   it('NewInstance: moves a study while it arrives, long before it is stable, and what arrives after the move too', async () => {
-    const [destination, source] = await Promise.all([
-      fleet.start({ name: 'destination', stableAge: 1 }),
+    const [destination, source] = await startServers(fleet, [
+      'destination',
       // Stability never comes during the test: only the NewInstance trigger can move anything.
-      fleet.start({ name: 'site-a', stableAge: 3600 }),
+      { name: 'site-a', stableAge: 3600 },
     ]);
-    if (destination === undefined || source === undefined) throw new Error('no servers');
     const set = generateStudies(shape('new-instance', { patients: 1 }));
     const first = set.instances.slice(0, 2);
     const rest = set.instances.slice(2);

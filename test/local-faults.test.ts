@@ -7,13 +7,10 @@
  */
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
-import type { Log } from '../lambdas/core/log.ts';
 import type { MoveStep } from '../lambdas/core/move-study.ts';
 import type { StudyOutcome } from '../lambdas/core/ports.ts';
-import { LocalRunner } from '../lambdas/local/local-runner.ts';
 import { type LocalState, openState } from '../lambdas/local/sqlite-state.ts';
 import {
   type GeneratedInstance,
@@ -23,22 +20,24 @@ import {
 } from '../testbed/dicom-generator.ts';
 import type { OrthancServer } from '../testbed/orthanc.ts';
 import {
-  BIN,
+  CRASH_AT,
   captureLog,
+  cli,
   configFor,
   expectEachSomewhere,
   heldUids,
   instanceCount,
   logLines,
+  newInstanceChanges,
   runProcess,
+  runUntilIdle,
   shape,
+  startServers,
   uidsOf,
   until,
   upload,
   useTestbed,
 } from './support/harness.ts';
-
-const CRASH_AT = fileURLToPath(new URL('./support/crash-at.ts', import.meta.url));
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -67,13 +66,6 @@ interface ChangesAnswer {
 const changesSince = (server: OrthancServer, since: number): Promise<ChangesAnswer> =>
   server.rest<ChangesAnswer>('GET', `/changes?since=${since}&limit=100000`);
 
-/**
- * How many instances the destination ever stored as new: a destination never deletes here, so an
- * instance sent twice (and stored twice) would show as more NewInstance changes than instances.
- */
-const newInstanceChanges = async (server: OrthancServer): Promise<number> =>
-  (await changesSince(server, 0)).Changes.filter((change) => change.ChangeType === 'NewInstance').length;
-
 const sum = (outcomes: readonly StudyOutcome[], field: 'sent' | 'alreadyPresent' | 'deleted'): number =>
   outcomes.reduce((total, outcome) => total + outcome[field], 0);
 
@@ -85,27 +77,8 @@ describe('local mode under faults', () => {
   const openLocalState = (maxReceives: number): LocalState =>
     openState(workPath('state.sqlite'), { maxReceives });
 
-  const runUntilIdle = async (
-    config: ReturnType<typeof parseConfig>,
-    state: LocalState,
-    log: Log,
-    options: { onStep?: (step: MoveStep, studyId: string) => Promise<void>; signal?: AbortSignal } = {},
-  ) => {
-    const outcomes: StudyOutcome[] = [];
-    const summary = await new LocalRunner(config, state, log, { onStep: options.onStep }).run({
-      untilIdle: true,
-      onOutcome: (outcome) => outcomes.push(outcome),
-      ...(options.signal === undefined ? {} : { signal: options.signal }),
-    });
-    return { summary, outcomes };
-  };
-
   it('deletes nothing unverified while the destination is down, and the rerun resends nothing it holds', async () => {
-    const [destination, source] = await Promise.all([
-      fleet.start({ name: 'destination', stableAge: 1 }),
-      fleet.start({ name: 'site-a', stableAge: 1 }),
-    ]);
-    if (destination === undefined || source === undefined) throw new Error('no servers');
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
     const set = generateStudies(shape('destination-down'));
     await upload(source, set.instances);
     const config = parseConfig(configFor([{ id: 'site-a', server: source }], destination));
@@ -172,11 +145,7 @@ describe('local mode under faults', () => {
 
   for (const step of ['sent', 'verified', 'deleted'] as const) {
     it(`converges after the forwarder is SIGKILLed at '${step}', without resending what the destination holds`, async () => {
-      const [destination, source] = await Promise.all([
-        fleet.start({ name: 'destination', stableAge: 1 }),
-        fleet.start({ name: 'site-a', stableAge: 1 }),
-      ]);
-      if (destination === undefined || source === undefined) throw new Error('no servers');
+      const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
       const set = generateStudies(shape(`crash-at-${step}`));
       await upload(source, set.instances);
       const configPath = workPath('forwarder.json');
@@ -211,14 +180,7 @@ describe('local mode under faults', () => {
         uidsOf(step === 'deleted' ? set.instances.filter((i) => !crashed.includes(i)) : set.instances),
       );
 
-      const rerun = await runProcess(BIN, [
-        'run',
-        '--config',
-        configPath,
-        '--state',
-        statePath,
-        '--until-idle',
-      ]);
+      const rerun = await cli(['run', '--config', configPath, '--state', statePath, '--until-idle']);
       expect(rerun.code, rerun.stderr).toBe(0);
       expect(await instanceCount(source)).toBe(0);
       expect(await heldUids(destination)).toEqual(uidsOf(set.instances));
@@ -260,13 +222,11 @@ describe('local mode under faults', () => {
 
   for (const fault of ['stopped', 'paused'] as const) {
     it(`moves a healthy source while another is ${fault}, and gives up on that one after retry.maxAttempts polls`, async () => {
-      const [destination, healthy, bad] = await Promise.all([
-        fleet.start({ name: 'destination', stableAge: 1 }),
-        fleet.start({ name: 'site-healthy', stableAge: 1 }),
-        fleet.start({ name: 'site-bad', stableAge: 1 }),
+      const [destination, healthy, bad] = await startServers(fleet, [
+        'destination',
+        'site-healthy',
+        'site-bad',
       ]);
-      if (destination === undefined || healthy === undefined || bad === undefined)
-        throw new Error('no servers');
       const healthySet = generateStudies(shape(`healthy-${fault}`));
       const badSet = generateStudies(shape(`bad-${fault}`));
       await upload(healthy, healthySet.instances);
@@ -313,11 +273,7 @@ describe('local mode under faults', () => {
   }
 
   it('resumes from its stored cursor after a restart, reading only the changes since', async () => {
-    const [destination, source] = await Promise.all([
-      fleet.start({ name: 'destination', stableAge: 1 }),
-      fleet.start({ name: 'site-a', stableAge: 1 }),
-    ]);
-    if (destination === undefined || source === undefined) throw new Error('no servers');
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
     // The first study keeps one instance at the source (the destination refuses it), so that the
     // source's change feed keeps a history that a full re-read would read again, and queue again.
     const first = generateStudies(shape('resume-first', { patients: 1 })).instances.map((instance, index) =>
@@ -382,12 +338,11 @@ describe('local mode under faults', () => {
   });
 
   it('moves a study whose source restarted before calling it stable, with no StableStudy ever', async () => {
-    const [destination, source] = await Promise.all([
-      fleet.start({ name: 'destination', stableAge: 1 }),
+    const [destination, source] = await startServers(fleet, [
+      'destination',
       // Stable only 30 s after its last instance: the restart comes long before.
-      fleet.start({ name: 'site-a', stableAge: 30 }),
+      { name: 'site-a', stableAge: 30 },
     ]);
-    if (destination === undefined || source === undefined) throw new Error('no servers');
     const set = generateStudies(shape('restart-before-stable', { patients: 1 }));
     await upload(source, set.instances);
     const [studyId] = await source.rest<string[]>('GET', '/studies');
@@ -435,11 +390,7 @@ describe('local mode under faults', () => {
   });
 
   it('reads the feed from the start when the source database was reset, and moves the new studies', async () => {
-    const [destination, source] = await Promise.all([
-      fleet.start({ name: 'destination', stableAge: 1 }),
-      fleet.start({ name: 'site-a', stableAge: 1 }),
-    ]);
-    if (destination === undefined || source === undefined) throw new Error('no servers');
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
     const before = generateStudies(shape('reset-before'));
     await upload(source, before.instances);
     const config = parseConfig(configFor([{ id: 'site-a', server: source }], destination));

@@ -9,13 +9,10 @@ import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
 import { createLog } from '../lambdas/core/log.ts';
 import type { MoveStep } from '../lambdas/core/move-study.ts';
-import type { StudyOutcome } from '../lambdas/core/ports.ts';
-import { LocalRunner } from '../lambdas/local/local-runner.ts';
 import { openState } from '../lambdas/local/sqlite-state.ts';
 import type { StatusReport } from '../lambdas/local/status.ts';
 import {
   type GeneratedInstance,
-  type GeneratedSet,
   generateStudies,
   SOP_CLASS_UID_TAG,
   withoutElements,
@@ -29,11 +26,14 @@ import {
   instanceCount,
   logLines,
   md5Of,
+  runUntilIdle,
   shape,
+  startServers,
   storedMd5,
   upload,
   useTestbed,
 } from './support/harness.ts';
+import { expectNoPhi } from './support/no-leaks.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -43,24 +43,6 @@ const statusOf = async (configPath: string, statePath: string): Promise<StatusRe
   expect(result.stderr).toBe('');
   expect(result.code).toBe(0);
   return JSON.parse(result.stdout) as StatusReport;
-};
-
-/** Every identifying value of a generated set, and how each may appear in a text. */
-const expectNoPhi = (text: string, sets: readonly GeneratedSet[]) => {
-  expect(text.length).toBeGreaterThan(0);
-  for (const set of sets) {
-    const birthDates = new Set(set.patients.map((patient) => patient.birthDate));
-    for (const value of set.phiValues()) {
-      // A birth date is 8 bare digits: only as a whole JSON string is a match not a coincidence.
-      const needle = birthDates.has(value) ? JSON.stringify(value) : value;
-      expect(text.includes(needle), `PHI value ${needle} in the output`).toBe(false);
-    }
-    for (const instance of set.instances) {
-      expect(text.includes(instance.study.studyDescription)).toBe(false);
-      expect(text.includes(instance.series.seriesDescription)).toBe(false);
-      expect(text.includes(instance.patient.patientName.replace('^', ' '))).toBe(false);
-    }
-  }
 };
 
 const ORTHANC_ID = /^[0-9a-f]{8}(-[0-9a-f]{8}){4}$/;
@@ -77,13 +59,7 @@ describe('local mode', () => {
   };
 
   it('moves every study of two sources byte for byte, empties them, reports, and a rerun is a no-op', async () => {
-    const [destination, siteA, siteB] = await Promise.all([
-      fleet.start({ name: 'destination', stableAge: 1 }),
-      fleet.start({ name: 'site-a', stableAge: 1 }),
-      fleet.start({ name: 'site-b', stableAge: 1 }),
-    ]);
-    if (destination === undefined || siteA === undefined || siteB === undefined)
-      throw new Error('no servers');
+    const [destination, siteA, siteB] = await startServers(fleet, ['destination', 'site-a', 'site-b']);
     const setA = generateStudies(shape('two-sources-a'));
     const setB = generateStudies(shape('two-sources-b'));
     await upload(siteA, setA.instances);
@@ -140,11 +116,7 @@ describe('local mode', () => {
   });
 
   it('leaves an instance that arrives during a move at the source, and moves it in a later round', async () => {
-    const [destination, source] = await Promise.all([
-      fleet.start({ name: 'destination', stableAge: 1 }),
-      fleet.start({ name: 'site-a', stableAge: 1 }),
-    ]);
-    if (destination === undefined || source === undefined) throw new Error('no servers');
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
     // One study of 2 series of 4 instances; the last one is held back and arrives mid-move.
     const set = generateStudies(
       shape('late-arrival', { patients: 1, seriesPerStudy: 2, instancesPerSeries: 4 }),
@@ -167,11 +139,7 @@ describe('local mode', () => {
         if (step === 'deleted' && leftAfterFirstMove === undefined)
           leftAfterFirstMove = await heldUids(source);
       };
-      const outcomes: StudyOutcome[] = [];
-      await new LocalRunner(config, state, log, { onStep }).run({
-        untilIdle: true,
-        onOutcome: (outcome) => outcomes.push(outcome),
-      });
+      const { outcomes } = await runUntilIdle(config, state, log, { onStep });
 
       // The first move sent, verified and deleted the seven instances of its snapshot, not the eighth.
       expect(outcomes[0]).toMatchObject({ result: 'moved', instances: 7, sent: 7, deleted: 7, rejected: 0 });
@@ -185,12 +153,8 @@ describe('local mode', () => {
       expect(outcomes.filter((o) => o.result === 'moved').map((o) => o.deleted)).toEqual([7, 1]);
 
       // And a further run finds nothing to do.
-      const before = outcomes.length;
-      await new LocalRunner(config, state, log).run({
-        untilIdle: true,
-        onOutcome: (outcome) => outcomes.push(outcome),
-      });
-      expect(outcomes.slice(before).filter((o) => o.result !== 'gone')).toEqual([]);
+      const further = await runUntilIdle(config, state, log);
+      expect(further.outcomes.filter((o) => o.result !== 'gone')).toEqual([]);
       expect(await instanceCount(source)).toBe(0);
       expect(await instanceCount(destination)).toBe(set.instances.length);
       expect((await state.queue.stats()).deadLetters).toBe(0);
@@ -200,11 +164,7 @@ describe('local mode', () => {
   });
 
   it('keeps an instance the destination refuses at the source, reports it, and does not retry it forever', async () => {
-    const [destination, source] = await Promise.all([
-      fleet.start({ name: 'destination', stableAge: 1 }),
-      fleet.start({ name: 'site-a', stableAge: 1 }),
-    ]);
-    if (destination === undefined || source === undefined) throw new Error('no servers');
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
     const set = generateStudies(shape('refused', { patients: 1 }));
     // Without SOPClassUID in its data set: Orthanc's REST API stores it, its STOW-RS refuses it.
     const refusedIndex = 4;
@@ -286,13 +246,7 @@ describe('local mode', () => {
   });
 
   it('never logs PHI, even at DEBUG, and logs one outcome per study', async () => {
-    const [destination, siteA, siteB] = await Promise.all([
-      fleet.start({ name: 'destination', stableAge: 1 }),
-      fleet.start({ name: 'site-a', stableAge: 1 }),
-      fleet.start({ name: 'site-b', stableAge: 1 }),
-    ]);
-    if (destination === undefined || siteA === undefined || siteB === undefined)
-      throw new Error('no servers');
+    const [destination, siteA, siteB] = await startServers(fleet, ['destination', 'site-a', 'site-b']);
     const setA = generateStudies(shape('phi-a', { patients: 3, studiesPerPatient: 2, modality: 'MR' }));
     const setB = generateStudies(shape('phi-b', { patients: 2 }));
     await upload(siteA, setA.instances);
@@ -356,11 +310,7 @@ describe('local mode', () => {
   });
 
   it('dead-letters malformed messages on their first receive while valid work proceeds; redrive puts them back', async () => {
-    const [destination, source] = await Promise.all([
-      fleet.start({ name: 'destination', stableAge: 1 }),
-      fleet.start({ name: 'site-a', stableAge: 1 }),
-    ]);
-    if (destination === undefined || source === undefined) throw new Error('no servers');
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
     const set = generateStudies(shape('poison', { patients: 2 }));
     await upload(source, set.instances);
     const { configPath, statePath } = writeConfig(configFor([{ id: 'site-a', server: source }], destination));

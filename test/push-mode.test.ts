@@ -19,6 +19,7 @@ import {
   instanceCount,
   newInstanceChanges,
   shape,
+  startServers,
   uidsOf,
   upload,
   useTestbed,
@@ -147,8 +148,7 @@ describe('push mode', () => {
   });
 
   it('dead-letters at once, naming pushServerName, when the source declares no such server', async () => {
-    const destination = await fleet.start({ name: 'destination', stableAge: 1 });
-    const source = await fleet.start({ name: 'site-a', stableAge: 1 });
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
     const set = generateStudies(shape('push-unknown', { patients: 1 }));
     await upload(source, set.instances);
     const config = parseConfig({

@@ -11,9 +11,8 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Timeouts } from '../lambdas/core/config.ts';
-import { ForwarderError } from '../lambdas/core/errors.ts';
 import { createEndpoint } from '../lambdas/core/http.ts';
 import { OrthancClient } from '../lambdas/core/orthanc-client.ts';
 import type { StatusReport } from '../lambdas/local/status.ts';
@@ -23,22 +22,24 @@ import {
   SOP_CLASS_UID_TAG,
   withoutElements,
 } from '../testbed/dicom-generator.ts';
-import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
+import type { OrthancServer } from '../testbed/orthanc.ts';
 import { type TestPki, TlsFront, testPki } from './support/fronts.ts';
 import {
   BIN,
   cli,
   configFor,
   expectAllAtDestination,
+  forwarderErrorOf,
   heldUids,
   instanceCount,
-  killChildren,
   logLines,
   type ProcessResult,
   shape,
+  startServers,
   uidsOf,
   until,
   upload,
+  useTestbed,
 } from './support/harness.ts';
 import { type Credentials, expectClearError, expectNoPhi, expectNoSecret } from './support/no-leaks.ts';
 import { parseLogLine, startProcess } from './support/processes.ts';
@@ -70,45 +71,28 @@ const deadStudies = (letters: readonly { body: string }[]): string[] =>
   [...new Set(letters.map((letter) => (JSON.parse(letter.body) as { studyId: string }).studyId))].sort();
 
 describe('security', () => {
-  const fleet = new OrthancFleet();
-  const fronts: TlsFront[] = [];
+  const { fleet, workPath, closeAfterTest } = useTestbed('security');
   let pkiDir: string;
   let pki: TestPki;
-  let work: string;
 
   beforeAll(() => {
     pkiDir = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-pki-'));
     pki = testPki(pkiDir);
   });
-  beforeEach(() => {
-    work = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-security-'));
-  });
-  const tearDown = async () => {
-    killChildren();
-    await Promise.allSettled(fronts.map((front) => front.close()));
-    fronts.length = 0;
-    await fleet.destroyAll();
-  };
-  afterEach(async () => {
-    await tearDown();
-    rmSync(work, { recursive: true, force: true });
-  });
-  afterAll(async () => {
-    await tearDown();
+  afterAll(() => {
     rmSync(pkiDir, { recursive: true, force: true });
   });
 
-  const tlsFront = async (server: OrthancServer, options: { wrongName?: boolean; mutual?: boolean } = {}) => {
-    const front = await TlsFront.start(server.url, {
-      ...(options.wrongName === true ? pki.wrongName : pki.server),
-      ...(options.mutual === true ? { clientCa: pki.caPem } : {}),
-    });
-    fronts.push(front);
-    return front;
-  };
+  const tlsFront = async (server: OrthancServer, options: { wrongName?: boolean; mutual?: boolean } = {}) =>
+    closeAfterTest(
+      await TlsFront.start(server.url, {
+        ...(options.wrongName === true ? pki.wrongName : pki.server),
+        ...(options.mutual === true ? { clientCa: pki.caPem } : {}),
+      }),
+    );
 
   const writeConfig = (name: string, raw: RawConfig): string => {
-    const path = join(work, name);
+    const path = workPath(name);
     writeFileSync(path, JSON.stringify(raw, null, 2));
     return path;
   };
@@ -138,19 +122,11 @@ describe('security', () => {
           await endpoint.dispatcher.close();
         }
       };
-      const refusal = async (promise: Promise<unknown>): Promise<ForwarderError> => {
-        const error = await promise.then(
-          () => undefined,
-          (thrown: unknown) => thrown,
-        );
-        expect(error).toBeInstanceOf(ForwarderError);
-        return error as ForwarderError;
-      };
       const credentials = [{ username: source.username, password: source.password }];
 
       // The system's trust store does not know our CA; neither does a bundle of another CA.
       for (const tls of [{}, { caFile: pki.otherCaFile }] as Record<string, string>[]) {
-        const error = await refusal(lastChange(trusted.origin, tls));
+        const error = await forwarderErrorOf(lastChange(trusted.origin, tls));
         expect(error.kind).toBe('permanent');
         expectClearError(
           error.message,
@@ -160,7 +136,7 @@ describe('security', () => {
         );
       }
       // Our CA, but a certificate for another address.
-      const misnamed = await refusal(lastChange(wrongName.origin, { caFile: pki.caFile }));
+      const misnamed = await forwarderErrorOf(lastChange(wrongName.origin, { caFile: pki.caFile }));
       expect(misnamed.kind).toBe('permanent');
       expectClearError(
         misnamed.message,
@@ -181,10 +157,9 @@ describe('security', () => {
     });
 
     it('dead-letters at once and deletes nothing when the destination is not trusted, even with NODE_TLS_REJECT_UNAUTHORIZED=0; moves through TLS at both ends with caFile', async () => {
-      const [destination, source] = await Promise.all([
-        fleet.start({ name: 'destination', stableAge: 1, password: PASSWORD }),
-        fleet.start({ name: 'site-a', stableAge: 1, password: PASSWORD }),
-      ]);
+      const [destination, source] = await startServers(fleet, ['destination', 'site-a'], {
+        password: PASSWORD,
+      });
       const set = generateStudies(shape('tls-ca'));
       await upload(source, set.instances);
       const studyIds = (await source.rest<string[]>('GET', '/studies')).sort();
@@ -196,7 +171,7 @@ describe('security', () => {
       });
       const untrusted = withDestination(base, { url: destinationTls.urlFor(destination.dicomWebUrl) });
       const trusted = withDestination(untrusted, { caFile: pki.caFile });
-      const statePath = join(work, 'state.sqlite');
+      const statePath = workPath('state.sqlite');
       const untrustedPath = writeConfig('untrusted.json', untrusted);
       // Node's switch that turns certificate checks off for a whole process must not reach ours.
       const careless = { ...process.env, NODE_TLS_REJECT_UNAUTHORIZED: '0' };
@@ -245,10 +220,9 @@ describe('security', () => {
     });
 
     it('mutual TLS: a destination that requires a client certificate refuses the forwarder without one, and accepts it with clientCertFile and clientKeyFile', async () => {
-      const [destination, source] = await Promise.all([
-        fleet.start({ name: 'destination', stableAge: 1, password: PASSWORD }),
-        fleet.start({ name: 'site-a', stableAge: 1, password: PASSWORD }),
-      ]);
+      const [destination, source] = await startServers(fleet, ['destination', 'site-a'], {
+        password: PASSWORD,
+      });
       const set = generateStudies(shape('mutual-tls'));
       await upload(source, set.instances);
       const studyIds = (await source.rest<string[]>('GET', '/studies')).sort();
@@ -259,7 +233,7 @@ describe('security', () => {
         }),
         { url: front.urlFor(destination.dicomWebUrl), caFile: pki.caFile },
       );
-      const statePath = join(work, 'state.sqlite');
+      const statePath = workPath('state.sqlite');
       const anonymousPath = writeConfig('anonymous.json', anonymous);
 
       const refused = await run(anonymousPath, statePath);
@@ -306,11 +280,10 @@ describe('security', () => {
       { username, password: wrongSourcePassword },
       { username, password: wrongDestinationPassword },
     ];
-    const [destination, siteA, siteB] = await Promise.all([
-      fleet.start({ name: 'destination', stableAge: 1, username, password }),
-      fleet.start({ name: 'site-a', stableAge: 1, username, password }),
-      fleet.start({ name: 'site-b', stableAge: 1, username, password }),
-    ]);
+    const [destination, siteA, siteB] = await startServers(fleet, ['destination', 'site-a', 'site-b'], {
+      username,
+      password,
+    });
     const firstSet = generateStudies(shape('credentials-first'));
     await upload(siteA, firstSet.instances);
     const env = {
@@ -330,7 +303,7 @@ describe('security', () => {
         passwordEnv: 'FORWARDER_TEST_DESTINATION_PASSWORD',
       },
     });
-    const goodState = join(work, 'good.sqlite');
+    const goodState = workPath('good.sqlite');
     const moved = await run(goodPath, goodState, env, ['--log-level', 'DEBUG']);
     collect(moved);
     expect(moved.code, moved.stderr).toBe(0);
@@ -363,7 +336,7 @@ describe('security', () => {
       ],
       destination: { ...(refused.destination as object), password: wrongDestinationPassword },
     });
-    const refusedState = join(work, 'refused.sqlite');
+    const refusedState = workPath('refused.sqlite');
     const failed = await run(refusedPath, refusedState, env, ['--log-level', 'DEBUG']);
     collect(failed);
     expect(failed.code, failed.stderr).toBe(1);
@@ -390,11 +363,7 @@ describe('security', () => {
   });
 
   it('never logs patient data, even at DEBUG through a run with faults: the destination down then back, a source refusing the credentials, a refused instance', async () => {
-    const [destination, siteA, siteB] = await Promise.all([
-      fleet.start({ name: 'destination', stableAge: 1 }),
-      fleet.start({ name: 'site-a', stableAge: 1 }),
-      fleet.start({ name: 'site-b', stableAge: 1 }),
-    ]);
+    const [destination, siteA, siteB] = await startServers(fleet, ['destination', 'site-a', 'site-b']);
     const setA = generateStudies(shape('phi-faults-a', { patients: 3, modality: 'MR' }));
     const setB = generateStudies(shape('phi-faults-b', { patients: 2 }));
     // Without SOPClassUID: Orthanc's REST API stores it, its STOW-RS refuses it.
@@ -418,7 +387,7 @@ describe('security', () => {
         { password: distinctive('wrong') },
       ),
     );
-    const statePath = join(work, 'state.sqlite');
+    const statePath = workPath('state.sqlite');
     await destination.stop();
 
     // The destination comes back once a move has failed for want of it.

@@ -56,6 +56,11 @@ const listening = async (server: Server | TlsServer): Promise<number> => {
   return address.port;
 };
 
+const samePathAt = (origin: string, serverUrl: string): string => {
+  const path = new URL(serverUrl).pathname;
+  return `${origin}${path === '/' ? '' : path}`;
+};
+
 const readAll = async (stream: IncomingMessage): Promise<Buffer> => {
   const chunks: Buffer[] = [];
   for await (const chunk of stream) chunks.push(chunk as Buffer);
@@ -105,8 +110,7 @@ export class HttpFront {
 
   /** This front's URL for a URL of the server behind it (same path). */
   urlFor(serverUrl: string): string {
-    const url = new URL(serverUrl);
-    return `${this.origin}${url.pathname === '/' ? '' : url.pathname}`;
+    return samePathAt(this.origin, serverUrl);
   }
 
   async close(): Promise<void> {
@@ -218,8 +222,7 @@ export class TlsFront {
 
   /** This front's URL for a URL of the server behind it (same path). */
   urlFor(serverUrl: string): string {
-    const url = new URL(serverUrl);
-    return `${this.origin}${url.pathname === '/' ? '' : url.pathname}`;
+    return samePathAt(this.origin, serverUrl);
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,6 @@
 /**
- * What the local-mode tests share: running the CLI and other children, reading their logs,
- * uploading generated studies, and checking where each instance is.
+ * What the local-mode tests share: starting servers, running the runner, the CLI and other
+ * children, reading their logs, uploading generated studies, and checking where each instance is.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -9,10 +9,14 @@ import { afterAll, afterEach, beforeEach, expect } from 'vitest';
 import { type PollReport, pollSource } from '../../lambdas/core/changes-feed.ts';
 import type { ForwarderConfig } from '../../lambdas/core/config.ts';
 import { buildEngine, feedSettings } from '../../lambdas/core/engine.ts';
+import { ForwarderError } from '../../lambdas/core/errors.ts';
 import type { Log, LogAttributes } from '../../lambdas/core/log.ts';
+import type { MoveStep } from '../../lambdas/core/move-study.ts';
+import type { StudyOutcome } from '../../lambdas/core/ports.ts';
+import { LocalRunner, type RunSummary } from '../../lambdas/local/local-runner.ts';
 import type { LocalState } from '../../lambdas/local/sqlite-state.ts';
 import type { GeneratedInstance } from '../../testbed/dicom-generator.ts';
-import { OrthancFleet, type OrthancServer } from '../../testbed/orthanc.ts';
+import { OrthancFleet, type OrthancOptions, type OrthancServer } from '../../testbed/orthanc.ts';
 import { uploadToOrthanc } from '../../testbed/upload.ts';
 import { findInstance, heldUids, md5Of } from './invariant.ts';
 import { killChildren } from './processes.ts';
@@ -22,6 +26,7 @@ export { configFor, shape, until } from './fixtures.ts';
 export { findInstance, heldUids, md5Of, uidsOf } from './invariant.ts';
 export {
   BIN,
+  CRASH_AT,
   cli,
   killChildren,
   logLines,
@@ -45,14 +50,14 @@ export const newInstanceChanges = async (server: OrthancServer): Promise<number>
   ).Changes.filter((change) => change.ChangeType === 'NewInstance').length;
 
 /**
- * One poll of a source with a sweep of all its studies, as a run's poll would be (the runner's
- * first sweep comes only after sweepIntervalSeconds), on the given state.
+ * One poll of a source on the given state, with a sweep of all its studies unless told
+ * otherwise (a run's first sweep comes only after sweepIntervalSeconds).
  */
-export const pollWithSweep = async (
+export const pollOnce = async (
   config: ForwarderConfig,
   state: LocalState,
   log: Log,
-  sourceId = 'site-a',
+  { sourceId = 'site-a', sweep = true }: { sourceId?: string; sweep?: boolean } = {},
 ): Promise<PollReport> => {
   const engine = buildEngine(config, { ledger: state.ledger, feed: state.feed, log, owner: 'test' });
   const source = engine.sources.get(sourceId);
@@ -66,7 +71,7 @@ export const pollWithSweep = async (
       log,
       ...feedSettings(config, state.ledger),
     },
-    { sweep: true },
+    { sweep },
   );
 };
 
@@ -82,6 +87,48 @@ export const destinationEntry = (
   password: server.password,
   ...extra,
 });
+
+/**
+ * Starts servers at once, each named, and calling a study stable 1 s after its last instance so
+ * that the tests need not wait, unless its own options say otherwise; `shared` goes to every one
+ * (credentials, say).
+ */
+export const startServers = <const Servers extends readonly (string | OrthancOptions)[]>(
+  fleet: OrthancFleet,
+  servers: Servers,
+  shared: OrthancOptions = {},
+): Promise<{ -readonly [K in keyof Servers]: OrthancServer }> =>
+  Promise.all(
+    servers.map((server) =>
+      fleet.start({ stableAge: 1, ...shared, ...(typeof server === 'string' ? { name: server } : server) }),
+    ),
+  ) as Promise<{ -readonly [K in keyof Servers]: OrthancServer }>;
+
+/** Runs the local runner in-process until idle, keeping every study outcome of the run. */
+export const runUntilIdle = async (
+  config: ForwarderConfig,
+  state: LocalState,
+  log: Log,
+  options: { onStep?: (step: MoveStep, studyId: string) => Promise<void>; signal?: AbortSignal } = {},
+): Promise<{ summary: RunSummary; outcomes: StudyOutcome[] }> => {
+  const outcomes: StudyOutcome[] = [];
+  const summary = await new LocalRunner(config, state, log, { onStep: options.onStep }).run({
+    untilIdle: true,
+    onOutcome: (outcome) => outcomes.push(outcome),
+    ...(options.signal === undefined ? {} : { signal: options.signal }),
+  });
+  return { summary, outcomes };
+};
+
+/** The classified error a call rejects with; fails the test when it resolves. */
+export const forwarderErrorOf = async (promise: Promise<unknown>): Promise<ForwarderError> => {
+  const error = await promise.then(
+    () => undefined,
+    (thrown: unknown) => thrown,
+  );
+  expect(error).toBeInstanceOf(ForwarderError);
+  return error as ForwarderError;
+};
 
 /** A test configuration with a list of destinations instead of its one. */
 export const withDestinations = (raw: Readonly<Record<string, unknown>>, destinations: readonly object[]) => {
@@ -139,26 +186,46 @@ export const expectEachSomewhere = async (
   expect(instances.filter((i) => !held.has(i.sopInstanceUid)).map((i) => i.sopInstanceUid)).toEqual([]);
 };
 
+/** What a test puts in front of a server (an HTTP or TLS front): closed before the servers go. */
+interface Closable {
+  close(): Promise<void>;
+}
+
 /**
  * The usual set-up of a test file that starts servers: a fleet torn down after each test and at
  * the end, children killed, and a fresh working folder per test (`workPath` names files in it).
+ * `closeAfterTest` hands back what it is given, closed after the test.
  */
 export const useTestbed = (
   name: string,
-): { fleet: OrthancFleet; workPath: (...parts: string[]) => string } => {
+): {
+  fleet: OrthancFleet;
+  workPath: (...parts: string[]) => string;
+  closeAfterTest: <T extends Closable>(resource: T) => T;
+} => {
   const fleet = new OrthancFleet();
+  const closables: Closable[] = [];
   let work = '';
+  const tearDown = async () => {
+    killChildren();
+    await Promise.allSettled(closables.map((closable) => closable.close()));
+    closables.length = 0;
+    await fleet.destroyAll();
+  };
   beforeEach(() => {
     work = mkdtempSync(join(tmpdir(), `orthanc-forwarder-${name}-`));
   });
   afterEach(async () => {
-    killChildren();
-    await fleet.destroyAll();
+    await tearDown();
     rmSync(work, { recursive: true, force: true });
   });
-  afterAll(async () => {
-    killChildren();
-    await fleet.destroyAll();
-  });
-  return { fleet, workPath: (...parts) => join(work, ...parts) };
+  afterAll(tearDown);
+  return {
+    fleet,
+    workPath: (...parts) => join(work, ...parts),
+    closeAfterTest: (resource) => {
+      closables.push(resource);
+      return resource;
+    },
+  };
 };
