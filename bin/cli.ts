@@ -2,28 +2,16 @@
  * The orthanc-forwarder command line: parse, call the core, report. Exit codes: 0 success,
  * 1 something was dead-lettered or rejected, 2 a usage or configuration error.
  */
-import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
-import { SQSClient } from '@aws-sdk/client-sqs';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import {
-  type AwsResources,
-  deadLetterEntry,
-  formatAwsStatus,
-  formatDeadLetters,
-  formatRedriveProgress,
-  gatherAwsStatus,
-  listDeadLetters,
-  reachSources,
-  redrive,
-} from '../lambdas/aws/operations.ts';
 import { ConfigError, type ForwarderConfig } from '../lambdas/core/config.ts';
+import { deadLetterEntry, formatDeadLetters } from '../lambdas/core/dead-letters.ts';
 import { createLog, type LogLevel } from '../lambdas/core/log.ts';
 import { runDemo } from '../lambdas/local/demo.ts';
 import { defaultStatePath, loadConfigFile } from '../lambdas/local/load-config.ts';
 import { LocalRunner } from '../lambdas/local/local-runner.ts';
 import { openState } from '../lambdas/local/sqlite-state.ts';
 import { formatStatus, gatherStatus } from '../lambdas/local/status.ts';
+import type { AwsCliOptions } from './cli-aws.ts';
 
 const logLevelOption = () =>
   new Option('--log-level <level>', 'log level')
@@ -51,17 +39,10 @@ const withState = async <T>(
 };
 
 /**
- * `--aws`: the command works on the deployed stack instead of the state file. The resources come
- * from options, else from the variables the Lambdas read (QUEUE_URL, DLQ_URL, STATE_TABLE); the
- * stack's CliOptions output is the options to copy (docs/operations.md).
+ * `--aws`: the command works on the deployed stack instead of the state file. Imported only then,
+ * so that the local commands never load the AWS SDK.
  */
-interface AwsCliOptions {
-  aws?: boolean;
-  queueUrl?: string;
-  dlqUrl?: string;
-  table?: string;
-  region?: string;
-}
+const awsCommands = () => import('./cli-aws.ts');
 
 const withAwsOptions = (command: Command): Command =>
   command
@@ -81,34 +62,6 @@ const withAwsOptions = (command: Command): Command =>
       '--region <region>',
       'AWS: the region (default: aws.region of the configuration, else the SDK’s)',
     );
-
-const awsResources = <K extends keyof AwsResources>(
-  options: AwsCliOptions,
-  needed: readonly K[],
-): Pick<AwsResources, K> => {
-  const given: AwsResources = {
-    queueUrl: options.queueUrl ?? '',
-    deadLetterQueueUrl: options.dlqUrl ?? '',
-    tableName: options.table ?? '',
-  };
-  const flags = {
-    queueUrl: '--queue-url (QUEUE_URL)',
-    deadLetterQueueUrl: '--dlq-url (DLQ_URL)',
-    tableName: '--table (STATE_TABLE)',
-  };
-  const missing = needed.filter((key) => given[key] === '').map((key) => flags[key]);
-  if (missing.length > 0) {
-    throw new InvalidArgumentError(
-      `--aws needs ${missing.join(', ')}: copy the stack's CliOptions output (docs/operations.md)`,
-    );
-  }
-  return given;
-};
-
-const awsClientConfig = (options: AwsCliOptions, config: ForwarderConfig) => {
-  const region = options.region ?? config.aws?.region;
-  return region === undefined ? {} : { region };
-};
 
 /** Ends the run cleanly on the first SIGINT or SIGTERM; a second one exits at once. */
 const stopSignal = (): AbortSignal => {
@@ -167,24 +120,12 @@ withAwsOptions(
     .option('--reach-sources', 'AWS: ask each source for its newest change, to show the lag'),
 ).action(async (options: StateOptions & AwsCliOptions & { json?: boolean; reachSources?: boolean }) => {
   const config = loadConfigFile(options.config);
-  let report: unknown;
-  let text: string;
-  if (options.aws) {
-    const resources = awsResources(options, ['queueUrl', 'deadLetterQueueUrl', 'tableName']);
-    const clientConfig = awsClientConfig(options, config);
-    const aws = await gatherAwsStatus(
-      config,
-      { sqs: new SQSClient(clientConfig), dynamodb: new DynamoDBClient(clientConfig) },
-      resources,
-      options.reachSources
-        ? { lastChange: reachSources(config, new SecretsManagerClient(clientConfig)) }
-        : {},
-    );
-    [report, text] = [aws, formatAwsStatus(aws)];
-  } else {
-    const local = await withState(options, config, (state) => gatherStatus(config, state));
-    [report, text] = [local, formatStatus(local)];
-  }
+  const { report, text } = options.aws
+    ? await (await awsCommands()).awsStatus(options, config)
+    : await withState(options, config, async (state) => {
+        const local = await gatherStatus(config, state);
+        return { report: local, text: formatStatus(local) };
+      });
   process.stdout.write(`${options.json ? JSON.stringify(report) : text}\n`);
 });
 
@@ -207,11 +148,7 @@ withAwsOptions(
 ).action(async (options: StateOptions & AwsCliOptions & { json?: boolean; max: number }) => {
   const config = loadConfigFile(options.config);
   const entries = options.aws
-    ? await listDeadLetters(
-        new SQSClient(awsClientConfig(options, config)),
-        awsResources(options, ['deadLetterQueueUrl']).deadLetterQueueUrl,
-        { max: options.max },
-      )
+    ? await (await awsCommands()).awsDeadLetters(options, config)
     : (await withState(options, config, (state) => state.queue.deadLetters())).map((letter) =>
         deadLetterEntry({ ...letter, messageId: letter.id, sentAt: letter.deadLetteredAt }),
       );
@@ -242,17 +179,7 @@ withAwsOptions(
     process.stdout.write(`redrove ${count} message(s)\n`);
     return;
   }
-  const progress = await redrive(
-    new SQSClient(awsClientConfig(options, config)),
-    awsResources(options, ['queueUrl', 'deadLetterQueueUrl']),
-    {
-      wait: options.wait,
-      ...(options.rate === undefined ? {} : { maxPerSecond: options.rate }),
-      onProgress: (step) => process.stdout.write(`${formatRedriveProgress(step)}\n`),
-    },
-  );
-  if (progress.status !== 'COMPLETED' && (options.wait || progress.status !== 'RUNNING'))
-    process.exitCode = 1;
+  if (!(await (await awsCommands()).awsRedrive(options, config))) process.exitCode = 1;
 });
 
 program

@@ -19,11 +19,11 @@ import {
 } from '@aws-sdk/client-sqs';
 import { z } from 'zod';
 import type { ForwarderConfig, SourceConfig } from '../core/config.ts';
+import { type DeadLetterEntry, deadLetterEntry } from '../core/dead-letters.ts';
 import { describe } from '../core/errors.ts';
 import { createEndpoint } from '../core/http.ts';
 import { OrthancClient } from '../core/orthanc-client.ts';
-import type { RejectedInstance, Totals, WorkItem } from '../core/ports.ts';
-import { decodeWorkItem } from '../core/work-item.ts';
+import { type LedgerSummary, ledgerLines, type SourceProgress, sourceLines } from '../local/status.ts';
 import { DynamoFeedStore } from './dynamo-feed-store.ts';
 import { DynamoLedger } from './dynamo-ledger.ts';
 
@@ -44,22 +44,14 @@ export interface AwsQueueStats {
   readonly deadLetters: number;
 }
 
-export interface AwsSourceReport {
-  readonly id: string;
-  readonly cursor: number | undefined;
-  /** The source's newest change, when the source was reached. */
-  readonly last: number | undefined;
-  readonly lag: number | undefined;
-  readonly waitingToBecomeStable: number;
+export interface AwsSourceReport extends SourceProgress {
   /** Why `last` and `lag` are unknown. */
   readonly unknown?: string;
 }
 
-export interface AwsStatusReport {
+export interface AwsStatusReport extends LedgerSummary {
   readonly sources: readonly AwsSourceReport[];
   readonly queue: AwsQueueStats;
-  readonly rejected: readonly RejectedInstance[];
-  readonly totals: Totals;
 }
 
 /** Reads a source's newest change (`GET /changes?last`); absent: the sources are not asked. */
@@ -156,72 +148,21 @@ export const reachSources = (
   };
 };
 
-const cell = (value: string | number | undefined) => String(value ?? '-');
-
 export const formatAwsStatus = (report: AwsStatusReport): string => {
-  const lines = ['SOURCE\tCURSOR\tLAST\tLAG\tWAITING\tSTATE'];
-  for (const s of report.sources) {
-    lines.push(
-      [s.id, s.cursor, s.last, s.lag, s.waitingToBecomeStable, s.unknown ?? 'reachable'].map(cell).join('\t'),
-    );
-  }
   const q = report.queue;
-  lines.push(
+  return [
+    ...sourceLines(report.sources, (s) => s.unknown),
     '',
     `queue: ${q.waiting} waiting, ${q.inFlight} in flight (being moved, or waiting out a retry delay), ${q.deadLetters} dead letters`,
-  );
-  if (q.deadLetters > 0) lines.push('  see them with `dlq list`, put them back with `redrive`');
-  lines.push(`rejected instances: ${report.rejected.length}`);
-  for (const r of report.rejected) {
-    lines.push(`  ${r.sourceId} study ${r.studyId} instance ${r.instanceId}: ${r.reason}`);
-  }
-  const t = report.totals;
-  lines.push(
-    `moved so far: ${t.studies} studies, ${t.instances} instances, ${t.bytes} bytes, ${t.deleted} deleted`,
-  );
-  return lines.join('\n');
+    ...(q.deadLetters > 0 ? ['  see them with `dlq list`, put them back with `redrive`'] : []),
+    ...ledgerLines(report),
+  ].join('\n');
 };
 
 // --- dlq list ----------------------------------------------------------------------------------
 
-export interface DeadLetterEntry {
-  readonly messageId: string;
-  /** When the message was sent to the DLQ (epoch ms): by the forwarder, or by the SQS redrive policy. */
-  readonly sentAt: number | undefined;
-  /** The work item; undefined when the body is not one (then it is not shown, only its size). */
-  readonly item: WorkItem | undefined;
-  readonly bodyBytes: number;
-  /**
-   * The forwarder's last error and the receive count it was dead-lettered at; undefined for a
-   * message the queue's redrive policy moved (every attempt timed out or crashed the function).
-   */
-  readonly lastError: string | undefined;
-  readonly receiveCount: number | undefined;
-}
-
-/** A dead letter as `dlq list` shows it; the body only as the work item it decodes to. */
-export const deadLetterEntry = (letter: {
-  readonly messageId: string;
-  readonly body: string;
-  readonly sentAt: number | undefined;
-  readonly lastError: string | undefined;
-  readonly receiveCount: number | undefined;
-}): DeadLetterEntry => {
-  let item: WorkItem | undefined;
-  try {
-    item = decodeWorkItem(letter.body);
-  } catch {
-    item = undefined;
-  }
-  return {
-    messageId: letter.messageId,
-    sentAt: letter.sentAt,
-    item,
-    bodyBytes: Buffer.byteLength(letter.body),
-    lastError: letter.lastError,
-    receiveCount: letter.receiveCount,
-  };
-};
+// Printed the same as local mode's dead letters.
+export { type DeadLetterEntry, formatDeadLetters } from '../core/dead-letters.ts';
 
 const toEntry = (message: Message): DeadLetterEntry => {
   const attributes = message.MessageAttributes ?? {};
@@ -284,29 +225,6 @@ const releaseAll = async (sqs: SQSClient, queueUrl: string, messages: readonly M
       }),
     );
   }
-};
-
-const describeItem = (entry: DeadLetterEntry): string => {
-  if (entry.item === undefined) return `not a work item (${entry.bodyBytes} bytes, not shown)`;
-  const { sourceId, studyId, ...rest } = entry.item;
-  const extra = Object.entries(rest)
-    .map(([key, value]) => `${key} ${String(value)}`)
-    .join(', ');
-  return `source ${sourceId} study ${studyId}${extra === '' ? '' : ` (${extra})`}`;
-};
-
-export const formatDeadLetters = (entries: readonly DeadLetterEntry[]): string => {
-  if (entries.length === 0) return 'the dead-letter queue is empty';
-  const lines = [`${entries.length} dead letter(s):`];
-  for (const entry of entries) {
-    const when = entry.sentAt === undefined ? 'unknown time' : new Date(entry.sentAt).toISOString();
-    const why =
-      entry.lastError === undefined
-        ? "no recorded error: moved by the queue's redrive policy (the function timed out or crashed on every attempt); look for the message ID in the forwarder's logs"
-        : `${entry.lastError} (after ${entry.receiveCount ?? '?'} receive(s))`;
-    lines.push(`  ${entry.messageId}  ${when}  ${describeItem(entry)}`, `    ${why}`);
-  }
-  return lines.join('\n');
 };
 
 // --- redrive -----------------------------------------------------------------------------------

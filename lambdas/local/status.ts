@@ -1,4 +1,7 @@
-/** What `status` shows: per source, the queue, dead letters, rejected instances and totals. */
+/**
+ * What `status` shows: per source, the queue, dead letters, rejected instances and totals. The
+ * table of sources and the ledger's lines are those of `status --aws` too (lambdas/aws/operations.ts).
+ */
 import type { ForwarderConfig } from '../core/config.ts';
 import { describe } from '../core/errors.ts';
 import { createEndpoint } from '../core/http.ts';
@@ -6,22 +9,30 @@ import { OrthancClient } from '../core/orthanc-client.ts';
 import type { DeadLetter, QueueStats, RejectedInstance, Totals } from '../core/ports.ts';
 import type { LocalState } from './sqlite-state.ts';
 
-export interface SourceReport {
+/** Where the change-feed reader stands on a source. */
+export interface SourceProgress {
   readonly id: string;
   readonly cursor: number | undefined;
-  /** The source's newest change, or undefined when it could not be reached. */
+  /** The source's newest change, or undefined when it was not reached. */
   readonly last: number | undefined;
   readonly lag: number | undefined;
   readonly waitingToBecomeStable: number;
+}
+
+export interface SourceReport extends SourceProgress {
   readonly error?: string;
 }
 
-export interface StatusReport {
+/** What the ledger says: the instances refused for good, and the totals. */
+export interface LedgerSummary {
+  readonly rejected: readonly RejectedInstance[];
+  readonly totals: Totals;
+}
+
+export interface StatusReport extends LedgerSummary {
   readonly sources: readonly SourceReport[];
   readonly queue: QueueStats;
   readonly deadLetters: readonly DeadLetter[];
-  readonly rejected: readonly RejectedInstance[];
-  readonly totals: Totals;
 }
 
 const sourceReport = async (
@@ -58,22 +69,33 @@ export const gatherStatus = async (config: ForwarderConfig, state: LocalState): 
 const row = (cells: readonly (string | number | undefined)[]) =>
   cells.map((c) => String(c ?? '-')).join('\t');
 
-export const formatStatus = (report: StatusReport): string => {
-  const lines = ['SOURCE\tCURSOR\tLAST\tLAG\tWAITING\tSTATE'];
-  for (const s of report.sources) {
-    lines.push(row([s.id, s.cursor, s.last, s.lag, s.waitingToBecomeStable, s.error ?? 'reachable']));
-  }
-  const q = report.queue;
-  lines.push('', `queue: ${q.waiting} waiting, ${q.inFlight} in flight, ${q.deadLetters} dead letters`);
-  for (const d of report.deadLetters)
-    lines.push(`  dead letter ${d.id}: ${d.lastError} (${d.receiveCount} receives)`);
-  lines.push(`rejected instances: ${report.rejected.length}`);
-  for (const r of report.rejected) {
-    lines.push(`  ${r.sourceId} study ${r.studyId} instance ${r.instanceId}: ${r.reason}`);
-  }
+/** The table of sources, each with its state: `reachable`, or why not. */
+export const sourceLines = <Source extends SourceProgress>(
+  sources: readonly Source[],
+  stateOf: (source: Source) => string | undefined,
+): string[] => [
+  'SOURCE\tCURSOR\tLAST\tLAG\tWAITING\tSTATE',
+  ...sources.map((s) =>
+    row([s.id, s.cursor, s.last, s.lag, s.waitingToBecomeStable, stateOf(s) ?? 'reachable']),
+  ),
+];
+
+export const ledgerLines = (report: LedgerSummary): string[] => {
   const t = report.totals;
-  lines.push(
+  return [
+    `rejected instances: ${report.rejected.length}`,
+    ...report.rejected.map((r) => `  ${r.sourceId} study ${r.studyId} instance ${r.instanceId}: ${r.reason}`),
     `moved so far: ${t.studies} studies, ${t.instances} instances, ${t.bytes} bytes, ${t.deleted} deleted`,
-  );
-  return lines.join('\n');
+  ];
+};
+
+export const formatStatus = (report: StatusReport): string => {
+  const q = report.queue;
+  return [
+    ...sourceLines(report.sources, (s) => s.error),
+    '',
+    `queue: ${q.waiting} waiting, ${q.inFlight} in flight, ${q.deadLetters} dead letters`,
+    ...report.deadLetters.map((d) => `  dead letter ${d.id}: ${d.lastError} (${d.receiveCount} receives)`),
+    ...ledgerLines(report),
+  ].join('\n');
 };
