@@ -1,7 +1,8 @@
 /**
  * `npm run bench`: the side-by-side benchmark of the ceiling (files uploaded straight to the
  * destination), the push (the source Orthanc's own DICOMweb client) and the relay (our local
- * mode), on real Orthancs on loopback. See docs/performance.md for what it measures and how.
+ * mode), on real Orthancs on loopback; and the poller on the AWS emulators. See
+ * docs/performance.md for what it measures and how.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import {
@@ -68,6 +69,12 @@ interface CliOptions {
   verify: 'qido' | 'stow';
   sweep?: boolean;
   wado?: boolean;
+  pin?: boolean;
+  poller: boolean;
+  pollerOnly?: boolean;
+  pollerStudies: number;
+  pollerInstances: number;
+  forwardStudies: number;
   profile?: string;
   nodeFlags?: string;
   runtime: Runtime;
@@ -100,6 +107,22 @@ const program = new Command('bench')
   .option('--verify <level>', "relay's verify (qido or stow)", verifyLevel, DEFAULT_OPTIONS.relay.verify)
   .option('--sweep', 'only: the relay at several settings on the default set')
   .option('--wado', 'only: read every series from the source, WADO-RS per series against GET per instance')
+  .option('--pin', 'the destination Orthanc alone on CPU 1, everything else on CPU 0, as if on another host')
+  .option('--no-poller', 'skip the poller run on the AWS emulators')
+  .option('--poller-only', 'only: the poller run on the AWS emulators')
+  .option('--poller-studies <n>', "studies in the poller run's feed", whole, DEFAULT_OPTIONS.poller?.studies)
+  .option(
+    '--poller-instances <n>',
+    'instances per study in the poller run',
+    whole,
+    DEFAULT_OPTIONS.poller?.instancesPerStudy,
+  )
+  .option(
+    '--forward-studies <n>',
+    'queued studies the forwarder moves after the poller run',
+    whole,
+    DEFAULT_OPTIONS.poller?.forwardStudies,
+  )
   .option('--profile <dir>', 'write a V8 CPU profile of each relay child into this folder')
   .option('--node-flags <flags>', 'extra Node flags for the relay child, e.g. "--optimize-for-size"')
   .option(
@@ -141,6 +164,16 @@ const toOptions = (cli: CliOptions, onProgress: ((line: string) => void) | undef
   bigGb: cli.big ? cli.bigGb : undefined,
   sweep: cli.sweep === true,
   wado: cli.wado === true,
+  poller:
+    cli.poller || cli.pollerOnly === true
+      ? {
+          studies: cli.pollerStudies,
+          instancesPerStudy: cli.pollerInstances,
+          forwardStudies: cli.forwardStudies,
+        }
+      : undefined,
+  pollerOnly: cli.pollerOnly === true,
+  pin: cli.pin === true,
   relayRun: {
     runtime: cli.runtime,
     nodeFlags: [

@@ -1,6 +1,7 @@
 /**
  * The benchmark's measurement functions on a tiny data set: the figures have the documented
- * shape and every instance moved. No timing is asserted: the machine's load decides those.
+ * shape, every instance moved, every study was queued once, and the AWS requests are counted.
+ * No timing is asserted: the machine's load decides those.
  */
 import { describe, expect, it } from 'vitest';
 import { type BenchOptions, DEFAULT_OPTIONS } from '../scripts/bench/options.ts';
@@ -15,6 +16,8 @@ const TINY: BenchOptions = {
   ceilingConcurrency: [2],
   // About 5 MB: 16 instances of 512 KiB in one study, enough to exercise the memory run.
   bigGb: 0.005,
+  // A feed of 60 changes (6 studies of 4 instances); the forwarder then moves 3 of its studies.
+  poller: { studies: 6, instancesPerStudy: 4, forwardStudies: 3 },
 };
 
 const expectFigures = (figures: unknown) => {
@@ -35,7 +38,7 @@ const expectFigures = (figures: unknown) => {
 };
 
 describe('benchmark', () => {
-  it('measures the ceiling, the push and the relay on a tiny set, and every instance moves', async () => {
+  it('measures the ceiling, the push and the relay on a tiny set, and every instance moves; then the poller on the emulators', async () => {
     const result = JSON.parse(JSON.stringify(await runBenchmark(TINY)));
 
     for (const method of ['ceiling', 'push', 'relay']) {
@@ -72,6 +75,33 @@ describe('benchmark', () => {
       'bigStudyPeakRss[bundle:--optimize-for-size]',
       'relayCpuPer1000',
     ]);
-    expect(formatReport(result, 1)).toContain('relay/push');
+
+    // The poller run: every study queued once, and the forwarder's AWS requests per study as the
+    // README's cost estimate counts them (lease put, refused-instances query, outcome
+    // transaction, lease release; receive and delete by the event source mapping).
+    expect(result.poller).toMatchObject({
+      studies: 6,
+      instances: 24,
+      changes: 60,
+      queued: { messages: 6, distinctStudies: 6, duplicates: 0, missing: 0 },
+    });
+    expect(result.poller.poller.orthancRequests).toBeGreaterThan(0);
+    expect(result.poller.poller.aws['sqs:SendMessageBatch']).toMatchObject({ requests: 1, items: 6 });
+    expect(result.poller.forwarder.studies).toBe(3);
+    expect(Object.keys(result.poller.forwarder.aws).sort()).toEqual([
+      'dynamodb:DeleteItem',
+      'dynamodb:PutItem',
+      'dynamodb:Query',
+      'dynamodb:TransactWriteItems',
+    ]);
+    expect(result.poller.forwarder.perStudy).toMatchObject({
+      dynamodbRequests: 4,
+      writeRequestUnits: 6,
+      sqsRequests: 2,
+    });
+
+    const report = formatReport(result, 1);
+    expect(report).toContain('relay/push');
+    expect(report).toContain('Poller: a feed of 60 changes');
   });
 });

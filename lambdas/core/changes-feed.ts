@@ -64,8 +64,10 @@ export interface PollReport {
 interface ReadReport {
   /** The deadline stopped the read before Done. */
   outOfTime?: boolean;
-  /** Studies put on the watch list by this read. */
-  newlyWatched: number;
+  /** Studies this read put on the watch list and left there. */
+  watched: Set<string>;
+  /** Studies this read took off the watch list (Orthanc called them stable). */
+  unwatched: Set<string>;
   changesRead: number;
   queued: number;
   reset: boolean;
@@ -151,7 +153,8 @@ export const readChanges = async (
     raced: false,
     cursor: stored ?? 0,
     last: 0,
-    newlyWatched: 0,
+    watched: new Set(),
+    unwatched: new Set(),
   };
   let expected = stored;
   const queuedThisRead = new Set<string>(alreadyQueued);
@@ -185,11 +188,15 @@ export const readChanges = async (
     );
     const toWatch = [...created].filter((id) => !stable.has(id));
     await ctx.store.watch(ctx.sourceId, toWatch, (ctx.now ?? Date.now)());
-    report.newlyWatched += toWatch.length;
+    for (const id of toWatch) report.watched.add(id);
     await ctx.sink.enqueue(fresh);
     // A study Orthanc calls stable needs the watch list no more: under StableStudy it is queued;
     // under the other triggers its series or instances were.
     await ctx.store.unwatch(ctx.sourceId, [...stable]);
+    for (const id of stable) {
+      report.watched.delete(id);
+      report.unwatched.add(id);
+    }
     for (const workItem of fresh) queuedThisRead.add(itemKey(workItem));
     report.queued += fresh.length;
     report.changesRead += page.changes.length;
@@ -209,7 +216,7 @@ export const readChanges = async (
 /** Queues watched studies that Orthanc calls stable or that have been quiet long enough. */
 export const checkWatched = async (
   ctx: FeedContext,
-): Promise<{ queued: number; waiting: number; keys: Set<string> }> => {
+): Promise<{ queued: number; waiting: string[]; keys: Set<string> }> => {
   const now = (ctx.now ?? Date.now)();
   const watched = await ctx.store.watched(ctx.sourceId);
   const ready: WorkItem[] = [];
@@ -238,10 +245,11 @@ export const checkWatched = async (
     }
   });
   await ctx.sink.enqueue(ready);
-  await ctx.store.unwatch(ctx.sourceId, [...done, ...ready.map((r) => r.studyId)]);
+  const left = new Set([...done, ...ready.map((r) => r.studyId)]);
+  await ctx.store.unwatch(ctx.sourceId, [...left]);
   return {
     queued: ready.length,
-    waiting: watched.length - ready.length - done.length,
+    waiting: watched.map((entry) => entry.studyId).filter((id) => !left.has(id)),
     keys: new Set(ready.map(itemKey)),
   };
 };
@@ -253,7 +261,6 @@ export const sweepStudies = async (ctx: FeedContext): Promise<number> => {
   return ids.length;
 };
 
-/** One poll of one source: the feed, an optional sweep, then the watch list. */
 /**
  * One poll of one source: an optional sweep, the watch list, then the feed. The watch list goes
  * first: Orthanc flags a study stable and logs its StableStudy change at one moment, so a check
@@ -263,6 +270,8 @@ export const sweepStudies = async (ctx: FeedContext): Promise<number> => {
 export const pollSource = async (ctx: FeedContext, options: { sweep: boolean }): Promise<PollReport> => {
   if (options.sweep) await sweepStudies(ctx);
   const watched = await checkWatched(ctx);
-  const { newlyWatched, ...read } = await readChanges(ctx, watched.keys);
-  return { ...read, queued: read.queued + watched.queued, waiting: watched.waiting + newlyWatched };
+  const { watched: newlyWatched, unwatched, ...read } = await readChanges(ctx, watched.keys);
+  // What the watch list holds now: a study the check left waiting may have turned stable in the read.
+  const waiting = new Set([...watched.waiting.filter((id) => !unwatched.has(id)), ...newlyWatched]);
+  return { ...read, queued: read.queued + watched.queued, waiting: waiting.size };
 };

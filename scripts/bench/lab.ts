@@ -5,18 +5,20 @@
  */
 import { spawn } from 'node:child_process';
 import { mkdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { generateStudies, writeStudies } from '../../testbed/dicom-generator.ts';
 import { forwarderConfigFor } from '../../testbed/forwarder-config.ts';
 import { OrthancFleet, type OrthancServer } from '../../testbed/orthanc.ts';
 import { type UploadItem, uploadToOrthanc } from '../../testbed/upload.ts';
+import { bundle } from '../bundle.ts';
 import { RESULT_PREFIX } from './child.ts';
 import type { ChildJob, ChildResult, SeriesRef, ServerRef } from './operations.ts';
 import { instancesPerSeries, type RelaySettings, type Runtime, type SetShape } from './options.ts';
-import { cpuSeconds } from './proc.ts';
+import { cpuSeconds, pinToCpu } from './proc.ts';
 
-const CHILD = fileURLToPath(new URL('./child.ts', import.meta.url));
+export const CHILD = fileURLToPath(new URL('./child.ts', import.meta.url));
 /** The name of the destination in the source's DicomWeb.Servers, for the push. */
 export const PUSH_TARGET = 'bench-destination';
 const SOURCE_ID = 'bench-source';
@@ -56,12 +58,21 @@ export class Lab {
     this.work = work;
   }
 
-  /** Starts both Orthancs. The source never calls a study stable during a run (StableAge 1 h). */
-  static async start(work: string): Promise<Lab> {
+  /**
+   * Starts both Orthancs. The source never calls a study stable during a run (StableAge 1 h).
+   * `pin`: the destination gets CPU 1 to itself, and this process, the source and every child
+   * share CPU 0, as if the destination were another host.
+   */
+  static async start(work: string, options: { pin?: boolean } = {}): Promise<Lab> {
     mkdirSync(work, { recursive: true });
+    if (options.pin === true) {
+      if (cpus().length < 2) throw new Error('--pin needs at least 2 CPUs');
+      pinToCpu(process.pid, 0);
+    }
     const fleet = new OrthancFleet();
     try {
       const destination = await fleet.start({ name: 'bench-destination' });
+      if (options.pin === true && destination.pid !== undefined) pinToCpu(destination.pid, 1);
       const source = await fleet.start({
         name: 'bench-source',
         stableAge: 3600,
@@ -197,28 +208,11 @@ export class Lab {
     return { kind: 'relay', config, studies, statePath };
   }
 
-  /**
-   * The child as one bundled JavaScript file, built the way the Lambda functions are (esbuild,
-   * ESM, minified): no TypeScript to strip at run time and one module to compile.
-   */
+  /** The child bundled the way the shipped CLI is (scripts/bundle.ts). */
   private async bundle(): Promise<string> {
     if (this.bundled === undefined) {
       const outfile = join(this.work, 'child.bundle.mjs');
-      const { build } = await import('esbuild');
-      await build({
-        entryPoints: [CHILD],
-        outfile,
-        bundle: true,
-        platform: 'node',
-        format: 'esm',
-        target: 'node24',
-        mainFields: ['module', 'main'],
-        banner: {
-          js: "import { createRequire as __benchCreateRequire } from 'node:module'; const require = __benchCreateRequire(import.meta.url);",
-        },
-        minify: true,
-        logLevel: 'warning',
-      });
+      await bundle(CHILD, outfile);
       this.bundled = outfile;
     }
     return this.bundled;
@@ -258,7 +252,7 @@ const emptyServer = async (server: OrthancServer): Promise<void> => {
   if (left !== 0) throw new Error(`${server.name} still holds ${left} instances after emptying it`);
 };
 
-const runChild = (args: readonly string[]): Promise<ChildResult> =>
+export const runChild = (args: readonly string[]): Promise<ChildResult> =>
   new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--disable-warning=ExperimentalWarning', ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -2,7 +2,8 @@
  * The timed operations, each run in a child process of its own (scripts/bench/child.ts) so that
  * its CPU time and peak RSS are its own: the ceiling (files uploaded straight to the
  * destination), the push (the source Orthanc sends each study itself), the relay (our local
- * mode), and reading series from the source (WADO-RS against one request per instance).
+ * mode), reading series from the source (WADO-RS against one request per instance), and the
+ * poller run (scripts/bench/poller-job.ts).
  */
 import diagnostics from 'node:diagnostics_channel';
 import { createReadStream } from 'node:fs';
@@ -14,6 +15,7 @@ import { createLog } from '../../lambdas/core/log.ts';
 import type { StudyOutcome } from '../../lambdas/core/ports.ts';
 import { LocalRunner } from '../../lambdas/local/local-runner.ts';
 import { openState } from '../../lambdas/local/sqlite-state.ts';
+import type { PollerJob } from './poller-job.ts';
 
 export interface ServerRef {
   readonly url: string;
@@ -60,7 +62,7 @@ export interface ReadJob {
   readonly concurrency: number;
 }
 
-export type ChildJob = CeilingJob | PushJob | RelayJob | ReadJob;
+export type ChildJob = CeilingJob | PushJob | RelayJob | ReadJob | PollerJob;
 
 /** Requests made and TCP connections opened, per server (host:port). */
 export type ConnectionCounts = Record<string, { requests: number; connections: number }>;
@@ -323,7 +325,7 @@ export const runRead = async (job: ReadJob): Promise<OperationResult> => {
   return { seconds, counts };
 };
 
-export const runOperation = (job: ChildJob): Promise<OperationResult> => {
+export const runOperation = async (job: ChildJob): Promise<OperationResult> => {
   switch (job.kind) {
     case 'ceiling':
       return runCeiling(job);
@@ -333,5 +335,8 @@ export const runOperation = (job: ChildJob): Promise<OperationResult> => {
       return runRelay(job);
     case 'read':
       return runRead(job);
+    case 'poller':
+      // Imported here only: the AWS SDK would weigh on the other children's memory figures.
+      return (await import('./poller-job.ts')).runPoller(job);
   }
 };

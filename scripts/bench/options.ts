@@ -46,6 +46,14 @@ export interface RelaySettings {
   readonly verify: 'qido' | 'stow';
 }
 
+/** The poller run's feed: studies of one series, each its own patient (10 changes a study at 4 instances). */
+export interface PollerShape {
+  readonly studies: number;
+  readonly instancesPerStudy: number;
+  /** Queued studies the forwarder then moves, to count its requests per study. */
+  readonly forwardStudies: number;
+}
+
 export interface BenchOptions {
   /** The main set (default about 1,000 instances of 512 KiB in 4 studies). */
   readonly main: SetShape;
@@ -65,6 +73,12 @@ export interface BenchOptions {
   readonly sweep: boolean;
   /** Also compare reading a series with one WADO-RS request against one request per instance. */
   readonly wado: boolean;
+  /** The destination Orthanc alone on CPU 1, everything else on CPU 0 (as if on another host). */
+  readonly pin: boolean;
+  /** The poller run's feed, or undefined to skip it. */
+  readonly poller: PollerShape | undefined;
+  /** Only the poller run. */
+  readonly pollerOnly: boolean;
   /** How the relay's child runs: from the TypeScript sources or the bundle, with extra Node flags. */
   readonly relayRun: RelayRun;
   /** Further ways to run the relay in the memory run (each moves the large study once more). */
@@ -102,6 +116,9 @@ export const DEFAULT_SMALL: SetShape = {
   seriesPerStudy: 5,
 };
 
+/** About 100,000 changes: 10,000 studies of 4 instances. */
+export const DEFAULT_POLLER: PollerShape = { studies: 10_000, instancesPerStudy: 4, forwardStudies: 100 };
+
 export const DEFAULT_OPTIONS: BenchOptions = {
   main: DEFAULT_MAIN,
   small: DEFAULT_SMALL,
@@ -112,6 +129,9 @@ export const DEFAULT_OPTIONS: BenchOptions = {
   bigGb: 2,
   sweep: false,
   wado: false,
+  pin: false,
+  poller: DEFAULT_POLLER,
+  pollerOnly: false,
   relayRun: { runtime: 'ts', nodeFlags: [] },
   // The configuration that meets the memory target (docs/performance.md): built JavaScript, and
   // V8 told to favour memory over speed, which collects spent network buffers sooner.

@@ -1,4 +1,4 @@
-/** What the kernel says about a process: CPU time used so far, and the machine's load. */
+/** What the kernel says about a process (CPU time used so far, the machine's load), and CPU pinning. */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
@@ -29,6 +29,16 @@ export const cpuSeconds = (pid: number | undefined): number => {
   } catch {
     return 0;
   }
+};
+
+/**
+ * Binds a process and all its threads to one CPU (Linux `taskset`); threads and children it
+ * starts later inherit the binding.
+ */
+export const pinToCpu = (pid: number, cpu: number): void => {
+  execFileSync('taskset', ['--all-tasks', '--pid', '--cpu-list', String(cpu), String(pid)], {
+    stdio: 'ignore',
+  });
 };
 
 /** The load averages over 1, 5 and 15 minutes, rounded. */

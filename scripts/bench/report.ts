@@ -1,5 +1,7 @@
 /** The benchmark's figures as text tables, for a person to read. */
 import { relayRunLabel } from './options.ts';
+import type { PerStudy, PollerResult } from './poller.ts';
+import type { AwsTally } from './poller-job.ts';
 import type { BenchResult, SetResult } from './run.ts';
 import type { MethodFigures } from './stats.ts';
 
@@ -53,10 +55,49 @@ const setSection = (set: SetResult, repetitions: number): string[] => [
   '',
 ];
 
+const tallyLines = (tally: AwsTally, who: string): string[] =>
+  Object.entries(tally).map(
+    ([operation, t]) =>
+      `    ${pad(`${who} ${operation}`, 44)} ${pad(String(t.requests), 8)}` +
+      `${pad(t.failed === 0 ? '' : `(${t.failed} refused)`, 16)}${pad(String(t.items), 10)}` +
+      `${t.writeCapacityUnits > 0 ? `${num(t.writeCapacityUnits, 0)} WRU` : ''}` +
+      `${t.readCapacityUnits > 0 ? `${num(t.readCapacityUnits, 0)} RRU` : ''}`,
+  );
+
+const perStudyLine = (label: string, p: PerStudy): string =>
+  `  ${pad(label, 22)} DynamoDB ${num(p.dynamodbRequests, 2)} requests, ${num(p.writeRequestUnits, 2)} WRU, ` +
+  `${num(p.readRequestUnits, 2)} RRU; SQS ${num(p.sqsRequests, 2)} requests; Orthanc ${num(p.orthancRequests, 2)} requests`;
+
+const pollerSection = (p: PollerResult): string[] => [
+  `Poller: a feed of ${p.changes} changes (${p.studies} studies of ${p.instances / p.studies} instances), ` +
+    `read by the poller handler on DynamoDB Local and fauxqs (invocations of ${p.invocationSeconds} s)`,
+  `  ${p.poller.invocations} invocation(s), ${num(p.poller.seconds, 1)} s, ${num(p.poller.changesPerSecond, 0)} changes/s; ` +
+    `${p.poller.orthancRequests} requests to Orthanc on ${p.poller.orthancConnections} connections; ` +
+    `CPU-s per 1,000 changes: poller ${num(p.poller.cpuSecondsPer1000Changes.poller, 3)}, ` +
+    `source ${num(p.poller.cpuSecondsPer1000Changes.source, 3)}`,
+  `  each invocation: ${p.poller.reports
+    .map(
+      (r) =>
+        `${r.changesRead} changes read, ${r.queued} queued, ${r.waiting} watched${r.outOfTime === true ? ', out of time' : ''}`,
+    )
+    .join('; ')}`,
+  `  queued: ${p.queued.messages} messages, ${p.queued.distinctStudies} distinct studies, ` +
+    `${p.queued.duplicates} duplicates, ${p.queued.missing} missing`,
+  `  then the forwarder moved ${p.forwarder.studies} of them in ${p.forwarder.invocations} invocations, ${num(p.forwarder.seconds, 1)} s`,
+  `    ${pad('AWS requests', 44)} ${pad('calls', 8)}${pad('', 16)}${pad('items', 10)}capacity`,
+  ...tallyLines(p.poller.aws, 'poller'),
+  ...tallyLines(p.forwarder.aws, 'forwarder'),
+  ...tallyLines(p.forwarder.eventSourceMapping, 'event source mapping'),
+  '  per study:',
+  perStudyLine('poller', p.poller.perStudy),
+  perStudyLine('forwarder (+ mapping)', p.forwarder.perStudy),
+];
+
 export const formatReport = (result: BenchResult, repetitions: number): string => {
   const lines: string[] = [
     `Machine: ${result.machine.cpus} CPUs, Node ${result.machine.node}, load average ` +
-      `${result.machine.loadBefore.join(' ')} before, ${result.machine.loadAfter.join(' ')} after`,
+      `${result.machine.loadBefore.join(' ')} before, ${result.machine.loadAfter.join(' ')} after` +
+      `${result.machine.pinned ? '; the destination pinned to CPU 1, everything else to CPU 0' : ''}`,
     '',
   ];
   for (const set of result.sets) lines.push(...setSection(set, repetitions));
@@ -91,6 +132,7 @@ export const formatReport = (result: BenchResult, repetitions: number): string =
     }
     lines.push('');
   }
+  if (result.poller !== undefined) lines.push(...pollerSection(result.poller), '');
   const measured = result.targets.filter((target) => target.met !== undefined);
   if (measured.length > 0) {
     lines.push('Targets');

@@ -1,15 +1,17 @@
 /**
  * The benchmark itself: on each set, the ceiling, the push and the relay, interleaved and
  * repeated on a fresh destination (and a freshly loaded source); then the memory run with one
- * large study; or, as separate modes, the relay's tuning sweep and the WADO-RS read comparison.
+ * large study; then the poller run on the AWS emulators; or, as separate modes, the relay's
+ * tuning sweep, the WADO-RS read comparison, and the poller run alone.
  */
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type BigStudyResult, bigVariants, measureBigStudy } from './big-study.ts';
 import { Lab } from './lab.ts';
 import { type ReadPoint, runReadComparison, runSweep, type SweepPoint } from './modes.ts';
 import type { BenchOptions, RelaySettings, SetShape } from './options.ts';
+import { measurePoller, type PollerResult } from './poller.ts';
 import { machineLoad } from './proc.ts';
 import { type MethodFigures, ratio, round, summarise, type TrialFigures } from './stats.ts';
 import { evaluateTargets, type TargetResult } from './targets.ts';
@@ -38,6 +40,8 @@ export interface BenchResult {
   readonly machine: {
     readonly cpus: number;
     readonly node: string;
+    /** The destination had CPU 1 to itself (`--pin`). */
+    readonly pinned: boolean;
     readonly loadBefore: readonly number[];
     readonly loadAfter: readonly number[];
   };
@@ -49,6 +53,7 @@ export interface BenchResult {
   readonly bigStudy?: BigStudyResult;
   readonly sweep?: readonly SweepPoint[];
   readonly wado?: readonly ReadPoint[];
+  readonly poller?: PollerResult;
   readonly targets: readonly TargetResult[];
   readonly durationSeconds: number;
 }
@@ -124,24 +129,48 @@ export const runBenchmark = async (options: BenchOptions): Promise<BenchResult> 
   const progress = options.onProgress ?? (() => undefined);
   const started = performance.now();
   const loadBefore = machineLoad();
-  const lab = await Lab.start(mkdtempSync(join(tmpdir(), 'orthanc-forwarder-bench-')));
+  const work = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-bench-'));
+  const sets: SetResult[] = [];
+  let bigStudy: BigStudyResult | undefined;
+  let sweep: SweepPoint[] | undefined;
+  let wado: ReadPoint[] | undefined;
+  let poller: PollerResult | undefined;
   try {
-    const sets: SetResult[] = [];
-    let bigStudy: BigStudyResult | undefined;
-    let sweep: SweepPoint[] | undefined;
-    let wado: ReadPoint[] | undefined;
-    if (options.sweep) sweep = await runSweep(lab, options.main, options, progress);
-    if (options.wado) wado = await runReadComparison(lab, options.main, options, progress);
-    if (!options.sweep && !options.wado) {
-      sets.push(await compareOnSet(lab, options.main, options, progress));
-      if (options.small !== undefined) sets.push(await compareOnSet(lab, options.small, options, progress));
-      if (options.bigGb !== undefined) {
-        bigStudy = await measureBigStudy(lab, options.bigGb, options.relay, bigVariants(options), progress);
+    if (!options.pollerOnly) {
+      const lab = await Lab.start(join(work, 'lab'), { pin: options.pin });
+      try {
+        if (options.sweep) sweep = await runSweep(lab, options.main, options, progress);
+        if (options.wado) wado = await runReadComparison(lab, options.main, options, progress);
+        if (!options.sweep && !options.wado) {
+          sets.push(await compareOnSet(lab, options.main, options, progress));
+          if (options.small !== undefined)
+            sets.push(await compareOnSet(lab, options.small, options, progress));
+          if (options.bigGb !== undefined) {
+            bigStudy = await measureBigStudy(
+              lab,
+              options.bigGb,
+              options.relay,
+              bigVariants(options),
+              progress,
+            );
+          }
+        }
+      } finally {
+        await lab.stop();
       }
+    }
+    if (options.poller !== undefined && (options.pollerOnly || (!options.sweep && !options.wado))) {
+      poller = await measurePoller(options.poller, work, progress);
     }
     const main = sets[0];
     return {
-      machine: { cpus: cpus().length, node: process.version, loadBefore, loadAfter: machineLoad() },
+      machine: {
+        cpus: cpus().length,
+        node: process.version,
+        pinned: options.pin,
+        loadBefore,
+        loadAfter: machineLoad(),
+      },
       ...(main === undefined
         ? {}
         : { ceiling: main.ceiling, push: main.push, relay: main.relay, ratios: main.ratios }),
@@ -149,10 +178,11 @@ export const runBenchmark = async (options: BenchOptions): Promise<BenchResult> 
       ...(bigStudy === undefined ? {} : { bigStudy }),
       ...(sweep === undefined ? {} : { sweep }),
       ...(wado === undefined ? {} : { wado }),
+      ...(poller === undefined ? {} : { poller }),
       targets: evaluateTargets(sets, bigStudy),
       durationSeconds: round((performance.now() - started) / 1000, 1),
     };
   } finally {
-    await lab.stop();
+    rmSync(work, { recursive: true, force: true });
   }
 };
