@@ -76,7 +76,7 @@ interface CliOptions {
   pollerInstances: number;
   forwardStudies: number;
   profile?: string;
-  nodeFlags?: string;
+  nodeFlags: string;
   runtime: Runtime;
   bigVariants: RelayRun[];
 }
@@ -124,12 +124,16 @@ const program = new Command('bench')
     DEFAULT_OPTIONS.poller?.forwardStudies,
   )
   .option('--profile <dir>', 'write a V8 CPU profile of each relay child into this folder')
-  .option('--node-flags <flags>', 'extra Node flags for the relay child, e.g. "--optimize-for-size"')
+  .option(
+    '--node-flags <flags>',
+    'Node flags for the relay child ("" for none)',
+    DEFAULT_OPTIONS.relayRun.nodeFlags.join(' '),
+  )
   .option(
     '--runtime <runtime>',
     'the relay child runs from the TypeScript sources (ts) or a bundle (bundle)',
     runtime,
-    'ts',
+    DEFAULT_OPTIONS.relayRun.runtime,
   )
   .addOption(
     new Option(
@@ -178,7 +182,7 @@ const toOptions = (cli: CliOptions, onProgress: ((line: string) => void) | undef
     runtime: cli.runtime,
     nodeFlags: [
       ...(cli.profile === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${cli.profile}`]),
-      ...(cli.nodeFlags?.split(' ').filter((flag) => flag !== '') ?? []),
+      ...cli.nodeFlags.split(' ').filter((flag) => flag !== ''),
     ],
   },
   bigVariants: cli.bigVariants,

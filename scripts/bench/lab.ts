@@ -256,6 +256,8 @@ export const runChild = (args: readonly string[]): Promise<ChildResult> =>
   new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--disable-warning=ExperimentalWarning', ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
+      // As bin/orthanc-forwarder sets it for local mode.
+      env: { ...process.env, MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' },
     });
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
