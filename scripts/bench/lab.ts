@@ -61,7 +61,7 @@ export class Lab {
   /**
    * Starts both Orthancs. The source never calls a study stable during a run (StableAge 1 h).
    * `pin`: the destination gets CPU 1 to itself, and this process, the source and every child
-   * share CPU 0, as if the destination were another host.
+   * share CPU 0 (an experiment: it does not emulate separate hosts, docs/performance.md).
    */
   static async start(work: string, options: { pin?: boolean } = {}): Promise<Lab> {
     mkdirSync(work, { recursive: true });

@@ -73,7 +73,7 @@ export interface BenchOptions {
   readonly sweep: boolean;
   /** Also compare reading a series with one WADO-RS request against one request per instance. */
   readonly wado: boolean;
-  /** The destination Orthanc alone on CPU 1, everything else on CPU 0 (as if on another host). */
+  /** The destination Orthanc alone on CPU 1, everything else on CPU 0 (an experiment). */
   readonly pin: boolean;
   /** The poller run's feed, or undefined to skip it. */
   readonly poller: PollerShape | undefined;
