@@ -8,6 +8,8 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 60_000,
     pool: 'forks',
+    // node:sqlite (the local state) warns that it is experimental in every worker; the CLI silences it too.
+    execArgv: ['--disable-warning=ExperimentalWarning'],
     globalSetup: ['test/global-setup.ts'],
   },
 });
