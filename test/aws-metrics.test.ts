@@ -8,7 +8,6 @@
  */
 import { createServer, request, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { GetQueueAttributesCommand } from '@aws-sdk/client-sqs';
 import type { Context, SQSBatchResponse, SQSEvent } from 'aws-lambda';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { type AwsRuntime, createRuntime } from '../lambdas/aws/runtime.ts';
@@ -22,7 +21,7 @@ import { deliverOnce, lambdaContext } from '../testbed/event-source-mapping.ts';
 import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
 import { type SqsEmulator, startSqsEmulator } from '../testbed/sqs-emulator.ts';
 import { uploadToOrthanc } from '../testbed/upload.ts';
-import { emulatorEnv } from './support/aws-emulators.ts';
+import { drainQueue, emulatorEnv } from './support/aws-emulators.ts';
 
 const METRIC_NAMES: readonly MetricName[] = [
   'ChangesRead',
@@ -128,29 +127,13 @@ describe('EMF records of a forwarder run', () => {
   let records: EmfRecord[] = [];
   let logLines: Record<string, unknown>[] = [];
 
-  const queueDepth = async () => {
-    const answer = await sqs.client.send(
-      new GetQueueAttributesCommand({
-        QueueUrl: sqs.queueUrl,
-        AttributeNames: ['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible'],
-      }),
-    );
-    const attributes = answer.Attributes ?? {};
-    return (
-      Number(attributes.ApproximateNumberOfMessages) +
-      Number(attributes.ApproximateNumberOfMessagesNotVisible)
-    );
-  };
   const deliver = () => deliverOnce({ sqs: sqs.client, queueUrl: sqs.queueUrl, handler: forwarder });
-  const drain = async () => {
-    let failed = 0;
-    for (let round = 0; round < 50 && (await queueDepth()) > 0; round++) {
-      const report = await deliver();
-      failed += report.failed;
-      if (report.received === 0) await new Promise((resolve) => setTimeout(resolve, 200));
-    }
-    return failed;
-  };
+  /** Delivers until the queue is empty; returns how many deliveries failed. */
+  const drain = async () =>
+    (await drainQueue({ sqs: sqs.client, queueUrl: sqs.queueUrl, handler: forwarder })).reduce(
+      (failed, report) => failed + report.failed,
+      0,
+    );
   /** Polls as EventBridge would until `count` studies were queued. */
   const pollUntilQueued = async (count: number) => {
     let queued = 0;

@@ -6,7 +6,6 @@
 import { createHash } from 'node:crypto';
 import {
   ChangeMessageVisibilityCommand,
-  GetQueueAttributesCommand,
   ReceiveMessageCommand,
   SendMessageCommand,
 } from '@aws-sdk/client-sqs';
@@ -24,7 +23,7 @@ import { deliverOnce, lambdaContext } from '../testbed/event-source-mapping.ts';
 import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
 import { type SqsEmulator, startSqsEmulator } from '../testbed/sqs-emulator.ts';
 import { uploadToOrthanc } from '../testbed/upload.ts';
-import { emulatorEnv } from './support/aws-emulators.ts';
+import { drainQueue, emulatorEnv, queueDepth as sqsQueueDepth } from './support/aws-emulators.ts';
 
 const MAX_RECEIVES = 3;
 
@@ -60,30 +59,10 @@ describe('AWS pipeline on emulators and real Orthancs', () => {
   let forwarder: (event: SQSEvent, context: Context) => Promise<SQSBatchResponse>;
   const sets: GeneratedSet[] = [];
 
-  const queueDepth = async (queueUrl: string) => {
-    const answer = await sqs.client.send(
-      new GetQueueAttributesCommand({
-        QueueUrl: queueUrl,
-        AttributeNames: ['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible'],
-      }),
-    );
-    const attributes = answer.Attributes ?? {};
-    return (
-      Number(attributes.ApproximateNumberOfMessages) +
-      Number(attributes.ApproximateNumberOfMessagesNotVisible)
-    );
-  };
+  const queueDepth = (queueUrl: string) => sqsQueueDepth(sqs.client, queueUrl);
 
   /** The mapping's loop: deliver until the work queue is empty (bounded, never timed). */
-  const drain = async () => {
-    const deliveries = [];
-    for (let round = 0; round < 50 && (await queueDepth(sqs.queueUrl)) > 0; round++) {
-      const report = await deliverOnce({ sqs: sqs.client, queueUrl: sqs.queueUrl, handler: forwarder });
-      deliveries.push(report);
-      if (report.received === 0) await new Promise((resolve) => setTimeout(resolve, 200));
-    }
-    return deliveries;
-  };
+  const drain = () => drainQueue({ sqs: sqs.client, queueUrl: sqs.queueUrl, handler: forwarder });
 
   const poll = () => poller({ time: new Date().toISOString() }, lambdaContext('poller', 60_000));
 

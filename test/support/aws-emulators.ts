@@ -1,7 +1,11 @@
 /**
  * What the AWS tests share: the environment that points the AWS SDK, in the test process or in a
- * child, at DynamoDB Local and the SQS emulator, with their region and throwaway credentials.
+ * child, at DynamoDB Local and the SQS emulator, with their region and throwaway credentials; and
+ * the event source mapping's loop over a queue.
  */
+import { GetQueueAttributesCommand, type SQSClient } from '@aws-sdk/client-sqs';
+import type { Context, SQSBatchResponse, SQSEvent } from 'aws-lambda';
+import { type DeliveryReport, deliverOnce } from '../../testbed/event-source-mapping.ts';
 import { LOCAL_CREDENTIALS, LOCAL_REGION } from '../../testbed/sqs-emulator.ts';
 
 export const emulatorEnv = (endpoints: {
@@ -14,3 +18,52 @@ export const emulatorEnv = (endpoints: {
   ...(endpoints.dynamodb === undefined ? {} : { AWS_ENDPOINT_URL_DYNAMODB: endpoints.dynamodb }),
   ...(endpoints.sqs === undefined ? {} : { AWS_ENDPOINT_URL_SQS: endpoints.sqs }),
 });
+
+/** Messages on a queue, visible or in flight. */
+export const queueDepth = async (sqs: SQSClient, queueUrl: string): Promise<number> => {
+  const answer = await sqs.send(
+    new GetQueueAttributesCommand({
+      QueueUrl: queueUrl,
+      AttributeNames: ['ApproximateNumberOfMessages', 'ApproximateNumberOfMessagesNotVisible'],
+    }),
+  );
+  const attributes = answer.Attributes ?? {};
+  return (
+    Number(attributes.ApproximateNumberOfMessages) + Number(attributes.ApproximateNumberOfMessagesNotVisible)
+  );
+};
+
+export interface Mapping {
+  readonly sqs: SQSClient;
+  readonly queueUrl: string;
+  readonly handler: (event: SQSEvent, context: Context) => Promise<SQSBatchResponse>;
+}
+
+/** Waits between two polls of the mapping that found nothing visible. */
+const idle = () => new Promise((resolve) => setTimeout(resolve, 200));
+
+/**
+ * The mapping's loop: deliver until the queue is empty, `rounds` polls at most, 200 ms apart when
+ * nothing was visible (bounded by a count, never timed). Returns each poll's report.
+ */
+export const drainQueue = async (mapping: Mapping, rounds = 50): Promise<DeliveryReport[]> => {
+  const deliveries: DeliveryReport[] = [];
+  for (let round = 0; round < rounds && (await queueDepth(mapping.sqs, mapping.queueUrl)) > 0; round++) {
+    const report = await deliverOnce(mapping);
+    deliveries.push(report);
+    if (report.received === 0) await idle();
+  }
+  return deliveries;
+};
+
+/**
+ * The mapping's next invocation: polls (`rounds` at most, 200 ms apart) until a message is visible
+ * again, e.g. once its backoff ended, and delivers it. Reports nothing received if none came.
+ */
+export const deliverNext = async (mapping: Mapping, rounds = 50): Promise<DeliveryReport> => {
+  for (let round = 1; ; round++) {
+    const report = await deliverOnce(mapping);
+    if (report.received > 0 || round >= rounds) return report;
+    await idle();
+  }
+};

@@ -57,7 +57,7 @@ export const REQUESTS = {
  * The start of each part's headers in a STOW-RS body, the forwarder's (relay) and Orthanc's (push)
  * alike: counted on the wire, it tells how often an instance was sent.
  */
-const STOW_PART = '\r\nContent-Type: application/dicom\r\n';
+export const STOW_PART = '\r\nContent-Type: application/dicom\r\n';
 
 export type ServerRole = 'source' | 'destination';
 export type ServerAction = 'kill' | 'pause' | 'stop' | 'restart';
@@ -196,7 +196,7 @@ const FAILURE_MESSAGES = new Set([
 ]);
 
 /** Waits until a source has announced `count` studies stable (bounded: a hang is an error, not a wait). */
-const untilStudiesStable = async (server: OrthancServer, count: number): Promise<void> => {
+export const untilStudiesStable = async (server: OrthancServer, count: number): Promise<void> => {
   for (let attempt = 0; attempt < 600; attempt++) {
     const changes = await server.rest<{ Changes: { ChangeType: string }[] }>(
       'GET',

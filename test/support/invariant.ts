@@ -162,3 +162,40 @@ export const isComplete = (report: InvariantReport): boolean =>
   report.atDestination === report.checked &&
   report.duplicates.length === 0 &&
   report.corrupt.length === 0;
+
+/** Checks taken one after the other while something runs; see watchNothingLost. */
+export interface InvariantWatch {
+  /**
+   * Ends the watch after the check under way and one more, so that the last one follows the stop;
+   * returns every report.
+   */
+  stop(): Promise<InvariantReport[]>;
+}
+
+/**
+ * "At every moment", checked as often as the servers answer while a fault plays out: one check
+ * after another (about 50 ms apart) until stopped. Sound although a check is not atomic: it reads
+ * the sources before the destinations, and an instance leaves a source only once a destination
+ * holds it, which never deletes.
+ */
+export const watchNothingLost = (options: InvariantOptions): InvariantWatch => {
+  const reports: InvariantReport[] = [];
+  let stopping = false;
+  const loop = (async () => {
+    for (;;) {
+      const last = stopping;
+      reports.push(await checkNothingLost(options));
+      if (last) return;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  })();
+  // Handled here so that a failed check waits for stop() to report it, not for the process to.
+  loop.catch(() => undefined);
+  return {
+    stop: async () => {
+      stopping = true;
+      await loop;
+      return reports;
+    },
+  };
+};

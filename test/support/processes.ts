@@ -20,6 +20,12 @@ export const CRASH_STEPS = [
 ] as const;
 export type CrashStep = (typeof CRASH_STEPS)[number];
 
+/** One forwarder Lambda invocation that SIGKILLs itself at a point of its move (see lambda-crash-at.ts). */
+export const LAMBDA_CRASH_AT = fileURLToPath(new URL('./lambda-crash-at.ts', import.meta.url));
+/** Where lambda-crash-at.ts can die, as its HTTP client sees the move on the wire. */
+export const LAMBDA_CRASH_POINTS = ['stow-answered', 'delete-requested', 'delete-answered'] as const;
+export type LambdaCrashPoint = (typeof LAMBDA_CRASH_POINTS)[number];
+
 export interface ProcessResult {
   readonly code: number | null;
   readonly signal: NodeJS.Signals | null;
