@@ -43,6 +43,7 @@ import {
   destinationServers,
   type ForwarderConfig,
 } from '../lambdas/core/config.ts';
+import { ESM_BUNDLE } from './bundling.ts';
 
 /** The configuration the pipeline deploys: parsed by `parseConfig`, with its `aws` section. */
 export type DeployableConfig = ForwarderConfig & { readonly aws: AwsConfig };
@@ -312,12 +313,10 @@ export class OrthancForwarder extends Construct {
         bundling: {
           forceDockerBundling: false,
           format: OutputFormat.ESM,
-          target: 'node24',
+          target: ESM_BUNDLE.target,
           platform: 'node',
-          mainFields: ['module', 'main'],
-          // CommonJS dependencies inside an ES module bundle still call require() for built-ins.
-          banner:
-            "import { createRequire as __forwarderCreateRequire } from 'node:module'; const require = __forwarderCreateRequire(import.meta.url);",
+          mainFields: [...ESM_BUNDLE.mainFields],
+          banner: ESM_BUNDLE.requireBanner,
           minify: true,
           sourceMap: true,
           sourcesContent: false,

@@ -11,6 +11,7 @@ import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, extname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
+import { ESM_BUNDLE } from '../lib/bundling.ts';
 
 const fromRoot = (path: string) => fileURLToPath(new URL(`../${path}`, import.meta.url));
 
@@ -61,12 +62,9 @@ export const bundle = async (entry: string, outfile: string): Promise<void> => {
     bundle: true,
     platform: 'node',
     format: 'esm',
-    target: 'node24',
-    mainFields: ['module', 'main'],
-    // CommonJS dependencies inside an ES module bundle still call require() for built-ins.
-    banner: {
-      js: "import { createRequire as __bundleCreateRequire } from 'node:module'; const require = __bundleCreateRequire(import.meta.url);",
-    },
+    target: ESM_BUNDLE.target,
+    mainFields: [...ESM_BUNDLE.mainFields],
+    banner: { js: ESM_BUNDLE.requireBanner },
     minify: true,
     logLevel: 'warning',
   });

@@ -15,6 +15,7 @@ import { Queue } from 'aws-cdk-lib/aws-sqs';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ForwarderConfig, parseConfig } from '../lambdas/core/config.ts';
+import { ESM_BUNDLE } from '../lib/bundling.ts';
 import { addForwarder } from '../lib/forwarder-app.ts';
 import type { ForwarderStack } from '../lib/forwarder-stack.ts';
 
@@ -143,9 +144,7 @@ describe('the stack synthesized from examples/aws-config.json', () => {
       const assetDir = join(app.outdir, `asset.${key.replace(/\.zip$/, '')}`);
       expect(readdirSync(assetDir).sort()).toEqual(['index.mjs', 'index.mjs.map']);
       const code = readFileSync(join(assetDir, 'index.mjs'), 'utf8');
-      expect(
-        code.startsWith("import { createRequire as __forwarderCreateRequire } from 'node:module';"),
-      ).toBe(true);
+      expect(code.startsWith(ESM_BUNDLE.requireBanner)).toBe(true);
       const module = await import(pathToFileURL(join(assetDir, 'index.mjs')).href);
       expect(typeof module.handler).toBe('function');
     }
