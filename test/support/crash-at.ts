@@ -10,13 +10,12 @@
  * and before the cursor moves past their changes; 'cursor-advanced', once a cursor moved.
  * If no move ever reaches STEP it exits 3, so that the test can tell.
  */
-import { writeFileSync } from 'node:fs';
 import { createLog } from '../../lambdas/core/log.ts';
 import type { MoveStep } from '../../lambdas/core/move-study.ts';
 import { loadConfigFile } from '../../lambdas/local/load-config.ts';
 import { LocalRunner } from '../../lambdas/local/local-runner.ts';
 import { openState } from '../../lambdas/local/sqlite-state.ts';
-import { CRASH_STEPS, type CrashStep } from './processes.ts';
+import { CRASH_STEPS, type CrashStep, dieWithMarker } from './processes.ts';
 
 const [configPath, statePath, step, markerPath] = process.argv.slice(2);
 if (
@@ -32,10 +31,7 @@ if (
 const config = loadConfigFile(configPath);
 const state = openState(statePath, { maxReceives: config.retry.maxAttempts });
 const crash = (reached: CrashStep, details: Record<string, unknown>): void => {
-  if (reached !== step) return;
-  // Synchronous, so that the marker is on disk before the process is gone.
-  writeFileSync(markerPath, JSON.stringify({ step: reached, ...details }));
-  process.kill(process.pid, 'SIGKILL');
+  if (reached === step) dieWithMarker(markerPath, { step: reached, ...details });
 };
 const onStep = (reached: MoveStep, studyId: string): void => crash(reached, { studyId });
 // The feed reader's writes, seen from the state it is given: each resolves once committed.

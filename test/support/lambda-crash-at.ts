@@ -21,12 +21,11 @@
  * can tell.
  */
 import { subscribe } from 'node:diagnostics_channel';
-import { writeFileSync } from 'node:fs';
 import type { SQSRecord } from 'aws-lambda';
 import { createRuntime } from '../../lambdas/aws/runtime.ts';
 import { createForwarderHandler } from '../../lambdas/handlers/forwarder.ts';
 import { deliverOnce } from '../../testbed/event-source-mapping.ts';
-import { LAMBDA_CRASH_POINTS, type LambdaCrashPoint } from './processes.ts';
+import { dieWithMarker, LAMBDA_CRASH_POINTS, type LambdaCrashPoint } from './processes.ts';
 
 const [point, markerPath] = process.argv.slice(2);
 if (markerPath === undefined || !LAMBDA_CRASH_POINTS.includes(point as LambdaCrashPoint)) {
@@ -42,17 +41,12 @@ interface UndiciRequest {
 let record: SQSRecord | undefined;
 const crash = (reached: LambdaCrashPoint): void => {
   if (reached !== point) return;
-  // Synchronous, so that the marker is on disk before the process is gone.
-  writeFileSync(
-    markerPath,
-    JSON.stringify({
-      point: reached,
-      messageId: record?.messageId,
-      receiptHandle: record?.receiptHandle,
-      receiveCount: Number(record?.attributes.ApproximateReceiveCount),
-    }),
-  );
-  process.kill(process.pid, 'SIGKILL');
+  dieWithMarker(markerPath, {
+    point: reached,
+    messageId: record?.messageId,
+    receiptHandle: record?.receiptHandle,
+    receiveCount: Number(record?.attributes.ApproximateReceiveCount),
+  });
 };
 const isStow = (request: UndiciRequest) => request.method === 'POST' && request.path.endsWith('/studies');
 const isBulkDelete = (request: UndiciRequest) =>

@@ -4,6 +4,7 @@
  * running when the test or the script is done.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 export const BIN = fileURLToPath(new URL('../../bin/orthanc-forwarder', import.meta.url));
@@ -25,6 +26,16 @@ export const LAMBDA_CRASH_AT = fileURLToPath(new URL('./lambda-crash-at.ts', imp
 /** Where lambda-crash-at.ts can die, as its HTTP client sees the move on the wire. */
 export const LAMBDA_CRASH_POINTS = ['stow-answered', 'delete-requested', 'delete-answered'] as const;
 export type LambdaCrashPoint = (typeof LAMBDA_CRASH_POINTS)[number];
+
+/**
+ * How the crash drivers die: the marker written synchronously, so that it is on disk before the
+ * process is gone, then SIGKILL: no handler, no cleanup.
+ */
+export const dieWithMarker = (markerPath: string, marker: Readonly<Record<string, unknown>>): never => {
+  writeFileSync(markerPath, JSON.stringify(marker));
+  process.kill(process.pid, 'SIGKILL');
+  throw new Error('SIGKILL did not end the process');
+};
 
 export interface ProcessResult {
   readonly code: number | null;
