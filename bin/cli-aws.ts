@@ -10,7 +10,6 @@ import { InvalidArgumentError } from 'commander';
 import {
   type AwsResources,
   type AwsStatusReport,
-  type DeadLetterEntry,
   formatAwsStatus,
   formatRedriveProgress,
   gatherAwsStatus,
@@ -19,6 +18,7 @@ import {
   redrive,
 } from '../lambdas/aws/operations.ts';
 import type { ForwarderConfig } from '../lambdas/core/config.ts';
+import type { DeadLetterEntry } from '../lambdas/core/dead-letters.ts';
 
 /**
  * The resources come from options, else from the variables the Lambdas read (QUEUE_URL, DLQ_URL,

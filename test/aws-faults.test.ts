@@ -29,8 +29,8 @@ import { type GeneratedInstance, generateStudies } from '../testbed/dicom-genera
 import { type DynamoDbLocal, startDynamoDbLocal } from '../testbed/dynamodb-local.ts';
 import { type DeliveryReport, deliverOnce, lambdaContext } from '../testbed/event-source-mapping.ts';
 import type { OrthancServer } from '../testbed/orthanc.ts';
-import { type SqsEmulator, startSqsEmulator } from '../testbed/sqs-emulator.ts';
-import { deliverNext, drainQueue, emulatorEnv, queueDepth } from './support/aws-emulators.ts';
+import { emulatorEnv, type SqsEmulator, startSqsEmulator } from '../testbed/sqs-emulator.ts';
+import { deliverNext, drainQueue, queueDepth } from './support/aws-emulators.ts';
 import { REQUESTS, STOW_PART, untilStudiesStable } from './support/fault-scenario.ts';
 import {
   captureLog,

@@ -19,9 +19,9 @@ import { type GeneratedSet, generateStudies } from '../testbed/dicom-generator.t
 import { type DynamoDbLocal, startDynamoDbLocal } from '../testbed/dynamodb-local.ts';
 import { deliverOnce, lambdaContext } from '../testbed/event-source-mapping.ts';
 import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
-import { type SqsEmulator, startSqsEmulator } from '../testbed/sqs-emulator.ts';
+import { emulatorEnv, type SqsEmulator, startSqsEmulator } from '../testbed/sqs-emulator.ts';
 import { uploadToOrthanc } from '../testbed/upload.ts';
-import { drainQueue, emulatorEnv } from './support/aws-emulators.ts';
+import { drainQueue } from './support/aws-emulators.ts';
 
 const METRIC_NAMES: readonly MetricName[] = [
   'ChangesRead',

@@ -25,7 +25,6 @@ import { DynamoLedger } from '../lambdas/aws/dynamo-ledger.ts';
 import {
   type AwsResources,
   formatAwsStatus,
-  formatDeadLetters,
   gatherAwsStatus,
   listDeadLetters,
   queueStats,
@@ -35,16 +34,17 @@ import {
 } from '../lambdas/aws/operations.ts';
 import { SqsDeadLetters } from '../lambdas/aws/sqs-dead-letters.ts';
 import { type ForwarderConfig, parseConfig } from '../lambdas/core/config.ts';
+import { formatDeadLetters } from '../lambdas/core/dead-letters.ts';
 import { encodeWorkItem } from '../lambdas/core/work-item.ts';
 import { openState } from '../lambdas/local/sqlite-state.ts';
 import { type DynamoDbLocal, startDynamoDbLocal } from '../testbed/dynamodb-local.ts';
 import {
+  emulatorEnv,
   LOCAL_CREDENTIALS,
   LOCAL_REGION,
   type SqsEmulator,
   startSqsEmulator,
 } from '../testbed/sqs-emulator.ts';
-import { emulatorEnv } from './support/aws-emulators.ts';
 import { cli } from './support/processes.ts';
 
 const MAX_RECEIVES = 2;

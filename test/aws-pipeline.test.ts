@@ -21,9 +21,9 @@ import { type GeneratedInstance, type GeneratedSet, generateStudies } from '../t
 import { type DynamoDbLocal, startDynamoDbLocal } from '../testbed/dynamodb-local.ts';
 import { deliverOnce, lambdaContext } from '../testbed/event-source-mapping.ts';
 import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
-import { type SqsEmulator, startSqsEmulator } from '../testbed/sqs-emulator.ts';
+import { emulatorEnv, type SqsEmulator, startSqsEmulator } from '../testbed/sqs-emulator.ts';
 import { uploadToOrthanc } from '../testbed/upload.ts';
-import { drainQueue, emulatorEnv, queueDepth as sqsQueueDepth } from './support/aws-emulators.ts';
+import { drainQueue, queueDepth as sqsQueueDepth } from './support/aws-emulators.ts';
 
 const MAX_RECEIVES = 3;
 

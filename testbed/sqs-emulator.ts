@@ -8,6 +8,21 @@ import { startFauxqs } from 'fauxqs';
 export const LOCAL_CREDENTIALS = { accessKeyId: 'local', secretAccessKey: 'local' } as const;
 export const LOCAL_REGION = 'us-east-1';
 
+/**
+ * The environment that points the AWS SDK, in this process or in a child, at the emulators
+ * (DynamoDB Local, this SQS emulator), with their region and throwaway credentials.
+ */
+export const emulatorEnv = (endpoints: {
+  readonly dynamodb?: string;
+  readonly sqs?: string;
+}): Record<string, string> => ({
+  AWS_REGION: LOCAL_REGION,
+  AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
+  AWS_SECRET_ACCESS_KEY: LOCAL_CREDENTIALS.secretAccessKey,
+  ...(endpoints.dynamodb === undefined ? {} : { AWS_ENDPOINT_URL_DYNAMODB: endpoints.dynamodb }),
+  ...(endpoints.sqs === undefined ? {} : { AWS_ENDPOINT_URL_SQS: endpoints.sqs }),
+});
+
 export interface SqsEmulator {
   readonly endpoint: string;
   readonly client: SQSClient;

@@ -161,9 +161,6 @@ export const formatAwsStatus = (report: AwsStatusReport): string => {
 
 // --- dlq list ----------------------------------------------------------------------------------
 
-// Printed the same as local mode's dead letters.
-export { type DeadLetterEntry, formatDeadLetters } from '../core/dead-letters.ts';
-
 const toEntry = (message: Message): DeadLetterEntry => {
   const attributes = message.MessageAttributes ?? {};
   const sent = message.Attributes?.SentTimestamp;

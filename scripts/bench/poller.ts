@@ -14,13 +14,9 @@ import { parseConfig } from '../../lambdas/core/config.ts';
 import { decodeWorkItem } from '../../lambdas/core/work-item.ts';
 import { generateStudies } from '../../testbed/dicom-generator.ts';
 import { startDynamoDbLocal } from '../../testbed/dynamodb-local.ts';
+import { forwarderConfigFor } from '../../testbed/forwarder-config.ts';
 import { OrthancFleet, type OrthancServer } from '../../testbed/orthanc.ts';
-import {
-  LOCAL_CREDENTIALS,
-  LOCAL_REGION,
-  type SqsEmulator,
-  startSqsEmulator,
-} from '../../testbed/sqs-emulator.ts';
+import { emulatorEnv, type SqsEmulator, startSqsEmulator } from '../../testbed/sqs-emulator.ts';
 import { uploadToOrthanc } from '../../testbed/upload.ts';
 import { CHILD, runChild } from './lab.ts';
 import type { PollerShape } from './options.ts';
@@ -91,30 +87,28 @@ const sum = (tally: AwsTally, service: string, field: keyof AwsTally[string]): n
     .filter(([operation]) => operation.startsWith(`${service}:`))
     .reduce((total, [, entry]) => total + entry[field], 0);
 
-const perStudy = (phase: PhaseRequests, studies: number): PerStudy => {
+/** Requests (or new connections) to the Orthancs, all servers together. */
+const orthancTotal = (phase: PhaseRequests, field: 'requests' | 'connections'): number =>
+  Object.values(phase.orthanc).reduce((total, counts) => total + counts[field], 0);
+
+const phaseResult = (phase: PollerJobResult['forwarder'], studies: number): PollerPhaseResult => {
   const per = (value: number) => round(value / Math.max(1, studies), 3);
-  const orthanc = Object.values(phase.orthanc).reduce((total, counts) => total + counts.requests, 0);
   return {
-    dynamodbRequests: per(sum(phase.aws, 'dynamodb', 'requests')),
-    writeRequestUnits: per(sum(phase.aws, 'dynamodb', 'writeCapacityUnits')),
-    readRequestUnits: per(sum(phase.aws, 'dynamodb', 'readCapacityUnits')),
-    sqsRequests: per(sum(phase.aws, 'sqs', 'requests') + sum(phase.eventSourceMapping, 'sqs', 'requests')),
-    orthancRequests: per(orthanc),
+    invocations: phase.invocations,
+    seconds: round(phase.seconds, 2),
+    aws: phase.aws,
+    eventSourceMapping: phase.eventSourceMapping,
+    orthancRequests: orthancTotal(phase, 'requests'),
+    orthancConnections: orthancTotal(phase, 'connections'),
+    perStudy: {
+      dynamodbRequests: per(sum(phase.aws, 'dynamodb', 'requests')),
+      writeRequestUnits: per(sum(phase.aws, 'dynamodb', 'writeCapacityUnits')),
+      readRequestUnits: per(sum(phase.aws, 'dynamodb', 'readCapacityUnits')),
+      sqsRequests: per(sum(phase.aws, 'sqs', 'requests') + sum(phase.eventSourceMapping, 'sqs', 'requests')),
+      orthancRequests: per(orthancTotal(phase, 'requests')),
+    },
   };
 };
-
-const phaseResult = (
-  phase: PollerJobResult['forwarder'],
-  studies: number,
-): Omit<PollerPhaseResult, 'perStudy'> & { perStudy: PerStudy } => ({
-  invocations: phase.invocations,
-  seconds: round(phase.seconds, 2),
-  aws: phase.aws,
-  eventSourceMapping: phase.eventSourceMapping,
-  orthancRequests: Object.values(phase.orthanc).reduce((total, counts) => total + counts.requests, 0),
-  orthancConnections: Object.values(phase.orthanc).reduce((total, counts) => total + counts.connections, 0),
-  perStudy: perStudy(phase, studies),
-});
 
 /** Waits until the feed has stopped growing at or beyond `expected` changes: every study stable. */
 const settledFeed = async (source: OrthancServer, expected: number): Promise<number> => {
@@ -163,59 +157,38 @@ export const measurePoller = async (
   progress: Progress,
 ): Promise<PollerResult> => {
   const fleet = new OrthancFleet();
-  const started = await Promise.allSettled([
+  // Started at once; whichever started is stopped at the end, whatever failed.
+  const emulators = [
     startDynamoDbLocal(),
     startSqsEmulator({ maxReceiveCount: 5, visibilityTimeoutSeconds: 3600 }),
-    fleet.start({ name: 'bench-feed-source', stableAge: 1 }),
-    fleet.start({ name: 'bench-feed-destination' }),
-  ]);
-  const [dynamo, sqs, source, destination] = started;
+  ] as const;
   try {
-    if (
-      dynamo.status !== 'fulfilled' ||
-      sqs.status !== 'fulfilled' ||
-      source.status !== 'fulfilled' ||
-      destination.status !== 'fulfilled'
-    ) {
-      const failure = started.find((outcome) => outcome.status === 'rejected');
-      throw failure?.reason ?? new Error('poller: could not start the emulators');
-    }
-    const loaded = await loadFeed(source.value, shape, progress);
-    const sourceStudies = await source.value.rest<string[]>('GET', '/studies');
-    const config = parseConfig({
-      sources: [
-        {
-          id: 'site',
-          url: source.value.url,
-          username: source.value.username,
-          password: source.value.password,
-        },
-      ],
-      destination: {
-        url: destination.value.dicomWebUrl,
-        username: destination.value.username,
-        password: destination.value.password,
-      },
-      // The stack's section with its defaults: the poller's timeout and the forwarder's batch size.
-      aws: { vpc: PLACEHOLDER_VPC },
-    });
+    const [dynamo, sqs, source, destination] = await Promise.all([
+      ...emulators,
+      fleet.start({ name: 'bench-feed-source', stableAge: 1 }),
+      fleet.start({ name: 'bench-feed-destination' }),
+    ]);
+    const loaded = await loadFeed(source, shape, progress);
+    const sourceStudies = await source.rest<string[]>('GET', '/studies');
+    const config = parseConfig(
+      forwarderConfigFor([{ id: 'site', server: source }], destination, {
+        // The stack's section with its defaults: the poller's timeout and the forwarder's batch size.
+        aws: { vpc: PLACEHOLDER_VPC },
+      }),
+    );
     if (config.aws === undefined) throw new Error('poller: the configuration lost its aws section');
     const invocationSeconds = config.aws.poller.timeoutSeconds;
     const job: PollerJob = {
       kind: 'poller',
       env: {
-        AWS_REGION: LOCAL_REGION,
-        AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: LOCAL_CREDENTIALS.secretAccessKey,
-        AWS_ENDPOINT_URL_DYNAMODB: dynamo.value.endpoint,
-        AWS_ENDPOINT_URL_SQS: sqs.value.endpoint,
+        ...emulatorEnv({ dynamodb: dynamo.endpoint, sqs: sqs.endpoint }),
         AWS_LAMBDA_FUNCTION_NAME: 'orthanc-forwarder-bench',
         POWERTOOLS_METRICS_NAMESPACE: 'OrthancForwarderBench',
         POWERTOOLS_LOG_LEVEL: 'WARN',
         FORWARDER_CONFIG: JSON.stringify(config),
-        STATE_TABLE: dynamo.value.tableName,
-        QUEUE_URL: sqs.value.queueUrl,
-        DLQ_URL: sqs.value.deadLetterQueueUrl,
+        STATE_TABLE: dynamo.tableName,
+        QUEUE_URL: sqs.queueUrl,
+        DLQ_URL: sqs.deadLetterQueueUrl,
       },
       invocationMs: invocationSeconds * 1000,
       forwardStudies: Math.min(shape.forwardStudies, shape.studies),
@@ -224,14 +197,13 @@ export const measurePoller = async (
     const jobPath = join(work, 'poller-job.json');
     writeFileSync(jobPath, JSON.stringify(job));
     progress(`poller: reading ${loaded.changes} changes`);
-    const sourceCpuBefore = cpuSeconds(source.value.pid);
+    const sourceCpuBefore = cpuSeconds(source.pid);
     const result = (await runChild([CHILD, jobPath])) as unknown as PollerJobResult;
-    const sourceCpu = cpuSeconds(source.value.pid) - sourceCpuBefore;
-    const remaining = await queuedStudies(sqs.value);
-    const moved = await destination.value.rest<string[]>('GET', '/studies');
+    const sourceCpu = cpuSeconds(source.pid) - sourceCpuBefore;
+    const remaining = await queuedStudies(sqs);
+    const moved = await destination.rest<string[]>('GET', '/studies');
     const distinct = new Set([...remaining, ...moved]);
-    const messages = remaining.length + result.forwarder.invocations * job.forwarderBatchSize;
-    const pollerPhase = phaseResult(result.poller, shape.studies);
+    const messages = remaining.length + (result.counts.studiesForwarded ?? 0);
     const perThousand = (value: number) => round((value * 1000) / loaded.changes, 3);
     return {
       studies: shape.studies,
@@ -239,7 +211,7 @@ export const measurePoller = async (
       changes: loaded.changes,
       invocationSeconds,
       poller: {
-        ...pollerPhase,
+        ...phaseResult(result.poller, shape.studies),
         reports: result.poller.reports,
         changesPerSecond: round(loaded.changes / result.poller.seconds, 0),
         cpuSecondsPer1000Changes: {
@@ -258,8 +230,7 @@ export const measurePoller = async (
   } finally {
     await Promise.allSettled([
       fleet.destroyAll(),
-      dynamo.status === 'fulfilled' ? dynamo.value.stop() : undefined,
-      sqs.status === 'fulfilled' ? sqs.value.stop() : undefined,
+      ...emulators.map(async (started) => (await started).stop()),
     ]);
   }
 };

@@ -1,23 +1,11 @@
 /**
- * What the AWS tests share: the environment that points the AWS SDK, in the test process or in a
- * child, at DynamoDB Local and the SQS emulator, with their region and throwaway credentials; and
- * the event source mapping's loop over a queue.
+ * What the AWS tests share: the depth of a queue, and the event source mapping's loop over it.
+ * (The environment that points the AWS SDK at the emulators is testbed/sqs-emulator.ts's
+ * `emulatorEnv`.)
  */
 import { GetQueueAttributesCommand, type SQSClient } from '@aws-sdk/client-sqs';
 import type { Context, SQSBatchResponse, SQSEvent } from 'aws-lambda';
 import { type DeliveryReport, deliverOnce } from '../../testbed/event-source-mapping.ts';
-import { LOCAL_CREDENTIALS, LOCAL_REGION } from '../../testbed/sqs-emulator.ts';
-
-export const emulatorEnv = (endpoints: {
-  readonly dynamodb?: string;
-  readonly sqs?: string;
-}): Record<string, string> => ({
-  AWS_REGION: LOCAL_REGION,
-  AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
-  AWS_SECRET_ACCESS_KEY: LOCAL_CREDENTIALS.secretAccessKey,
-  ...(endpoints.dynamodb === undefined ? {} : { AWS_ENDPOINT_URL_DYNAMODB: endpoints.dynamodb }),
-  ...(endpoints.sqs === undefined ? {} : { AWS_ENDPOINT_URL_SQS: endpoints.sqs }),
-});
 
 /** Messages on a queue, visible or in flight. */
 export const queueDepth = async (sqs: SQSClient, queueUrl: string): Promise<number> => {
