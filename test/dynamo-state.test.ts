@@ -13,7 +13,7 @@ import { DynamoLedger } from '../lambdas/aws/dynamo-ledger.ts';
 import type { DynamoStateOptions } from '../lambdas/aws/dynamo-table.ts';
 import { ForwarderError } from '../lambdas/core/errors.ts';
 import { type DynamoDbLocal, localClient, startDynamoDbLocal } from '../testbed/dynamodb-local.ts';
-import { rejection, stateContract } from './support/port-contract.ts';
+import { conflict, rejection, stateContract } from './support/port-contract.ts';
 
 let local: DynamoDbLocal | undefined;
 let tables = 0;
@@ -101,11 +101,13 @@ describe('DynamoDB state: table layout and failures', () => {
       alreadyPresent: 1,
       deleted: 3,
       rejected: 0,
+      conflicts: 1,
       bytes: 200,
       durationMs: 10,
       finishedAt: 1_700_000_000_000,
     });
     await ledger.recordRejected([rejection({ rejectedAt: 5 })]);
+    await ledger.recordConflicts([conflict({ attributes: ['PatientName', 'PatientID'], detectedAt: 6 })]);
 
     expect(await raw(tableName, 'source#a', 'cursor')).toEqual({
       pk: { S: 'source#a' },
@@ -138,6 +140,7 @@ describe('DynamoDB state: table layout and failures', () => {
       result: { S: 'moved' },
       sent: { N: '2' },
       alreadyPresent: { N: '1' },
+      conflicts: { N: '1' },
       finishedAt: { N: '1700000000000' },
       ttl: { N: String(1_700_000_000 + 90 * 86_400) },
     });
@@ -159,6 +162,24 @@ describe('DynamoDB state: table layout and failures', () => {
       sopInstanceUid: { S: '1.2.3' },
       reason: { S: 'refused' },
       rejectedAt: { N: '5' },
+    });
+    const openConflict = {
+      pk: { S: 'conflict' },
+      sk: { S: 'a#s1#i1#d1' },
+      sourceId: { S: 'a' },
+      studyId: { S: 's1' },
+      instanceId: { S: 'i1' },
+      destinationId: { S: 'd1' },
+      sopInstanceUid: { S: '1.2.3' },
+      attributes: { L: [{ S: 'PatientName' }, { S: 'PatientID' }] },
+      detectedAt: { N: '6' },
+    };
+    expect(await raw(tableName, 'conflict', 'a#s1#i1#d1')).toEqual(openConflict);
+    await ledger.resolveConflict(conflict({}), 'accept-destination', 7);
+    expect(await raw(tableName, 'conflict', 'a#s1#i1#d1')).toEqual({
+      ...openConflict,
+      resolution: { S: 'accept-destination' },
+      resolvedAt: { N: '7' },
     });
     // A watched study whose LastUpdate is unknown again has no lastUpdate attribute.
     await feed.updateWatched('a', { studyId: 's1', lastUpdate: undefined, lastUpdateSeenAt: 200 });
@@ -234,6 +255,8 @@ describe('DynamoDB state: table layout and failures', () => {
     await expect(ledger.acquireLease('k', 'w1', 1_000, 0)).rejects.toBe(throttled);
     await expect(ledger.releaseLease('k', 'w1')).rejects.toBe(throttled);
     await expect(ledger.recordRejected([rejection({})])).rejects.toBe(throttled);
+    await expect(ledger.recordConflicts([conflict({})])).rejects.toBe(throttled);
+    await expect(ledger.resolveConflict(conflict({}), 'keep-source', 1)).rejects.toBe(throttled);
 
     const missing = new DynamoFeedStore(dynamo().client, 'no-such-table');
     await expect(missing.getCursor('a')).rejects.toMatchObject({ name: 'ResourceNotFoundException' });

@@ -12,7 +12,7 @@ import {
   SCHEMA_VERSION,
   type StateOptions,
 } from '../lambdas/local/sqlite-state.ts';
-import { CLOCK, outcome, rejection, stateContract } from './support/port-contract.ts';
+import { CLOCK, conflict, outcome, rejection, stateContract } from './support/port-contract.ts';
 
 const STATE_MODULE = fileURLToPath(new URL('../lambdas/local/sqlite-state.ts', import.meta.url));
 
@@ -72,34 +72,74 @@ describe('state file', () => {
     expect(() => openState(file)).toThrow(/newer/);
   });
 
-  it('migrates a version 1 file: its outcomes stay, and the results of version 2 are accepted', async () => {
-    // A version 1 file as the forwarder wrote it: the outcomes table allowed four results.
-    const raw = new DatabaseSync(file);
-    raw.exec(`CREATE TABLE study_outcomes (
-      id INTEGER PRIMARY KEY, source_id TEXT NOT NULL, study_id TEXT NOT NULL,
-      result TEXT NOT NULL CHECK (result IN ('moved', 'partial', 'gone', 'copied')),
-      instances INTEGER NOT NULL, sent INTEGER NOT NULL, already_present INTEGER NOT NULL,
-      deleted INTEGER NOT NULL, rejected INTEGER NOT NULL, bytes INTEGER NOT NULL,
-      duration_ms INTEGER NOT NULL, finished_at INTEGER NOT NULL) STRICT;
-      CREATE INDEX study_outcomes_study ON study_outcomes (source_id, study_id);
-      INSERT INTO study_outcomes VALUES (1, 'a', 's1', 'moved', 5, 5, 0, 5, 0, 500, 10, 1);
-      PRAGMA user_version = 1;`);
-    raw.close();
+  describe('migration', () => {
+    /** An older file as the forwarder wrote it: only the outcomes table differed, in these ways. */
+    const writeOldFile = (version: number, results: string) => {
+      const raw = new DatabaseSync(file);
+      raw.exec(`CREATE TABLE study_outcomes (
+        id INTEGER PRIMARY KEY, source_id TEXT NOT NULL, study_id TEXT NOT NULL,
+        result TEXT NOT NULL CHECK (result IN (${results})),
+        instances INTEGER NOT NULL, sent INTEGER NOT NULL, already_present INTEGER NOT NULL,
+        deleted INTEGER NOT NULL, rejected INTEGER NOT NULL, bytes INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL, finished_at INTEGER NOT NULL) STRICT;
+        CREATE INDEX study_outcomes_study ON study_outcomes (source_id, study_id);
+        INSERT INTO study_outcomes VALUES (1, 'a', 's1', 'moved', 5, 5, 0, 5, 0, 500, 10, 1);
+        PRAGMA user_version = ${version};`);
+      raw.close();
+    };
 
-    const state = open();
-    expect(await state.ledger.totals()).toMatchObject({ studies: 1, instances: 5, deleted: 5 });
-    await state.ledger.record(outcome({ result: 'skipped', studyId: 's2', instances: 2, deleted: 2 }));
-    expect(await state.ledger.totals()).toMatchObject({ studies: 1, instances: 5, deleted: 7 });
-    state.close();
-    const check = new DatabaseSync(file);
-    expect(check.prepare('PRAGMA user_version').get()).toEqual({ user_version: SCHEMA_VERSION });
-    expect(
-      check
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'study_outcomes'")
-        .all(),
-    ).toEqual([{ name: 'study_outcomes_study' }]);
-    check.close();
-    open().close();
+    const inspect = (path: string) => {
+      const raw = new DatabaseSync(path);
+      try {
+        return {
+          version: raw.prepare('PRAGMA user_version').get(),
+          columns: raw.prepare('PRAGMA table_info(study_outcomes)').all(),
+          indexes: raw
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'study_outcomes'")
+            .all(),
+          outcomes: raw.prepare('SELECT study_id, result, conflicts FROM study_outcomes ORDER BY id').all(),
+        };
+      } finally {
+        raw.close();
+      }
+    };
+
+    /** The same tables as a file made new, with the old outcome kept and new ones recorded in full. */
+    const expectMigrated = async () => {
+      const state = open();
+      expect(await state.ledger.totals()).toMatchObject({ studies: 1, instances: 5, deleted: 5 });
+      await state.ledger.record(outcome({ result: 'skipped', studyId: 's2', instances: 2, deleted: 2 }));
+      await state.ledger.record(outcome({ result: 'partial', studyId: 's3', instances: 2, conflicts: 2 }));
+      expect(await state.ledger.totals()).toMatchObject({ studies: 1, instances: 5, deleted: 7 });
+      await state.ledger.recordConflicts([conflict({ studyId: 's3' })]);
+      expect(await state.ledger.conflicts()).toEqual([conflict({ studyId: 's3' })]);
+      state.close();
+
+      const fresh = join(dir, 'fresh.sqlite');
+      openState(fresh).close();
+      const migrated = inspect(file);
+      expect(migrated).toMatchObject({
+        version: { user_version: SCHEMA_VERSION },
+        indexes: [{ name: 'study_outcomes_study' }],
+        outcomes: [
+          { study_id: 's1', result: 'moved', conflicts: 0 },
+          { study_id: 's2', result: 'skipped', conflicts: 0 },
+          { study_id: 's3', result: 'partial', conflicts: 2 },
+        ],
+      });
+      expect(migrated.columns).toEqual(inspect(fresh).columns);
+      open().close();
+    };
+
+    it('from version 1: the outcomes stay, and the results of version 2 and the conflicts of version 3 are kept', async () => {
+      writeOldFile(1, "'moved', 'partial', 'gone', 'copied'");
+      await expectMigrated();
+    });
+
+    it('from version 2: the outcomes stay, and the conflicts of version 3 are kept', async () => {
+      writeOldFile(2, "'moved', 'partial', 'gone', 'copied', 'skipped', 'unchanged'");
+      await expectMigrated();
+    });
   });
 
   it('works in memory too', async () => {

@@ -7,13 +7,27 @@
  *   in the same transaction as the write they count, since there is no table to count over;
  * - rejected instance: pk `rejected`, sk `<sourceId>#<studyId>#<instanceId>`: its fields;
  * - settled study: pk `settled#<sourceId>#<studyId>`, sk `study` or `series#<seriesId>`: its
- *   fields. No TTL: a copied study forgotten would be verified again at the next sweep.
+ *   fields. No TTL: a copied study forgotten would be verified again at the next sweep;
+ * - conflict: pk `conflict`, sk `<sourceId>#<studyId>#<instanceId>#<destinationId>`: its fields,
+ *   attributes as a list of names, resolution and resolvedAt once resolved. No TTL: it is the
+ *   record of an operator's decision.
  */
 
 import { randomUUID } from 'node:crypto';
 import type { DynamoDBClient, TransactWriteItem } from '@aws-sdk/client-dynamodb';
 import { runBounded } from '../core/concurrency.ts';
-import type { Ledger, RejectedInstance, SettledStudy, StudyOutcome, Totals } from '../core/ports.ts';
+import {
+  CONFLICT_RESOLUTIONS,
+  type Conflict,
+  type ConflictFilter,
+  type ConflictKey,
+  type ConflictResolution,
+  type Ledger,
+  type RejectedInstance,
+  type SettledStudy,
+  type StudyOutcome,
+  type Totals,
+} from '../core/ports.ts';
 import {
   type DynamoStateOptions,
   epochSeconds,
@@ -32,6 +46,7 @@ const LEASE_TTL_GRACE_S = DAY_S;
 const OUTCOME_RETENTION_S = 90 * DAY_S;
 const TOTALS_KEY = key('totals', 'totals');
 const REJECTED_PK = 'rejected';
+const CONFLICT_PK = 'conflict';
 /** New refusals per transaction, with the totals update as the 100th action at most. */
 const REJECTED_PER_TRANSACTION = 50;
 /** Aliases for totals' attribute names, some of which are DynamoDB reserved words. */
@@ -45,6 +60,7 @@ const TOTALS_NAMES = {
 
 const leaseKey = (leaseName: string) => key(`lease#${leaseName}`, 'lease');
 const rejectedSk = (r: RejectedInstance) => `${r.sourceId}#${r.studyId}#${r.instanceId}`;
+const conflictSk = (c: ConflictKey) => `${c.sourceId}#${c.studyId}#${c.instanceId}#${c.destinationId}`;
 
 const outcomeItem = (outcome: StudyOutcome): Item => ({
   ...key(
@@ -60,6 +76,7 @@ const outcomeItem = (outcome: StudyOutcome): Item => ({
   alreadyPresent: num(outcome.alreadyPresent),
   deleted: num(outcome.deleted),
   rejected: num(outcome.rejected),
+  conflicts: num(outcome.conflicts),
   bytes: num(outcome.bytes),
   durationMs: num(outcome.durationMs),
   finishedAt: num(outcome.finishedAt),
@@ -74,6 +91,19 @@ const rejectedItem = (r: RejectedInstance): Item => ({
   sopInstanceUid: str(r.sopInstanceUid),
   reason: str(r.reason),
   rejectedAt: num(r.rejectedAt),
+});
+
+const conflictKey = (c: ConflictKey) => key(CONFLICT_PK, conflictSk(c));
+
+const conflictItem = (c: Conflict): Item => ({
+  ...conflictKey(c),
+  sourceId: str(c.sourceId),
+  studyId: str(c.studyId),
+  instanceId: str(c.instanceId),
+  destinationId: str(c.destinationId),
+  sopInstanceUid: str(c.sopInstanceUid),
+  attributes: { L: c.attributes.map(str) },
+  detectedAt: num(c.detectedAt),
 });
 
 const settledKey = (sourceId: string, studyId: string, seriesId: string) =>
@@ -105,6 +135,20 @@ const toRejected = (item: Item): RejectedInstance => ({
   rejectedAt: readNum(item, 'rejectedAt') ?? 0,
 });
 
+const toConflict = (item: Item): Conflict => {
+  const resolution = readStr(item, 'resolution') as ConflictResolution | undefined;
+  return {
+    sourceId: readStr(item, 'sourceId') ?? '',
+    studyId: readStr(item, 'studyId') ?? '',
+    instanceId: readStr(item, 'instanceId') ?? '',
+    destinationId: readStr(item, 'destinationId') ?? '',
+    sopInstanceUid: readStr(item, 'sopInstanceUid') ?? '',
+    attributes: (item.attributes?.L ?? []).map((name) => name.S ?? ''),
+    detectedAt: readNum(item, 'detectedAt') ?? 0,
+    ...(resolution === undefined ? {} : { resolution, resolvedAt: readNum(item, 'resolvedAt') ?? 0 }),
+  };
+};
+
 const compare = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 
 /** SqliteLedger's order: by source, study, time of refusal, instance. */
@@ -114,16 +158,37 @@ const rejectedOrder = (a: RejectedInstance, b: RejectedInstance) =>
   a.rejectedAt - b.rejectedAt ||
   compare(a.instanceId, b.instanceId);
 
-/** One entry per instance, the newest refusal (the later one on a tie), as SQLite's sequential upserts keep. */
-const newestPerInstance = (instances: readonly RejectedInstance[]): RejectedInstance[] => {
-  const newest = new Map<string, RejectedInstance>();
-  for (const instance of instances) {
-    const seen = newest.get(rejectedSk(instance));
-    if (seen === undefined || instance.rejectedAt >= seen.rejectedAt)
-      newest.set(rejectedSk(instance), instance);
+/** SqliteLedger's order: by source, study, time of detection, instance, destination. */
+const conflictOrder = (a: Conflict, b: Conflict) =>
+  compare(a.sourceId, b.sourceId) ||
+  compare(a.studyId, b.studyId) ||
+  a.detectedAt - b.detectedAt ||
+  compare(a.instanceId, b.instanceId) ||
+  compare(a.destinationId, b.destinationId);
+
+/**
+ * One entry per sort key, the one `replaces` prefers over those before it: what SQLite's
+ * sequential writes of the same items keep, whereas parallel writes would keep any of them.
+ */
+const onePerKey = <T>(
+  items: readonly T[],
+  sk: (item: T) => string,
+  replaces: (item: T, seen: T) => boolean,
+) => {
+  const kept = new Map<string, T>();
+  for (const item of items) {
+    const seen = kept.get(sk(item));
+    if (seen === undefined || replaces(item, seen)) kept.set(sk(item), item);
   }
-  return [...newest.values()];
+  return [...kept.values()];
 };
+
+/** The newest refusal of each instance, the later one on a tie, as SQLite's upserts keep. */
+const newestPerInstance = (instances: readonly RejectedInstance[]) =>
+  onePerKey(instances, rejectedSk, (instance, seen) => instance.rejectedAt >= seen.rejectedAt);
+
+/** The first detection of each conflict, as SQLite's inserts that do nothing on a repeat keep. */
+const firstPerConflict = (conflicts: readonly Conflict[]) => onePerKey(conflicts, conflictSk, () => false);
 
 const chunks = <T>(items: readonly T[], size: number): T[][] =>
   Array.from({ length: Math.ceil(items.length / size) }, (_, index) =>
@@ -237,21 +302,60 @@ export class DynamoLedger implements Ledger {
     };
   }
 
-  /**
-   * A query on the one `rejected` partition, narrowed by sort key prefix, then filtered on the
-   * stored fields so that an ID containing '#' cannot match another's prefix.
-   */
   async rejected(sourceId?: string, studyId?: string): Promise<RejectedInstance[]> {
+    return (await this.#studyItems(REJECTED_PK, sourceId, studyId, toRejected)).sort(rejectedOrder);
+  }
+
+  /**
+   * Conditional puts rather than a transaction: nothing else has to change with them, and one
+   * repeated detection would cancel a transaction of new ones.
+   */
+  async recordConflicts(conflicts: readonly Conflict[]): Promise<void> {
+    await runBounded(firstPerConflict(conflicts), this.#table.concurrency, async (conflict) => {
+      await this.#table.putIf(conflictItem(conflict), { expression: 'attribute_not_exists(pk)' });
+    });
+  }
+
+  async conflicts(filter: ConflictFilter = {}): Promise<Conflict[]> {
+    const { sourceId, studyId, openOnly } = filter;
+    const found = await this.#studyItems(CONFLICT_PK, sourceId, studyId, toConflict);
+    return found.filter((c) => !openOnly || c.resolution === undefined).sort(conflictOrder);
+  }
+
+  /**
+   * The key names no study, which the sort key has before the instance so that a move lists its
+   * study's conflicts with one narrow query; so the conflict is looked for among its source's
+   * open ones, a rarer and larger read.
+   */
+  async resolveConflict(key: ConflictKey, resolution: ConflictResolution, at: number): Promise<boolean> {
+    if (!CONFLICT_RESOLUTIONS.includes(resolution)) throw new RangeError(`unknown resolution ${resolution}`);
+    // The condition keeps the decision of an operator who resolved it meanwhile.
+    return this.#table.updateIf(conflictKey(key), 'SET resolution = :resolution, resolvedAt = :at', {
+      expression: 'attribute_exists(pk) AND attribute_not_exists(resolution)',
+      values: { ':resolution': str(resolution), ':at': num(at) },
+    });
+  }
+
+  /**
+   * The items of a partition whose sort key starts with `<sourceId>#<studyId>#`, narrowed by sort
+   * key prefix, then filtered on the stored fields so that an ID containing '#' cannot match
+   * another's prefix.
+   */
+  async #studyItems<T extends { sourceId: string; studyId: string }>(
+    pk: string,
+    sourceId: string | undefined,
+    studyId: string | undefined,
+    decode: (item: Item) => T,
+  ): Promise<T[]> {
     const prefix =
       sourceId === undefined ? undefined : studyId === undefined ? `${sourceId}#` : `${sourceId}#${studyId}#`;
-    return (await this.#table.query(REJECTED_PK, prefix))
-      .map(toRejected)
+    return (await this.#table.query(pk, prefix))
+      .map(decode)
       .filter(
-        (r) =>
-          (sourceId === undefined || r.sourceId === sourceId) &&
-          (studyId === undefined || r.studyId === studyId),
-      )
-      .sort(rejectedOrder);
+        (found) =>
+          (sourceId === undefined || found.sourceId === sourceId) &&
+          (studyId === undefined || found.studyId === studyId),
+      );
   }
 
   async recordSettled(study: SettledStudy): Promise<void> {

@@ -103,6 +103,53 @@ export interface RejectedInstance {
  */
 export type MoveResult = 'moved' | 'partial' | 'gone' | 'copied' | 'skipped' | 'unchanged';
 
+/**
+ * What the operator decided about a conflict: leave the source's copy where it is and stop
+ * reporting it (`keep-source`); let the destination's copy stand and delete the source's
+ * (`accept-destination`); or delete the destination's copy, send the source's, verify it and then
+ * delete at the source (`replace-destination`, only where the forwarder can delete at the
+ * destination).
+ */
+export type ConflictResolution = 'keep-source' | 'accept-destination' | 'replace-destination';
+
+export const CONFLICT_RESOLUTIONS: readonly ConflictResolution[] = [
+  'keep-source',
+  'accept-destination',
+  'replace-destination',
+];
+
+/** Names one conflict: one source instance at one destination. */
+export interface ConflictKey {
+  readonly sourceId: string;
+  /** The study the instance belongs to at the source: conflicts are looked up per study. */
+  readonly studyId: string;
+  /** Orthanc's ID of the instance at the source. */
+  readonly instanceId: string;
+  readonly destinationId: string;
+}
+
+/**
+ * A source instance whose SOPInstanceUID the destination holds as another instance (other
+ * identifying attributes, or other bytes under `checksum`). It is never deleted at the source and
+ * never sent again until the operator resolves it. Attribute names only, never their values.
+ */
+export interface Conflict extends ConflictKey {
+  readonly sopInstanceUid: string;
+  /** The names of the attributes that differ (e.g. `PatientName`), or `content` for other bytes. */
+  readonly attributes: readonly string[];
+  readonly detectedAt: number;
+  /** Absent while the conflict is open. */
+  readonly resolution?: ConflictResolution | undefined;
+  readonly resolvedAt?: number | undefined;
+}
+
+export interface ConflictFilter {
+  readonly sourceId?: string | undefined;
+  readonly studyId?: string | undefined;
+  /** Only open ones (no resolution yet). */
+  readonly openOnly?: boolean | undefined;
+}
+
 /** What one run of the move protocol did; contains Orthanc IDs and counts only, never PHI. */
 export interface StudyOutcome {
   readonly sourceId: string;
@@ -113,6 +160,8 @@ export interface StudyOutcome {
   readonly alreadyPresent: number;
   readonly deleted: number;
   readonly rejected: number;
+  /** Instances held at the source by an open conflict at some destination. */
+  readonly conflicts: number;
   readonly bytes: number;
   readonly durationMs: number;
   readonly finishedAt: number;
@@ -156,6 +205,18 @@ export interface Ledger {
   recordRejected(instances: readonly RejectedInstance[]): Promise<void>;
   /** The rejected instances of one study (or of all, without studyId). */
   rejected(sourceId?: string, studyId?: string): Promise<RejectedInstance[]>;
+  /**
+   * Records conflicts found by a move. One already recorded for the same key (open or resolved)
+   * stays as it is: the first detection and the operator's decision are never overwritten.
+   */
+  recordConflicts(conflicts: readonly Conflict[]): Promise<void>;
+  /** The conflicts matching the filter, ordered by source, study, detection time and instance. */
+  conflicts(filter?: ConflictFilter): Promise<Conflict[]>;
+  /**
+   * Records the operator's decision on an open conflict. Returns false when there is no such
+   * conflict or it was resolved already (a decision is made once).
+   */
+  resolveConflict(key: ConflictKey, resolution: ConflictResolution, at: number): Promise<boolean>;
   /** Remembers a study left at its source on purpose; replaces what was remembered of it. */
   recordSettled(study: SettledStudy): Promise<void>;
   /** What was remembered of the study (or of one series of it, seriesId '' for the whole study). */

@@ -1,5 +1,16 @@
 /** What was moved, what the destination refused, and who is moving which study right now. */
-import type { Ledger, RejectedInstance, SettledStudy, StudyOutcome, Totals } from '../core/ports.ts';
+import {
+  CONFLICT_RESOLUTIONS,
+  type Conflict,
+  type ConflictFilter,
+  type ConflictKey,
+  type ConflictResolution,
+  type Ledger,
+  type RejectedInstance,
+  type SettledStudy,
+  type StudyOutcome,
+  type Totals,
+} from '../core/ports.ts';
 import type { StateDb } from './sqlite-state.ts';
 
 const outcomesTable = (name: string) => `
@@ -16,23 +27,35 @@ const outcomesTable = (name: string) => `
     rejected INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
     duration_ms INTEGER NOT NULL,
-    finished_at INTEGER NOT NULL
+    finished_at INTEGER NOT NULL,
+    -- Last, where ALTER TABLE put it in older files, so that every file has the same columns.
+    conflicts INTEGER NOT NULL DEFAULT 0
   ) STRICT;
   CREATE INDEX IF NOT EXISTS ${name}_study ON ${name} (source_id, study_id);
 `;
 
 /**
  * Schema version 2 allows the results 'skipped' and 'unchanged'. SQLite cannot alter a CHECK
- * constraint, so a version 1 file's outcomes move to a table made anew.
+ * constraint, so a version 1 file's outcomes move to a table made anew, in the current form: the
+ * columns added since take their defaults, and nothing more is to be done to the file.
  */
-export const LEDGER_MIGRATION_TO_2 = `
+export const LEDGER_MIGRATION_FROM_1 = `
   ${outcomesTable('study_outcomes_v2')}
-  INSERT INTO study_outcomes_v2 SELECT * FROM study_outcomes;
+  INSERT INTO study_outcomes_v2 (id, source_id, study_id, result, instances, sent, already_present,
+    deleted, rejected, bytes, duration_ms, finished_at)
+  SELECT * FROM study_outcomes;
   DROP TABLE study_outcomes;
   ALTER TABLE study_outcomes_v2 RENAME TO study_outcomes;
   DROP INDEX study_outcomes_v2_study;
   CREATE INDEX study_outcomes_study ON study_outcomes (source_id, study_id);
 `;
+
+/** Schema version 3 counts the instances each run left at the source for a conflict. */
+export const LEDGER_MIGRATION_FROM_2 = `
+  ALTER TABLE study_outcomes ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
+`;
+
+const SQL_RESOLUTIONS = CONFLICT_RESOLUTIONS.map((resolution) => `'${resolution}'`).join(', ');
 
 export const LEDGER_SCHEMA = `
   CREATE TABLE IF NOT EXISTS leases (
@@ -62,6 +85,21 @@ export const LEDGER_SCHEMA = `
     PRIMARY KEY (source_id, instance_id)
   ) STRICT, WITHOUT ROWID;
   CREATE INDEX IF NOT EXISTS rejected_instances_study ON rejected_instances (source_id, study_id);
+  CREATE TABLE IF NOT EXISTS conflicts (
+    source_id TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    destination_id TEXT NOT NULL,
+    study_id TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    -- A JSON array of attribute names.
+    attributes TEXT NOT NULL,
+    detected_at INTEGER NOT NULL,
+    resolution TEXT CHECK (resolution IN (${SQL_RESOLUTIONS})),
+    resolved_at INTEGER,
+    CHECK ((resolution IS NULL) = (resolved_at IS NULL)),
+    PRIMARY KEY (source_id, instance_id, destination_id)
+  ) STRICT, WITHOUT ROWID;
+  CREATE INDEX IF NOT EXISTS conflicts_study ON conflicts (source_id, study_id);
 `;
 
 interface SettledRow {
@@ -84,6 +122,30 @@ interface RejectedRow {
   rejected_at: number;
 }
 
+interface ConflictRow {
+  source_id: string;
+  instance_id: string;
+  destination_id: string;
+  study_id: string;
+  sop_instance_uid: string;
+  attributes: string;
+  detected_at: number;
+  resolution: ConflictResolution | null;
+  /** Set whenever resolution is (the table's CHECK). */
+  resolved_at: number;
+}
+
+const toConflict = (row: ConflictRow): Conflict => ({
+  sourceId: row.source_id,
+  studyId: row.study_id,
+  instanceId: row.instance_id,
+  destinationId: row.destination_id,
+  sopInstanceUid: row.sop_instance_uid,
+  attributes: JSON.parse(row.attributes) as string[],
+  detectedAt: row.detected_at,
+  ...(row.resolution === null ? {} : { resolution: row.resolution, resolvedAt: row.resolved_at }),
+});
+
 const statements = (db: StateDb) => ({
   // One statement, so that two workers cannot both see the lease free and both take it.
   acquireLease: db.prepare(
@@ -97,9 +159,9 @@ const statements = (db: StateDb) => ({
   dropLease: db.prepare('DELETE FROM leases WHERE key = ? AND owner = ?'),
   record: db.prepare(
     `INSERT INTO study_outcomes (source_id, study_id, result, instances, sent, already_present,
-       deleted, rejected, bytes, duration_ms, finished_at)
+       deleted, rejected, conflicts, bytes, duration_ms, finished_at)
      VALUES (:sourceId, :studyId, :result, :instances, :sent, :alreadyPresent,
-       :deleted, :rejected, :bytes, :durationMs, :finishedAt)`,
+       :deleted, :rejected, :conflicts, :bytes, :durationMs, :finishedAt)`,
   ),
   // The newest refusal wins, whatever order two workers write theirs in.
   recordRejected: db.prepare(
@@ -108,6 +170,22 @@ const statements = (db: StateDb) => ({
      ON CONFLICT (source_id, instance_id) DO UPDATE SET study_id = excluded.study_id,
        sop_instance_uid = excluded.sop_instance_uid, reason = excluded.reason, rejected_at = excluded.rejected_at
      WHERE excluded.rejected_at >= rejected_instances.rejected_at`,
+  ),
+  recordConflict: db.prepare(
+    `INSERT INTO conflicts (source_id, instance_id, destination_id, study_id, sop_instance_uid, attributes, detected_at)
+     VALUES (:sourceId, :instanceId, :destinationId, :studyId, :sopInstanceUid, :attributes, :detectedAt)
+     ON CONFLICT (source_id, instance_id, destination_id) DO NOTHING`,
+  ),
+  conflicts: db.prepare(
+    `SELECT source_id, instance_id, destination_id, study_id, sop_instance_uid, attributes, detected_at,
+       resolution, resolved_at FROM conflicts
+     WHERE (?1 IS NULL OR source_id = ?1) AND (?2 IS NULL OR study_id = ?2) AND (?3 = 0 OR resolution IS NULL)
+     ORDER BY source_id, study_id, detected_at, instance_id, destination_id`,
+  ),
+  resolveConflict: db.prepare(
+    `UPDATE conflicts SET resolution = :resolution, resolved_at = :at
+     WHERE source_id = :sourceId AND instance_id = :instanceId AND destination_id = :destinationId
+       AND resolution IS NULL`,
   ),
   // The newest wins, whatever order two workers write theirs in.
   recordSettled: db.prepare(
@@ -183,7 +261,7 @@ export class SqliteLedger implements Ledger {
 
   async record(outcome: StudyOutcome): Promise<void> {
     const { sourceId, studyId, result, instances, sent, alreadyPresent, deleted, rejected, bytes } = outcome;
-    const { durationMs, finishedAt } = outcome;
+    const { conflicts, durationMs, finishedAt } = outcome;
     this.#sql.record.run({
       sourceId,
       studyId,
@@ -193,6 +271,7 @@ export class SqliteLedger implements Ledger {
       alreadyPresent,
       deleted,
       rejected,
+      conflicts,
       bytes,
       durationMs,
       finishedAt,
@@ -218,6 +297,38 @@ export class SqliteLedger implements Ledger {
       reason: row.reason,
       rejectedAt: row.rejected_at,
     }));
+  }
+
+  async recordConflicts(conflicts: readonly Conflict[]): Promise<void> {
+    if (conflicts.length === 0) return;
+    this.#db.write(() => {
+      for (const conflict of conflicts) {
+        const { sourceId, instanceId, destinationId, studyId, sopInstanceUid, detectedAt } = conflict;
+        const attributes = JSON.stringify(conflict.attributes);
+        this.#sql.recordConflict.run({
+          sourceId,
+          instanceId,
+          destinationId,
+          studyId,
+          sopInstanceUid,
+          attributes,
+          detectedAt,
+        });
+      }
+    });
+  }
+
+  async conflicts(filter: ConflictFilter = {}): Promise<Conflict[]> {
+    const { sourceId, studyId, openOnly } = filter;
+    const rows = this.#sql.conflicts.all(sourceId ?? null, studyId ?? null, openOnly ? 1 : 0);
+    return (rows as unknown as ConflictRow[]).map(toConflict);
+  }
+
+  async resolveConflict(key: ConflictKey, resolution: ConflictResolution, at: number): Promise<boolean> {
+    if (!CONFLICT_RESOLUTIONS.includes(resolution)) throw new RangeError(`unknown resolution ${resolution}`);
+    const { sourceId, instanceId, destinationId } = key;
+    const result = this.#sql.resolveConflict.run({ sourceId, instanceId, destinationId, resolution, at });
+    return Number(result.changes) === 1;
   }
 
   async recordSettled(study: SettledStudy): Promise<void> {

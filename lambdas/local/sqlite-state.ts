@@ -4,14 +4,19 @@
  */
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { FEED_SCHEMA, SqliteFeedStore } from './sqlite-feed-store.ts';
-import { LEDGER_MIGRATION_TO_2, LEDGER_SCHEMA, SqliteLedger } from './sqlite-ledger.ts';
+import {
+  LEDGER_MIGRATION_FROM_1,
+  LEDGER_MIGRATION_FROM_2,
+  LEDGER_SCHEMA,
+  SqliteLedger,
+} from './sqlite-ledger.ts';
 import { QUEUE_SCHEMA, SqliteWorkQueue } from './sqlite-work-queue.ts';
 
 /**
  * Kept in PRAGMA user_version. Bump it with every change to a table and migrate from the old
  * value; a file written by a newer forwarder is refused rather than misread.
  */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 /** The default of the configuration's retry.maxAttempts, which is what the caller should pass. */
 export const DEFAULT_MAX_RECEIVES = 8;
@@ -81,8 +86,10 @@ const migrate = (db: DatabaseSync, write: StateDb['write']): void => {
     // IF NOT EXISTS everywhere, so that opening an existing file (or two processes opening a
     // new one at once) is harmless.
     for (const sql of [FEED_SCHEMA, QUEUE_SCHEMA, LEDGER_SCHEMA]) db.exec(sql);
-    // Version 0 is a new file, whose tables were just made in the current form.
-    if (row.user_version === 1) db.exec(LEDGER_MIGRATION_TO_2);
+    // Version 0 is a new file, whose tables were just made in the current form; new tables of
+    // later versions (conflicts) were just made in an older file too.
+    if (row.user_version === 1) db.exec(LEDGER_MIGRATION_FROM_1);
+    if (row.user_version === 2) db.exec(LEDGER_MIGRATION_FROM_2);
     if (row.user_version < SCHEMA_VERSION) db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
   });
 };

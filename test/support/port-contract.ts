@@ -4,6 +4,7 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type {
+  Conflict,
   FeedStateStore,
   Ledger,
   RejectedInstance,
@@ -33,6 +34,7 @@ export const outcome = (overrides: Partial<StudyOutcome>): StudyOutcome => ({
   alreadyPresent: 0,
   deleted: 0,
   rejected: 0,
+  conflicts: 0,
   bytes: 0,
   durationMs: 10,
   finishedAt: CLOCK,
@@ -48,6 +50,20 @@ export const rejection = (overrides: Partial<RejectedInstance>): RejectedInstanc
   rejectedAt: CLOCK,
   ...overrides,
 });
+
+export const conflict = (overrides: Partial<Conflict>): Conflict => ({
+  sourceId: 'a',
+  studyId: 's1',
+  instanceId: 'i1',
+  destinationId: 'd1',
+  sopInstanceUid: '1.2.3',
+  attributes: ['PatientName'],
+  detectedAt: CLOCK,
+  ...overrides,
+});
+
+/** What `conflicts` lists of a conflict, for comparing lists. */
+const named = (c: Conflict) => `${c.sourceId}/${c.studyId}/${c.instanceId}/${c.destinationId}`;
 
 export const settledStudy = (overrides: Partial<SettledStudy>): SettledStudy => ({
   sourceId: 'a',
@@ -357,6 +373,151 @@ export const stateContract = (name: string, fresh: () => Promise<StateUnderTest>
         expect((await one.ledger.settled('a', 's1', ''))?.lastUpdate).toBe('newer');
         await one.ledger.recordSettled(settledStudy({ lastUpdate: 'newest', settledAt: CLOCK + 10 }));
         expect((await two.ledger.settled('a', 's1', ''))?.lastUpdate).toBe('newest');
+      });
+
+      it('lists conflicts by source and study, ordered by source, study, detection, instance and destination', async () => {
+        const one = open();
+        const two = open();
+        await one.ledger.recordConflicts([]);
+        await one.ledger.recordConflicts([
+          conflict({ instanceId: 'i2', detectedAt: 20 }),
+          conflict({ instanceId: 'i1', destinationId: 'd2', detectedAt: 20 }),
+          conflict({ instanceId: 'i1', detectedAt: 20 }),
+          conflict({ instanceId: 'i3', detectedAt: 10, attributes: ['content'] }),
+          conflict({ studyId: 's10', instanceId: 'i4', attributes: [] }),
+          conflict({ sourceId: 'ab', instanceId: 'i5', attributes: ['PatientID', 'PatientName'] }),
+          conflict({ sourceId: 'b', studyId: 's0', instanceId: 'i6' }),
+        ]);
+        expect((await two.ledger.conflicts()).map(named)).toEqual([
+          'a/s1/i3/d1',
+          'a/s1/i1/d1',
+          'a/s1/i1/d2',
+          'a/s1/i2/d1',
+          'a/s10/i4/d1',
+          'ab/s1/i5/d1',
+          'b/s0/i6/d1',
+        ]);
+        expect(await two.ledger.conflicts({ sourceId: 'a', studyId: 's1' })).toEqual([
+          conflict({ instanceId: 'i3', detectedAt: 10, attributes: ['content'] }),
+          conflict({ instanceId: 'i1', detectedAt: 20 }),
+          conflict({ instanceId: 'i1', destinationId: 'd2', detectedAt: 20 }),
+          conflict({ instanceId: 'i2', detectedAt: 20 }),
+        ]);
+        // Open: no resolution at all, rather than an undefined one.
+        expect(Object.keys((await two.ledger.conflicts())[0] ?? {})).not.toContain('resolution');
+        expect((await two.ledger.conflicts({ sourceId: 'a' })).map(named)).toHaveLength(5);
+        expect(await two.ledger.conflicts({ sourceId: 'a', studyId: 's10' })).toEqual([
+          conflict({ studyId: 's10', instanceId: 'i4', attributes: [] }),
+        ]);
+        expect(await two.ledger.conflicts({ sourceId: 'ab' })).toEqual([
+          conflict({ sourceId: 'ab', instanceId: 'i5', attributes: ['PatientID', 'PatientName'] }),
+        ]);
+        expect((await two.ledger.conflicts({ studyId: 's1' })).map(named)).toEqual([
+          'a/s1/i3/d1',
+          'a/s1/i1/d1',
+          'a/s1/i1/d2',
+          'a/s1/i2/d1',
+          'ab/s1/i5/d1',
+        ]);
+        expect(await two.ledger.conflicts({ sourceId: 'c' })).toEqual([]);
+        expect(await two.ledger.conflicts({ sourceId: 'a', studyId: 's2' })).toEqual([]);
+      });
+
+      it('keeps the first detection of a conflict, and the decision on it, when a move finds it again', async () => {
+        const one = open();
+        const two = open();
+        await one.ledger.recordConflicts([
+          conflict({ detectedAt: 10 }),
+          conflict({ detectedAt: 5, attributes: ['content'] }),
+        ]);
+        await two.ledger.recordConflicts([conflict({ detectedAt: 20, attributes: ['PatientID'] })]);
+        expect(await one.ledger.conflicts()).toEqual([conflict({ detectedAt: 10 })]);
+
+        expect(await two.ledger.resolveConflict(conflict({}), 'keep-source', 30)).toBe(true);
+        await one.ledger.recordConflicts([
+          conflict({ detectedAt: 40, attributes: ['content'] }),
+          conflict({ destinationId: 'd2', detectedAt: 40 }),
+        ]);
+        expect(await two.ledger.conflicts()).toEqual([
+          { ...conflict({ detectedAt: 10 }), resolution: 'keep-source', resolvedAt: 30 },
+          conflict({ destinationId: 'd2', detectedAt: 40 }),
+        ]);
+        expect(await two.ledger.conflicts({ openOnly: true })).toEqual([
+          conflict({ destinationId: 'd2', detectedAt: 40 }),
+        ]);
+      });
+
+      it('records a decision on a conflict once, and only on a recorded one', async () => {
+        const one = open();
+        const two = open();
+        await one.ledger.recordConflicts([
+          conflict({}),
+          conflict({ destinationId: 'd2' }),
+          conflict({ studyId: 's2', instanceId: 'i2' }),
+        ]);
+        const key = { sourceId: 'a', studyId: 's1', instanceId: 'i1', destinationId: 'd1' };
+        expect(await one.ledger.resolveConflict({ ...key, sourceId: 'b' }, 'keep-source', 1)).toBe(false);
+        expect(await one.ledger.resolveConflict({ ...key, studyId: 's2' }, 'keep-source', 1)).toBe(false);
+        expect(await one.ledger.resolveConflict({ ...key, instanceId: 'i9' }, 'keep-source', 1)).toBe(false);
+        expect(await one.ledger.resolveConflict({ ...key, destinationId: 'd3' }, 'keep-source', 1)).toBe(
+          false,
+        );
+        expect(await one.ledger.conflicts({ openOnly: true })).toHaveLength(3);
+
+        const racing = await Promise.all([
+          one.ledger.resolveConflict(key, 'accept-destination', 10),
+          two.ledger.resolveConflict(key, 'replace-destination', 10),
+        ]);
+        expect([...racing].sort()).toEqual([false, true]);
+        const decided = racing[0] ? 'accept-destination' : 'replace-destination';
+        expect(await two.ledger.resolveConflict(key, 'keep-source', 20)).toBe(false);
+        expect(await two.ledger.resolveConflict({ ...key, studyId: 's2', instanceId: 'i2' }, 'keep-source', 30)).toBe(true);
+        await expect(
+          one.ledger.resolveConflict({ ...key, destinationId: 'd2' }, 'delete' as 'keep-source', 40),
+        ).rejects.toThrow(RangeError);
+
+        expect(await one.ledger.conflicts()).toEqual([
+          { ...conflict({}), resolution: decided, resolvedAt: 10 },
+          conflict({ destinationId: 'd2' }),
+          { ...conflict({ studyId: 's2', instanceId: 'i2' }), resolution: 'keep-source', resolvedAt: 30 },
+        ]);
+        expect(await one.ledger.conflicts({ sourceId: 'a', studyId: 's1', openOnly: true })).toEqual([
+          conflict({ destinationId: 'd2' }),
+        ]);
+        expect(await one.ledger.conflicts({ studyId: 's2', openOnly: true })).toEqual([]);
+      });
+
+      it('records, lists and resolves more conflicts than one batch or page holds', async () => {
+        const one = open();
+        const two = open();
+        const instances = ids('i', 120);
+        await Promise.all([
+          one.ledger.recordConflicts(instances.slice(0, 80).map((instanceId) => conflict({ instanceId }))),
+          two.ledger.recordConflicts(instances.slice(40).map((instanceId) => conflict({ instanceId }))),
+        ]);
+        // Some on every page, the last included.
+        const resolved = instances.filter((_, index) => index % 6 === 5);
+        const results = await Promise.all(
+          resolved.map((instanceId, index) =>
+            (index % 2 === 0 ? one : two).ledger.resolveConflict(
+              { sourceId: 'a', studyId: 's1', instanceId, destinationId: 'd1' },
+              'keep-source',
+              index,
+            ),
+          ),
+        );
+        expect(results.every(Boolean)).toBe(true);
+        const listed = await two.ledger.conflicts({ sourceId: 'a', studyId: 's1' });
+        expect(listed.map((c) => c.instanceId)).toEqual(instances);
+        expect(listed[0]).toEqual(conflict({ instanceId: 'i000' }));
+        expect(listed[119]).toEqual({
+          ...conflict({ instanceId: 'i119' }),
+          resolution: 'keep-source',
+          resolvedAt: 19,
+        });
+        expect((await one.ledger.conflicts({ openOnly: true })).map((c) => c.instanceId)).toEqual(
+          instances.filter((instanceId) => !resolved.includes(instanceId)),
+        );
       });
 
       it('records skipped and unchanged outcomes without counting them as studies moved', async () => {
