@@ -54,7 +54,7 @@ describe('configuration', () => {
       changesPageSize: 1000,
       concurrency: 4,
       stow: { maxInstances: 50, maxBytes: 256 * 1024 * 1024, parallel: 4 },
-      verify: 'qido',
+      verify: 'identity',
       qidoPageSize: 1000,
       retry: { maxAttempts: 8, baseDelayMs: 2000, maxDelayMs: 300_000 },
       timeouts: { connectMs: 10_000, headersMs: 300_000, bodyMs: 60_000 },
@@ -91,6 +91,20 @@ describe('configuration', () => {
     expect(parseConfig(JSON.parse(JSON.stringify(config)))).toEqual(config);
     const short = parseConfig(readmeConfig());
     expect(parseConfig(JSON.parse(JSON.stringify(short)))).toEqual(short);
+  });
+
+  it('takes a verification level per destination, md5 as the older name of checksum', () => {
+    const config = parseConfig({
+      sources: [source],
+      verify: 'md5',
+      destinations: [
+        { id: 'cloud', ...destination },
+        { id: 'archive', ...destination, verify: 'qido' },
+      ],
+    });
+    expect(config.verify).toBe('checksum');
+    expect(config.destinations.map((d) => d.verify)).toEqual([undefined, 'qido']);
+    expect(parseConfig(JSON.parse(JSON.stringify(config)))).toEqual(config);
   });
 
   it('drops trailing slashes from URLs', () => {
@@ -164,10 +178,9 @@ describe('configuration', () => {
     { what: 'stow.maxInstances 0', raw: { ...valid, stow: { maxInstances: 0 } }, field: 'stow.maxInstances' },
     { what: "verify 'bogus'", raw: { ...valid, verify: 'bogus' }, field: 'verify' },
     {
-      what: "verify 'md5' without destination.orthancUrl",
-      raw: { ...valid, verify: 'md5' },
-      field: 'verify',
-      also: 'destination.orthancUrl',
+      what: "a destination's verify 'presence'",
+      raw: { ...valid, destination: { ...destination, verify: 'presence' } },
+      field: 'destination.verify',
     },
     { what: 'duplicate source ids', raw: { ...valid, sources: [source, { ...source }] }, field: 'sources' },
     { what: 'retry.maxAttempts 0', raw: { ...valid, retry: { maxAttempts: 0 } }, field: 'retry.maxAttempts' },
@@ -249,17 +262,15 @@ describe('configuration', () => {
       field: 'destination.filter.modalities',
     },
     {
-      what: "verify 'md5' without the orthancUrl of the second destination",
+      what: "the second destination's verify 'sha1'",
       raw: {
         sources: [source],
-        verify: 'md5',
         destinations: [
-          { id: 'a', ...destination, orthancUrl: 'http://127.0.0.1:8043' },
-          { id: 'b', ...destination },
+          { id: 'a', ...destination },
+          { id: 'b', ...destination, verify: 'sha1' },
         ],
       },
-      field: 'verify',
-      also: 'destinations[1].orthancUrl',
+      field: 'destinations[1].verify',
     },
     { what: "trigger 'NewSeries'", raw: { ...valid, trigger: 'NewSeries' }, field: 'trigger' },
     {

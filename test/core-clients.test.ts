@@ -209,10 +209,10 @@ describe('OrthancClient', () => {
 
     expect((await bytesOf(await client.openInstance(id))).equals(original)).toBe(true);
     expect(await client.instanceMd5(id)).toBe(md5(original));
-    expect(await client.findInstance(instance.sopInstanceUid)).toBe(id);
+    expect(await client.findInstances(instance.sopInstanceUid)).toEqual([id]);
 
     expect(await client.instanceMd5('0000000-00000000-00000000-00000000-00000000')).toBeUndefined();
-    expect(await client.findInstance('1.2.3.4.5.6.7.8.9')).toBeUndefined();
+    expect(await client.findInstances('1.2.3.4.5.6.7.8.9')).toEqual([]);
     await expect(client.openInstance('0000000-00000000-00000000-00000000-00000000')).rejects.toMatchObject({
       kind: 'permanent',
       status: 404,
@@ -248,6 +248,8 @@ describe('StowClient and QidoClient against Orthanc DICOMweb', () => {
     status: 200,
     stored: uids(firstThree),
     refused: new Map(),
+    existing: new Set(),
+    coerced: new Set(),
     goneAtSource: [],
     bytes: totalBytes(firstThree),
   };
@@ -272,6 +274,8 @@ describe('StowClient and QidoClient against Orthanc DICOMweb', () => {
     ];
     const result = await stow().store(parts);
     expect(result).toEqual({
+      existing: new Set(),
+      coerced: new Set(),
       status: 400,
       stored: uids(lastTwo),
       refused: new Map([[corruptUid, NOT_ACKNOWLEDGED]]),
@@ -286,6 +290,8 @@ describe('StowClient and QidoClient against Orthanc DICOMweb', () => {
     const [kept] = firstThree as [GeneratedInstance];
     const mixed = await stow().store([gonePart(goneUid), partOf(kept)]);
     expect(mixed).toEqual({
+      existing: new Set(),
+      coerced: new Set(),
       status: 200,
       stored: uids([kept]),
       refused: new Map(),
@@ -295,6 +301,8 @@ describe('StowClient and QidoClient against Orthanc DICOMweb', () => {
     // Nothing left to send: an empty batch, still no error.
     const allGone = await stow().store([gonePart(goneUid)]);
     expect(allGone).toEqual({
+      existing: new Set(),
+      coerced: new Set(),
       status: 200,
       stored: new Set(),
       refused: new Map(),
@@ -330,6 +338,8 @@ describe('StowClient and QidoClient against Orthanc DICOMweb', () => {
     const [a, b] = ['2.25.3333333333333333333333333333', '2.25.4444444444444444444444444444'];
     const result = await stow().store([corruptPart(a), corruptPart(b)]);
     expect(result).toEqual({
+      existing: new Set(),
+      coerced: new Set(),
       status: 400,
       stored: new Set(),
       refused: new Map([
@@ -358,14 +368,15 @@ describe('StowClient and QidoClient against Orthanc DICOMweb', () => {
       [1000, 2],
     ] as const) {
       const { endpoint, requests } = endpointFor(destination.dicomWebUrl);
-      expect(await new QidoClient(endpoint, pageSize).studyInstances(studyUid)).toEqual(uids(set.instances));
+      const listed = await new QidoClient(endpoint, pageSize).studyInstances(studyUid);
+      expect(new Set(listed.map((copy) => copy.sopInstanceUid))).toEqual(uids(set.instances));
       expect(requests()).toBe(expectedRequests);
     }
   });
 
   it('finds nothing for a study the destination does not hold', async () => {
     const qido = new QidoClient(endpointFor(destination.dicomWebUrl).endpoint, 2);
-    expect(await qido.studyInstances('2.25.5555555555555555555555555555')).toEqual(new Set());
+    expect(await qido.studyInstances('2.25.5555555555555555555555555555')).toEqual([]);
   });
 });
 

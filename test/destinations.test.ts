@@ -82,7 +82,7 @@ describe('several destinations', () => {
     }
   });
 
-  it('keeps an instance one destination refuses at the source, recording which destination refused it', async () => {
+  it('keeps an instance one destination holds as another instance at the source, recording the conflict there', async () => {
     const [cloud, archive, source] = await startServers(fleet, ['cloud', 'archive', 'site-a']);
     const set = generateStudies(shape('one-refuses', { patients: 1 }));
     const disputed = set.instances[2] as GeneratedInstance;
@@ -104,12 +104,10 @@ describe('several destinations', () => {
       expect(run.deadLettered).toBe(0);
       expect(await heldUids(source)).toEqual([disputed.sopInstanceUid]);
       await expectAllAtDestination(cloud, set.instances);
-      const rejected = await state.ledger.rejected('site-a');
-      expect(rejected.map((r) => [r.sopInstanceUid, r.reason])).toEqual([
-        [
-          disputed.sopInstanceUid,
-          "destination 'archive': the destination holds a different file under this SOPInstanceUID (MD5 differs)",
-        ],
+      expect(await state.ledger.rejected('site-a')).toEqual([]);
+      const conflicts = await state.ledger.conflicts({ sourceId: 'site-a' });
+      expect(conflicts.map((c) => [c.sopInstanceUid, c.destinationId, c.attributes])).toEqual([
+        [disputed.sopInstanceUid, 'archive', ['SOPClassUID']],
       ]);
     } finally {
       state.close();

@@ -455,15 +455,45 @@ export const SOP_CLASS_UID_TAG = 0x00080016;
  * stores the file (its meta header names the class) but its DICOMweb STOW-RS refuses it: a file
  * a source accepts and the destination does not.
  */
-export const withoutElements = (instance: GeneratedInstance, tags: readonly number[]): GeneratedInstance => {
-  const { byteLength: _byteLength, stream: _stream, ...fields } = instance;
-  const omit: ReadonlySet<number> = new Set(tags);
-  return {
+export const withoutElements = (instance: GeneratedInstance, tags: readonly number[]): GeneratedInstance =>
+  rebuilt(fieldsOf(instance), new Set(tags));
+
+export interface InstanceChanges {
+  readonly patient?: Partial<PatientInfo>;
+  readonly study?: Partial<Omit<StudyInfo, 'studyInstanceUid'>>;
+  readonly series?: Partial<SeriesInfo>;
+  readonly instanceNumber?: number;
+}
+
+/**
+ * The same SOP instance (same SOPInstanceUID) with other values: a corrected re-send (another
+ * PatientName), the UID under another patient or series, or other bytes with the same identity
+ * (another StudyDescription).
+ */
+export const withChanges = (instance: GeneratedInstance, changes: InstanceChanges): GeneratedInstance => {
+  const fields = fieldsOf(instance);
+  const series = { ...fields.series, ...changes.series };
+  return rebuilt({
     ...fields,
-    byteLength: encodeHeader(fields, omit).length + fields.pixelBytes,
-    stream: () => Readable.from(fileChunks(fields, omit), { objectMode: false }),
-  };
+    patient: { ...fields.patient, ...changes.patient },
+    study: { ...fields.study, ...changes.study },
+    series,
+    seriesInstanceUid: series.seriesInstanceUid,
+    instanceNumber: changes.instanceNumber ?? fields.instanceNumber,
+  });
 };
+
+const fieldsOf = ({
+  byteLength: _byteLength,
+  stream: _stream,
+  ...fields
+}: GeneratedInstance): InstanceFields => fields;
+
+const rebuilt = (fields: InstanceFields, omit = NO_TAGS): GeneratedInstance => ({
+  ...fields,
+  byteLength: encodeHeader(fields, omit).length + fields.pixelBytes,
+  stream: () => Readable.from(fileChunks(fields, omit), { objectMode: false }),
+});
 
 /** Streams one instance to a file. */
 export const writeInstance = async (instance: GeneratedInstance, path: string): Promise<void> => {

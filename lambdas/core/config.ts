@@ -72,6 +72,18 @@ const dicomWebServerFields = {
   pushServerName: z.string().min(1).optional(),
 };
 
+/**
+ * The verification ladder, weakest first: `stow` trusts the STOW-RS answer; `qido` sees the
+ * SOPInstanceUID listed; `identity` (the default) sees it listed with the source's identifying
+ * attributes; `checksum` sees the same bytes (`md5` is its older name).
+ */
+export const VERIFY_LEVELS = ['stow', 'qido', 'identity', 'checksum'] as const;
+export type VerifyLevel = (typeof VERIFY_LEVELS)[number];
+
+const verifyLevelSchema = z
+  .enum([...VERIFY_LEVELS, 'md5'])
+  .transform((level): VerifyLevel => (level === 'md5' ? 'checksum' : level));
+
 const checkRegex = (pattern: string) => {
   try {
     new RegExp(pattern, 'i');
@@ -116,6 +128,8 @@ const destinationFields = {
    * `push`: the source Orthanc sends it itself (`POST /dicom-web/servers/{pushServerName}/stow`).
    */
   transfer: z.enum(['relay', 'push']).default('relay'),
+  /** This destination's verification level, instead of the top-level `verify`. */
+  verify: verifyLevelSchema.optional(),
   /** Only the studies this accepts go to this destination; every study without a filter. */
   filter: studyFilterSchema.optional(),
   alternate: alternateSchema.optional(),
@@ -285,8 +299,11 @@ const configObject = z.strictObject({
       parallel: positiveInt.max(32).default(4),
     })
     .prefault({}),
-  /** How the destination is proven to hold an instance before it is deleted at the source. */
-  verify: z.enum(['stow', 'qido', 'md5']).default('qido'),
+  /**
+   * How every destination (unless it sets its own) is proven to hold the same instance before the
+   * source's copy is deleted: the verification ladder of docs/architecture.md.
+   */
+  verify: verifyLevelSchema.default('identity'),
   /** QIDO page size when listing a study's instances at the destination. */
   qidoPageSize: positiveInt.max(10_000).default(1000),
   retry: z
@@ -336,18 +353,7 @@ export const configSchema = configObject
   .transform(({ destination, destinations, ...rest }) => ({
     ...rest,
     destinations: destinations ?? (destination === undefined ? [] : [destination]),
-  }))
-  .superRefine((config, context) => {
-    if (config.verify !== 'md5') return;
-    for (const { field, server } of destinationServers(config)) {
-      if (server.orthancUrl !== undefined) continue;
-      context.addIssue({
-        code: 'custom',
-        message: `verify 'md5' needs ${field}.orthancUrl (the destination Orthanc's REST root)`,
-        path: ['verify'],
-      });
-    }
-  });
+  }));
 
 export type ForwarderConfig = z.output<typeof configSchema>;
 export type SourceConfig = ForwarderConfig['sources'][number];

@@ -2,12 +2,19 @@
  * The destinations as the engine holds them: each one's clients, its filter, and the choice
  * between it and its alternate while it is unreachable.
  */
-import type { AlternateConfig, DestinationConfig, ForwarderConfig, StudyFilter } from './config.ts';
+import type {
+  AlternateConfig,
+  DestinationConfig,
+  ForwarderConfig,
+  StudyFilter,
+  VerifyLevel,
+} from './config.ts';
 import { ForwarderError } from './errors.ts';
 import { createEndpoint } from './http.ts';
 import { OrthancClient } from './orthanc-client.ts';
 import { QidoClient } from './qido-client.ts';
 import { StowClient } from './stow-client.ts';
+import { WadoClient } from './wado-client.ts';
 
 /** One server studies can be delivered to: a destination, or its alternate. */
 export interface DestinationServer {
@@ -15,7 +22,11 @@ export interface DestinationServer {
   readonly label: string;
   readonly stow: StowClient;
   readonly qido: QidoClient;
-  /** Its Orthanc REST API, when it is an Orthanc: needed for `md5` verification. */
+  readonly wado: WadoClient;
+  /**
+   * Its Orthanc REST API, when it is an Orthanc: `checksum` reads Orthanc's MD5s there instead of
+   * retrieving every instance, and `replace-destination` can delete there.
+   */
   readonly orthanc?: OrthancClient | undefined;
   /** Its name in the sources' `DicomWeb.Servers`, for `push`. */
   readonly pushServerName?: string | undefined;
@@ -24,6 +35,8 @@ export interface DestinationServer {
 export interface Destination {
   readonly id: string;
   readonly transfer: 'relay' | 'push';
+  /** How this destination is proven to hold the same instance before the source's copy goes. */
+  readonly verify: VerifyLevel;
   readonly filter?: StudyFilter | undefined;
   readonly primary: DestinationServer;
   readonly alternate?: { readonly server: DestinationServer; readonly afterMs: number } | undefined;
@@ -57,6 +70,7 @@ const buildServer = (
     label: endpoint.label,
     stow: new StowClient(endpoint),
     qido: new QidoClient(endpoint, config.qidoPageSize),
+    wado: new WadoClient(endpoint),
     orthanc:
       orthancUrl === undefined
         ? undefined
@@ -69,6 +83,7 @@ export const buildDestinations = (config: ForwarderConfig, env: NodeJS.ProcessEn
   config.destinations.map((destination) => ({
     id: destination.id,
     transfer: destination.transfer,
+    verify: destination.verify ?? config.verify,
     filter: destination.filter,
     primary: buildServer(destination, config, env),
     alternate:

@@ -12,7 +12,6 @@ import { routingDigest } from './routing.ts';
 
 /** What the move protocol takes from the configuration. */
 export const moveOptions = (config: ForwarderConfig): MoveOptions => ({
-  verify: config.verify,
   deleteAfterForward: config.deleteAfterForward,
   stow: config.stow,
   unrouted: config.unrouted,

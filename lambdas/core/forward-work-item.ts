@@ -36,8 +36,8 @@ const leaseKey = (sourceId: string, studyId: string) => `study#${sourceId}#${stu
  * change names the instance, not its study). Watch such a study, so that the feed queues it once
  * it is stable (or quiet), and local mode's `--until-idle` does not call the source drained
  * meanwhile. Only after a move that deleted something: a copy, a skipped study or one found gone
- * leaves nothing of ours behind. Instances the destination refused for good do not count: they
- * stay, and moving them again would loop.
+ * leaves nothing of ours behind. Instances the destination refused for good, or held by a
+ * conflict, do not count: they stay, and moving them again would loop.
  */
 const watchLateArrivals = async (engine: Engine, item: WorkItem, outcome: StudyOutcome): Promise<void> => {
   const source = engine.sources.get(item.sourceId);
@@ -48,10 +48,13 @@ const watchLateArrivals = async (engine: Engine, item: WorkItem, outcome: StudyO
         ? await source.studyInstances(item.studyId)
         : await source.seriesInstances(item.seriesId);
     if (left === undefined || left.length === 0) return;
-    const rejected = new Set(
-      (await engine.ledger.rejected(item.sourceId, item.studyId)).map((r) => r.instanceId),
-    );
-    if (left.some((instance) => !rejected.has(instance.id))) {
+    const stays = new Set([
+      ...(await engine.ledger.rejected(item.sourceId, item.studyId)).map((r) => r.instanceId),
+      ...(await engine.ledger.conflicts({ sourceId: item.sourceId, studyId: item.studyId })).map(
+        (c) => c.instanceId,
+      ),
+    ]);
+    if (left.some((instance) => !stays.has(instance.id))) {
       await engine.feed.watch(item.sourceId, [item.studyId], (engine.now ?? Date.now)());
     }
   } catch (error) {

@@ -1,23 +1,37 @@
 /**
  * The move protocol for one study of one source (or one series of it): snapshot, route, send to
- * each destination what it lacks, verify, delete exactly what every destination verified, record.
- * Every step is safe to repeat, so a crash anywhere converges when the work item is delivered again.
+ * each destination what it lacks, verify that it holds the same instances, delete exactly those
+ * (and only while they are still the files that were verified), record. An instance the
+ * destination holds as another instance under its SOPInstanceUID is a conflict: it stays at the
+ * source, is not sent again, and waits for the operator. Every step is safe to repeat, so a crash
+ * anywhere converges when the work item is delivered again.
  */
 import type { Readable } from 'node:stream';
 import { runBounded } from './concurrency.ts';
+import type { VerifyLevel } from './config.ts';
 import { type Destination, type DestinationServer, isUnreachable } from './destinations.ts';
 import { describe, ForwarderError, NotVerifiedError, permanent, transient } from './errors.ts';
+import { unknownAttributes } from './identity.ts';
 import type { Log } from './log.ts';
 import type { OrthancClient, SourceInstance } from './orthanc-client.ts';
-import type { Ledger, MoveResult, RejectedInstance, SettledStudy, StudyOutcome } from './ports.ts';
+import type { Conflict, Ledger, MoveResult, RejectedInstance, SettledStudy, StudyOutcome } from './ports.ts';
 import { pushBatches } from './push.ts';
+import type { ListedCopy } from './qido-client.ts';
 import { routeStudy, studyFacts } from './routing.ts';
 import type { StowClient, StowPart } from './stow-client.ts';
-
-export type VerifyLevel = 'stow' | 'qido' | 'md5';
+import {
+  type Check,
+  checkFor,
+  completeCopies,
+  copiesByUid,
+  duplicatedUids,
+  judge,
+  judgeIdentity,
+  sourceIdentities,
+  type Verdict,
+} from './verification.ts';
 
 export interface MoveOptions {
-  readonly verify: VerifyLevel;
   readonly deleteAfterForward: boolean;
   readonly stow: { readonly maxInstances: number; readonly maxBytes: number; readonly parallel: number };
   /** A study no destination's filter accepts stays at the source, or is deleted there. */
@@ -54,7 +68,10 @@ export interface MoveContext {
   readonly onStep?: ((step: MoveStep, studyId: string) => void | Promise<void>) | undefined;
 }
 
-/** Groups instances by series, then cuts batches bounded by count and bytes. */
+/**
+ * Groups instances by series, then cuts batches bounded by count and bytes. Two instances with
+ * one SOPInstanceUID never share a batch: a STOW answer names instances by UID alone.
+ */
 export const planBatches = (
   instances: readonly SourceInstance[],
   limits: { readonly maxInstances: number; readonly maxBytes: number },
@@ -62,17 +79,21 @@ export const planBatches = (
   const sorted = [...instances].sort((a, b) => a.seriesId.localeCompare(b.seriesId));
   const batches: SourceInstance[][] = [];
   let batch: SourceInstance[] = [];
+  let uids = new Set<string>();
   let bytes = 0;
   for (const instance of sorted) {
     const full =
       batch.length >= limits.maxInstances ||
-      (batch.length > 0 && bytes + instance.fileSize > limits.maxBytes);
+      (batch.length > 0 && bytes + instance.fileSize > limits.maxBytes) ||
+      uids.has(instance.sopInstanceUid);
     if (full) {
       batches.push(batch);
       batch = [];
+      uids = new Set();
       bytes = 0;
     }
     batch.push(instance);
+    uids.add(instance.sopInstanceUid);
     bytes += instance.fileSize;
   }
   if (batch.length > 0) batches.push(batch);
@@ -93,17 +114,26 @@ export const planSeriesBatches = (
   return [...bySeries.values()].flatMap((series) => planBatches(series, limits));
 };
 
+/** What was sent to one destination, by the instances' Orthanc IDs at the source. */
 interface SendReport {
   /** Relay: listed by the STOW answers; push: in the jobs that succeeded. */
   readonly stored: Set<string>;
   readonly refused: Map<string, string>;
+  /** Answered "already exists", or stored with a warning: only identity can tell. */
+  readonly unproven: Set<string>;
   readonly gone: Set<string>;
   bytes: number;
   /** The first failure of a batch, reported once what arrived has been dealt with. */
   failure?: unknown;
 }
 
-const nothingSent = (): SendReport => ({ stored: new Set(), refused: new Map(), gone: new Set(), bytes: 0 });
+const nothingSent = (): SendReport => ({
+  stored: new Set(),
+  refused: new Map(),
+  unproven: new Set(),
+  gone: new Set(),
+  bytes: 0,
+});
 
 const openPart = (source: OrthancClient, instance: SourceInstance, signal?: AbortSignal): StowPart => ({
   sopInstanceUid: instance.sopInstanceUid,
@@ -139,9 +169,16 @@ const relay = async (
       batch.map((instance) => openPart(ctx.source, instance, ctx.signal)),
       ctx.signal,
     );
-    for (const uid of result.stored) report.stored.add(uid);
-    for (const [uid, reason] of result.refused) report.refused.set(uid, reason);
-    for (const uid of result.goneAtSource) report.gone.add(uid);
+    // UIDs are unique within a batch (planBatches): each names one instance.
+    const byUid = new Map(batch.map((instance) => [instance.sopInstanceUid, instance.id]));
+    const ids = (uids: Iterable<string>) => [...uids].flatMap((uid) => byUid.get(uid) ?? []);
+    for (const id of ids(result.stored)) report.stored.add(id);
+    for (const id of ids([...result.existing, ...result.coerced])) report.unproven.add(id);
+    for (const id of ids(result.goneAtSource)) report.gone.add(id);
+    for (const [uid, reason] of result.refused) {
+      const id = byUid.get(uid);
+      if (id !== undefined) report.refused.set(id, reason);
+    }
     report.bytes += result.bytes;
   }).catch((error: unknown) => {
     report.failure = error;
@@ -179,10 +216,15 @@ interface Delivery {
   /** The destination, or its alternate while it is unreachable; undefined when neither answered. */
   readonly server: DestinationServer | undefined;
   readonly viaAlternate: boolean;
-  readonly heldBefore: ReadonlySet<string>;
+  /** Its level; a push is verified with QIDO at least: the STOW answer went to the source, not to us. */
+  readonly level: VerifyLevel;
+  /** What it listed before anything was sent, by SOPInstanceUID. */
+  listedBefore: Map<string, ListedCopy[]>;
+  /** The verdicts before sending, then after verification, by source instance ID. */
+  verdicts: Map<string, Verdict>;
+  /** The instances it held before anything was sent. */
+  heldBefore: Set<string>;
   sent: SendReport;
-  held: Set<string>;
-  mismatched: Set<string>;
   /** The first failure with this destination, reported once the others are dealt with. */
   failure?: unknown;
 }
@@ -201,33 +243,70 @@ const fail = (ctx: MoveContext, delivery: Delivery, error: unknown): void => {
   });
 };
 
+/** What the study's move knows besides its deliveries. */
+interface Study {
+  readonly id: string;
+  readonly studyInstanceUid: string;
+  readonly snapshot: readonly SourceInstance[];
+  readonly identityOf: ReturnType<typeof sourceIdentities>;
+  readonly duplicated: ReadonlySet<string>;
+  /** Conflicts recorded before this move, by `instanceId#destinationId`. */
+  readonly recorded: ReadonlyMap<string, Conflict>;
+  /** Instances refused for good before: they stay at the source and are not sent again. */
+  readonly rejectedBefore: ReadonlySet<string>;
+}
+
+const conflictKey = (instanceId: string, destinationId: string) => `${instanceId}#${destinationId}`;
+
+const recordedConflict = (study: Study, instance: SourceInstance, delivery: Delivery) =>
+  study.recorded.get(conflictKey(instance.id, delivery.destination.id));
+
+/** Lists what a server holds of the study, completed from WADO-RS metadata where identity needs it. */
+const listAt = async (
+  ctx: MoveContext,
+  server: DestinationServer,
+  study: Study,
+  needsIdentity: boolean,
+): Promise<Map<string, ListedCopy[]>> => {
+  const listed = await server.qido.studyInstances(study.studyInstanceUid, ctx.signal);
+  const complete = listed.every((copy) => unknownAttributes(copy.identity).length === 0);
+  if (!needsIdentity || complete) return copiesByUid(listed);
+  const seriesOf = new Map<string, string>();
+  for (const instance of study.snapshot) {
+    const series = (await study.identityOf(instance))?.SeriesInstanceUID;
+    if (series !== undefined) seriesOf.set(instance.sopInstanceUid, series);
+  }
+  return copiesByUid(await completeCopies(server, study.studyInstanceUid, listed, seriesOf, ctx.signal));
+};
+
 /**
  * Lists what the destination holds of the study, which also tells whether it is reachable. While
  * it has been unreachable for longer than its alternate's afterSeconds, the alternate serves this
  * move instead: it is listed, sent to and verified.
  */
-const openDelivery = async (
-  ctx: MoveContext,
-  destination: Destination,
-  studyInstanceUid: string,
-): Promise<Delivery> => {
+const openDelivery = async (ctx: MoveContext, destination: Destination, study: Study): Promise<Delivery> => {
   const now = ctx.now ?? Date.now;
-  const opened = (server: DestinationServer | undefined, viaAlternate: boolean, heldBefore: Set<string>) => ({
+  const level =
+    destination.verify === 'stow' && destination.transfer === 'push' ? 'qido' : destination.verify;
+  const needsIdentity = level === 'identity' || level === 'checksum' || study.duplicated.size > 0;
+  const opened = (server: DestinationServer | undefined, viaAlternate: boolean): Delivery => ({
     destination,
     server,
     viaAlternate,
-    heldBefore,
+    level,
+    listedBefore: new Map(),
+    verdicts: new Map(),
+    heldBefore: new Set(),
     sent: nothingSent(),
-    held: new Set<string>(),
-    mismatched: new Set<string>(),
   });
   const { primary, alternate, health } = destination;
   try {
-    const heldBefore = await primary.qido.studyInstances(studyInstanceUid, ctx.signal);
+    const delivery = opened(primary, false);
+    delivery.listedBefore = await listAt(ctx, primary, study, needsIdentity);
     health.unreachableSince = undefined;
-    return opened(primary, false, heldBefore);
+    return delivery;
   } catch (error) {
-    const failed = opened(undefined, false, new Set());
+    const failed = opened(undefined, false);
     fail(ctx, failed, error);
     const since = health.unreachableSince;
     if (alternate === undefined || since === undefined || now() - since < alternate.afterMs) return failed;
@@ -238,12 +317,10 @@ const openDelivery = async (
       alternate: alternate.server.label,
       unreachableMs: now() - since,
     });
-    const viaAlternate = opened(alternate.server, true, new Set());
+    const viaAlternate = opened(alternate.server, true);
     try {
-      return {
-        ...viaAlternate,
-        heldBefore: await alternate.server.qido.studyInstances(studyInstanceUid, ctx.signal),
-      };
+      viaAlternate.listedBefore = await listAt(ctx, alternate.server, study, needsIdentity);
+      return viaAlternate;
     } catch (alternateError) {
       fail(ctx, viaAlternate, alternateError);
       return { ...viaAlternate, server: undefined };
@@ -251,68 +328,165 @@ const openDelivery = async (
   }
 };
 
-/** Compares each instance's stored file at both ends; returns the UIDs whose MD5 differs. */
-const md5Mismatches = async (
+const checksOf = (study: Study, delivery: Delivery, instances: readonly SourceInstance[]) =>
+  new Map<SourceInstance, Check>(
+    instances.map((instance) => [
+      instance,
+      checkFor(delivery.level, instance, { duplicated: study.duplicated, unproven: delivery.sent.unproven }),
+    ]),
+  );
+
+/**
+ * The operator chose to replace the destination's copy: delete the copies the destination holds
+ * under the UID in this study (another patient's copy elsewhere is not ours to touch), unless one
+ * already is the source's instance (a previous attempt replaced it; bytes cannot be told apart
+ * that cheaply, so a `content` conflict is replaced again). Only at an Orthanc whose REST API we
+ * have; elsewhere the decision waits, and says why.
+ */
+const replaceAtDestination = async (
   ctx: MoveContext,
+  study: Study,
+  delivery: Delivery,
   server: DestinationServer,
-  instances: readonly SourceInstance[],
-): Promise<Set<string>> => {
-  const destination = server.orthanc;
-  if (destination === undefined) throw new Error("verify 'md5' needs the destination's Orthanc REST API");
-  const mismatched = new Set<string>();
-  await runBounded(instances, 8, async (instance) => {
-    const destinationId = await destination.findInstance(instance.sopInstanceUid);
-    const [here, there] = await Promise.all([
-      ctx.source.instanceMd5(instance.id),
-      destinationId === undefined ? undefined : destination.instanceMd5(destinationId),
-    ]);
-    if (here !== undefined && here !== there) mismatched.add(instance.sopInstanceUid);
-  });
-  return mismatched;
+): Promise<void> => {
+  const replaced = study.snapshot.filter(
+    (instance) => recordedConflict(study, instance, delivery)?.resolution === 'replace-destination',
+  );
+  if (replaced.length === 0) return;
+  const { orthanc } = server;
+  if (orthanc === undefined) {
+    fail(
+      ctx,
+      delivery,
+      permanent(
+        `replace-destination: '${delivery.destination.id}' at ${server.label} has no orthancUrl, so the forwarder cannot delete there`,
+      ),
+    );
+    return;
+  }
+  for (const instance of replaced) {
+    const copies = delivery.listedBefore.get(instance.sopInstanceUid);
+    const byContent = recordedConflict(study, instance, delivery)?.attributes.includes('content') === true;
+    if (!byContent && judgeIdentity(await study.identityOf(instance), copies).kind === 'held') continue;
+    const inStudy = [];
+    for (const id of await orthanc.findInstances(instance.sopInstanceUid, ctx.signal)) {
+      if ((await orthanc.instanceStudy(id))?.studyInstanceUid === study.studyInstanceUid) inStudy.push(id);
+    }
+    await orthanc.deleteInstances(inStudy);
+    delivery.listedBefore.delete(instance.sopInstanceUid);
+    ctx.log.info('replaced at the destination by the operator’s decision', {
+      sourceId: ctx.sourceId,
+      studyId: study.id,
+      instanceId: instance.id,
+      destinationId: delivery.destination.id,
+    });
+  }
 };
 
 /**
- * The UIDs of the snapshot that the destination verifiably holds, at the configured level. A
- * push is verified with QIDO at least: the STOW answer went to the source, not to us.
+ * Whether this move may send the instance to the destination, given what was recorded: not what
+ * it holds already or refused for good, not what waits for the operator or was kept at the source.
+ * An accepted destination copy that the destination has lost since is sent after all.
  */
-const verify = async (
-  ctx: MoveContext,
-  delivery: Delivery,
-  studyInstanceUid: string,
-  snapshot: readonly SourceInstance[],
-): Promise<void> => {
+const sendable = (study: Study, delivery: Delivery, instance: SourceInstance): boolean => {
+  const verdict = delivery.verdicts.get(instance.id)?.kind;
+  if (verdict === 'held' || study.rejectedBefore.has(instance.id)) return false;
+  const conflict = recordedConflict(study, instance, delivery);
+  if (conflict?.resolution === 'accept-destination') return verdict === 'absent';
+  return conflict === undefined || conflict.resolution === 'replace-destination';
+};
+
+/** Sends the destination what it lacks (or holds as another instance, so that it may take it). */
+const deliver = async (ctx: MoveContext, study: Study, delivery: Delivery): Promise<void> => {
   const { server } = delivery;
   if (server === undefined) return;
-  const snapshotUids = new Set(snapshot.map((i) => i.sopInstanceUid));
-  const inSnapshot = (uids: Iterable<string>) => new Set([...uids].filter((uid) => snapshotUids.has(uid)));
-  const level =
-    ctx.options.verify === 'stow' && delivery.destination.transfer === 'push' ? 'qido' : ctx.options.verify;
   try {
-    if (level === 'stow') {
-      delivery.held = inSnapshot([...delivery.heldBefore, ...delivery.sent.stored]);
-      return;
-    }
-    const held = inSnapshot(await server.qido.studyInstances(studyInstanceUid, ctx.signal));
-    if (level === 'md5') {
-      delivery.mismatched = await md5Mismatches(
-        ctx,
+    await replaceAtDestination(ctx, study, delivery, server);
+    delivery.verdicts = await judge(
+      {
+        source: ctx.source,
         server,
-        snapshot.filter((i) => held.has(i.sopInstanceUid)),
-      );
-      for (const uid of delivery.mismatched) held.delete(uid);
-    }
-    delivery.held = held;
+        studyInstanceUid: study.studyInstanceUid,
+        listed: delivery.listedBefore,
+        stored: new Set(),
+        compareBytes: false,
+        identityOf: study.identityOf,
+        signal: ctx.signal,
+      },
+      checksOf(study, delivery, study.snapshot),
+    );
   } catch (error) {
+    fail(ctx, delivery, error);
+    return;
+  }
+  delivery.heldBefore = new Set(
+    study.snapshot.filter((instance) => delivery.verdicts.get(instance.id)?.kind === 'held').map((i) => i.id),
+  );
+  const toSend = study.snapshot.filter((instance) => sendable(study, delivery, instance));
+  delivery.sent =
+    delivery.destination.transfer === 'push'
+      ? await push(ctx, server, toSend, study.snapshot)
+      : await relay(ctx, server.stow, toSend);
+  if (delivery.sent.failure !== undefined) fail(ctx, delivery, delivery.sent.failure);
+};
+
+/** Verifies, at each destination (or the alternate that served it), every instance of the snapshot. */
+const verify = async (ctx: MoveContext, study: Study, delivery: Delivery): Promise<void> => {
+  const { server } = delivery;
+  if (server === undefined) return;
+  const checks = checksOf(study, delivery, study.snapshot);
+  const trustsAnswers = [...checks.values()].every((check) => check === 'stow');
+  try {
+    const listed = trustsAnswers
+      ? delivery.listedBefore
+      : await listAt(
+          ctx,
+          server,
+          study,
+          [...checks.values()].some((check) => check === 'identity' || check === 'checksum'),
+        );
+    delivery.verdicts = await judge(
+      {
+        source: ctx.source,
+        server,
+        studyInstanceUid: study.studyInstanceUid,
+        listed,
+        stored: delivery.sent.stored,
+        compareBytes: true,
+        identityOf: study.identityOf,
+        signal: ctx.signal,
+      },
+      checks,
+    );
+  } catch (error) {
+    delivery.verdicts = new Map();
     fail(ctx, delivery, error);
   }
 };
 
+/**
+ * Where an instance stands at one destination once verified: the operator's decision on a
+ * recorded conflict comes first, then the verdict.
+ */
+type Standing = 'held' | 'kept' | 'open-conflict' | 'new-conflict' | 'refused' | 'unverified';
+
+const standing = (study: Study, delivery: Delivery, instance: SourceInstance): Standing => {
+  const recorded = recordedConflict(study, instance, delivery);
+  const verdict = delivery.verdicts.get(instance.id);
+  // Accepted: the destination's copy stands, as long as it verifiably still has one.
+  if (recorded?.resolution === 'accept-destination')
+    return verdict?.kind === 'conflict' || verdict?.kind === 'held' ? 'held' : 'unverified';
+  if (recorded?.resolution === 'keep-source') return 'kept';
+  if (recorded !== undefined && recorded.resolution === undefined) return 'open-conflict';
+  if (verdict?.kind === 'held') return 'held';
+  // A replacement that still differs is not a new conflict: the decision stands, the retry retries.
+  if (verdict?.kind === 'conflict') return recorded === undefined ? 'new-conflict' : 'unverified';
+  return delivery.sent.refused.has(instance.id) ? 'refused' : 'unverified';
+};
+
 /** Why this destination does not hold the instance, if it said so: for the record of refusals. */
-const refusalAt = (delivery: Delivery, uid: string): string[] => {
-  if (delivery.held.has(uid)) return [];
-  const reason = delivery.mismatched.has(uid)
-    ? 'the destination holds a different file under this SOPInstanceUID (MD5 differs)'
-    : delivery.sent.refused.get(uid);
+const refusalAt = (delivery: Delivery, instance: SourceInstance): string[] => {
+  const reason = delivery.sent.refused.get(instance.id);
   return reason === undefined ? [] : [`destination '${delivery.destination.id}': ${reason}`];
 };
 
@@ -330,6 +504,26 @@ export const stillSettled = (
   settled.routing === current.routing &&
   (current.instances === undefined || settled.instances === current.instances);
 
+/**
+ * Of the instances to delete, those whose file is still the one snapshotted: an instance ID can
+ * name new content by now (a re-send that overwrote it, a delete and re-send), and that content
+ * was not verified. It stays for the next round.
+ */
+const stillTheSame = async (
+  ctx: MoveContext,
+  studyId: string,
+  seriesId: string | undefined,
+  instances: readonly SourceInstance[],
+): Promise<SourceInstance[]> => {
+  if (instances.length === 0) return [];
+  const now =
+    seriesId === undefined
+      ? await ctx.source.studyInstances(studyId)
+      : await ctx.source.seriesInstances(seriesId);
+  const current = new Map((now ?? []).map((instance) => [instance.id, instance.fileUuid]));
+  return instances.filter((instance) => current.get(instance.id) === instance.fileUuid);
+};
+
 export const moveStudy = async (
   ctx: MoveContext,
   studyId: string,
@@ -346,6 +540,7 @@ export const moveStudy = async (
     alreadyPresent: 0,
     deleted: 0,
     rejected: 0,
+    conflicts: 0,
     bytes: 0,
     ...counts,
     durationMs: now() - started,
@@ -354,14 +549,14 @@ export const moveStudy = async (
 
   // 1. Snapshot: the study's instances, or the series' for a series item. A study that is gone
   // was moved already (or deleted by someone else).
-  const study = await ctx.source.study(studyId);
+  const info = await ctx.source.study(studyId);
   const snapshot =
-    study === undefined
+    info === undefined
       ? undefined
       : seriesId === undefined
         ? await ctx.source.studyInstances(studyId)
         : await ctx.source.seriesInstances(seriesId);
-  if (study === undefined || snapshot === undefined || snapshot.length === 0) return outcome('gone');
+  if (info === undefined || snapshot === undefined || snapshot.length === 0) return outcome('gone');
   await ctx.onStep?.('snapshot-taken', studyId);
 
   // 2. Left at the source on purpose before (copied, or skipped) and unchanged since: nothing to
@@ -370,7 +565,7 @@ export const moveStudy = async (
     sourceId: ctx.sourceId,
     studyId,
     seriesId: seriesId ?? '',
-    lastUpdate: study.lastUpdate ?? '',
+    lastUpdate: info.lastUpdate ?? '',
     instances: snapshot.length,
     routing: ctx.options.routing,
   };
@@ -384,7 +579,7 @@ export const moveStudy = async (
   }
 
   // 3. Route: the destinations whose filter accepts the study.
-  const routed = await routeStudy(ctx.destinations, studyFacts(ctx.source, study, snapshot, seriesId));
+  const routed = await routeStudy(ctx.destinations, studyFacts(ctx.source, info, snapshot, seriesId));
   if (routed.length === 0) {
     if (ctx.options.unrouted === 'keep') {
       await settle('skipped');
@@ -395,73 +590,126 @@ export const moveStudy = async (
     return outcome('skipped', { instances: snapshot.length, deleted: snapshot.length });
   }
 
-  // 4. Send each destination only what it lacks and what no destination refused for good before
-  // (that stays at the source). A destination that fails does not stop the others: what they
-  // hold is not sent again by the retry.
-  const rejectedBefore = new Set(
-    (await ctx.ledger.rejected(ctx.sourceId, studyId)).map((rejected) => rejected.instanceId),
-  );
+  // 4. Send each destination what it lacks, and what it holds as another instance (it may take
+  // the new one), but nothing refused for good before or held by a recorded conflict. A
+  // destination that fails does not stop the others: what they hold is not sent again.
+  const study: Study = {
+    id: studyId,
+    studyInstanceUid: info.studyInstanceUid,
+    snapshot,
+    identityOf: sourceIdentities(ctx.source, ctx.signal),
+    duplicated: duplicatedUids(snapshot),
+    recorded: new Map(
+      (await ctx.ledger.conflicts({ sourceId: ctx.sourceId, studyId })).map((c) => [
+        conflictKey(c.instanceId, c.destinationId),
+        c,
+      ]),
+    ),
+    rejectedBefore: new Set((await ctx.ledger.rejected(ctx.sourceId, studyId)).map((r) => r.instanceId)),
+  };
   const deliveries: Delivery[] = [];
   for (const destination of routed) {
-    const delivery = await openDelivery(ctx, destination, study.studyInstanceUid);
+    const delivery = await openDelivery(ctx, destination, study);
     deliveries.push(delivery);
-    const { server } = delivery;
-    if (server === undefined) continue;
-    const toSend = snapshot.filter(
-      (i) => !delivery.heldBefore.has(i.sopInstanceUid) && !rejectedBefore.has(i.id),
-    );
-    delivery.sent =
-      destination.transfer === 'push'
-        ? await push(ctx, server, toSend, snapshot)
-        : await relay(ctx, server.stow, toSend);
-    if (delivery.sent.failure !== undefined) fail(ctx, delivery, delivery.sent.failure);
+    await deliver(ctx, study, delivery);
   }
   await ctx.onStep?.('sent', studyId);
 
   // 5. Verify, at each destination (or the alternate that served it).
-  for (const delivery of deliveries) await verify(ctx, delivery, study.studyInstanceUid, snapshot);
-  const everywhere = (i: SourceInstance) => deliveries.every((d) => d.held.has(i.sopInstanceUid));
-  const verifiedInstances = snapshot.filter(everywhere);
+  for (const delivery of deliveries) await verify(ctx, study, delivery);
+  const standings = new Map(
+    snapshot.map((instance) => [instance.id, deliveries.map((d) => standing(study, d, instance))]),
+  );
+  const all = (instance: SourceInstance, wanted: Standing) =>
+    (standings.get(instance.id) ?? []).every((s) => s === wanted);
+  const any = (instance: SourceInstance, wanted: Standing) =>
+    (standings.get(instance.id) ?? []).includes(wanted);
+  const verifiedInstances = snapshot.filter((instance) => all(instance, 'held'));
   await ctx.onStep?.('verified', studyId);
 
-  // 6. Record refusals before deleting anything, so that a crash cannot lose the reason.
-  const refusedNow: RejectedInstance[] = snapshot.flatMap((i) => {
-    const reasons = deliveries.flatMap((d) => refusalAt(d, i.sopInstanceUid));
-    if (reasons.length === 0) return [];
-    const refusal = {
+  // 6. Record conflicts and refusals before deleting anything, so that a crash cannot lose them.
+  const conflictsNow: Conflict[] = deliveries.flatMap((delivery) =>
+    snapshot.flatMap((instance) => {
+      const verdict = delivery.verdicts.get(instance.id);
+      if (standing(study, delivery, instance) !== 'new-conflict' || verdict?.kind !== 'conflict') return [];
+      return [
+        {
+          sourceId: ctx.sourceId,
+          studyId,
+          instanceId: instance.id,
+          sopInstanceUid: instance.sopInstanceUid,
+          destinationId: delivery.destination.id,
+          attributes: verdict.attributes,
+          detectedAt: now(),
+        },
+      ];
+    }),
+  );
+  await ctx.ledger.recordConflicts(conflictsNow);
+  for (const conflict of conflictsNow) {
+    ctx.log.warn('conflict: the destination holds another instance under this SOPInstanceUID', {
       sourceId: ctx.sourceId,
       studyId,
-      instanceId: i.id,
-      sopInstanceUid: i.sopInstanceUid,
-      reason: reasons.join('; '),
-      rejectedAt: now(),
-    };
-    return [refusal];
+      instanceId: conflict.instanceId,
+      destinationId: conflict.destinationId,
+      attributes: conflict.attributes.join(','),
+    });
+  }
+  const refusedNow: RejectedInstance[] = snapshot.flatMap((instance) => {
+    if (!any(instance, 'refused')) return [];
+    const reasons = deliveries.flatMap((d) =>
+      standing(study, d, instance) === 'refused' ? refusalAt(d, instance) : [],
+    );
+    return [
+      {
+        sourceId: ctx.sourceId,
+        studyId,
+        instanceId: instance.id,
+        sopInstanceUid: instance.sopInstanceUid,
+        reason: reasons.join('; '),
+        rejectedAt: now(),
+      },
+    ];
   });
   await ctx.ledger.recordRejected(refusedNow);
 
-  // 7. Delete exactly the instances of the snapshot that every destination verified; later
-  // arrivals stay.
+  // 7. Delete exactly the instances of the snapshot that every destination verified, and only
+  // while each is still the file that was verified; later arrivals stay.
+  const deleted = ctx.options.deleteAfterForward
+    ? await stillTheSame(ctx, studyId, seriesId, verifiedInstances)
+    : [];
   if (ctx.options.deleteAfterForward) {
-    await ctx.source.deleteInstances(verifiedInstances.map((i) => i.id));
+    await ctx.source.deleteInstances(deleted.map((i) => i.id));
     await ctx.onStep?.('deleted', studyId);
   }
 
-  const refusedIds = new Set(refusedNow.map((r) => r.instanceId));
-  const rejected =
-    refusedNow.length +
-    snapshot.filter((i) => rejectedBefore.has(i.id) && !refusedIds.has(i.id) && !everywhere(i)).length;
+  const held = (instance: SourceInstance) =>
+    any(instance, 'open-conflict') || any(instance, 'new-conflict') || any(instance, 'kept');
+  const conflicts = snapshot.filter((i) => any(i, 'open-conflict') || any(i, 'new-conflict')).length;
+  const rejected = snapshot.filter(
+    (i) => !held(i) && !all(i, 'held') && (any(i, 'refused') || study.rejectedBefore.has(i.id)),
+  ).length;
   const gone = new Set(deliveries.flatMap((d) => [...d.sent.gone]));
+  const deletedIds = new Set(deleted.map((i) => i.id));
+  const changed = ctx.options.deleteAfterForward
+    ? verifiedInstances.filter((i) => !deletedIds.has(i.id))
+    : [];
   const unaccounted = snapshot.filter(
     (i) =>
-      !gone.has(i.sopInstanceUid) &&
-      !rejectedBefore.has(i.id) &&
-      deliveries.some((d) => !d.held.has(i.sopInstanceUid) && refusalAt(d, i.sopInstanceUid).length === 0),
+      !gone.has(i.id) &&
+      !study.rejectedBefore.has(i.id) &&
+      !held(i) &&
+      (any(i, 'unverified') || changed.includes(i)),
   );
   if (unaccounted.length > 0) {
     // Verified ones are already deleted: a retry resumes with the rest.
     const failure = deliveries.find((d) => d.failure !== undefined)?.failure;
     if (failure !== undefined) throw failure;
+    if (changed.length > 0) {
+      throw transient(
+        `${changed.length} instances changed at the source during the move: moved again next time`,
+      );
+    }
     throw new NotVerifiedError(
       `${unaccounted.length} of ${snapshot.length} instances not verified at the destination yet`,
     );
@@ -474,18 +722,18 @@ export const moveStudy = async (
     // after the archive stored the batch.
     sent: deliveries.reduce(
       (sum, d) =>
-        sum +
-        snapshot.filter((i) => d.held.has(i.sopInstanceUid) && !d.heldBefore.has(i.sopInstanceUid)).length,
+        sum + snapshot.filter((i) => d.verdicts.get(i.id)?.kind === 'held' && !d.heldBefore.has(i.id)).length,
       0,
     ),
-    alreadyPresent: verifiedInstances.filter((i) =>
-      deliveries.every((d) => d.heldBefore.has(i.sopInstanceUid)),
-    ).length,
-    deleted: ctx.options.deleteAfterForward ? verifiedInstances.length : 0,
+    alreadyPresent: verifiedInstances.filter((i) => deliveries.every((d) => d.heldBefore.has(i.id))).length,
+    deleted: deleted.length,
     rejected,
+    conflicts,
     bytes: deliveries.reduce((sum, d) => sum + d.sent.bytes, 0),
   };
-  const result: MoveResult = rejected > 0 ? 'partial' : ctx.options.deleteAfterForward ? 'moved' : 'copied';
-  if (!ctx.options.deleteAfterForward) await settle(result === 'partial' ? 'partial' : 'copied');
+  const whole = rejected === 0 && snapshot.every((i) => !held(i));
+  const result: MoveResult = !whole ? 'partial' : ctx.options.deleteAfterForward ? 'moved' : 'copied';
+  // A conflict is never settled: the study is looked at again until the operator resolves it.
+  if (!ctx.options.deleteAfterForward && conflicts === 0) await settle(whole ? 'copied' : 'partial');
   return outcome(result, counts);
 };

@@ -2,10 +2,12 @@
  * The REST API of an Orthanc server, as far as the forwarder uses it: the change feed, a study's
  * instances, instance files, and deletion of exactly the instances we name.
  */
+import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { z } from 'zod';
-import { transient } from './errors.ts';
+import { ForwarderError, transient } from './errors.ts';
 import { call, callJson, type Endpoint, statusError } from './http.ts';
+import { type Identity, identityFromOrthancTags } from './identity.ts';
 
 const changesSchema = z.object({
   Changes: z.array(
@@ -52,6 +54,7 @@ const instancesSchema = z.array(
     ID: z.string(),
     ParentSeries: z.string(),
     FileSize: z.number().int().nonnegative(),
+    FileUuid: z.string(),
     MainDicomTags: z.object({ SOPInstanceUID: z.string() }),
   }),
 );
@@ -103,6 +106,12 @@ export interface SourceInstance {
   readonly sopInstanceUid: string;
   readonly seriesId: string;
   readonly fileSize: number;
+  /**
+   * The stored file's attachment. An instance ID names whatever file arrives under the same
+   * identifiers: a re-send (OverwriteInstances) or a delete and re-send gets a new attachment,
+   * so a changed FileUuid means other content than the one verified.
+   */
+  readonly fileUuid: string;
 }
 
 const parse = <T>(schema: z.ZodType<T>, value: unknown, what: string, endpoint: Endpoint): T => {
@@ -222,7 +231,26 @@ export class OrthancClient {
       sopInstanceUid: i.MainDicomTags.SOPInstanceUID,
       seriesId: i.ParentSeries,
       fileSize: i.FileSize,
+      fileUuid: i.FileUuid,
     }));
+  }
+
+  /**
+   * The identity of every instance of a series as its file says (not the database's patient,
+   * study and series records, which keep the first instance's values), in one request; undefined
+   * when the series no longer exists. Per series, so that memory follows the largest series.
+   */
+  async seriesIdentities(seriesId: string, signal?: AbortSignal): Promise<Map<string, Identity> | undefined> {
+    const what = "reading a series' instance tags";
+    const raw = await callJson(this.endpoint, `/series/${segment(seriesId)}/instances-tags?short`, what, {
+      allow404: true,
+      ...(signal === undefined ? {} : { signal }),
+    });
+    if (raw === undefined) return undefined;
+    const tags = parse(z.record(z.string(), z.record(z.string(), z.unknown())), raw, what, this.endpoint);
+    return new Map(
+      Object.entries(tags).map(([id, instanceTags]) => [id, identityFromOrthancTags(instanceTags)]),
+    );
   }
 
   /** The Orthanc IDs of every study the server holds: the feed's safety net. */
@@ -323,30 +351,45 @@ export class OrthancClient {
     await response.body.dump();
   }
 
-  /** The MD5 of the stored DICOM file, or undefined when the instance does not exist. */
-  async instanceMd5(instanceId: string): Promise<string | undefined> {
+  /**
+   * The MD5 of the stored DICOM file: Orthanc's own when it kept one, else computed from the file
+   * as it streams (`StoreMD5ForAttachments: false`, or files stored before it was on). Undefined
+   * when the instance does not exist: never assumed equal to anything.
+   */
+  async instanceMd5(instanceId: string, signal?: AbortSignal): Promise<string | undefined> {
     const what = "reading an instance's MD5";
     const response = await call(
       this.endpoint,
       `/instances/${segment(instanceId)}/attachments/dicom/md5`,
       what,
+      {
+        ...(signal === undefined ? {} : { signal }),
+      },
     );
-    if (response.statusCode === 404) {
-      await response.body.dump();
-      return undefined;
+    if (response.statusCode === 200) return (await response.body.text()).trim();
+    if (response.statusCode !== 404) throw await statusError(this.endpoint, what, response);
+    await response.body.dump();
+    try {
+      const hash = createHash('md5');
+      for await (const chunk of await this.openInstance(instanceId, signal)) hash.update(chunk as Buffer);
+      return hash.digest('hex');
+    } catch (error) {
+      if (error instanceof ForwarderError && error.status === 404) return undefined;
+      throw error;
     }
-    if (response.statusCode !== 200) throw await statusError(this.endpoint, what, response);
-    return (await response.body.text()).trim();
   }
 
-  /** The Orthanc ID of the instance with this SOPInstanceUID, if the server holds it. */
-  async findInstance(sopInstanceUid: string): Promise<string | undefined> {
+  /** The Orthanc IDs of every instance with this SOPInstanceUID: a server may hold several. */
+  async findInstances(sopInstanceUid: string, signal?: AbortSignal): Promise<string[]> {
     const what = 'looking up an instance';
     const raw = await callJson(this.endpoint, '/tools/lookup', what, {
       method: 'POST',
       body: sopInstanceUid,
+      ...(signal === undefined ? {} : { signal }),
     });
-    return parse(lookupSchema, raw, what, this.endpoint).find((match) => match.Type === 'Instance')?.ID;
+    return parse(lookupSchema, raw, what, this.endpoint)
+      .filter((match) => match.Type === 'Instance')
+      .map((match) => match.ID);
   }
 
   /**

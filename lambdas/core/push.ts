@@ -23,7 +23,7 @@ export interface PushContext {
 }
 
 export interface PushReport {
-  /** SOPInstanceUIDs of the jobs that succeeded. */
+  /** Orthanc IDs (at the source) of the instances in jobs that succeeded. */
   readonly pushed: Set<string>;
   bytes: number;
   /** The first failure, reported once what arrived has been verified and deleted. */
@@ -106,7 +106,7 @@ export const pushBatches = async (
         );
       }
       await awaitJob(ctx, jobId);
-      for (const instance of batch) report.pushed.add(instance.sopInstanceUid);
+      for (const instance of batch) report.pushed.add(instance.id);
       report.bytes += batch.reduce((sum, instance) => sum + instance.fileSize, 0);
     } catch (error) {
       report.failure ??= error;

@@ -1,16 +1,33 @@
 /**
- * QIDO-RS: which instances of a study a DICOMweb archive holds. It is the verification that
- * works against any archive, not only an Orthanc.
+ * QIDO-RS: which instances of a study a DICOMweb archive holds, each with its identifying
+ * attributes. It is the verification that works against any archive, not only an Orthanc.
  */
 import { z } from 'zod';
 import { transient } from './errors.ts';
 import { call, type Endpoint, readJson, statusError } from './http.ts';
+import { IDENTITY_ATTRIBUTES, IDENTITY_TAGS, type Identity, identityFromDicomJson } from './identity.ts';
 
-const SOP_INSTANCE_UID = '00080018';
+/** One copy the archive lists: an archive may hold several under one SOPInstanceUID. */
+export interface ListedCopy {
+  readonly sopInstanceUid: string;
+  readonly identity: Identity;
+}
 
-const instancesSchema = z.array(
-  z.object({ [SOP_INSTANCE_UID]: z.object({ Value: z.array(z.string()).min(1) }) }),
-);
+const itemSchema = z.looseObject({
+  [IDENTITY_ATTRIBUTES.SOPInstanceUID]: z.object({ Value: z.array(z.string()).min(1) }),
+});
+
+/** Parses a DICOM JSON array of instances (QIDO-RS, or WADO-RS metadata). */
+export const listedCopies = (raw: unknown): ListedCopy[] | undefined => {
+  const parsed = z.array(itemSchema).safeParse(raw);
+  if (!parsed.success) return undefined;
+  return parsed.data.map((item) => ({
+    sopInstanceUid: item[IDENTITY_ATTRIBUTES.SOPInstanceUID].Value[0] as string,
+    identity: identityFromDicomJson(item),
+  }));
+};
+
+const INCLUDE_FIELDS = IDENTITY_TAGS.map((tag) => `includefield=${tag}`).join('&');
 
 export class QidoClient {
   readonly endpoint: Endpoint;
@@ -22,25 +39,25 @@ export class QidoClient {
   }
 
   /**
-   * The SOPInstanceUIDs the archive holds for a study, read page by page until an empty page:
-   * an archive may cap a page below the limit asked for (Orthanc's LimitFindInstances), and a
-   * short page taken for the last would hide instances.
+   * Every copy the archive lists for a study, read page by page until an empty page: an archive
+   * may cap a page below the limit asked for (Orthanc's LimitFindInstances), and a short page
+   * taken for the last would hide instances.
    */
-  async studyInstances(studyInstanceUid: string, signal?: AbortSignal): Promise<Set<string>> {
-    const held = new Set<string>();
+  async studyInstances(studyInstanceUid: string, signal?: AbortSignal): Promise<ListedCopy[]> {
+    const listed: ListedCopy[] = [];
     for (let offset = 0; ; ) {
       const page = await this.page(studyInstanceUid, offset, signal);
-      if (page.length === 0) return held;
-      for (const uid of page) held.add(uid);
+      if (page.length === 0) return listed;
+      listed.push(...page);
       offset += page.length;
     }
   }
 
-  private async page(studyInstanceUid: string, offset: number, signal?: AbortSignal): Promise<string[]> {
+  private async page(studyInstanceUid: string, offset: number, signal?: AbortSignal): Promise<ListedCopy[]> {
     const what = 'QIDO-RS';
     const path =
       `/studies/${encodeURIComponent(studyInstanceUid)}/instances` +
-      `?includefield=${SOP_INSTANCE_UID}&limit=${this.pageSize}&offset=${offset}`;
+      `?${INCLUDE_FIELDS}&limit=${this.pageSize}&offset=${offset}`;
     const response = await call(this.endpoint, path, what, {
       headers: { accept: 'application/dicom+json' },
       ...(signal === undefined ? {} : { signal }),
@@ -51,8 +68,8 @@ export class QidoClient {
       return [];
     }
     if (response.statusCode !== 200) throw await statusError(this.endpoint, what, response);
-    const parsed = instancesSchema.safeParse(await readJson(this.endpoint, what, response));
-    if (!parsed.success) throw transient(`${what} at ${this.endpoint.label}: unexpected answer`);
-    return parsed.data.map((item) => item[SOP_INSTANCE_UID].Value[0] as string);
+    const copies = listedCopies(await readJson(this.endpoint, what, response));
+    if (copies === undefined) throw transient(`${what} at ${this.endpoint.label}: unexpected answer`);
+    return copies;
   }
 }

@@ -20,6 +20,16 @@ export interface StowResult {
   readonly stored: ReadonlySet<string>;
   /** Refused by the destination, with the reason it gave or the one we inferred. */
   readonly refused: ReadonlyMap<string, string>;
+  /**
+   * Refused because the destination already holds an instance under this SOPInstanceUID (Azure's
+   * 45070, a duplicate SOP instance 0x0111): the same instance, or a conflict; verification decides.
+   */
+  readonly existing: ReadonlySet<string>;
+  /**
+   * Stored with a warning (coercion 0xB000, elements discarded, …): the destination changed what
+   * it was sent, so its answer is no proof of holding the same instance; identity decides.
+   */
+  readonly coerced: ReadonlySet<string>;
   /** Could not be read at the source any more (deleted meanwhile): not sent. */
   readonly goneAtSource: readonly string[];
   /** Bytes of DICOM sent, multipart framing excluded. */
@@ -30,9 +40,12 @@ const REFERENCED_SOP_SEQUENCE = '00081199';
 const FAILED_SOP_SEQUENCE = '00081198';
 const REFERENCED_SOP_INSTANCE_UID = '00081155';
 const FAILURE_REASON = '00081197';
+const WARNING_REASON = '00081196';
 
 /** DICOM failure reasons (PS3.4 Annex GG) that a later attempt may overcome: out of resources, processing failure. */
 const TRANSIENT_REASONS = new Set([0xa700, 0xa701, 0xa702, 0x0110]);
+/** "Already exists": Azure DICOM's 45070 and PS3.7's duplicate SOP instance. */
+const EXISTING_REASONS = new Set([45070, 0x0111]);
 
 interface DicomJsonItem {
   readonly [tag: string]: { readonly Value?: readonly unknown[] } | undefined;
@@ -78,14 +91,18 @@ async function* multipartBody(
 export const interpret = (
   answer: DicomJsonItem,
   sent: readonly string[],
-): Pick<StowResult, 'stored' | 'refused'> => {
+): Pick<StowResult, 'stored' | 'refused' | 'existing' | 'coerced'> => {
   const sentSet = new Set(sent);
   const stored = new Set<string>();
+  const coerced = new Set<string>();
   for (const item of sequenceItems(answer, REFERENCED_SOP_SEQUENCE) ?? []) {
     const uid = firstValue(item, REFERENCED_SOP_INSTANCE_UID);
-    if (typeof uid === 'string' && sentSet.has(uid)) stored.add(uid);
+    if (typeof uid !== 'string' || !sentSet.has(uid)) continue;
+    stored.add(uid);
+    if (item[WARNING_REASON] !== undefined) coerced.add(uid);
   }
   const refused = new Map<string, string>();
+  const existing = new Set<string>();
   // Refused for now (out of resources, processing failure): neither stored nor refused for good,
   // so the move protocol retries them.
   const retryable = new Set<string>();
@@ -96,19 +113,21 @@ export const interpret = (
     const code = typeof reason === 'number' ? reason : undefined;
     if (code !== undefined && TRANSIENT_REASONS.has(code)) {
       retryable.add(uid);
-      continue;
+    } else if (code !== undefined && EXISTING_REASONS.has(code)) {
+      existing.add(uid);
+    } else {
+      refused.set(
+        uid,
+        `refused by the destination (failure reason 0x${(code ?? 0).toString(16).padStart(4, '0')})`,
+      );
     }
-    refused.set(
-      uid,
-      `refused by the destination (failure reason 0x${(code ?? 0).toString(16).padStart(4, '0')})`,
-    );
   }
   for (const uid of sent) {
-    if (!stored.has(uid) && !refused.has(uid) && !retryable.has(uid)) {
+    if (!stored.has(uid) && !refused.has(uid) && !retryable.has(uid) && !existing.has(uid)) {
       refused.set(uid, 'not acknowledged by the destination (a file it could not read)');
     }
   }
-  return { stored, refused };
+  return { stored, refused, existing, coerced };
 };
 
 export class StowClient {
@@ -159,7 +178,7 @@ export class StowClient {
     }
     if (progress.sent.length === 0) {
       await response.body.dump();
-      return { ...base, stored: new Set(), refused: new Map() };
+      return { ...base, stored: new Set(), refused: new Map(), existing: new Set(), coerced: new Set() };
     }
     const answer = await this.readAnswer(response);
     if (answer === undefined) {

@@ -176,7 +176,7 @@ export const randomScenario = (seed: number, run: number): ScenarioSpec => {
   }
   // How the forwarder is configured: what makes work, how it verifies, how it cuts batches.
   const trigger = pick(random, ['StableStudy', 'StableStudy', 'StableSeries', 'NewInstance'] as const);
-  const verify = pick(random, ['qido', 'qido', 'stow', 'md5'] as const);
+  const verify = pick(random, ['identity', 'identity', 'qido', 'stow', 'checksum'] as const);
   const stowMaxInstances = pick(random, [1, 2, 50]);
   const transfer = pick(random, ['relay', 'relay', 'push'] as const);
   return {

@@ -22,6 +22,7 @@ import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type GeneratedInstance, generateStudies, type StudyShape } from '../../testbed/dicom-generator.ts';
+import type { VerifyLevel } from '../../lambdas/core/config.ts';
 import { OrthancFleet, type OrthancServer } from '../../testbed/orthanc.ts';
 import { uploadToOrthanc } from '../../testbed/upload.ts';
 import { configFor, shape } from './fixtures.ts';
@@ -100,8 +101,8 @@ export interface ScenarioSpec {
   readonly concurrency?: number;
   /** The configuration's `trigger`; its default (StableStudy) when absent. */
   readonly trigger?: 'StableStudy' | 'StableSeries' | 'NewInstance';
-  /** The configuration's `verify`; its default (qido) when absent. `md5` reads the destination's REST API through its proxy. */
-  readonly verify?: 'stow' | 'qido' | 'md5';
+  /** The configuration's `verify`; its default (identity) when absent. `checksum` reads the destination's REST API through its proxy. */
+  readonly verify?: VerifyLevel;
   /**
    * `push`: the sources send to the destinations themselves (declared in their `DicomWeb.Servers`,
    * through the destinations' proxies), as jobs the forwarder starts; `relay` when absent.
@@ -346,7 +347,7 @@ export const runScenario = async (
       url: `${destinationProxies[index]?.url}/dicom-web`,
       username: server.username,
       password: server.password,
-      ...(spec.verify === 'md5' ? { orthancUrl: destinationProxies[index]?.url } : {}),
+      ...(spec.verify === 'checksum' ? { orthancUrl: destinationProxies[index]?.url } : {}),
       ...(push ? { transfer: 'push', pushServerName: `destination-${index}` } : {}),
     }));
     if (destinationCount === 1) {
