@@ -95,14 +95,19 @@ interface DicomJsonElement {
 }
 
 /**
- * From a DICOM JSON dataset (QIDO-RS, WADO-RS metadata): an element absent from the answer is
- * unknown (the archive did not return it), one present without a value is empty.
+ * From a DICOM JSON dataset. One present without a value is empty. An element absent from a
+ * QIDO-RS answer is unknown (an archive returns what it indexes); absent from WADO-RS metadata,
+ * the whole data set, it is absent from the instance (`absentIsEmpty`).
  */
-export const identityFromDicomJson = (item: Readonly<Record<string, unknown>>): Identity =>
+export const identityFromDicomJson = (
+  item: Readonly<Record<string, unknown>>,
+  options: { readonly absentIsEmpty?: boolean } = {},
+): Identity =>
   Object.fromEntries(
     ATTRIBUTES.flatMap((attribute) => {
       const element = item[IDENTITY_ATTRIBUTES[attribute]] as DicomJsonElement | undefined;
-      return element === undefined ? [] : [[attribute, normalize(attribute, element.Value ?? [])]];
+      if (element === undefined) return options.absentIsEmpty === true ? [[attribute, '']] : [];
+      return [[attribute, normalize(attribute, element.Value ?? [])]];
     }),
   );
 

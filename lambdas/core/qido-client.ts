@@ -17,13 +17,19 @@ const itemSchema = z.looseObject({
   [IDENTITY_ATTRIBUTES.SOPInstanceUID]: z.object({ Value: z.array(z.string()).min(1) }),
 });
 
-/** Parses a DICOM JSON array of instances (QIDO-RS, or WADO-RS metadata). */
-export const listedCopies = (raw: unknown): ListedCopy[] | undefined => {
+/**
+ * Parses a DICOM JSON array of instances: QIDO-RS answers, or WADO-RS metadata (whole data sets,
+ * where an element left out is absent from the instance).
+ */
+export const listedCopies = (
+  raw: unknown,
+  options: { readonly absentIsEmpty?: boolean } = {},
+): ListedCopy[] | undefined => {
   const parsed = z.array(itemSchema).safeParse(raw);
   if (!parsed.success) return undefined;
   return parsed.data.map((item) => ({
     sopInstanceUid: item[IDENTITY_ATTRIBUTES.SOPInstanceUID].Value[0] as string,
-    identity: identityFromDicomJson(item),
+    identity: identityFromDicomJson(item, options),
   }));
 };
 

@@ -90,7 +90,7 @@ export class WadoClient {
       return [];
     }
     if (response.statusCode !== 200) throw await statusError(this.endpoint, what, response);
-    const copies = listedCopies(await readJson(this.endpoint, what, response));
+    const copies = listedCopies(await readJson(this.endpoint, what, response), { absentIsEmpty: true });
     if (copies === undefined) throw transient(`${what} at ${this.endpoint.label}: unexpected answer`);
     return copies;
   }
