@@ -13,7 +13,7 @@ import { DynamoLedger } from '../lambdas/aws/dynamo-ledger.ts';
 import type { DynamoStateOptions } from '../lambdas/aws/dynamo-table.ts';
 import { ForwarderError } from '../lambdas/core/errors.ts';
 import { type DynamoDbLocal, localClient, startDynamoDbLocal } from '../testbed/dynamodb-local.ts';
-import { conflict, rejection, stateContract } from './support/port-contract.ts';
+import { conflict, intent, rejection, stateContract } from './support/port-contract.ts';
 
 let local: DynamoDbLocal | undefined;
 let tables = 0;
@@ -181,6 +181,36 @@ describe('DynamoDB state: table layout and failures', () => {
       resolution: { S: 'accept-destination' },
       resolvedAt: { N: '7' },
     });
+    await ledger.recordIntent(intent({ seriesId: 'r1', at: 8 }));
+    await ledger.recordIntent(intent({ verifiedBy: [], at: 9 }));
+    const openIntent = {
+      pk: { S: 'intent#a#s1' },
+      sk: { S: 'series#r1' },
+      sourceId: { S: 'a' },
+      studyId: { S: 's1' },
+      seriesId: { S: 'r1' },
+      instances: { N: '4' },
+      verifiedBy: {
+        L: [
+          { M: { destinationId: { S: 'd1' }, verify: { S: 'identity' } } },
+          { M: { destinationId: { S: 'd2' }, verify: { S: 'checksum' } } },
+        ],
+      },
+      routing: { S: 'r' },
+      at: { N: '8' },
+    };
+    expect(await raw(tableName, 'intent#a#s1', 'series#r1')).toEqual(openIntent);
+    expect(await raw(tableName, 'intent#a#s1', 'study')).toMatchObject({
+      verifiedBy: { L: [] },
+      at: { N: '9' },
+    });
+    await ledger.completeIntent('a', 's1', 'r1', 10);
+    expect(await raw(tableName, 'intent#a#s1', 'series#r1')).toEqual({
+      ...openIntent,
+      completedAt: { N: '10' },
+    });
+    await ledger.completeIntent('a', 's1', 'r2', 11);
+    expect(await raw(tableName, 'intent#a#s1', 'series#r2')).toBeUndefined();
     // A watched study whose LastUpdate is unknown again has no lastUpdate attribute.
     await feed.updateWatched('a', { studyId: 's1', lastUpdate: undefined, lastUpdateSeenAt: 200 });
     expect((await raw(tableName, 'source#a', 'watch#s1'))?.lastUpdate).toBeUndefined();
@@ -257,6 +287,9 @@ describe('DynamoDB state: table layout and failures', () => {
     await expect(ledger.recordRejected([rejection({})])).rejects.toBe(throttled);
     await expect(ledger.recordConflicts([conflict({})])).rejects.toBe(throttled);
     await expect(ledger.resolveConflict(conflict({}), 'keep-source', 1)).rejects.toBe(throttled);
+    await expect(ledger.recordIntent(intent({}))).rejects.toBe(throttled);
+    await expect(ledger.lastIntent('a', 's1', '')).rejects.toBe(throttled);
+    await expect(ledger.completeIntent('a', 's1', '', 1)).rejects.toBe(throttled);
 
     const missing = new DynamoFeedStore(dynamo().client, 'no-such-table');
     await expect(missing.getCursor('a')).rejects.toMatchObject({ name: 'ResourceNotFoundException' });

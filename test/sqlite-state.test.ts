@@ -12,7 +12,7 @@ import {
   SCHEMA_VERSION,
   type StateOptions,
 } from '../lambdas/local/sqlite-state.ts';
-import { CLOCK, conflict, outcome, rejection, stateContract } from './support/port-contract.ts';
+import { CLOCK, conflict, intent, outcome, rejection, stateContract } from './support/port-contract.ts';
 
 const STATE_MODULE = fileURLToPath(new URL('../lambdas/local/sqlite-state.ts', import.meta.url));
 
@@ -93,6 +93,7 @@ describe('state file', () => {
       try {
         return {
           version: raw.prepare('PRAGMA user_version').get(),
+          tables: raw.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all(),
           columns: raw.prepare('PRAGMA table_info(study_outcomes)').all(),
           indexes: raw
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'study_outcomes'")
@@ -113,6 +114,8 @@ describe('state file', () => {
       expect(await state.ledger.totals()).toMatchObject({ studies: 1, instances: 5, deleted: 7 });
       await state.ledger.recordConflicts([conflict({ studyId: 's3' })]);
       expect(await state.ledger.conflicts()).toEqual([conflict({ studyId: 's3' })]);
+      await state.ledger.recordIntent(intent({ studyId: 's3' }));
+      expect(await state.ledger.lastIntent('a', 's3', '')).toEqual(intent({ studyId: 's3' }));
       state.close();
 
       const fresh = join(dir, 'fresh.sqlite');
@@ -128,16 +131,28 @@ describe('state file', () => {
         ],
       });
       expect(migrated.columns).toEqual(inspect(fresh).columns);
+      expect(migrated.tables).toEqual(inspect(fresh).tables);
       open().close();
     };
 
-    it('from version 1: the outcomes stay, and the results of version 2 and the conflicts of version 3 are kept', async () => {
+    it('from version 1: the outcomes stay, and what versions 2 to 4 added is kept', async () => {
       writeOldFile(1, "'moved', 'partial', 'gone', 'copied'");
       await expectMigrated();
     });
 
-    it('from version 2: the outcomes stay, and the conflicts of version 3 are kept', async () => {
+    it('from version 2: the outcomes stay, and the conflicts of version 3 and intents of version 4 are kept', async () => {
       writeOldFile(2, "'moved', 'partial', 'gone', 'copied', 'skipped', 'unchanged'");
+      await expectMigrated();
+    });
+
+    it('from version 3: the outcomes stay, and the deletion intents of version 4 are kept', async () => {
+      // Version 3 is the current form without the intents.
+      openState(file).close();
+      const raw = new DatabaseSync(file);
+      raw.exec(`DROP TABLE deletion_intents;
+        INSERT INTO study_outcomes VALUES (1, 'a', 's1', 'moved', 5, 5, 0, 5, 0, 500, 10, 1, 0);
+        PRAGMA user_version = 3;`);
+      raw.close();
       await expectMigrated();
     });
   });
@@ -149,7 +164,7 @@ describe('state file', () => {
     expect((await state.queue.stats()).waiting).toBe(1);
   });
 
-  it('keeps cursor, watch list, queue, dead letters and ledger across a close and reopen', async () => {
+  it('keeps cursor, watch list, queue, dead letters, ledger and deletion intents across a close and reopen', async () => {
     const first = open();
     await first.feed.advanceCursor('a', undefined, 42);
     await first.feed.watch('a', ['w1'], clock);
@@ -159,6 +174,7 @@ describe('state file', () => {
     await first.ledger.acquireLease('study#a#s9', 'w1', 60_000, clock);
     await first.ledger.record(outcome({ sent: 3, bytes: 300, deleted: 3 }));
     await first.ledger.recordRejected([rejection({})]);
+    await first.ledger.recordIntent(intent({}));
     first.close();
 
     const second = open();
@@ -182,6 +198,7 @@ describe('state file', () => {
       rejected: 1,
     });
     expect(await second.ledger.rejected('a', 's1')).toEqual([rejection({})]);
+    expect(await second.ledger.lastIntent('a', 's1', '')).toEqual(intent({}));
   });
 
   it('loses no acknowledged enqueue or cursor advance when the process is SIGKILLed right after', async () => {

@@ -10,11 +10,15 @@
  *   fields. No TTL: a copied study forgotten would be verified again at the next sweep;
  * - conflict: pk `conflict`, sk `<sourceId>#<studyId>#<instanceId>#<destinationId>`: its fields,
  *   attributes as a list of names, resolution and resolvedAt once resolved. No TTL: it is the
- *   record of an operator's decision.
+ *   record of an operator's decision;
+ * - deletion intent: pk `intent#<sourceId>#<studyId>`, sk `study` or `series#<seriesId>`: the
+ *   last one recorded, its fields, verifiedBy as a list of maps {destinationId, verify},
+ *   completedAt once completed. No TTL: an open one tells the next move what a crashed worker
+ *   deleted, and a completed one where the study was routed.
  */
 
 import { randomUUID } from 'node:crypto';
-import type { DynamoDBClient, TransactWriteItem } from '@aws-sdk/client-dynamodb';
+import { type DynamoDBClient, PutItemCommand, type TransactWriteItem } from '@aws-sdk/client-dynamodb';
 import { runBounded } from '../core/concurrency.ts';
 import {
   CONFLICT_RESOLUTIONS,
@@ -22,6 +26,7 @@ import {
   type ConflictFilter,
   type ConflictKey,
   type ConflictResolution,
+  type DeletionIntent,
   type Ledger,
   type RejectedInstance,
   type SettledStudy,
@@ -47,6 +52,8 @@ const OUTCOME_RETENTION_S = 90 * DAY_S;
 const TOTALS_KEY = key('totals', 'totals');
 const REJECTED_PK = 'rejected';
 const CONFLICT_PK = 'conflict';
+const SETTLED = 'settled';
+const INTENT = 'intent';
 /** New refusals per transaction, with the totals update as the 100th action at most. */
 const REJECTED_PER_TRANSACTION = 50;
 /** Aliases for totals' attribute names, some of which are DynamoDB reserved words. */
@@ -106,23 +113,56 @@ const conflictItem = (c: Conflict): Item => ({
   detectedAt: num(c.detectedAt),
 });
 
-const settledKey = (sourceId: string, studyId: string, seriesId: string) =>
-  key(`settled#${sourceId}#${studyId}`, seriesId === '' ? 'study' : `series#${seriesId}`);
+/** The key of an item kept per study and per series of it: settled studies, deletion intents. */
+const seriesKey = (kind: string, sourceId: string, studyId: string, seriesId: string) =>
+  key(`${kind}#${sourceId}#${studyId}`, seriesId === '' ? 'study' : `series#${seriesId}`);
+
+interface SeriesFields {
+  readonly sourceId: string;
+  readonly studyId: string;
+  readonly seriesId: string;
+}
+
+const seriesItem = (kind: string, { sourceId, studyId, seriesId }: SeriesFields): Item => ({
+  ...seriesKey(kind, sourceId, studyId, seriesId),
+  sourceId: str(sourceId),
+  studyId: str(studyId),
+  seriesId: str(seriesId),
+});
+
+const readSeries = (item: Item): SeriesFields => ({
+  sourceId: readStr(item, 'sourceId') ?? '',
+  studyId: readStr(item, 'studyId') ?? '',
+  seriesId: readStr(item, 'seriesId') ?? '',
+});
 
 const SETTLED_RESULTS: readonly SettledStudy['result'][] = ['copied', 'partial', 'skipped'];
 
 const toSettled = (item: Item): SettledStudy => {
   const result = readStr(item, 'result') as SettledStudy['result'];
   return {
-    sourceId: readStr(item, 'sourceId') ?? '',
-    studyId: readStr(item, 'studyId') ?? '',
-    seriesId: readStr(item, 'seriesId') ?? '',
+    ...readSeries(item),
     lastUpdate: readStr(item, 'lastUpdate') ?? '',
     instances: readNum(item, 'instances') ?? 0,
     routing: readStr(item, 'routing') ?? '',
     // An unknown value would make the study look settled for a reason the engine does not know.
     result: SETTLED_RESULTS.includes(result) ? result : 'partial',
     settledAt: readNum(item, 'settledAt') ?? 0,
+  };
+};
+
+const toIntent = (item: Item): DeletionIntent => {
+  const completedAt = readNum(item, 'completedAt');
+  return {
+    ...readSeries(item),
+    instances: readNum(item, 'instances') ?? 0,
+    verifiedBy: (item.verifiedBy?.L ?? []).map(({ M: entry = {} }) => ({
+      destinationId: readStr(entry, 'destinationId') ?? '',
+      verify: readStr(entry, 'verify') ?? '',
+    })),
+    routing: readStr(item, 'routing') ?? '',
+    at: readNum(item, 'at') ?? 0,
+    ...(completedAt === undefined ? {} : { completedAt }),
   };
 };
 
@@ -358,13 +398,41 @@ export class DynamoLedger implements Ledger {
       );
   }
 
+  /**
+   * An unconditional put, for SqliteLedger's reasons: the last written wins whatever its time,
+   * and it is open (no completedAt) whatever the caller copied it from.
+   */
+  async recordIntent(intent: DeletionIntent): Promise<void> {
+    const verifiedBy = intent.verifiedBy.map(({ destinationId, verify }) => ({
+      M: { destinationId: str(destinationId), verify: str(verify) },
+    }));
+    const item = {
+      ...seriesItem(INTENT, intent),
+      instances: num(intent.instances),
+      verifiedBy: { L: verifiedBy },
+      routing: str(intent.routing),
+      at: num(intent.at),
+    };
+    await this.#table.client.send(new PutItemCommand({ TableName: this.#table.name, Item: item }));
+  }
+
+  async lastIntent(sourceId: string, studyId: string, seriesId: string): Promise<DeletionIntent | undefined> {
+    const item = await this.#table.get(seriesKey(INTENT, sourceId, studyId, seriesId));
+    return item === undefined ? undefined : toIntent(item);
+  }
+
+  /** The condition keeps the first completion, and brings back no intent that is not there. */
+  async completeIntent(sourceId: string, studyId: string, seriesId: string, at: number): Promise<void> {
+    await this.#table.updateIf(seriesKey(INTENT, sourceId, studyId, seriesId), 'SET completedAt = :at', {
+      expression: 'attribute_exists(pk) AND attribute_not_exists(completedAt)',
+      values: { ':at': num(at) },
+    });
+  }
+
   async recordSettled(study: SettledStudy): Promise<void> {
     await this.#table.putIf(
       {
-        ...settledKey(study.sourceId, study.studyId, study.seriesId),
-        sourceId: str(study.sourceId),
-        studyId: str(study.studyId),
-        seriesId: str(study.seriesId),
+        ...seriesItem(SETTLED, study),
         lastUpdate: str(study.lastUpdate),
         instances: num(study.instances),
         routing: str(study.routing),
@@ -380,7 +448,7 @@ export class DynamoLedger implements Ledger {
   }
 
   async settled(sourceId: string, studyId: string, seriesId: string): Promise<SettledStudy | undefined> {
-    const item = await this.#table.get(settledKey(sourceId, studyId, seriesId));
+    const item = await this.#table.get(seriesKey(SETTLED, sourceId, studyId, seriesId));
     return item === undefined ? undefined : toSettled(item);
   }
 

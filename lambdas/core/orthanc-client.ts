@@ -396,13 +396,14 @@ export class OrthancClient {
    * Deletes exactly these instances. Never a whole study by ID: that would also destroy
    * instances that arrived after we listed it. IDs already gone are skipped by Orthanc.
    */
-  async deleteInstances(instanceIds: readonly string[]): Promise<void> {
+  async deleteInstances(instanceIds: readonly string[], signal?: AbortSignal): Promise<void> {
     if (instanceIds.length === 0) return;
     const what = 'deleting instances';
     const response = await call(this.endpoint, '/tools/bulk-delete', what, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ Resources: instanceIds }),
+      ...(signal === undefined ? {} : { signal }),
     });
     if (response.statusCode !== 200) throw await statusError(this.endpoint, what, response);
     await response.body.dump();

@@ -76,8 +76,16 @@ export interface WorkQueue extends WorkSink {
   receive(max: number, visibilityTimeoutMs: number): Promise<ReceivedMessage[]>;
   /** Done with it: delete it. */
   ack(handle: string): Promise<void>;
-  /** Failed for now: visible again after `delayMs`, or dead-lettered once it has used up its receives. */
-  release(handle: string, error: string, delayMs: number): Promise<void>;
+  /**
+   * Failed for now: visible again after `delayMs`, or dead-lettered once it has used up its
+   * receives. `counted: false` gives the receive back (an attempt that made progress).
+   */
+  release(
+    handle: string,
+    error: string,
+    delayMs: number,
+    options?: { readonly counted?: boolean },
+  ): Promise<void>;
   /** Failed for good: dead-letter it now. */
   deadLetter(handle: string, error: string): Promise<void>;
   deadLetters(): Promise<DeadLetter[]>;
@@ -194,6 +202,29 @@ export interface SettledStudy {
   readonly settledAt: number;
 }
 
+/**
+ * A deletion at a source, made durable before the source is asked to delete and completed once
+ * the move's outcome is recorded: a worker that dies in between leaves it open, and the next move
+ * of the study records what was deleted instead of finding the study merely gone. The last one of
+ * a study is kept after completion: it remembers where the study was routed, so that what is left
+ * of a partly moved study is never routed anew (to `skipped`, or deleted as unrouted).
+ */
+export interface DeletionIntent {
+  readonly sourceId: string;
+  readonly studyId: string;
+  /** The series of a series work item; '' for the whole study. */
+  readonly seriesId: string;
+  /** How many verified instances are being deleted. */
+  readonly instances: number;
+  /** The destinations that verified them, each with its verification level. */
+  readonly verifiedBy: readonly { readonly destinationId: string; readonly verify: string }[];
+  /** The routing digest (routing.ts) the study was routed under. */
+  readonly routing: string;
+  readonly at: number;
+  /** When the outcome was recorded; absent while the deletion is open. */
+  readonly completedAt?: number | undefined;
+}
+
 export interface Ledger {
   /**
    * Takes the lease on a study for `ttlMs`, so that two workers never move it at once. A lease
@@ -217,6 +248,12 @@ export interface Ledger {
    * conflict or it was resolved already (a decision is made once).
    */
   resolveConflict(key: ConflictKey, resolution: ConflictResolution, at: number): Promise<boolean>;
+  /** Makes a deletion durable before it happens; replaces the study's (or series') last one. */
+  recordIntent(intent: DeletionIntent): Promise<void>;
+  /** The last deletion of the study (or of one series of it, seriesId '' for the whole study), open or completed. */
+  lastIntent(sourceId: string, studyId: string, seriesId: string): Promise<DeletionIntent | undefined>;
+  /** Marks the open deletion completed; completing none, or a completed one, changes nothing. */
+  completeIntent(sourceId: string, studyId: string, seriesId: string, at: number): Promise<void>;
   /** Remembers a study left at its source on purpose; replaces what was remembered of it. */
   recordSettled(study: SettledStudy): Promise<void>;
   /** What was remembered of the study (or of one series of it, seriesId '' for the whole study). */

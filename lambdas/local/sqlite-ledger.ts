@@ -5,6 +5,7 @@ import {
   type ConflictFilter,
   type ConflictKey,
   type ConflictResolution,
+  type DeletionIntent,
   type Ledger,
   type RejectedInstance,
   type SettledStudy,
@@ -100,12 +101,35 @@ export const LEDGER_SCHEMA = `
     PRIMARY KEY (source_id, instance_id, destination_id)
   ) STRICT, WITHOUT ROWID;
   CREATE INDEX IF NOT EXISTS conflicts_study ON conflicts (source_id, study_id);
+  CREATE TABLE IF NOT EXISTS deletion_intents (
+    source_id TEXT NOT NULL,
+    study_id TEXT NOT NULL,
+    series_id TEXT NOT NULL,
+    instances INTEGER NOT NULL,
+    -- A JSON array of {destinationId, verify}.
+    verified_by TEXT NOT NULL,
+    routing TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    -- NULL while open.
+    completed_at INTEGER,
+    PRIMARY KEY (source_id, study_id, series_id)
+  ) STRICT, WITHOUT ROWID;
 `;
 
-interface SettledRow {
+/** The columns of a table kept per study and per series of it: settled studies, deletion intents. */
+interface SeriesRow {
   source_id: string;
   study_id: string;
   series_id: string;
+}
+
+const seriesOf = (row: SeriesRow) => ({
+  sourceId: row.source_id,
+  studyId: row.study_id,
+  seriesId: row.series_id,
+});
+
+interface SettledRow extends SeriesRow {
   last_update: string;
   instances: number;
   routing: string;
@@ -133,6 +157,14 @@ interface ConflictRow {
   resolution: ConflictResolution | null;
   /** Set whenever resolution is (the table's CHECK). */
   resolved_at: number;
+}
+
+interface IntentRow extends SeriesRow {
+  instances: number;
+  verified_by: string;
+  routing: string;
+  at: number;
+  completed_at: number | null;
 }
 
 const toConflict = (row: ConflictRow): Conflict => ({
@@ -184,8 +216,25 @@ const statements = (db: StateDb) => ({
   ),
   resolveConflict: db.prepare(
     `UPDATE conflicts SET resolution = :resolution, resolved_at = :at
-     WHERE source_id = :sourceId AND instance_id = :instanceId AND destination_id = :destinationId
-       AND resolution IS NULL`,
+     WHERE source_id = :sourceId AND study_id = :studyId AND instance_id = :instanceId
+       AND destination_id = :destinationId AND resolution IS NULL`,
+  ),
+  /*
+   * The last written wins whatever its time, unlike settled studies: the lease makes its writer
+   * the study's only mover, and a clock set back must not lose a deletion's intent in silence
+   * behind an older one that is kept for good. completed_at is left NULL: a new deletion is open.
+   */
+  recordIntent: db.prepare(
+    `INSERT OR REPLACE INTO deletion_intents (source_id, study_id, series_id, instances, verified_by, routing, at)
+     VALUES (:sourceId, :studyId, :seriesId, :instances, :verifiedBy, :routing, :at)`,
+  ),
+  lastIntent: db.prepare(
+    `SELECT source_id, study_id, series_id, instances, verified_by, routing, at, completed_at
+     FROM deletion_intents WHERE source_id = ? AND study_id = ? AND series_id = ?`,
+  ),
+  completeIntent: db.prepare(
+    `UPDATE deletion_intents SET completed_at = :at
+     WHERE source_id = :sourceId AND study_id = :studyId AND series_id = :seriesId AND completed_at IS NULL`,
   ),
   // The newest wins, whatever order two workers write theirs in.
   recordSettled: db.prepare(
@@ -326,9 +375,42 @@ export class SqliteLedger implements Ledger {
 
   async resolveConflict(key: ConflictKey, resolution: ConflictResolution, at: number): Promise<boolean> {
     if (!CONFLICT_RESOLUTIONS.includes(resolution)) throw new RangeError(`unknown resolution ${resolution}`);
-    const { sourceId, instanceId, destinationId } = key;
-    const result = this.#sql.resolveConflict.run({ sourceId, instanceId, destinationId, resolution, at });
+    const { sourceId, studyId, instanceId, destinationId } = key;
+    const result = this.#sql.resolveConflict.run({
+      sourceId,
+      studyId,
+      instanceId,
+      destinationId,
+      resolution,
+      at,
+    });
     return Number(result.changes) === 1;
+  }
+
+  async recordIntent(intent: DeletionIntent): Promise<void> {
+    const { sourceId, studyId, seriesId, instances, routing, at } = intent;
+    // Only the two fields, so that what is read back is what the DynamoDB ledger keeps too.
+    const verifiedBy = JSON.stringify(
+      intent.verifiedBy.map(({ destinationId, verify }) => ({ destinationId, verify })),
+    );
+    this.#sql.recordIntent.run({ sourceId, studyId, seriesId, instances, verifiedBy, routing, at });
+  }
+
+  async lastIntent(sourceId: string, studyId: string, seriesId: string): Promise<DeletionIntent | undefined> {
+    const row = this.#sql.lastIntent.get(sourceId, studyId, seriesId) as IntentRow | undefined;
+    if (row === undefined) return undefined;
+    return {
+      ...seriesOf(row),
+      instances: row.instances,
+      verifiedBy: JSON.parse(row.verified_by) as DeletionIntent['verifiedBy'],
+      routing: row.routing,
+      at: row.at,
+      ...(row.completed_at === null ? {} : { completedAt: row.completed_at }),
+    };
+  }
+
+  async completeIntent(sourceId: string, studyId: string, seriesId: string, at: number): Promise<void> {
+    this.#sql.completeIntent.run({ sourceId, studyId, seriesId, at });
   }
 
   async recordSettled(study: SettledStudy): Promise<void> {
@@ -349,9 +431,7 @@ export class SqliteLedger implements Ledger {
     const row = this.#sql.settled.get(sourceId, studyId, seriesId) as SettledRow | undefined;
     if (row === undefined) return undefined;
     return {
-      sourceId: row.source_id,
-      studyId: row.study_id,
-      seriesId: row.series_id,
+      ...seriesOf(row),
       lastUpdate: row.last_update,
       instances: row.instances,
       routing: row.routing,

@@ -16,7 +16,7 @@ import { QUEUE_SCHEMA, SqliteWorkQueue } from './sqlite-work-queue.ts';
  * Kept in PRAGMA user_version. Bump it with every change to a table and migrate from the old
  * value; a file written by a newer forwarder is refused rather than misread.
  */
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 
 /** The default of the configuration's retry.maxAttempts, which is what the caller should pass. */
 export const DEFAULT_MAX_RECEIVES = 8;
@@ -87,7 +87,8 @@ const migrate = (db: DatabaseSync, write: StateDb['write']): void => {
     // new one at once) is harmless.
     for (const sql of [FEED_SCHEMA, QUEUE_SCHEMA, LEDGER_SCHEMA]) db.exec(sql);
     // Version 0 is a new file, whose tables were just made in the current form; new tables of
-    // later versions (conflicts) were just made in an older file too.
+    // later versions (conflicts in 3, deletion intents in 4) were just made in an older file too,
+    // so a version 3 file has nothing more to do.
     if (row.user_version === 1) db.exec(LEDGER_MIGRATION_FROM_1);
     if (row.user_version === 2) db.exec(LEDGER_MIGRATION_FROM_2);
     if (row.user_version < SCHEMA_VERSION) db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);

@@ -5,6 +5,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type {
   Conflict,
+  DeletionIntent,
   FeedStateStore,
   Ledger,
   RejectedInstance,
@@ -74,6 +75,20 @@ export const settledStudy = (overrides: Partial<SettledStudy>): SettledStudy => 
   routing: 'r',
   result: 'copied',
   settledAt: CLOCK,
+  ...overrides,
+});
+
+export const intent = (overrides: Partial<DeletionIntent>): DeletionIntent => ({
+  sourceId: 'a',
+  studyId: 's1',
+  seriesId: '',
+  instances: 4,
+  verifiedBy: [
+    { destinationId: 'd1', verify: 'identity' },
+    { destinationId: 'd2', verify: 'checksum' },
+  ],
+  routing: 'r',
+  at: CLOCK,
   ...overrides,
 });
 
@@ -375,6 +390,77 @@ export const stateContract = (name: string, fresh: () => Promise<StateUnderTest>
         expect((await two.ledger.settled('a', 's1', ''))?.lastUpdate).toBe('newest');
       });
 
+      it('keeps the last deletion intent per source, study and series, open until completed', async () => {
+        const one = open();
+        const two = open();
+        expect(await one.ledger.lastIntent('a', 's1', '')).toBeUndefined();
+        await one.ledger.completeIntent('a', 's1', '', CLOCK);
+        expect(await one.ledger.lastIntent('a', 's1', '')).toBeUndefined();
+        const study = intent({});
+        const series = intent({
+          seriesId: 'r1',
+          instances: 1,
+          verifiedBy: [{ destinationId: 'd3', verify: 'stow' }],
+        });
+        const others = [
+          intent({ sourceId: 'ab', verifiedBy: [] }),
+          intent({ studyId: 's10', instances: 0, routing: 'other' }),
+          intent({ seriesId: 'r2' }),
+        ];
+        for (const each of [study, series, ...others]) await one.ledger.recordIntent(each);
+        expect(await two.ledger.lastIntent('a', 's1', '')).toEqual(study);
+        // Open: no completedAt at all, rather than an undefined one.
+        expect(Object.keys((await two.ledger.lastIntent('a', 's1', '')) ?? {})).not.toContain('completedAt');
+        expect(await two.ledger.lastIntent('a', 's1', 'r1')).toEqual(series);
+        for (const each of others) {
+          expect(await two.ledger.lastIntent(each.sourceId, each.studyId, each.seriesId)).toEqual(each);
+        }
+        expect(await two.ledger.lastIntent('a', 's1', 'r3')).toBeUndefined();
+        expect(await two.ledger.lastIntent('b', 's1', '')).toBeUndefined();
+
+        // Completing the whole study's leaves its series' open, and the other way round.
+        await two.ledger.completeIntent('a', 's1', '', CLOCK + 1);
+        expect(await one.ledger.lastIntent('a', 's1', '')).toEqual({ ...study, completedAt: CLOCK + 1 });
+        expect(await one.ledger.lastIntent('a', 's1', 'r1')).toEqual(series);
+        await one.ledger.completeIntent('a', 's1', 'r1', CLOCK + 2);
+        expect(await two.ledger.lastIntent('a', 's1', 'r1')).toEqual({ ...series, completedAt: CLOCK + 2 });
+        expect(await two.ledger.lastIntent('a', 's1', 'r2')).toEqual(others[2]);
+
+        // Completing a completed one changes nothing, from either connection.
+        await Promise.all([
+          one.ledger.completeIntent('a', 's1', '', CLOCK + 3),
+          two.ledger.completeIntent('a', 's1', '', CLOCK + 4),
+        ]);
+        expect(await two.ledger.lastIntent('a', 's1', '')).toEqual({ ...study, completedAt: CLOCK + 1 });
+      });
+
+      it('replaces the last deletion intent, open or completed, with the one recorded after it', async () => {
+        const one = open();
+        const two = open();
+        const next = intent({
+          instances: 2,
+          verifiedBy: [{ destinationId: 'd2', verify: 'qido' }],
+          routing: 'r2',
+          at: CLOCK + 10,
+        });
+        await one.ledger.recordIntent(intent({}));
+        await two.ledger.recordIntent(next);
+        expect(await one.ledger.lastIntent('a', 's1', '')).toEqual(next);
+        await two.ledger.completeIntent('a', 's1', '', CLOCK + 20);
+
+        // A clock set back does not keep the new deletion from being recorded, and it is open
+        // even when made from a completed one.
+        const after = {
+          ...(await one.ledger.lastIntent('a', 's1', '')),
+          ...intent({ instances: 3, at: CLOCK + 5 }),
+        };
+        expect(after.completedAt).toBe(CLOCK + 20);
+        await one.ledger.recordIntent(after);
+        expect(await two.ledger.lastIntent('a', 's1', '')).toEqual(intent({ instances: 3, at: CLOCK + 5 }));
+        await one.ledger.completeIntent('a', 's1', '', CLOCK + 30);
+        expect((await two.ledger.lastIntent('a', 's1', ''))?.completedAt).toBe(CLOCK + 30);
+      });
+
       it('lists conflicts by source and study, ordered by source, study, detection, instance and destination', async () => {
         const one = open();
         const two = open();
@@ -471,7 +557,9 @@ export const stateContract = (name: string, fresh: () => Promise<StateUnderTest>
         expect([...racing].sort()).toEqual([false, true]);
         const decided = racing[0] ? 'accept-destination' : 'replace-destination';
         expect(await two.ledger.resolveConflict(key, 'keep-source', 20)).toBe(false);
-        expect(await two.ledger.resolveConflict({ ...key, studyId: 's2', instanceId: 'i2' }, 'keep-source', 30)).toBe(true);
+        expect(
+          await two.ledger.resolveConflict({ ...key, studyId: 's2', instanceId: 'i2' }, 'keep-source', 30),
+        ).toBe(true);
         await expect(
           one.ledger.resolveConflict({ ...key, destinationId: 'd2' }, 'delete' as 'keep-source', 40),
         ).rejects.toThrow(RangeError);
