@@ -1,12 +1,14 @@
 /**
  * The forwarder's side of SQS beyond what the event source mapping does: dead-letter a message
- * at once (a malformed body will never parse, so it must not wait for maxReceiveCount), and
- * delay a retry with backoff instead of the queue's fixed visibility timeout.
+ * at once (a malformed body will never parse, so it must not wait for maxReceiveCount), delay a
+ * retry with backoff instead of the queue's fixed visibility timeout, and start the count afresh
+ * after an attempt that made progress.
  */
 import { ChangeMessageVisibilityCommand, SendMessageCommand, type SQSClient } from '@aws-sdk/client-sqs';
 
-/** SQS caps a visibility timeout at 12 hours. */
+/** SQS caps a visibility timeout at 12 hours, and a message's delay at 15 minutes. */
 const MAX_VISIBILITY_SECONDS = 12 * 60 * 60;
+const MAX_DELAY_SECONDS = 15 * 60;
 
 export class SqsDeadLetters {
   private readonly client: SQSClient;
@@ -30,6 +32,17 @@ export class SqsDeadLetters {
           receiveCount: { DataType: 'Number', StringValue: String(receiveCount) },
         },
       }),
+    );
+  }
+
+  /**
+   * Queues the body again as a new message, with a fresh receive count (SQS's cannot be lowered):
+   * the retry of an attempt that made progress. The caller then reports the old one processed.
+   */
+  async requeue(body: string, delayMs: number): Promise<void> {
+    const seconds = Math.min(MAX_DELAY_SECONDS, Math.max(0, Math.round(delayMs / 1000)));
+    await this.client.send(
+      new SendMessageCommand({ QueueUrl: this.queueUrl, MessageBody: body, DelaySeconds: seconds }),
     );
   }
 

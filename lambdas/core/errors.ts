@@ -5,23 +5,32 @@
  */
 export type FailureKind = 'transient' | 'permanent';
 
+export interface ErrorOptions {
+  readonly cause?: unknown;
+  readonly status?: number;
+  /** The failed attempt still moved part of the study (see `withProgress`). */
+  readonly progress?: boolean;
+}
+
 export class ForwarderError extends Error {
   readonly kind: FailureKind;
   /** HTTP status, when the failure is an answer from a server. */
   readonly status: number | undefined;
+  readonly progress: boolean;
 
-  constructor(kind: FailureKind, message: string, options?: { cause?: unknown; status?: number }) {
+  constructor(kind: FailureKind, message: string, options?: ErrorOptions) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = kind === 'transient' ? 'TransientError' : 'PermanentError';
     this.kind = kind;
     this.status = options?.status;
+    this.progress = options?.progress === true;
   }
 }
 
-export const transient = (message: string, options?: { cause?: unknown; status?: number }) =>
+export const transient = (message: string, options?: ErrorOptions) =>
   new ForwarderError('transient', message, options);
 
-export const permanent = (message: string, options?: { cause?: unknown; status?: number }) =>
+export const permanent = (message: string, options?: ErrorOptions) =>
   new ForwarderError('permanent', message, options);
 
 /**
@@ -29,10 +38,29 @@ export const permanent = (message: string, options?: { cause?: unknown; status?:
  * retry resumes with them; the forwarder counts these as `VerificationFailures`.
  */
 export class NotVerifiedError extends ForwarderError {
-  constructor(message: string) {
-    super('transient', message);
+  constructor(message: string, options?: Pick<ErrorOptions, 'progress'>) {
+    super('transient', message, options);
   }
 }
+
+/**
+ * The same transient failure, marked as one of an attempt that moved part of the study (it
+ * verified or deleted instances): its retry does not use up an attempt, so a study too large for
+ * one attempt (a Lambda's deadline) is never dead-lettered while it makes headway. Each such
+ * attempt moves something, so this cannot go on for ever.
+ */
+export const withProgress = (error: unknown): unknown => {
+  if (failureKind(error) === 'permanent') return error;
+  if (error instanceof NotVerifiedError) return new NotVerifiedError(error.message, { progress: true });
+  const status = error instanceof ForwarderError ? error.status : undefined;
+  return transient(describe(error), {
+    cause: error instanceof ForwarderError ? error.cause : error,
+    ...(status === undefined ? {} : { status }),
+    progress: true,
+  });
+};
+
+export const madeProgress = (error: unknown): boolean => error instanceof ForwarderError && error.progress;
 
 /** Anything not classified where it was thrown is a bug or an unknown condition: retry it. */
 export const failureKind = (error: unknown): FailureKind =>

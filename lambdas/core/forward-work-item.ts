@@ -8,7 +8,7 @@ import { describe, permanent, transient } from './errors.ts';
 import type { Log } from './log.ts';
 import { type MoveContext, type MoveOptions, moveStudy } from './move-study.ts';
 import type { OrthancClient } from './orthanc-client.ts';
-import type { FeedStateStore, Ledger, StudyOutcome, WorkItem } from './ports.ts';
+import type { DeletionIntent, FeedStateStore, Ledger, StudyOutcome, WorkItem } from './ports.ts';
 import { decodeWorkItem } from './work-item.ts';
 
 export interface Engine {
@@ -67,10 +67,45 @@ const watchLateArrivals = async (engine: Engine, item: WorkItem, outcome: StudyO
   }
 };
 
+/**
+ * Renews the lease while the move runs, so that a long move keeps it however long it takes. A
+ * renewal refused means another worker took the study (this one's lease had run out): the move
+ * is stopped before it deletes anything more.
+ */
+const holdLease = (engine: Engine, key: string, lost: AbortController): (() => void) => {
+  const now = engine.now ?? Date.now;
+  const timer = setInterval(() => {
+    engine.ledger.acquireLease(key, engine.owner, engine.leaseMs, now()).then(
+      (held) => {
+        if (!held) lost.abort(transient('the lease on the study was taken by another worker'));
+      },
+      (error: unknown) => {
+        // The lease still runs; the next tick tries again.
+        engine.log.warn('could not renew a lease', { error: describe(error) });
+      },
+    );
+  }, engine.leaseMs / 3);
+  timer.unref();
+  return () => clearInterval(timer);
+};
+
+/**
+ * The outcome to record. A previous attempt that died between its deletion and its outcome left
+ * its deletion open; finding the study gone now, this attempt records that deletion, not `gone`.
+ */
+const outcomeToRecord = (outcome: StudyOutcome, open: DeletionIntent | undefined): StudyOutcome =>
+  open === undefined || open.completedAt !== undefined || outcome.result !== 'gone'
+    ? outcome
+    : { ...outcome, result: 'moved', instances: open.instances, deleted: open.instances };
+
 export const forwardWorkItem = async (
   engine: Engine,
   body: string,
-  limits: { readonly signal?: AbortSignal; readonly deadline?: number } = {},
+  limits: {
+    readonly signal?: AbortSignal;
+    /** No new STOW batch or push job after it, and those in flight are cut (epoch ms). */
+    readonly deadline?: number;
+  } = {},
 ): Promise<StudyOutcome> => {
   const item = decodeWorkItem(body);
   const source = engine.sources.get(item.sourceId);
@@ -80,7 +115,11 @@ export const forwardWorkItem = async (
   if (!(await engine.ledger.acquireLease(key, engine.owner, engine.leaseMs, now()))) {
     throw transient('the study is being moved by another worker');
   }
+  const lost = new AbortController();
+  const releaseHold = holdLease(engine, key, lost);
   try {
+    const seriesId = item.seriesId ?? '';
+    const lastIntent = await engine.ledger.lastIntent(item.sourceId, item.studyId, seriesId);
     const context: MoveContext = {
       sourceId: item.sourceId,
       source,
@@ -91,11 +130,13 @@ export const forwardWorkItem = async (
       now,
       onStep: engine.onStep,
       deadline: limits.deadline,
-      ...(limits.signal === undefined ? {} : { signal: limits.signal }),
+      lastIntent,
+      signal: limits.signal === undefined ? lost.signal : AbortSignal.any([limits.signal, lost.signal]),
     };
-    const outcome = await moveStudy(context, item.studyId, item.seriesId);
+    const outcome = outcomeToRecord(await moveStudy(context, item.studyId, item.seriesId), lastIntent);
     // An unchanged study was looked at and left as it was: there is nothing to record.
     if (outcome.result !== 'unchanged') await engine.ledger.record(outcome);
+    await engine.ledger.completeIntent(item.sourceId, item.studyId, seriesId, now());
     engine.log.info('study outcome', {
       ...outcome,
       ...(item.seriesId === undefined ? {} : { seriesId: item.seriesId }),
@@ -103,6 +144,7 @@ export const forwardWorkItem = async (
     await watchLateArrivals(engine, item, outcome);
     return outcome;
   } finally {
+    releaseHold();
     await engine.ledger.releaseLease(key, engine.owner);
   }
 };

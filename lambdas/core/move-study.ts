@@ -10,11 +10,19 @@ import type { Readable } from 'node:stream';
 import { runBounded } from './concurrency.ts';
 import type { VerifyLevel } from './config.ts';
 import { type Destination, type DestinationServer, isUnreachable } from './destinations.ts';
-import { describe, ForwarderError, NotVerifiedError, permanent, transient } from './errors.ts';
+import { describe, ForwarderError, NotVerifiedError, permanent, transient, withProgress } from './errors.ts';
 import { unknownAttributes } from './identity.ts';
 import type { Log } from './log.ts';
 import type { OrthancClient, SourceInstance } from './orthanc-client.ts';
-import type { Conflict, Ledger, MoveResult, RejectedInstance, SettledStudy, StudyOutcome } from './ports.ts';
+import type {
+  Conflict,
+  DeletionIntent,
+  Ledger,
+  MoveResult,
+  RejectedInstance,
+  SettledStudy,
+  StudyOutcome,
+} from './ports.ts';
 import { pushBatches } from './push.ts';
 import type { ListedCopy } from './qido-client.ts';
 import { routeStudy, studyFacts } from './routing.ts';
@@ -66,6 +74,8 @@ export interface MoveContext {
   readonly deadline?: number | undefined;
   /** Called after each step; only tests pass one. */
   readonly onStep?: ((step: MoveStep, studyId: string) => void | Promise<void>) | undefined;
+  /** The study's (or series') last deletion, from the ledger: where it was routed before. */
+  readonly lastIntent?: DeletionIntent | undefined;
 }
 
 /**
@@ -149,9 +159,25 @@ const openPart = (source: OrthancClient, instance: SourceInstance, signal?: Abor
 });
 
 /**
+ * Why a batch that the deadline cut failed. An instance alone in the only batch of an attempt had
+ * the whole window to itself: it will never fit one, and retrying it would time out for ever.
+ */
+const cutByDeadline = (batch: readonly SourceInstance[], alone: boolean, windowMs: number) => {
+  const [only] = batch;
+  if (alone && only !== undefined && batch.length === 1) {
+    return permanent(
+      `instance ${only.id} (${only.fileSize} bytes) cannot be sent within the ${Math.round(windowMs / 1000)} s ` +
+        'one attempt allows: raise aws.forwarder.timeoutSeconds, or move this study in local mode',
+    );
+  }
+  return transient('out of time: a batch was cut at the deadline; the next attempt sends it again');
+};
+
+/**
  * Relays the batches with STOW-RS. A batch that fails, or is not started because the deadline
  * passed, does not stop the others: what did arrive is verified and deleted, and the retry sends
- * the rest.
+ * the rest. A batch still in flight at the deadline is cut, so that verification and deletion
+ * keep the time reserved for them.
  */
 const relay = async (
   ctx: MoveContext,
@@ -160,15 +186,26 @@ const relay = async (
 ): Promise<SendReport> => {
   const report = nothingSent();
   const now = ctx.now ?? Date.now;
-  await runBounded(planBatches(instances, ctx.options.stow), ctx.options.stow.parallel, async (batch) => {
+  const started = now();
+  const batches = planBatches(instances, ctx.options.stow);
+  await runBounded(batches, ctx.options.stow.parallel, async (batch) => {
     if (ctx.deadline !== undefined && now() >= ctx.deadline) {
       report.failure ??= transient('out of time: the rest of the study is sent by the next attempt');
       return;
     }
-    const result = await stow.store(
-      batch.map((instance) => openPart(ctx.source, instance, ctx.signal)),
-      ctx.signal,
-    );
+    const cut =
+      ctx.deadline === undefined ? undefined : AbortSignal.timeout(Math.max(0, ctx.deadline - now()));
+    const signals = [ctx.signal, cut].filter((signal) => signal !== undefined);
+    const signal = signals.length === 0 ? undefined : AbortSignal.any(signals);
+    const result = await stow
+      .store(
+        batch.map((instance) => openPart(ctx.source, instance, signal)),
+        signal,
+      )
+      .catch((error: unknown) => {
+        if (cut?.aborted !== true || ctx.deadline === undefined) throw error;
+        throw cutByDeadline(batch, batches.length === 1, ctx.deadline - started);
+      });
     // UIDs are unique within a batch (planBatches): each names one instance.
     const byUid = new Map(batch.map((instance) => [instance.sopInstanceUid, instance.id]));
     const ids = (uids: Iterable<string>) => [...uids].flatMap((uid) => byUid.get(uid) ?? []);
@@ -524,6 +561,18 @@ const stillTheSame = async (
   return instances.filter((instance) => current.get(instance.id) === instance.fileUuid);
 };
 
+/**
+ * The destinations a study was routed to when part of it was deleted, if the routing has not
+ * changed since (a changed configuration routes it anew) and they are all still configured.
+ */
+const rememberedRoute = async (ctx: MoveContext): Promise<Destination[] | undefined> => {
+  const last = ctx.lastIntent;
+  if (last === undefined || last.routing !== ctx.options.routing) return undefined;
+  const ids = new Set(last.verifiedBy.map((v) => v.destinationId));
+  const remembered = ctx.destinations.filter((d) => ids.has(d.id));
+  return remembered.length === ids.size ? remembered : undefined;
+};
+
 export const moveStudy = async (
   ctx: MoveContext,
   studyId: string,
@@ -578,9 +627,28 @@ export const moveStudy = async (
     }
   }
 
-  // 3. Route: the destinations whose filter accepts the study.
-  const routed = await routeStudy(ctx.destinations, studyFacts(ctx.source, info, snapshot, seriesId));
+  // 3. Route: the destinations whose filter accepts the study — unless part of it was moved
+  // before under the same configuration: then it goes where it went, since what is left (a
+  // refused series, the series a deadline cut off) may no longer match the filters that sent it.
+  const recorded = new Map(
+    (await ctx.ledger.conflicts({ sourceId: ctx.sourceId, studyId })).map((c) => [
+      conflictKey(c.instanceId, c.destinationId),
+      c,
+    ]),
+  );
+  const rejectedBefore = new Set((await ctx.ledger.rejected(ctx.sourceId, studyId)).map((r) => r.instanceId));
+  const routed =
+    (await rememberedRoute(ctx)) ??
+    (await routeStudy(ctx.destinations, studyFacts(ctx.source, info, snapshot, seriesId)));
   if (routed.length === 0) {
+    // A study with refusals or conflicts is a partial one, whatever the filters say of the rest:
+    // nothing of it is deleted as unrouted, and its refusals stay in view.
+    const held = snapshot.filter(
+      (i) => rejectedBefore.has(i.id) || [...recorded.values()].some((c) => c.instanceId === i.id),
+    );
+    if (held.length > 0) {
+      return outcome('partial', { instances: snapshot.length, rejected: held.length });
+    }
     if (ctx.options.unrouted === 'keep') {
       await settle('skipped');
       return outcome('skipped', { instances: snapshot.length });
@@ -599,13 +667,8 @@ export const moveStudy = async (
     snapshot,
     identityOf: sourceIdentities(ctx.source, ctx.signal),
     duplicated: duplicatedUids(snapshot),
-    recorded: new Map(
-      (await ctx.ledger.conflicts({ sourceId: ctx.sourceId, studyId })).map((c) => [
-        conflictKey(c.instanceId, c.destinationId),
-        c,
-      ]),
-    ),
-    rejectedBefore: new Set((await ctx.ledger.rejected(ctx.sourceId, studyId)).map((r) => r.instanceId)),
+    recorded,
+    rejectedBefore,
   };
   const deliveries: Delivery[] = [];
   for (const destination of routed) {
@@ -679,7 +742,21 @@ export const moveStudy = async (
     ? await stillTheSame(ctx, studyId, seriesId, verifiedInstances)
     : [];
   if (ctx.options.deleteAfterForward) {
-    await ctx.source.deleteInstances(deleted.map((i) => i.id));
+    if (deleted.length > 0) {
+      await ctx.ledger.recordIntent({
+        sourceId: ctx.sourceId,
+        studyId,
+        seriesId: seriesId ?? '',
+        instances: deleted.length,
+        verifiedBy: deliveries.map((d) => ({ destinationId: d.destination.id, verify: d.level })),
+        routing: ctx.options.routing,
+        at: now(),
+      });
+    }
+    await ctx.source.deleteInstances(
+      deleted.map((i) => i.id),
+      ctx.signal,
+    );
     await ctx.onStep?.('deleted', studyId);
   }
 
@@ -702,16 +779,23 @@ export const moveStudy = async (
       (any(i, 'unverified') || changed.includes(i)),
   );
   if (unaccounted.length > 0) {
-    // Verified ones are already deleted: a retry resumes with the rest.
+    // Verified ones are already deleted: a retry resumes with the rest, and if this attempt moved
+    // something (verified new instances, or deleted), it does not use up an attempt.
+    const gained = deliveries.some((d) =>
+      [...d.verdicts].some(([id, v]) => v.kind === 'held' && !d.heldBefore.has(id)),
+    );
+    const progress = (error: unknown) => (gained || deleted.length > 0 ? withProgress(error) : error);
     const failure = deliveries.find((d) => d.failure !== undefined)?.failure;
-    if (failure !== undefined) throw failure;
+    if (failure !== undefined) throw progress(failure);
     if (changed.length > 0) {
-      throw transient(
-        `${changed.length} instances changed at the source during the move: moved again next time`,
+      throw progress(
+        transient(`${changed.length} instances changed at the source during the move: moved again next time`),
       );
     }
-    throw new NotVerifiedError(
-      `${unaccounted.length} of ${snapshot.length} instances not verified at the destination yet`,
+    throw progress(
+      new NotVerifiedError(
+        `${unaccounted.length} of ${snapshot.length} instances not verified at the destination yet`,
+      ),
     );
   }
   // Deleted at the source by someone else while we moved it: nothing of it went anywhere.

@@ -15,6 +15,11 @@ import { type Metrics, recordOutcome } from '../core/metrics.ts';
 
 /** Time kept back from the invocation's budget to verify, delete and report what was sent. */
 const RESERVE_MS = 30_000;
+/**
+ * Time kept back to record a failure and report the batch: every request still running then is
+ * aborted, so an invocation ends on its own terms rather than timing out with nothing recorded.
+ */
+const MARGIN_MS = 5_000;
 
 interface Forwarder {
   readonly runtime: AwsRuntime;
@@ -48,13 +53,14 @@ const setUp = async (runtime: AwsRuntime): Promise<Forwarder> => {
 const processRecord = async (
   forwarder: Forwarder,
   record: SQSRecord,
-  invocation: { owner: string; deadline: number; metrics: Metrics },
+  invocation: { owner: string; deadline: number; signal: AbortSignal; metrics: Metrics },
 ): Promise<void> => {
   const { runtime, engine, deadLetters } = forwarder;
   const receiveCount = Number(record.attributes.ApproximateReceiveCount ?? '1');
   try {
     const outcome = await forwardWorkItem({ ...engine, owner: invocation.owner }, record.body, {
       deadline: invocation.deadline,
+      signal: invocation.signal,
     });
     recordOutcome(invocation.metrics, outcome);
   } catch (error) {
@@ -73,8 +79,16 @@ const processRecord = async (
       invocation.metrics.add('DeadLettered', 1, 'Count');
       return; // Reported as processed: the event source mapping deletes it from the work queue.
     }
-    runtime.log.warn('work item failed, will retry', { ...attributes, delayMs: decision.delayMs });
+    runtime.log.warn('work item failed, will retry', {
+      ...attributes,
+      delayMs: decision.delayMs,
+      counted: decision.counted,
+    });
     invocation.metrics.add('Retries', 1, 'Count');
+    if (!decision.counted) {
+      await deadLetters.requeue(record.body, decision.delayMs);
+      return; // Reported as processed: the copy just queued carries on, with its own receive count.
+    }
     await deadLetters.retryAfter(record.receiptHandle, decision.delayMs).catch((visibilityError: unknown) => {
       // The queue's own visibility timeout then decides when it comes back.
       runtime.log.warn('could not delay the retry', { error: describe(visibilityError) });
@@ -90,9 +104,11 @@ export const createForwarderHandler = (getRuntime: () => Promise<AwsRuntime>) =>
     forwarder ??= getRuntime().then(setUp);
     const ready = await forwarder;
     const { metrics, publish } = createPowertoolsMetrics();
+    const endMs = Math.max(0, context.getRemainingTimeInMillis() - MARGIN_MS);
     const invocation = {
       owner: `lambda:${context.awsRequestId}`,
-      deadline: Date.now() + context.getRemainingTimeInMillis() - RESERVE_MS,
+      deadline: Date.now() + endMs - RESERVE_MS,
+      signal: AbortSignal.timeout(endMs),
       metrics,
     };
     try {

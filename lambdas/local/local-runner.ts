@@ -244,7 +244,7 @@ export class LocalRunner {
       await this.state.queue.deadLetter(message.handle, reason);
       this.totals.deadLettered++;
     } else {
-      await this.state.queue.release(message.handle, reason, decision.delayMs);
+      await this.state.queue.release(message.handle, reason, decision.delayMs, { counted: decision.counted });
     }
   }
 

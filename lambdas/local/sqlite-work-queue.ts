@@ -88,7 +88,10 @@ const statements = (db: StateDb) => ({
   ),
   byHandle: db.prepare('SELECT id, receive_count, last_error FROM queue_messages WHERE handle = ?'),
   deleteByHandle: db.prepare('DELETE FROM queue_messages WHERE handle = ?'),
-  delay: db.prepare('UPDATE queue_messages SET visible_at = ?, last_error = ?, handle = NULL WHERE id = ?'),
+  delay: db.prepare(
+    `UPDATE queue_messages SET visible_at = ?, last_error = ?, handle = NULL,
+       receive_count = max(0, receive_count - ?) WHERE id = ?`,
+  ),
   copyToDead: db.prepare(
     `INSERT INTO dead_letters (id, body, source_id, study_id, receive_count, last_error, dead_lettered_at)
      SELECT id, body, source_id, study_id, receive_count, ?, ? FROM queue_messages WHERE id = ?`,
@@ -194,14 +197,20 @@ export class SqliteWorkQueue implements WorkQueue {
     this.#sql.deleteByHandle.run(handle);
   }
 
-  async release(handle: string, error: string, delayMs: number): Promise<void> {
+  async release(
+    handle: string,
+    error: string,
+    delayMs: number,
+    options: { readonly counted?: boolean } = {},
+  ): Promise<void> {
     checkCount('delayMs', delayMs, 0);
+    const counted = options.counted !== false;
     this.#db.write(() => {
       const row = this.#sql.byHandle.get(handle) as MessageRow | undefined;
       if (row === undefined) return;
       const now = this.#now();
-      if (row.receive_count >= this.#maxReceives) this.#moveToDead(row.id, error, now);
-      else this.#sql.delay.run(now + delayMs, error, row.id);
+      if (counted && row.receive_count >= this.#maxReceives) this.#moveToDead(row.id, error, now);
+      else this.#sql.delay.run(now + delayMs, error, counted ? 0 : 1, row.id);
     });
   }
 

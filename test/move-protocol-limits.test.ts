@@ -1,0 +1,242 @@
+/**
+ * The move protocol where studies are partial, large or slow, on real Orthancs: a partly moved
+ * study is never routed anew (so nothing of it is deleted unsent), a deletion's record survives a
+ * worker that dies right after it, an attempt that made headway does not use up the attempts, a
+ * batch cut by the deadline is either sent again or refused with its size, and a long move keeps
+ * its lease.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describe, expect, it } from 'vitest';
+import { type ForwarderConfig, parseConfig } from '../lambdas/core/config.ts';
+import { buildEngine } from '../lambdas/core/engine.ts';
+import { ForwarderError } from '../lambdas/core/errors.ts';
+import { forwardWorkItem } from '../lambdas/core/forward-work-item.ts';
+import { createLog } from '../lambdas/core/log.ts';
+import { encodeWorkItem } from '../lambdas/core/work-item.ts';
+import { type LocalState, openState } from '../lambdas/local/sqlite-state.ts';
+import {
+  type GeneratedInstance,
+  generateStudies,
+  SOP_CLASS_UID_TAG,
+  withChanges,
+  withoutElements,
+} from '../testbed/dicom-generator.ts';
+import type { OrthancServer } from '../testbed/orthanc.ts';
+import { HttpFront } from './support/fronts.ts';
+import {
+  configFor,
+  expectAllAtDestination,
+  heldUids,
+  instanceCount,
+  runUntilIdle,
+  shape,
+  startServers,
+  uidsOf,
+  until,
+  upload,
+  useTestbed,
+} from './support/harness.ts';
+import { TcpProxy } from './support/tcp-proxy.ts';
+
+const log = createLog({ level: 'SILENT' });
+
+/** A study of one CT series and one SR series (the same study's report), 3 instances each. */
+const ctWithReport = (seed: string) => {
+  const set = generateStudies(shape(seed, { patients: 1, seriesPerStudy: 2 }));
+  const [ct, sr] = set.patients[0]?.studies[0]?.series ?? [];
+  if (ct === undefined || sr === undefined) throw new Error('two series expected');
+  const report = sr.instances.map((i) => withChanges(i, { study: { modality: 'SR' } }));
+  return { ct: ct.instances, report, all: [...ct.instances, ...report] };
+};
+
+const studyIdAt = async (server: OrthancServer): Promise<string> =>
+  (await server.rest<string[]>('GET', '/studies'))[0] ?? '';
+
+const untilStable = async (server: OrthancServer): Promise<void> => {
+  const id = await studyIdAt(server);
+  await until(async () => (await server.rest<{ IsStable: boolean }>('GET', `/studies/${id}`)).IsStable);
+};
+
+describe('the move protocol at its limits', () => {
+  const { fleet, workPath, closeAfterTest } = useTestbed('move-limits');
+
+  const withState = async <T>(
+    config: ForwarderConfig,
+    use: (state: LocalState) => Promise<T>,
+  ): Promise<T> => {
+    const state = openState(workPath('state.sqlite'), { maxReceives: config.retry.maxAttempts });
+    try {
+      return await use(state);
+    } finally {
+      state.close();
+    }
+  };
+
+  /** CT studies go to the destination; anything else is deleted at the source as unrouted. */
+  const ctOnly = (source: OrthancServer, destination: OrthancServer, extra: Record<string, unknown> = {}) => {
+    const raw = configFor([{ id: 'site-a', server: source }], destination, { unrouted: 'delete', ...extra });
+    return parseConfig({
+      ...raw,
+      destination: { ...(raw.destination as object), filter: { modalities: ['CT'] } },
+    });
+  };
+
+  it('keeps the instances a destination refused when what is left of the study no longer matches its filter', async () => {
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
+    const { ct, report } = ctWithReport('refused-report');
+    // The destination refuses the report (no SOPClassUID): it stays at the source, refused.
+    await upload(source, [...ct, ...report.map((i) => withoutElements(i, [SOP_CLASS_UID_TAG]))]);
+    const config = ctOnly(source, destination);
+    await withState(config, async (state) => {
+      await runUntilIdle(config, state, log);
+      expect((await heldUids(source)).sort()).toEqual(uidsOf(report).sort());
+      expect(await state.ledger.rejected()).toHaveLength(report.length);
+
+      // Looked at again (a sweep, a redelivery), what is left is SR only: the filter would not
+      // take it, and `unrouted: delete` would delete it.
+      await state.queue.enqueue([{ sourceId: 'site-a', studyId: await studyIdAt(source), reason: 'stable' }]);
+      const { outcomes } = await runUntilIdle(config, state, log);
+      expect(outcomes.map((o) => [o.result, o.deleted, o.rejected])).toEqual([['partial', 0, report.length]]);
+      expect((await heldUids(source)).sort()).toEqual(uidsOf(report).sort());
+      expect(await state.ledger.rejected()).toHaveLength(report.length);
+    });
+  });
+
+  it('sends a late series of a moved study where the study went, even when the series alone would not match', async () => {
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
+    const { ct, report } = ctWithReport('late-report');
+    await upload(source, ct);
+    const config = ctOnly(source, destination);
+    await withState(config, async (state) => {
+      await runUntilIdle(config, state, log);
+      expect(await instanceCount(source)).toBe(0);
+      // The report arrives once the images have left.
+      await upload(source, report);
+      await untilStable(source);
+      await runUntilIdle(config, state, log);
+    });
+    expect(await instanceCount(source)).toBe(0);
+    await expectAllAtDestination(destination, [...ct, ...report]);
+  });
+
+  it('records the deletion of a worker that died right after it, not the study as gone', async () => {
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
+    const set = generateStudies(shape('died-after-delete', { patients: 1 }));
+    await upload(source, set.instances);
+    const config = parseConfig(configFor([{ id: 'site-a', server: source }], destination));
+    await withState(config, async (state) => {
+      let died = false;
+      const { outcomes } = await runUntilIdle(config, state, log, {
+        onStep: async (step) => {
+          if (step !== 'deleted' || died) return;
+          died = true;
+          throw new Error('the worker died after the source deleted, before the outcome was recorded');
+        },
+      });
+      expect(died).toBe(true);
+      expect(await instanceCount(source)).toBe(0);
+      expect(outcomes.map((o) => [o.result, o.deleted])).toEqual([['moved', set.instances.length]]);
+      expect((await state.ledger.totals()).deleted).toBe(set.instances.length);
+    });
+  });
+
+  it('does not count an attempt that made headway against retry.maxAttempts', async () => {
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
+    const set = generateStudies(shape('headway', { patients: 1, seriesPerStudy: 3 }));
+    await upload(source, set.instances);
+    // Every other STOW request fails: each attempt stores some batches and fails on another.
+    let stows = 0;
+    const front = closeAfterTest(
+      await HttpFront.start(destination.url, (request) => {
+        if (request.method !== 'POST' || !request.path.endsWith('/studies')) return undefined;
+        stows++;
+        return stows % 2 === 0
+          ? { answer: { status: 503, headers: { 'content-type': 'text/plain' }, body: 'busy' } }
+          : undefined;
+      }),
+    );
+    const raw = configFor([{ id: 'site-a', server: source }], destination, {
+      retry: { maxAttempts: 2, baseDelayMs: 50, maxDelayMs: 100 },
+      stow: { maxInstances: 1, parallel: 1 },
+    });
+    const config = parseConfig({
+      ...raw,
+      destination: { ...(raw.destination as object), url: front.urlFor(destination.dicomWebUrl) },
+    });
+    await withState(config, async (state) => {
+      const { summary } = await runUntilIdle(config, state, log);
+      expect(front.faked).toBeGreaterThan(1);
+      expect(summary.deadLettered).toBe(0);
+    });
+    expect(await instanceCount(source)).toBe(0);
+    await expectAllAtDestination(destination, set.instances);
+  });
+
+  it('refuses, naming its size, an instance that alone cannot be sent before the deadline; the study stays', async () => {
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
+    const big = generateStudies(
+      shape('too-big', {
+        patients: 1,
+        seriesPerStudy: 1,
+        instancesPerSeries: 1,
+        pixelBytes: 4 * 1024 * 1024,
+      }),
+    );
+    await upload(source, big.instances);
+    // A slow link to the destination: every chunk waits.
+    const proxy = closeAfterTest(await TcpProxy.start(destination.httpPort));
+    proxy.setMode({ kind: 'delay', ms: 200 });
+    const raw = configFor([{ id: 'site-a', server: source }], destination);
+    const config = parseConfig({
+      ...raw,
+      destination: { ...(raw.destination as object), url: `${proxy.url}/dicom-web` },
+    });
+    await withState(config, async (state) => {
+      const engine = buildEngine(config, { ledger: state.ledger, feed: state.feed, log, owner: 'test' });
+      const body = encodeWorkItem({ sourceId: 'site-a', studyId: await studyIdAt(source), reason: 'stable' });
+      const failure = await forwardWorkItem(engine, body, { deadline: Date.now() + 500 }).then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      expect(failure).toBeInstanceOf(ForwarderError);
+      expect(failure).toMatchObject({ kind: 'permanent' });
+      const instance = big.instances[0] as GeneratedInstance;
+      expect((failure as Error).message).toMatch(
+        new RegExp(`\\(${instance.byteLength} bytes\\) cannot be sent within`),
+      );
+    });
+    expect(await heldUids(source)).toEqual(uidsOf(big.instances));
+  });
+
+  it('keeps the lease on a study for as long as its move runs', async () => {
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
+    const set = generateStudies(shape('long-move', { patients: 1 }));
+    await upload(source, set.instances);
+    const config = parseConfig(configFor([{ id: 'site-a', server: source }], destination));
+    await withState(config, async (state) => {
+      const studyId = await studyIdAt(source);
+      const leaseMs = 400;
+      const taken: boolean[] = [];
+      const engine = {
+        ...buildEngine(config, { ledger: state.ledger, feed: state.feed, log, owner: 'first' }),
+        leaseMs,
+        // The move stalls after sending for three lease lengths; a second worker keeps trying.
+        onStep: async (step: string) => {
+          if (step !== 'sent') return;
+          for (let i = 0; i < 6; i++) {
+            await sleep(leaseMs / 2);
+            taken.push(
+              await state.ledger.acquireLease(`study#site-a#${studyId}`, 'second', leaseMs, Date.now()),
+            );
+          }
+        },
+      };
+      const outcome = await forwardWorkItem(
+        engine,
+        encodeWorkItem({ sourceId: 'site-a', studyId, reason: 'stable' }),
+      );
+      expect(outcome.result).toBe('moved');
+      expect(taken).toEqual([false, false, false, false, false, false]);
+    });
+  });
+});
