@@ -1,24 +1,27 @@
 /**
- * The `--aws` side of `status`, `dlq list` and `redrive`: they work on the deployed stack instead
- * of the state file. bin/cli.ts imports this module only for `--aws`, so that local mode, which
- * must stay within 128 MB, never loads the AWS SDK (docs/performance.md, "Memory").
+ * The `--aws` side of `status`, `dlq list`, `redrive` and `conflicts`: they work on the deployed
+ * stack instead of the state file. bin/cli.ts imports this module only for `--aws`, so that local
+ * mode, which must stay within 128 MB, never loads the AWS SDK (docs/performance.md, "Memory").
  */
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SQSClient } from '@aws-sdk/client-sqs';
 import { InvalidArgumentError } from 'commander';
+import { DynamoLedger } from '../lambdas/aws/dynamo-ledger.ts';
 import {
   type AwsResources,
   type AwsStatusReport,
-  formatAwsStatus,
   formatRedriveProgress,
   gatherAwsStatus,
   listDeadLetters,
   reachSources,
   redrive,
 } from '../lambdas/aws/operations.ts';
+import { SqsWorkSink } from '../lambdas/aws/sqs-work-sink.ts';
 import type { ForwarderConfig } from '../lambdas/core/config.ts';
 import type { DeadLetterEntry } from '../lambdas/core/dead-letters.ts';
+import type { Ledger, WorkSink } from '../lambdas/core/ports.ts';
+import { formatAwsStatus } from './format.ts';
 
 /**
  * The resources come from options, else from the variables the Lambdas read (QUEUE_URL, DLQ_URL,
@@ -100,4 +103,27 @@ export const awsRedrive = async (
     },
   );
   return progress.status === 'COMPLETED' || (!options.wait && progress.status === 'RUNNING');
+};
+
+const stackLedger = (options: AwsCliOptions, config: ForwarderConfig, tableName: string): Ledger =>
+  new DynamoLedger(new DynamoDBClient(awsClientConfig(options, config)), tableName);
+
+/** The stack's ledger, for `conflicts list`. */
+export const awsLedger = (options: AwsCliOptions, config: ForwarderConfig): Ledger =>
+  stackLedger(options, config, awsResources(options, ['tableName']).tableName);
+
+/**
+ * The ledger and the work queue, for `conflicts resolve`: both are checked before anything is
+ * decided. The work items go the way the poller sends them (SqsWorkSink), so the forwarder
+ * takes them like any other.
+ */
+export const awsLedgerAndQueue = (
+  options: AwsCliOptions,
+  config: ForwarderConfig,
+): { ledger: Ledger; queue: WorkSink } => {
+  const { tableName, queueUrl } = awsResources(options, ['tableName', 'queueUrl']);
+  return {
+    ledger: stackLedger(options, config, tableName),
+    queue: new SqsWorkSink(new SQSClient(awsClientConfig(options, config)), queueUrl),
+  };
 };

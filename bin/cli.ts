@@ -1,6 +1,7 @@
 /**
  * The orthanc-forwarder command line: parse, call the core, report. Exit codes: 0 success,
- * 1 something was dead-lettered or rejected, 2 a usage or configuration error.
+ * 1 something was dead-lettered or rejected, a conflict is open, or nothing matched, 2 a usage or
+ * configuration error.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, type ForwarderConfig } from '../lambdas/core/config.ts';
@@ -10,8 +11,16 @@ import { runDemo } from '../lambdas/local/demo.ts';
 import { defaultStatePath, loadConfigFile } from '../lambdas/local/load-config.ts';
 import { LocalRunner } from '../lambdas/local/local-runner.ts';
 import { openState } from '../lambdas/local/sqlite-state.ts';
-import { formatStatus, gatherStatus } from '../lambdas/local/status.ts';
+import { gatherStatus } from '../lambdas/local/status.ts';
 import type { AwsCliOptions } from './cli-aws.ts';
+import {
+  type ConflictSelection,
+  checkSelection,
+  chosenResolution,
+  resolutionOptions,
+  resolveSelected,
+} from './conflicts.ts';
+import { formatConflicts, formatStatus } from './format.ts';
 
 const logLevelOption = () =>
   new Option('--log-level <level>', 'log level')
@@ -80,7 +89,10 @@ const program = new Command('orthanc-forwarder')
   .description(
     'Moves DICOM studies from Orthanc servers to a DICOMweb destination, deleting only what it verified.',
   )
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // Commander's own usage errors (an unknown option, a missing --config) would exit 1, which here
+  // means that something is held or failed.
+  .exitOverride((error) => process.exit(error.exitCode === 0 ? 0 : 2));
 
 program
   .command('run')
@@ -99,21 +111,22 @@ program
       });
       const stats = await state.queue.stats();
       const rejected = (await state.ledger.rejected()).length;
+      const openConflicts = (await state.ledger.conflicts({ openOnly: true })).length;
       log.info('run finished', {
         ...summary,
         failedSources: summary.failedSources.join(','),
         deadLetters: stats.deadLetters,
+        openConflicts,
       });
-      if (options.untilIdle && (stats.deadLetters > 0 || rejected > 0 || summary.failedSources.length > 0)) {
-        process.exitCode = 1;
-      }
+      const outstanding = stats.deadLetters + rejected + openConflicts + summary.failedSources.length;
+      if (options.untilIdle && outstanding > 0) process.exitCode = 1;
     });
   });
 
 withAwsOptions(
   program
     .command('status')
-    .description('cursors, lag, queue, dead letters, rejected instances and totals')
+    .description('cursors, lag, queue, dead letters, rejected instances, open conflicts and totals')
     .requiredOption('-c, --config <file>', 'configuration file (JSON)')
     .option('-s, --state <file>', 'state file (default: beside the configuration file)')
     .option('--json', 'print one JSON object')
@@ -180,6 +193,62 @@ withAwsOptions(
     return;
   }
   if (!(await (await awsCommands()).awsRedrive(options, config))) process.exitCode = 1;
+});
+
+const conflicts = program
+  .command('conflicts')
+  .description('source instances whose SOPInstanceUID the destination holds as another instance');
+withAwsOptions(
+  conflicts
+    .command('list')
+    .description('the open conflicts: where, which attributes differ (names only), since when')
+    .requiredOption('-c, --config <file>', 'configuration file (JSON)')
+    .option('-s, --state <file>', 'state file (default: beside the configuration file)')
+    .option('--json', 'print one JSON array')
+    .option('--all', 'resolved conflicts too, with their resolution')
+    .option('--source <id>', 'only this source’s'),
+).action(
+  async (options: StateOptions & AwsCliOptions & { json?: boolean; all?: boolean; source?: string }) => {
+    const config = loadConfigFile(options.config);
+    const filter = { sourceId: options.source, openOnly: options.all !== true };
+    const found = options.aws
+      ? await (await awsCommands()).awsLedger(options, config).conflicts(filter)
+      : await withState(options, config, (state) => state.ledger.conflicts(filter));
+    process.stdout.write(
+      `${options.json ? JSON.stringify(found) : formatConflicts(found, filter.openOnly)}\n`,
+    );
+  },
+);
+
+const resolveCommand = conflicts
+  .command('resolve')
+  .description('decide open conflicts, and queue their studies again: their next move applies the decision')
+  .requiredOption('-c, --config <file>', 'configuration file (JSON)')
+  .option('-s, --state <file>', 'state file (default: beside the configuration file)');
+for (const [, option] of resolutionOptions) resolveCommand.addOption(option);
+withAwsOptions(
+  resolveCommand
+    .option('--source <id>', 'only this source’s conflicts')
+    .option('--study <id>', 'only this study’s (Orthanc ID at the source)')
+    .option('--instance <id>', 'only this instance’s (Orthanc ID at the source)')
+    .option('--destination <id>', 'only those at this destination')
+    .option('--all', 'every open conflict (narrowed by the filters given)')
+    .option('--yes', 'confirm --accept-destination without asking'),
+).action(async (options: StateOptions & AwsCliOptions & ConflictSelection & { yes?: boolean }) => {
+  const resolution = chosenResolution(options);
+  checkSelection(options);
+  const config = loadConfigFile(options.config);
+  const resolved = options.aws
+    ? await resolveSelected(
+        (await awsCommands()).awsLedgerAndQueue(options, config),
+        config,
+        options,
+        resolution,
+      )
+    : await withState(options, config, (state) =>
+        resolveSelected({ ledger: state.ledger, queue: state.queue }, config, options, resolution),
+      );
+  if (!resolved) process.exitCode = 1;
 });
 
 program

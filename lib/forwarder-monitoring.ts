@@ -46,6 +46,7 @@ export const ALARM_NAMES = {
   noSuccessfulPoll: 'NoSuccessfulPoll',
   forwarderErrorRate: 'ForwarderErrorRate',
   instancesRejected: 'InstancesRejected',
+  conflicts: 'Conflicts',
 } as const;
 /** One per source: `<stackName>-SourceUnreachable-<sourceId>`. */
 export const sourceUnreachableAlarmName = (sourceId: string) => `SourceUnreachable-${sourceId}`;
@@ -208,6 +209,26 @@ export class ForwarderMonitoring extends Construct {
               },
             },
             emf('VerificationFailures', 'Sum', 'Verification failures'),
+          ],
+        },
+        {
+          title: 'Conflicts: instances held at the source, the destination holds another under their UID',
+          metrics: [
+            {
+              metric: emf('Conflicts', 'Sum', 'Instances held by a conflict'),
+              alarmFriendlyName: 'Conflicts',
+              addAlarm: {
+                Critical: {
+                  ...alarm(
+                    ALARM_NAMES.conflicts,
+                    `The destination holds another instance under the SOPInstanceUID of instances at a source: they stay there until an operator resolves each conflict. ${runbook('Conflicts')}`,
+                  ),
+                  threshold: 0,
+                  comparisonOperator: ComparisonOperator.GREATER_THAN_THRESHOLD,
+                  treatMissingDataOverride: TreatMissingData.NOT_BREACHING,
+                },
+              },
+            },
           ],
         },
         {

@@ -35,6 +35,7 @@ const METRIC_NAMES: readonly MetricName[] = [
   'BytesMoved',
   'MoveDuration',
   'InstancesRejected',
+  'Conflicts',
   'VerificationFailures',
   'InstancesDeleted',
   'Retries',
@@ -47,6 +48,7 @@ const OUTCOME_METRICS = [
   'BytesMoved',
   'MoveDuration',
   'InstancesRejected',
+  'Conflicts',
   'InstancesDeleted',
 ];
 
@@ -306,6 +308,7 @@ describe('EMF records of a forwarder run', () => {
     expect(sum(valuesOf(records, 'InstancesMoved', site))).toBe(sets[0]?.instances.length);
     expect(sum(valuesOf(records, 'BytesMoved', site))).toBeGreaterThan(0);
     expect(sum(valuesOf(records, 'InstancesRejected', site))).toBe(0);
+    expect(sum(valuesOf(records, 'Conflicts', site))).toBe(0);
   });
 
   it('counts the verification failure and its retry for all sources, without SourceId', () => {

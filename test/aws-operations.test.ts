@@ -20,11 +20,11 @@ import {
 } from '@aws-sdk/client-sqs';
 import { createSqsServer } from 'local-aws-sqs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { formatAwsStatus } from '../bin/format.ts';
 import { DynamoFeedStore } from '../lambdas/aws/dynamo-feed-store.ts';
 import { DynamoLedger } from '../lambdas/aws/dynamo-ledger.ts';
 import {
   type AwsResources,
-  formatAwsStatus,
   gatherAwsStatus,
   listDeadLetters,
   queueStats,

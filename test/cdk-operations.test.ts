@@ -166,7 +166,7 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
     };
   });
 
-  it('has exactly the alarms of the runbook: six, and one per source', () => {
+  it('has exactly the alarms of the runbook: seven, and one per source', () => {
     const names = Object.values(resources)
       .filter((r) => r.Type === 'AWS::CloudWatch::Alarm')
       .map((r) => r.Properties.AlarmName);
@@ -178,6 +178,7 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
         'NoSuccessfulPoll',
         'ForwarderErrorRate',
         'InstancesRejected',
+        'Conflicts',
         'SourceUnreachable-site-a',
         'SourceUnreachable-site-b',
       ]
@@ -270,6 +271,16 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
     });
   });
 
+  it('conflicts: any instance held at its source by a conflict, over 5 minutes', () => {
+    expectAlarm('Conflicts', {
+      metric: emf('Conflicts', 'Sum', 300),
+      threshold: 0,
+      comparison: 'GreaterThanThreshold',
+      // Moves that find no conflict publish 0s; periods without moves must not hold the alarm.
+      missing: 'notBreaching',
+    });
+  });
+
   it('notifies an SNS topic encrypted with a rotated customer key CloudWatch may use, TLS only, with the email', () => {
     template.resourceCountIs('AWS::SNS::Topic', 1);
     expect(resources[ids.topic]?.Properties.KmsMasterKeyId).toEqual({ 'Fn::GetAtt': [ids.key, 'Arn'] });
@@ -323,7 +334,7 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
     });
   });
 
-  it('draws one dashboard with throughput, per-source lag and reachability, the queues and both functions', () => {
+  it('draws one dashboard with throughput, conflicts, per-source lag and reachability, the queues and both functions', () => {
     const dashboards = Object.values(resources).filter((r) => r.Type === 'AWS::CloudWatch::Dashboard');
     expect(dashboards).toHaveLength(1);
     const dashboard = dashboards[0] as Resource;
@@ -365,6 +376,7 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
       `OrthancForwarder/InstancesRejected/${all}`,
       `OrthancForwarder/VerificationFailures/${all}`,
     );
+    has(/^Conflicts/, `OrthancForwarder/Conflicts/${all}`);
     for (const source of ['site-a', 'site-b']) {
       const dims = `SourceId=${source}/${all}`;
       has(/^Cursor lag/, `OrthancForwarder/CursorLag/${dims}`);

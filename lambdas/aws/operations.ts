@@ -1,9 +1,9 @@
 /**
  * What an operator does to the AWS pipeline from the CLI (docs/operations.md): `status` (the
- * queues, and each source's cursor from the state table), `dlq list` (the dead letters with
- * their last error) and `redrive` (an SQS message move task from the DLQ back to the work
- * queue, followed to its end). Everything it prints is PHI-free: work items carry Orthanc IDs
- * only, and a body that is not a work item is never shown.
+ * queues, and each source's cursor and the ledger from the state table; bin/format.ts prints it),
+ * `dlq list` (the dead letters with their last error) and `redrive` (an SQS message move task
+ * from the DLQ back to the work queue, followed to its end). Everything it reports is PHI-free:
+ * work items carry Orthanc IDs only, and a body that is not a work item is never shown.
  */
 import type { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { GetSecretValueCommand, type SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
@@ -23,7 +23,7 @@ import { type DeadLetterEntry, deadLetterEntry } from '../core/dead-letters.ts';
 import { describe } from '../core/errors.ts';
 import { createEndpoint } from '../core/http.ts';
 import { OrthancClient } from '../core/orthanc-client.ts';
-import { type LedgerSummary, ledgerLines, type SourceProgress, sourceLines } from '../local/status.ts';
+import type { Conflict, RejectedInstance, Totals } from '../core/ports.ts';
 import { DynamoFeedStore } from './dynamo-feed-store.ts';
 import { DynamoLedger } from './dynamo-ledger.ts';
 
@@ -44,14 +44,25 @@ export interface AwsQueueStats {
   readonly deadLetters: number;
 }
 
-export interface AwsSourceReport extends SourceProgress {
+/** Where the poller stands on a source, as local mode's `status` reports it (bin/format.ts prints both). */
+export interface AwsSourceReport {
+  readonly id: string;
+  readonly cursor: number | undefined;
+  /** The source's newest change, when it was asked and answered. */
+  readonly last: number | undefined;
+  readonly lag: number | undefined;
+  readonly waitingToBecomeStable: number;
   /** Why `last` and `lag` are unknown. */
   readonly unknown?: string;
 }
 
-export interface AwsStatusReport extends LedgerSummary {
+export interface AwsStatusReport {
   readonly sources: readonly AwsSourceReport[];
   readonly queue: AwsQueueStats;
+  readonly rejected: readonly RejectedInstance[];
+  /** The open ones. */
+  readonly conflicts: readonly Conflict[];
+  readonly totals: Totals;
 }
 
 /** Reads a source's newest change (`GET /changes?last`); absent: the sources are not asked. */
@@ -109,13 +120,14 @@ export const gatherAwsStatus = async (
 ): Promise<AwsStatusReport> => {
   const feed = new DynamoFeedStore(clients.dynamodb, resources.tableName);
   const ledger = new DynamoLedger(clients.dynamodb, resources.tableName);
-  const [sources, queue, rejected, totals] = await Promise.all([
+  const [sources, queue, rejected, conflicts, totals] = await Promise.all([
     Promise.all(config.sources.map((source) => sourceReport(feed, source, options.lastChange))),
     queueStats(clients.sqs, resources),
     ledger.rejected(),
+    ledger.conflicts({ openOnly: true }),
     ledger.totals(),
   ]);
-  return { sources, queue, rejected, totals };
+  return { sources, queue, rejected, conflicts, totals };
 };
 
 const secretSchema = z.object({ username: z.string().min(1).optional(), password: z.string() });
@@ -146,17 +158,6 @@ export const reachSources = (
     }
     return new OrthancClient(createEndpoint(server, timeouts)).lastChange();
   };
-};
-
-export const formatAwsStatus = (report: AwsStatusReport): string => {
-  const q = report.queue;
-  return [
-    ...sourceLines(report.sources, (s) => s.unknown),
-    '',
-    `queue: ${q.waiting} waiting, ${q.inFlight} in flight (being moved, or waiting out a retry delay), ${q.deadLetters} dead letters`,
-    ...(q.deadLetters > 0 ? ['  see them with `dlq list`, put them back with `redrive`'] : []),
-    ...ledgerLines(report),
-  ].join('\n');
 };
 
 // --- dlq list ----------------------------------------------------------------------------------

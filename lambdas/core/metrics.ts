@@ -14,6 +14,7 @@ export type MetricName =
   | 'BytesMoved'
   | 'MoveDuration'
   | 'InstancesRejected'
+  | 'Conflicts'
   | 'VerificationFailures'
   | 'InstancesDeleted'
   | 'Retries'
@@ -39,6 +40,7 @@ export const recordOutcome = (
     durationMs: number;
     rejected: number;
     deleted: number;
+    conflicts: number;
   },
 ): void => {
   const { sourceId } = outcome;
@@ -48,6 +50,7 @@ export const recordOutcome = (
   metrics.add('BytesMoved', outcome.bytes, 'Bytes', sourceId);
   metrics.add('MoveDuration', outcome.durationMs, 'Milliseconds', sourceId);
   metrics.add('InstancesRejected', outcome.rejected, 'Count', sourceId);
+  metrics.add('Conflicts', outcome.conflicts, 'Count', sourceId);
   metrics.add('InstancesDeleted', outcome.deleted, 'Count', sourceId);
 };
 

@@ -1,12 +1,12 @@
 /**
- * What `status` shows: per source, the queue, dead letters, rejected instances and totals. The
- * table of sources and the ledger's lines are those of `status --aws` too (lambdas/aws/operations.ts).
+ * What `status` gathers from the state file and the sources: per source, the queue, dead letters,
+ * rejected instances, open conflicts and totals. bin/format.ts prints it.
  */
 import type { ForwarderConfig } from '../core/config.ts';
 import { describe } from '../core/errors.ts';
 import { createEndpoint } from '../core/http.ts';
 import { OrthancClient } from '../core/orthanc-client.ts';
-import type { DeadLetter, QueueStats, RejectedInstance, Totals } from '../core/ports.ts';
+import type { Conflict, DeadLetter, QueueStats, RejectedInstance, Totals } from '../core/ports.ts';
 import type { LocalState } from './sqlite-state.ts';
 
 /** Where the change-feed reader stands on a source. */
@@ -23,9 +23,10 @@ export interface SourceReport extends SourceProgress {
   readonly error?: string;
 }
 
-/** What the ledger says: the instances refused for good, and the totals. */
+/** What the ledger says: the instances refused for good, the open conflicts, and the totals. */
 export interface LedgerSummary {
   readonly rejected: readonly RejectedInstance[];
+  readonly conflicts: readonly Conflict[];
   readonly totals: Totals;
 }
 
@@ -63,39 +64,6 @@ export const gatherStatus = async (config: ForwarderConfig, state: LocalState): 
   queue: await state.queue.stats(),
   deadLetters: await state.queue.deadLetters(),
   rejected: await state.ledger.rejected(),
+  conflicts: await state.ledger.conflicts({ openOnly: true }),
   totals: await state.ledger.totals(),
 });
-
-const row = (cells: readonly (string | number | undefined)[]) =>
-  cells.map((c) => String(c ?? '-')).join('\t');
-
-/** The table of sources, each with its state: `reachable`, or why not. */
-export const sourceLines = <Source extends SourceProgress>(
-  sources: readonly Source[],
-  stateOf: (source: Source) => string | undefined,
-): string[] => [
-  'SOURCE\tCURSOR\tLAST\tLAG\tWAITING\tSTATE',
-  ...sources.map((s) =>
-    row([s.id, s.cursor, s.last, s.lag, s.waitingToBecomeStable, stateOf(s) ?? 'reachable']),
-  ),
-];
-
-export const ledgerLines = (report: LedgerSummary): string[] => {
-  const t = report.totals;
-  return [
-    `rejected instances: ${report.rejected.length}`,
-    ...report.rejected.map((r) => `  ${r.sourceId} study ${r.studyId} instance ${r.instanceId}: ${r.reason}`),
-    `moved so far: ${t.studies} studies, ${t.instances} instances, ${t.bytes} bytes, ${t.deleted} deleted`,
-  ];
-};
-
-export const formatStatus = (report: StatusReport): string => {
-  const q = report.queue;
-  return [
-    ...sourceLines(report.sources, (s) => s.error),
-    '',
-    `queue: ${q.waiting} waiting, ${q.inFlight} in flight, ${q.deadLetters} dead letters`,
-    ...report.deadLetters.map((d) => `  dead letter ${d.id}: ${d.lastError} (${d.receiveCount} receives)`),
-    ...ledgerLines(report),
-  ].join('\n');
-};
