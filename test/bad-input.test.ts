@@ -449,7 +449,9 @@ describe('bad input', () => {
           studyId,
           instances: set.instances.length,
           sent: kept.length,
-          deleted: kept.length,
+          // What the forwarder deleted itself: what someone else deleted after it was verified
+          // was gone when the forwarder listed the study again before deleting.
+          deleted: kept.filter((instance) => !deleted.has(instance.sopInstanceUid)).length,
           rejected: 0,
         });
         // Nothing sent and nothing verified: the study went by someone else's hand.

@@ -9,7 +9,6 @@ import { describe, expect, it } from 'vitest';
 import { type ForwarderConfig, parseConfig } from '../lambdas/core/config.ts';
 import { createLog } from '../lambdas/core/log.ts';
 import type { StudyOutcome } from '../lambdas/core/ports.ts';
-import { type LocalState, openState } from '../lambdas/local/sqlite-state.ts';
 import { type GeneratedInstance, generateStudies, withChanges } from '../testbed/dicom-generator.ts';
 import type { OrthancServer } from '../testbed/orthanc.ts';
 import { HttpFront } from './support/fronts.ts';
@@ -43,20 +42,38 @@ const copiesAt = async (server: OrthancServer, instance: GeneratedInstance): Pro
 const corrected = (instance: GeneratedInstance) =>
   withChanges(instance, { patient: { patientName: 'CORRECTED^NAME^AFTER^REVIEW' } });
 
-describe('identity-verified moves', () => {
-  const { fleet, workPath } = useTestbed('identity');
+type WithState = ReturnType<typeof useTestbed>['withState'];
 
-  const withState = async <T>(
+/** Runs until idle on the test's state; the outcomes, and the conflicts by UID and attribute names. */
+const mover =
+  (withState: WithState) =>
+  (
     config: ForwarderConfig,
-    use: (state: LocalState) => Promise<T>,
-  ): Promise<T> => {
-    const state = openState(workPath('state.sqlite'), { maxReceives: config.retry.maxAttempts });
-    try {
-      return await use(state);
-    } finally {
-      state.close();
-    }
-  };
+    options: Parameters<typeof runUntilIdle>[3] = {},
+  ): Promise<{ outcomes: StudyOutcome[]; conflicts: string[][] }> =>
+    withState(config, async (state) => {
+      const { outcomes } = await runUntilIdle(config, state, log, options);
+      return {
+        outcomes,
+        conflicts: (await state.ledger.conflicts()).map((c) => [c.sopInstanceUid, ...c.attributes]),
+      };
+    });
+
+/** Two sources and a destination, the test's fast-polling configuration. */
+const twoSites = (siteA: OrthancServer, siteB: OrthancServer, destination: OrthancServer) =>
+  parseConfig(
+    configFor(
+      [
+        { id: 'site-a', server: siteA },
+        { id: 'site-b', server: siteB },
+      ],
+      destination,
+    ),
+  );
+
+describe('identity-verified moves', () => {
+  const { fleet, workPath, withState } = useTestbed('identity');
+  const moveAll = mover(withState);
 
   const writeConfig = (raw: object): string => {
     const path = workPath('forwarder.json');
@@ -157,19 +174,7 @@ describe('identity-verified moves', () => {
     const otherPatient = withChanges(original, { patient: { patientId: 'MRN000000042' } });
     await upload(siteA, set.instances);
     await upload(siteB, [otherPatient]);
-    const config = parseConfig(
-      configFor(
-        [
-          { id: 'site-a', server: siteA },
-          { id: 'site-b', server: siteB },
-        ],
-        destination,
-      ),
-    );
-    await withState(config, async (state) => {
-      await runUntilIdle(config, state, log);
-      expect(await state.ledger.conflicts()).toEqual([]);
-    });
+    expect((await moveAll(twoSites(siteA, siteB, destination))).conflicts).toEqual([]);
     expect(await instanceCount(siteA)).toBe(0);
     expect(await instanceCount(siteB)).toBe(0);
     expect(await copiesAt(destination, original)).toEqual(
@@ -187,10 +192,7 @@ describe('identity-verified moves', () => {
     await upload(destination, [original]);
     await upload(source, [corrected(original), ...set.instances.slice(1)]);
     const config = parseConfig(configFor([{ id: 'site-a', server: source }], destination));
-    await withState(config, async (state) => {
-      await runUntilIdle(config, state, log);
-      expect(await state.ledger.conflicts()).toEqual([]);
-    });
+    expect((await moveAll(config)).conflicts).toEqual([]);
     expect(await instanceCount(source)).toBe(0);
     expect(await copiesAt(destination, original)).toEqual([await md5Of(corrected(original))]);
   });
@@ -200,19 +202,7 @@ describe('identity-verified moves', () => {
     const set = generateStudies(shape('two-sites'));
     await upload(siteA, set.instances);
     await upload(siteB, set.instances);
-    const config = parseConfig(
-      configFor(
-        [
-          { id: 'site-a', server: siteA },
-          { id: 'site-b', server: siteB },
-        ],
-        destination,
-      ),
-    );
-    await withState(config, async (state) => {
-      await runUntilIdle(config, state, log);
-      expect(await state.ledger.conflicts()).toEqual([]);
-    });
+    expect((await moveAll(twoSites(siteA, siteB, destination))).conflicts).toEqual([]);
     expect(await instanceCount(siteA)).toBe(0);
     expect(await instanceCount(siteB)).toBe(0);
     expect(await instanceCount(destination)).toBe(set.instances.length);
@@ -285,23 +275,9 @@ describe('identity-verified moves', () => {
 });
 
 describe('holes a protocol review found, closed', () => {
-  const { fleet, workPath, closeAfterTest } = useTestbed('identity-holes');
+  const { fleet, closeAfterTest, withState } = useTestbed('identity-holes');
 
-  const moveAll = async (
-    config: ForwarderConfig,
-    options: Parameters<typeof runUntilIdle>[3] = {},
-  ): Promise<{ outcomes: StudyOutcome[]; conflicts: string[][] }> => {
-    const state = openState(workPath('state.sqlite'), { maxReceives: config.retry.maxAttempts });
-    try {
-      const { outcomes } = await runUntilIdle(config, state, log, options);
-      return {
-        outcomes,
-        conflicts: (await state.ledger.conflicts()).map((c) => [c.sopInstanceUid, ...c.attributes]),
-      };
-    } finally {
-      state.close();
-    }
-  };
+  const moveAll = mover(withState);
 
   describe.each([
     { via: 'the Orthanc REST API', orthancUrl: true },

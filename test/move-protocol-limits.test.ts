@@ -7,13 +7,12 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { type ForwarderConfig, parseConfig } from '../lambdas/core/config.ts';
+import { parseConfig } from '../lambdas/core/config.ts';
 import { buildEngine } from '../lambdas/core/engine.ts';
 import { ForwarderError } from '../lambdas/core/errors.ts';
 import { forwardWorkItem } from '../lambdas/core/forward-work-item.ts';
 import { createLog } from '../lambdas/core/log.ts';
 import { encodeWorkItem } from '../lambdas/core/work-item.ts';
-import { type LocalState, openState } from '../lambdas/local/sqlite-state.ts';
 import {
   type GeneratedInstance,
   generateStudies,
@@ -58,19 +57,7 @@ const untilStable = async (server: OrthancServer): Promise<void> => {
 };
 
 describe('the move protocol at its limits', () => {
-  const { fleet, workPath, closeAfterTest } = useTestbed('move-limits');
-
-  const withState = async <T>(
-    config: ForwarderConfig,
-    use: (state: LocalState) => Promise<T>,
-  ): Promise<T> => {
-    const state = openState(workPath('state.sqlite'), { maxReceives: config.retry.maxAttempts });
-    try {
-      return await use(state);
-    } finally {
-      state.close();
-    }
-  };
+  const { fleet, closeAfterTest, withState } = useTestbed('move-limits');
 
   /** CT studies go to the destination; anything else is deleted at the source as unrouted. */
   const ctOnly = (source: OrthancServer, destination: OrthancServer, extra: Record<string, unknown> = {}) => {

@@ -542,23 +542,28 @@ export const stillSettled = (
   (current.instances === undefined || settled.instances === current.instances);
 
 /**
- * Of the instances to delete, those whose file is still the one snapshotted: an instance ID can
- * name new content by now (a re-send that overwrote it, a delete and re-send), and that content
- * was not verified. It stays for the next round.
+ * Of the instances to delete, those whose file is still the one snapshotted (`same`), and those
+ * whose file changed (`changed`): an instance ID can name new content by now (a re-send that
+ * overwrote it, a delete and re-send), and that content was not verified. It stays for the next
+ * round. Those gone meanwhile (deleted by someone else) are in neither.
  */
 const stillTheSame = async (
   ctx: MoveContext,
   studyId: string,
   seriesId: string | undefined,
   instances: readonly SourceInstance[],
-): Promise<SourceInstance[]> => {
-  if (instances.length === 0) return [];
+): Promise<{ same: SourceInstance[]; changed: SourceInstance[] }> => {
+  if (instances.length === 0) return { same: [], changed: [] };
   const now =
     seriesId === undefined
       ? await ctx.source.studyInstances(studyId)
       : await ctx.source.seriesInstances(seriesId);
   const current = new Map((now ?? []).map((instance) => [instance.id, instance.fileUuid]));
-  return instances.filter((instance) => current.get(instance.id) === instance.fileUuid);
+  const present = instances.filter((instance) => current.has(instance.id));
+  return {
+    same: present.filter((instance) => current.get(instance.id) === instance.fileUuid),
+    changed: present.filter((instance) => current.get(instance.id) !== instance.fileUuid),
+  };
 };
 
 /**
@@ -738,9 +743,9 @@ export const moveStudy = async (
 
   // 7. Delete exactly the instances of the snapshot that every destination verified, and only
   // while each is still the file that was verified; later arrivals stay.
-  const deleted = ctx.options.deleteAfterForward
+  const { same: deleted, changed } = ctx.options.deleteAfterForward
     ? await stillTheSame(ctx, studyId, seriesId, verifiedInstances)
-    : [];
+    : { same: [], changed: [] };
   if (ctx.options.deleteAfterForward) {
     if (deleted.length > 0) {
       await ctx.ledger.recordIntent({
@@ -767,10 +772,6 @@ export const moveStudy = async (
     (i) => !held(i) && !all(i, 'held') && (any(i, 'refused') || study.rejectedBefore.has(i.id)),
   ).length;
   const gone = new Set(deliveries.flatMap((d) => [...d.sent.gone]));
-  const deletedIds = new Set(deleted.map((i) => i.id));
-  const changed = ctx.options.deleteAfterForward
-    ? verifiedInstances.filter((i) => !deletedIds.has(i.id))
-    : [];
   const unaccounted = snapshot.filter(
     (i) =>
       !gone.has(i.id) &&

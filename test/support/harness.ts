@@ -14,7 +14,7 @@ import type { Log, LogAttributes } from '../../lambdas/core/log.ts';
 import type { MoveStep } from '../../lambdas/core/move-study.ts';
 import type { StudyOutcome } from '../../lambdas/core/ports.ts';
 import { LocalRunner, type RunSummary } from '../../lambdas/local/local-runner.ts';
-import type { LocalState } from '../../lambdas/local/sqlite-state.ts';
+import { type LocalState, openState } from '../../lambdas/local/sqlite-state.ts';
 import type { GeneratedInstance } from '../../testbed/dicom-generator.ts';
 import { OrthancFleet, type OrthancOptions, type OrthancServer } from '../../testbed/orthanc.ts';
 import { uploadToOrthanc } from '../../testbed/upload.ts';
@@ -51,7 +51,7 @@ export const newInstanceChanges = async (server: OrthancServer): Promise<number>
 
 /**
  * One poll of a source on the given state, with a sweep of all its studies unless told
- * otherwise (a run's first sweep comes only after sweepIntervalSeconds).
+ * otherwise (a run's first sweep comes only after sweepIntervalSeconds), without a deadline.
  */
 export const pollOnce = async (
   config: ForwarderConfig,
@@ -71,7 +71,7 @@ export const pollOnce = async (
       log,
       ...feedSettings(config, state.ledger),
     },
-    { sweep },
+    { sweepNow: sweep },
   );
 };
 
@@ -194,7 +194,8 @@ interface Closable {
 /**
  * The usual set-up of a test file that starts servers: a fleet torn down after each test and at
  * the end, children killed, and a fresh working folder per test (`workPath` names files in it).
- * `closeAfterTest` hands back what it is given, closed after the test.
+ * `closeAfterTest` hands back what it is given, closed after the test; `withState` opens the
+ * test's state file for the configuration, and closes it whatever happens.
  */
 export const useTestbed = (
   name: string,
@@ -202,6 +203,7 @@ export const useTestbed = (
   fleet: OrthancFleet;
   workPath: (...parts: string[]) => string;
   closeAfterTest: <T extends Closable>(resource: T) => T;
+  withState: <T>(config: ForwarderConfig, use: (state: LocalState) => Promise<T>) => Promise<T>;
 } => {
   const fleet = new OrthancFleet();
   const closables: Closable[] = [];
@@ -226,6 +228,14 @@ export const useTestbed = (
     closeAfterTest: (resource) => {
       closables.push(resource);
       return resource;
+    },
+    withState: async (config, use) => {
+      const state = openState(join(work, 'state.sqlite'), { maxReceives: config.retry.maxAttempts });
+      try {
+        return await use(state);
+      } finally {
+        state.close();
+      }
     },
   };
 };
