@@ -13,7 +13,7 @@ import { DynamoLedger } from '../lambdas/aws/dynamo-ledger.ts';
 import type { DynamoStateOptions } from '../lambdas/aws/dynamo-table.ts';
 import { ForwarderError } from '../lambdas/core/errors.ts';
 import { type DynamoDbLocal, localClient, startDynamoDbLocal } from '../testbed/dynamodb-local.ts';
-import { conflict, intent, rejection, stateContract } from './support/port-contract.ts';
+import { conflict, intent, outcome, rejection, stateContract } from './support/port-contract.ts';
 
 let local: DynamoDbLocal | undefined;
 let tables = 0;
@@ -271,6 +271,21 @@ describe('DynamoDB state: table layout and failures', () => {
     await ledger.recordRejected([rejection({})]);
     expect(conflicts).toBe(2);
     expect((await ledger.totals()).rejected).toBe(1);
+  });
+
+  it('keeps an outcome retention.outcomeDays through its TTL', async () => {
+    const tableName = await freshTable();
+    await new DynamoLedger(dynamo().client, tableName, { outcomeDays: 7 }).record(
+      outcome({ finishedAt: 1_700_000_000_000 }),
+    );
+    const outcomes = await dynamo().client.send(
+      new QueryCommand({
+        TableName: tableName,
+        KeyConditionExpression: 'pk = :pk',
+        ExpressionAttributeValues: { ':pk': { S: 'outcome#a#s1' } },
+      }),
+    );
+    expect(outcomes.Items?.map((item) => item.ttl)).toEqual([{ N: String(1_700_000_000 + 7 * 86_400) }]);
   });
 
   it('lets throttling and other errors propagate instead of answering false', async () => {

@@ -494,6 +494,36 @@ describe('work queue', () => {
   });
 });
 
+describe('ledger retention', () => {
+  it('prunes the outcomes finished before a time, and the totals keep what they counted', async () => {
+    const state = open();
+    for (const finishedAt of [10, 20, 30]) {
+      await state.ledger.record(
+        outcome({ studyId: `s${finishedAt}`, finishedAt, sent: 1, bytes: 10, deleted: 1 }),
+      );
+    }
+    // Recorded after a newer one (a slower worker): kept until everything before it is old too.
+    await state.ledger.record(outcome({ studyId: 'late', finishedAt: 15, result: 'partial', sent: 1 }));
+    const totals = await state.ledger.totals();
+    expect(totals).toEqual({ studies: 3, instances: 4, bytes: 30, deleted: 3, rejected: 0 });
+
+    expect(state.ledger.pruneOutcomes(25)).toBe(2);
+    expect(state.ledger.pruneOutcomes(25)).toBe(0);
+    expect(await state.ledger.totals()).toEqual(totals);
+    const raw = new DatabaseSync(file);
+    expect(raw.prepare('SELECT study_id FROM study_outcomes ORDER BY id').all()).toEqual([
+      { study_id: 's30' },
+      { study_id: 'late' },
+    ]);
+    raw.close();
+
+    expect(state.ledger.pruneOutcomes(Number.MAX_SAFE_INTEGER)).toBe(2);
+    expect(await state.ledger.totals()).toEqual(totals);
+    await state.ledger.record(outcome({ studyId: 'next', finishedAt: 40, sent: 2 }));
+    expect(await state.ledger.totals()).toEqual({ ...totals, studies: 4, instances: 6 });
+  });
+});
+
 stateContract('SQLite state (port contract)', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'port-contract-'));
   const opened: LocalState[] = [];

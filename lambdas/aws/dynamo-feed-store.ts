@@ -1,13 +1,25 @@
 /**
  * The change-feed reader's state on DynamoDB, with the semantics of SqliteFeedStore. Per source,
- * in partition `source#<sourceId>`: the cursor (sk `cursor`, `seq`) and one item per watched
- * study (sk `watch#<studyId>`, `lastUpdate` when known, `lastUpdateSeenAt` in epoch ms).
+ * in partition `source#<sourceId>`: the cursor (sk `cursor`, `seq`), the progress (sk
+ * `progress`: `version`, `watchAfter`, `sweepBelow` during a sweep, `sweepStartedAt`,
+ * `settings`) and one item per watched study (sk `watch#<studyId>`, `lastUpdate` when known,
+ * `lastUpdateSeenAt` in epoch ms). A study queued whole is remembered in a partition of its own,
+ * so that a sweep's reads spread over the table: pk `queued#<sourceId>#<studyId>`, sk `queued`,
+ * `lastUpdate`, `settings`, `queuedAt`, and `ttl` when the memory ends.
  */
 import type { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { runBounded } from '../core/concurrency.ts';
-import type { FeedStateStore, WatchedStudy } from '../core/ports.ts';
+import {
+  type FeedProgress,
+  type FeedStateStore,
+  QUEUED_MEMORY_MS,
+  type QueuedStudy,
+  type StoredProgress,
+  type WatchedStudy,
+} from '../core/ports.ts';
 import {
   type DynamoStateOptions,
+  epochSeconds,
   type Item,
   key,
   num,
@@ -18,10 +30,43 @@ import {
 } from './dynamo-table.ts';
 
 const CURSOR = 'cursor';
+const PROGRESS = 'progress';
 const WATCH = 'watch#';
+const QUEUED = 'queued';
 
 const sourcePk = (sourceId: string) => `source#${sourceId}`;
 const watchKey = (sourceId: string, studyId: string) => key(sourcePk(sourceId), WATCH + studyId);
+
+const queuedKey = (sourceId: string, studyId: string) => key(`${QUEUED}#${sourceId}#${studyId}`, QUEUED);
+
+const queuedItem = (sourceId: string, study: QueuedStudy): Item => ({
+  ...queuedKey(sourceId, study.studyId),
+  studyId: str(study.studyId),
+  lastUpdate: str(study.lastUpdate),
+  settings: str(study.settings),
+  queuedAt: num(study.queuedAt),
+  ttl: num(epochSeconds(study.queuedAt + QUEUED_MEMORY_MS)),
+});
+
+const toQueued = (item: Item): QueuedStudy => ({
+  studyId: readStr(item, 'studyId') ?? '',
+  lastUpdate: readStr(item, 'lastUpdate') ?? '',
+  settings: readStr(item, 'settings') ?? '',
+  queuedAt: readNum(item, 'queuedAt') ?? 0,
+});
+
+const toProgress = (item: Item): StoredProgress => {
+  const sweepBelow = readNum(item, 'sweepBelow');
+  return {
+    version: readNum(item, 'version') ?? 0,
+    progress: {
+      watchAfter: readStr(item, 'watchAfter') ?? '',
+      ...(sweepBelow === undefined ? {} : { sweepBelow }),
+      sweepStartedAt: readNum(item, 'sweepStartedAt') ?? 0,
+      settings: readStr(item, 'settings') ?? '',
+    },
+  };
+};
 
 const toWatched = (item: Item): WatchedStudy => ({
   studyId: (readStr(item, 'sk') ?? '').slice(WATCH.length),
@@ -65,8 +110,16 @@ export class DynamoFeedStore implements FeedStateStore {
   }
 
   /** In study ID order, as DynamoDB sorts the sort keys (by their UTF-8 bytes, as SQLite does). */
-  async watched(sourceId: string): Promise<WatchedStudy[]> {
-    return (await this.#table.query(sourcePk(sourceId), WATCH)).map(toWatched);
+  async watched(sourceId: string, page?: { after: string; limit: number }): Promise<WatchedStudy[]> {
+    const items =
+      page === undefined
+        ? await this.#table.query(sourcePk(sourceId), WATCH)
+        : await this.#table.queryAfter(sourcePk(sourceId), WATCH, page.after, page.limit);
+    return items.map(toWatched);
+  }
+
+  async watchedCount(sourceId: string): Promise<number> {
+    return this.#table.count(sourcePk(sourceId), WATCH);
   }
 
   /** An update only if still watched: a late reader must not bring back a study that another unwatched. */
@@ -86,5 +139,44 @@ export class DynamoFeedStore implements FeedStateStore {
   /** A batch write refuses the same key twice in one call, hence the de-duplication. */
   async unwatch(sourceId: string, studyIds: readonly string[]): Promise<void> {
     await this.#table.deleteAll([...new Set(studyIds)].map((studyId) => watchKey(sourceId, studyId)));
+  }
+
+  async progress(sourceId: string): Promise<StoredProgress | undefined> {
+    const item = await this.#table.get(key(sourcePk(sourceId), PROGRESS));
+    return item === undefined ? undefined : toProgress(item);
+  }
+
+  /** A conditional put either way: two polls that both saw none may not both win either. */
+  async saveProgress(
+    sourceId: string,
+    expected: number | undefined,
+    progress: FeedProgress,
+  ): Promise<boolean> {
+    const item: Item = {
+      ...key(sourcePk(sourceId), PROGRESS),
+      version: num((expected ?? 0) + 1),
+      watchAfter: str(progress.watchAfter),
+      sweepStartedAt: num(progress.sweepStartedAt),
+      settings: str(progress.settings),
+    };
+    if (progress.sweepBelow !== undefined) item.sweepBelow = num(progress.sweepBelow);
+    return this.#table.putIf(
+      item,
+      expected === undefined
+        ? { expression: 'attribute_not_exists(pk)' }
+        : { expression: 'version = :expected', values: { ':expected': num(expected) } },
+    );
+  }
+
+  /** A batch write refuses the same key twice in one call: the last of a study wins. */
+  async rememberQueued(sourceId: string, studies: readonly QueuedStudy[]): Promise<void> {
+    const latest = new Map(studies.map((study) => [study.studyId, study]));
+    await this.#table.putAll([...latest.values()].map((study) => queuedItem(sourceId, study)));
+  }
+
+  /** A batch read refuses the same key twice in one call, hence the de-duplication. */
+  async queued(sourceId: string, studyIds: readonly string[]): Promise<QueuedStudy[]> {
+    const keys = [...new Set(studyIds)].map((studyId) => queuedKey(sourceId, studyId));
+    return (await this.#table.getAll(keys)).map(toQueued);
   }
 }

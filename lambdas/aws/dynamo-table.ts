@@ -10,6 +10,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   type AttributeValue,
+  BatchGetItemCommand,
   BatchWriteItemCommand,
   DeleteItemCommand,
   type DynamoDBClient,
@@ -44,6 +45,8 @@ export interface Condition {
 
 /** BatchWriteItem takes at most 25 requests. */
 const BATCH_LIMIT = 25;
+/** BatchGetItem takes at most 100 keys. */
+const GET_BATCH_LIMIT = 100;
 const BACKOFF = { baseDelayMs: 50, maxDelayMs: 2_000 };
 
 export const key = (pk: string, sk: string): Item => ({ pk: { S: pk }, sk: { S: sk } });
@@ -158,6 +161,89 @@ export class StateTable {
       start = page.LastEvaluatedKey;
     } while (start !== undefined);
     return items;
+  }
+
+  /**
+   * At most `limit` items of the partition whose sort keys start with `prefix` and sort after
+   * `prefix + after` (all of them when `after` is ''), in sort key order.
+   */
+  async queryAfter(pk: string, prefix: string, after: string, limit: number): Promise<Item[]> {
+    const items: Item[] = [];
+    // Any key may start a Query, whether or not its item exists.
+    let start: Item | undefined = after === '' ? undefined : key(pk, prefix + after);
+    do {
+      const page = await this.client.send(
+        new QueryCommand({
+          ...this.#startingWith(pk, prefix),
+          Limit: Math.min(limit - items.length, this.#pageSize ?? limit),
+          ExclusiveStartKey: start,
+        }),
+      );
+      items.push(...(page.Items ?? []));
+      start = page.LastEvaluatedKey;
+    } while (start !== undefined && items.length < limit);
+    return items;
+  }
+
+  /** A consistent Query of the partition's items whose sort keys start with `prefix`. */
+  #startingWith(pk: string, prefix: string) {
+    return {
+      TableName: this.name,
+      KeyConditionExpression: 'pk = :pk AND begins_with(sk, :prefix)',
+      ExpressionAttributeValues: { ':pk': str(pk), ':prefix': str(prefix) },
+      ConsistentRead: true,
+    };
+  }
+
+  /** How many items of the partition have sort keys starting with `prefix`. */
+  async count(pk: string, prefix: string): Promise<number> {
+    let total = 0;
+    let start: Item | undefined;
+    do {
+      const page = await this.client.send(
+        new QueryCommand({
+          ...this.#startingWith(pk, prefix),
+          Select: 'COUNT',
+          Limit: this.#pageSize,
+          ExclusiveStartKey: start,
+        }),
+      );
+      total += page.Count ?? 0;
+      start = page.LastEvaluatedKey;
+    } while (start !== undefined);
+    return total;
+  }
+
+  /** The items of these keys that exist, 100 keys a call, asking again for what DynamoDB left unprocessed. */
+  async getAll(keys: readonly Item[]): Promise<Item[]> {
+    const items: Item[] = [];
+    for (let index = 0; index < keys.length; index += GET_BATCH_LIMIT) {
+      let pending: Item[] = keys.slice(index, index + GET_BATCH_LIMIT);
+      for (let attempt = 1; ; attempt++) {
+        const answer = await this.client.send(
+          new BatchGetItemCommand({ RequestItems: { [this.name]: { Keys: pending, ConsistentRead: true } } }),
+        );
+        items.push(...(answer.Responses?.[this.name] ?? []));
+        pending = answer.UnprocessedKeys?.[this.name]?.Keys ?? [];
+        if (pending.length === 0) break;
+        if (attempt >= this.#attempts) {
+          throw transient(
+            `DynamoDB left ${pending.length} batch read(s) unprocessed after ${attempt} attempts`,
+          );
+        }
+        await sleep(backoffDelay(attempt, BACKOFF));
+      }
+    }
+    return items;
+  }
+
+  /** Puts the items, replacing any with the same key, 25 a call. */
+  async putAll(items: readonly Item[]): Promise<void> {
+    for (let index = 0; index < items.length; index += BATCH_LIMIT) {
+      await this.#writeBatch(
+        items.slice(index, index + BATCH_LIMIT).map((Item) => ({ PutRequest: { Item } })),
+      );
+    }
   }
 
   /** Deletes the items (absent ones are no error), 25 a call, resending what DynamoDB left unprocessed. */

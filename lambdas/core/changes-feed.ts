@@ -5,273 +5,308 @@
  * The trigger is StableStudy (a study item), StableSeries (a series item) or NewInstance (an
  * item for the instance's study, at once). Orthanc forgets stability when it restarts: a study
  * received before a restart never gets its stable changes. So every study seen in a NewStudy
- * change is watched until its StableStudy change, and queued whole once Orthanc calls it stable
- * or it has been quiet (its LastUpdate unchanged) for the configured time. An occasional sweep of
- * all studies adds what the feed cannot show (changes lost with a wiped database, late instances
- * after a restart).
+ * change is watched until its StableStudy change (feed-watch.ts), and a periodic sweep of all
+ * studies (feed-sweep.ts) adds what the feed cannot show.
+ *
+ * A poll does the three within its deadline, feed first, each carrying its place across polls,
+ * so that each makes headway at every poll however large the source.
  */
 
-import { runBounded } from './concurrency.ts';
-import type { ForwarderConfig } from './config.ts';
-import type { Log } from './log.ts';
-import type { OrthancClient } from './orthanc-client.ts';
-import type { FeedStateStore, WorkItem, WorkSink } from './ports.ts';
+import {
+  type Candidate,
+  clock,
+  type FeedContext,
+  loadProgress,
+  lookUpAll,
+  lookUpEach,
+  pastDeadline,
+  queueStudies,
+  type Tally,
+  type Trigger,
+  workItem,
+} from './feed-context.ts';
+import { sweepSome } from './feed-sweep.ts';
+import { lookAtWatched } from './feed-watch.ts';
+import type { Change, ChangesPage } from './orthanc-client.ts';
 
-export type Trigger = ForwarderConfig['trigger'];
-
-export interface FeedContext {
-  readonly sourceId: string;
-  /** Which change makes work; StableStudy when absent. */
-  readonly trigger?: Trigger | undefined;
-  /**
-   * Whether the study was left at the source on purpose (copied, or skipped by the filters) and
-   * has not changed since: such a watched study leaves the watch list without being queued, so
-   * that a sweep does not queue every copied or skipped study again.
-   */
-  readonly isSettled?:
-    | ((sourceId: string, studyId: string, lastUpdate: string | undefined) => Promise<boolean>)
-    | undefined;
-  readonly source: OrthancClient;
-  readonly store: FeedStateStore;
-  readonly sink: WorkSink;
-  readonly log: Log;
-  readonly pageSize: number;
-  readonly quietMs: number;
-  readonly now?: () => number;
-  /**
-   * Epoch ms after which no further page is read (a Lambda about to time out). The cursor
-   * stands where the last durable page left it; the next poll goes on from there.
-   */
-  readonly deadline?: number | undefined;
-}
+export type { FeedContext } from './feed-context.ts';
 
 export interface PollReport {
   readonly changesRead: number;
   readonly queued: number;
-  /** Studies still waiting to become stable or quiet. */
+  /** Studies on the watch list when the poll ended, waiting to become stable or quiet. */
   readonly waiting: number;
-  /** The source's database was found reset (its Last below our cursor). */
+  /** The source's database was found reset (its Last below our cursor, twice): read from the start. */
   readonly reset: boolean;
   readonly cursor: number;
   /** The newest change sequence number the source reported. */
   readonly last: number;
   /** Another reader moved the cursor under us: this read stopped early. */
   readonly raced: boolean;
-  /** The deadline stopped the read before the feed's end. */
-  readonly outOfTime?: boolean | undefined;
+  /** The deadline stopped the feed or the watch list before its end: the next poll goes on. */
+  readonly outOfTime: boolean;
+  /** A sweep is under way: the next poll goes on with it. */
+  readonly sweeping: boolean;
+  /** Studies the sweep listed in this poll. */
+  readonly swept: number;
+  /** Lookups the source answered with an error, each logged and left for later. */
+  readonly lookupFailures: number;
 }
 
 interface ReadReport {
-  /** The deadline stopped the read before Done. */
-  outOfTime?: boolean;
-  /** Studies this read put on the watch list and left there. */
-  watched: Set<string>;
-  /** Studies this read took off the watch list (Orthanc called them stable). */
-  unwatched: Set<string>;
   changesRead: number;
-  queued: number;
   reset: boolean;
   raced: boolean;
+  outOfTime: boolean;
   cursor: number;
   last: number;
 }
 
-const item = (
-  sourceId: string,
-  studyId: string,
-  reason: WorkItem['reason'],
-  seriesId?: string,
-): WorkItem => ({
-  sourceId,
-  studyId,
-  ...(seriesId === undefined ? {} : { seriesId }),
-  reason,
-});
-
-/** The key that de-duplicates items within one read. */
-const itemKey = (workItem: WorkItem) => `${workItem.studyId}/${workItem.seriesId ?? ''}`;
-
-/** Lookups of a page's series or instances, a few at a time: each is a few ms at the source. */
-const LOOKUPS_IN_FLIGHT = 8;
-
-/** Series items for StableSeries changes: one lookup per series for its study. */
-const seriesItems = async (ctx: FeedContext, seriesIds: readonly string[]): Promise<WorkItem[]> => {
-  const items: WorkItem[] = [];
-  await runBounded(seriesIds, LOOKUPS_IN_FLIGHT, async (seriesId) => {
-    const series = await ctx.source.series(seriesId);
-    // Gone already: moved with its study, or deleted.
-    if (series !== undefined) items.push(item(ctx.sourceId, series.studyId, 'stable', seriesId));
-  });
-  return items;
+/** The change each trigger makes work of, each needing one lookup at the source. */
+const TRIGGER_CHANGE: Readonly<Record<Trigger, string>> = {
+  StableStudy: 'StableStudy',
+  StableSeries: 'StableSeries',
+  NewInstance: 'NewInstance',
 };
 
 /**
- * Study items for NewInstance changes: one lookup per instance (GET /instances/{id}/study, which
- * names the study in one request), one item per study.
+ * A page's changes are handled in chunks of at most this many lookups, the cursor advanced after
+ * each: a deadline that passes mid-page costs at most one chunk's lookups.
  */
-const instanceItems = async (ctx: FeedContext, instanceIds: readonly string[]): Promise<WorkItem[]> => {
-  const studies = new Set<string>();
-  await runBounded(instanceIds, LOOKUPS_IN_FLIGHT, async (instanceId) => {
-    const study = await ctx.source.instanceStudy(instanceId);
-    if (study !== undefined) studies.add(study.id);
-  });
-  return [...studies].map((studyId) => item(ctx.sourceId, studyId, 'instance'));
-};
+export const CHUNK_LOOKUPS = 64;
 
-/** The items a page of changes makes under the trigger. */
-const pageItems = async (
-  ctx: FeedContext,
-  changes: {
-    readonly stableStudies: Set<string>;
-    readonly stableSeries: Set<string>;
-    readonly instances: Set<string>;
-  },
-): Promise<WorkItem[]> => {
-  switch (ctx.trigger ?? 'StableStudy') {
-    case 'StableStudy':
-      return [...changes.stableStudies].map((id) => item(ctx.sourceId, id, 'stable'));
-    case 'StableSeries':
-      return seriesItems(ctx, [...changes.stableSeries]);
-    case 'NewInstance':
-      return instanceItems(ctx, [...changes.instances]);
+const chunksOf = (changes: readonly Change[], trigger: Trigger): Change[][] => {
+  const chunks: Change[][] = [];
+  let chunk: Change[] = [];
+  let lookups = 0;
+  for (const change of changes) {
+    if (change.changeType === TRIGGER_CHANGE[trigger]) {
+      if (lookups === CHUNK_LOOKUPS) {
+        chunks.push(chunk);
+        chunk = [];
+        lookups = 0;
+      }
+      lookups++;
+    }
+    chunk.push(change);
   }
+  if (chunk.length > 0) chunks.push(chunk);
+  return chunks;
+};
+
+const idsOf = (changes: readonly Change[], type: string): string[] => [
+  ...new Set(changes.filter((change) => change.changeType === type).map((change) => change.id)),
+];
+
+/**
+ * StableStudy changes: each study as it is now, so that the sweep can tell it was queued in this
+ * state. One gone is not queued; one that cannot be looked at is queued all the same.
+ */
+const stableCandidates = async (ctx: FeedContext, studyIds: readonly string[]): Promise<Candidate[]> => {
+  const results = await lookUpEach(ctx, studyIds, (id) => ctx.source.study(id));
+  return studyIds.flatMap((studyId): Candidate[] => {
+    const result = results.get(studyId);
+    if (result === undefined || !('found' in result))
+      return [{ studyId, lastUpdate: undefined, steady: false, reason: 'stable' }];
+    const study = result.found;
+    return study === undefined
+      ? []
+      : [{ studyId, lastUpdate: study.lastUpdate, steady: study.isStable, reason: 'stable' }];
+  });
+};
+
+/** NewInstance changes: one lookup per instance (GET /instances/{id}/study), one candidate per study. */
+const instanceCandidates = async (
+  ctx: FeedContext,
+  tally: Tally,
+  instanceIds: readonly string[],
+): Promise<Candidate[]> => {
+  const found = await lookUpAll(
+    ctx,
+    tally,
+    instanceIds,
+    (id) => ctx.source.instanceStudy(id),
+    "an instance's study could not be looked up: the sweep queues it",
+  );
+  const studies = new Map<string, Candidate>();
+  for (const study of found.values()) {
+    if (study !== undefined)
+      studies.set(study.id, {
+        studyId: study.id,
+        lastUpdate: study.lastUpdate,
+        steady: study.isStable,
+        reason: 'instance',
+      });
+  }
+  return [...studies.values()];
+};
+
+/** StableSeries changes: one lookup per series for its study, one series item each. */
+const queueSeries = async (
+  ctx: FeedContext,
+  tally: Tally,
+  seriesIds: readonly string[],
+  queued: Set<string>,
+): Promise<void> => {
+  const found = await lookUpAll(
+    ctx,
+    tally,
+    seriesIds,
+    (id) => ctx.source.series(id),
+    'a stable series could not be looked up: the sweep queues its study',
+  );
+  const items = seriesIds.flatMap((seriesId) => {
+    const series = found.get(seriesId);
+    // Gone already (moved with its study, or deleted), or queued by this read.
+    return series === undefined || queued.has(seriesId)
+      ? []
+      : [workItem(ctx.sourceId, series.studyId, 'stable', seriesId)];
+  });
+  await ctx.sink.enqueue(items);
+  tally.queued += items.length;
+  for (const item of items) queued.add(item.seriesId ?? '');
+};
+
+/** Queues what a chunk of changes makes under the trigger; `queued` keeps one item per read. */
+const queueChunk = async (
+  ctx: FeedContext,
+  tally: Tally,
+  chunk: readonly Change[],
+  queued: Set<string>,
+): Promise<void> => {
+  const trigger = ctx.trigger ?? 'StableStudy';
+  const ids = idsOf(chunk, TRIGGER_CHANGE[trigger]);
+  if (trigger === 'StableSeries') return queueSeries(ctx, tally, ids, queued);
+  const candidates =
+    trigger === 'StableStudy' ? await stableCandidates(ctx, ids) : await instanceCandidates(ctx, tally, ids);
+  for (const studyId of await queueStudies(
+    ctx,
+    tally,
+    candidates.filter((c) => !queued.has(c.studyId)),
+  ))
+    queued.add(studyId);
+};
+
+/** Makes a chunk's effects durable: new studies watched, work queued, stable studies unwatched. */
+const applyChunk = async (ctx: FeedContext, tally: Tally, chunk: readonly Change[], queued: Set<string>) => {
+  const stable = new Set(idsOf(chunk, 'StableStudy'));
+  const created = idsOf(chunk, 'NewStudy').filter((id) => !stable.has(id));
+  await ctx.store.watch(ctx.sourceId, created, clock(ctx));
+  await queueChunk(ctx, tally, chunk, queued);
+  // A study Orthanc calls stable needs the watch list no more: under StableStudy it is queued;
+  // under the other triggers its series or instances were.
+  await ctx.store.unwatch(ctx.sourceId, [...stable]);
 };
 
 /**
- * Reads the feed from the stored cursor until Orthanc says Done. Items in `alreadyQueued` (by
- * the watch-list check of the same poll) are not queued again.
+ * A database reset (wiped, restored from a backup, replaced) numbers its changes from the start
+ * again, and the cursor means nothing there. Orthanc answers `since` with the changes after it
+ * only, so Last can fall below the cursor only in an empty page, where it is the database's
+ * newest change; `/changes?last`, asked next, reads that again by another path. Both must say
+ * so: one odd answer (a balancer that asked another server, a proxy's stale copy, a sequence
+ * number read as negative) never makes the reader queue the whole feed again.
  */
-export const readChanges = async (
+const resetConfirmed = async (ctx: FeedContext, page: ChangesPage, cursor: number): Promise<boolean> =>
+  page.changes.length === 0 && (await ctx.source.lastChange()) < cursor;
+
+/** Reads the feed from the stored cursor until Orthanc says Done, or the deadline. */
+const readChanges = async (
   ctx: FeedContext,
-  alreadyQueued: ReadonlySet<string> = new Set(),
+  tally: Tally,
+  deadline: number | undefined,
 ): Promise<ReadReport> => {
-  const stored = await ctx.store.getCursor(ctx.sourceId);
+  let expected = await ctx.store.getCursor(ctx.sourceId);
   const report: ReadReport = {
     changesRead: 0,
-    queued: 0,
     reset: false,
     raced: false,
-    cursor: stored ?? 0,
+    outOfTime: false,
+    cursor: expected ?? 0,
     last: 0,
-    watched: new Set(),
-    unwatched: new Set(),
   };
-  let expected = stored;
-  const queuedThisRead = new Set<string>(alreadyQueued);
+  const advance = async (target: number): Promise<boolean> => {
+    if (target === report.cursor && expected !== undefined) return true;
+    if (!(await ctx.store.advanceCursor(ctx.sourceId, expected, target))) return false;
+    expected = target;
+    report.cursor = target;
+    return true;
+  };
+  const queued = new Set<string>();
   for (;;) {
+    if (pastDeadline(ctx, deadline)) return { ...report, outOfTime: true };
     const page = await ctx.source.changes(report.cursor, ctx.pageSize);
     report.last = page.last;
     if (page.last < report.cursor) {
-      ctx.log.warn('source database was reset: reading its change feed from the start', {
-        sourceId: ctx.sourceId,
-        cursor: report.cursor,
-        last: page.last,
-      });
+      const attributes = { sourceId: ctx.sourceId, cursor: report.cursor, last: page.last };
+      if (!(await resetConfirmed(ctx, page, report.cursor))) {
+        ctx.log.warn(
+          'the source answered a last change below the cursor once: not taken for a reset',
+          attributes,
+        );
+        return report;
+      }
+      ctx.log.warn('source database was reset: reading its change feed from the start', attributes);
       report.reset = true;
+      report.cursor = 0;
       if (!(await ctx.store.advanceCursor(ctx.sourceId, expected, 0))) return { ...report, raced: true };
       expected = 0;
-      report.cursor = 0;
       continue;
     }
-    const stable = new Set<string>();
-    const created = new Set<string>();
-    const stableSeries = new Set<string>();
-    const instances = new Set<string>();
-    for (const change of page.changes) {
-      if (change.changeType === 'StableStudy') stable.add(change.id);
-      else if (change.changeType === 'NewStudy') created.add(change.id);
-      else if (change.changeType === 'StableSeries') stableSeries.add(change.id);
-      else if (change.changeType === 'NewInstance') instances.add(change.id);
+    const chunks = chunksOf(page.changes, ctx.trigger ?? 'StableStudy');
+    for (const [index, chunk] of chunks.entries()) {
+      await applyChunk(ctx, tally, chunk, queued);
+      report.changesRead += chunk.length;
+      const next = Math.max(report.cursor, ...chunk.map((change) => change.seq));
+      if (!(await advance(next))) return { ...report, raced: true };
+      if (index < chunks.length - 1 && pastDeadline(ctx, deadline)) return { ...report, outOfTime: true };
     }
-    const fresh = (await pageItems(ctx, { stableStudies: stable, stableSeries, instances })).filter(
-      (workItem) => !queuedThisRead.has(itemKey(workItem)),
-    );
-    const toWatch = [...created].filter((id) => !stable.has(id));
-    await ctx.store.watch(ctx.sourceId, toWatch, (ctx.now ?? Date.now)());
-    for (const id of toWatch) report.watched.add(id);
-    await ctx.sink.enqueue(fresh);
-    // A study Orthanc calls stable needs the watch list no more: under StableStudy it is queued;
-    // under the other triggers its series or instances were.
-    await ctx.store.unwatch(ctx.sourceId, [...stable]);
-    for (const id of stable) {
-      report.watched.delete(id);
-      report.unwatched.add(id);
-    }
-    for (const workItem of fresh) queuedThisRead.add(itemKey(workItem));
-    report.queued += fresh.length;
-    report.changesRead += page.changes.length;
-    const next = page.changes.reduce((max, change) => Math.max(max, change.seq), report.cursor);
-    const target = page.done ? Math.max(next, page.last) : next;
-    if (target !== report.cursor || expected === undefined) {
-      if (!(await ctx.store.advanceCursor(ctx.sourceId, expected, target))) return { ...report, raced: true };
-      expected = target;
-      report.cursor = target;
-    }
+    if (page.done && !(await advance(Math.max(report.cursor, page.last)))) return { ...report, raced: true };
     if (page.done || page.changes.length === 0) return report;
-    if (ctx.deadline !== undefined && (ctx.now ?? Date.now)() >= ctx.deadline)
-      return { ...report, outOfTime: true };
   }
 };
 
-/** Queues watched studies that Orthanc calls stable or that have been quiet long enough. */
-export const checkWatched = async (
-  ctx: FeedContext,
-): Promise<{ queued: number; waiting: string[]; keys: Set<string> }> => {
-  const now = (ctx.now ?? Date.now)();
-  const watched = await ctx.store.watched(ctx.sourceId);
-  const ready: WorkItem[] = [];
-  // Gone, or settled and unchanged: nothing to queue, nothing to wait for.
-  const done: string[] = [];
-  await runBounded(watched, LOOKUPS_IN_FLIGHT, async (entry) => {
-    const study = await ctx.source.study(entry.studyId);
-    const queue = async (reason: WorkItem['reason']) => {
-      if (await ctx.isSettled?.(ctx.sourceId, entry.studyId, study?.lastUpdate)) done.push(entry.studyId);
-      else ready.push(item(ctx.sourceId, entry.studyId, reason));
-    };
-    if (study === undefined) {
-      done.push(entry.studyId);
-    } else if (study.isStable && (ctx.trigger ?? 'StableStudy') === 'StableStudy') {
-      // Under the series and instance triggers their own changes queue the study's parts: a
-      // whole-study item then waits for the quiet time, as the safety net it is.
-      await queue('stable');
-    } else if (study.lastUpdate !== entry.lastUpdate) {
-      await ctx.store.updateWatched(ctx.sourceId, {
-        ...entry,
-        lastUpdate: study.lastUpdate,
-        lastUpdateSeenAt: now,
-      });
-    } else if (now - entry.lastUpdateSeenAt >= ctx.quietMs) {
-      await queue('quiet');
-    }
-  });
-  await ctx.sink.enqueue(ready);
-  const left = new Set([...done, ...ready.map((r) => r.studyId)]);
-  await ctx.store.unwatch(ctx.sourceId, [...left]);
-  return {
-    queued: ready.length,
-    waiting: watched.map((entry) => entry.studyId).filter((id) => !left.has(id)),
-    keys: new Set(ready.map(itemKey)),
-  };
-};
-
-/** Watches every study the source holds: the safety net for what the feed cannot show. */
-export const sweepStudies = async (ctx: FeedContext): Promise<number> => {
-  const ids = await ctx.source.studyIds();
-  await ctx.store.watch(ctx.sourceId, ids, (ctx.now ?? Date.now)());
-  return ids.length;
-};
+/** What a second read adds to the first one of the same poll. */
+const followedBy = (first: ReadReport, second: ReadReport): ReadReport => ({
+  ...second,
+  changesRead: first.changesRead + second.changesRead,
+  reset: first.reset || second.reset,
+});
 
 /**
- * One poll of one source: an optional sweep, the watch list, then the feed. The watch list goes
- * first: Orthanc flags a study stable and logs its StableStudy change at one moment, so a check
- * that follows the read could queue a study whose change the next poll queues again; this way
- * the read skips what the check just queued.
+ * The deadline of a phase that may take half the time left: the feed, then the watch list, each
+ * always get some (the one before may have run past its own deadline, by a chunk or a page).
  */
-export const pollSource = async (ctx: FeedContext, options: { sweep: boolean }): Promise<PollReport> => {
-  if (options.sweep) await sweepStudies(ctx);
-  const watched = await checkWatched(ctx);
-  const { watched: newlyWatched, unwatched, ...read } = await readChanges(ctx, watched.keys);
-  // What the watch list holds now: a study the check left waiting may have turned stable in the read.
-  const waiting = new Set([...watched.waiting.filter((id) => !unwatched.has(id)), ...newlyWatched]);
-  return { ...read, queued: read.queued + watched.queued, waiting: waiting.size };
+const halfOfWhatIsLeft = (ctx: FeedContext): number | undefined =>
+  ctx.deadline === undefined ? undefined : (clock(ctx) + ctx.deadline) / 2;
+
+/**
+ * One poll of one source: the feed, the watch list, then the sweep, each until it is done or its
+ * share of the time ends (half of what is left for the first two, the rest for the sweep); what
+ * time is left then goes to the feed and the watch list, if they did not finish. `sweepNow`
+ * starts a sweep that is not due yet.
+ */
+export const pollSource = async (
+  ctx: FeedContext,
+  options: { sweepNow?: boolean } = {},
+): Promise<PollReport> => {
+  const tally: Tally = { queued: 0, lookupFailures: 0 };
+  let read = await readChanges(ctx, tally, halfOfWhatIsLeft(ctx));
+  const report = async (
+    extra: Pick<PollReport, 'sweeping' | 'swept'>,
+    watchDone: boolean,
+  ): Promise<PollReport> => ({
+    ...read,
+    ...extra,
+    ...tally,
+    outOfTime: read.outOfTime || !watchDone,
+    waiting: await ctx.store.watchedCount(ctx.sourceId),
+  });
+  // Another reader is at it: the rest is its to do.
+  if (read.raced) return report({ sweeping: false, swept: 0 }, true);
+  const progress = await loadProgress(ctx);
+  let watch = await lookAtWatched(ctx, tally, progress, halfOfWhatIsLeft(ctx));
+  const sweep = await sweepSome(ctx, tally, progress, ctx.deadline, options.sweepNow === true);
+  if (read.outOfTime) read = followedBy(read, await readChanges(ctx, tally, ctx.deadline));
+  if (!watch.done) watch = await lookAtWatched(ctx, tally, progress, ctx.deadline);
+  return report({ sweeping: progress.current.sweepBelow !== undefined, swept: sweep.listed }, watch.done);
 };

@@ -1,6 +1,7 @@
 /** Builds the clients the engine needs from the configuration. */
 import type { FeedContext } from './changes-feed.ts';
 import type { ForwarderConfig } from './config.ts';
+import type { SecretReader } from './credentials.ts';
 import { buildDestinations } from './destinations.ts';
 import type { Engine } from './forward-work-item.ts';
 import { createEndpoint } from './http.ts';
@@ -24,15 +25,27 @@ export const moveOptions = (config: ForwarderConfig): MoveOptions => ({
   pushJobTimeoutMs: config.timeouts.headersMs,
 });
 
+/**
+ * Studies per page of the watch list and of the sweep: an expanded page of 1,000 is about 0.1 s at
+ * Orthanc 1.10 (orthanc-client.ts).
+ */
+const LIST_PAGE_SIZE = 1000;
+
 /** What the change-feed reader takes from the configuration (besides its source and stores). */
 export const feedSettings = (
   config: ForwarderConfig,
   ledger: Ledger,
-): Pick<FeedContext, 'pageSize' | 'quietMs' | 'trigger' | 'isSettled'> => {
+): Pick<
+  FeedContext,
+  'pageSize' | 'listPageSize' | 'quietMs' | 'sweepIntervalMs' | 'settings' | 'trigger' | 'isSettled'
+> => {
   const { settles, routing } = moveOptions(config);
   return {
     pageSize: config.changesPageSize,
+    listPageSize: LIST_PAGE_SIZE,
     quietMs: config.quietSeconds * 1000,
+    sweepIntervalMs: config.sweepIntervalSeconds * 1000,
+    settings: routing,
     trigger: config.trigger,
     isSettled: settles
       ? async (sourceId, studyId, lastUpdate) =>
@@ -47,21 +60,37 @@ export const feedSettings = (
  */
 export const buildEngine = (
   config: ForwarderConfig,
-  dependencies: { ledger: Ledger; feed?: FeedStateStore; log: Log; owner: string; env?: NodeJS.ProcessEnv },
+  dependencies: {
+    ledger: Ledger;
+    feed?: FeedStateStore;
+    log: Log;
+    owner: string;
+    env?: NodeJS.ProcessEnv;
+    /** The AWS pipeline's secret store, where the servers' `secretId`s are read. */
+    secrets?: SecretReader;
+  },
 ): Engine => {
-  const env = dependencies.env ?? process.env;
+  const endpoints = {
+    env: dependencies.env ?? process.env,
+    ...(dependencies.secrets === undefined ? {} : { secrets: dependencies.secrets }),
+  };
   const sources = new Map(
     config.sources.map((source) => [
       source.id,
-      new OrthancClient(createEndpoint(source, config.timeouts, { env })),
+      new OrthancClient(createEndpoint(source, config.timeouts, endpoints)),
     ]),
   );
   return {
     sources,
-    destinations: buildDestinations(config, env),
+    destinations: buildDestinations(config, endpoints),
     ledger: dependencies.ledger,
     feed: dependencies.feed,
     options: moveOptions(config),
+    slots: new Map(
+      config.sources.flatMap((source) =>
+        source.maxConcurrentMoves === undefined ? [] : [[source.id, source.maxConcurrentMoves]],
+      ),
+    ),
     log: dependencies.log,
     owner: dependencies.owner,
     // A move that takes longer keeps working; the lease only stops a second worker starting.

@@ -9,17 +9,27 @@ import { ForwarderError, transient } from './errors.ts';
 import { call, callJson, type Endpoint, statusError } from './http.ts';
 import { type Identity, identityFromOrthancTags } from './identity.ts';
 
+/**
+ * Orthanc keeps 64-bit sequence numbers but writes them into its JSON as a C `int`: past 2^31
+ * changes they come out negative. Read as unsigned, they are right up to 2^32 changes.
+ */
+const sequenceNumber = z
+  .number()
+  .int()
+  .min(-(2 ** 31))
+  .transform((seq) => (seq < 0 ? seq + 2 ** 32 : seq));
+
 const changesSchema = z.object({
   Changes: z.array(
     z.object({
       ChangeType: z.string(),
       ID: z.string(),
       ResourceType: z.string(),
-      Seq: z.number().int(),
+      Seq: sequenceNumber,
     }),
   ),
   Done: z.boolean(),
-  Last: z.number().int(),
+  Last: sequenceNumber,
 });
 
 const studySchema = z.object({
@@ -28,6 +38,15 @@ const studySchema = z.object({
   LastUpdate: z.string().optional(),
   MainDicomTags: z.object({ StudyInstanceUID: z.string(), StudyDescription: z.string().optional() }),
 });
+
+/** Only what the sweep needs of an expanded study: its tags stay unread. */
+const listedStudySchema = z.object({
+  ID: z.string(),
+  IsStable: z.boolean(),
+  LastUpdate: z.string().optional(),
+});
+
+const statisticsSchema = z.object({ CountStudies: z.number().int().nonnegative() });
 
 const seriesSchema = z.object({
   ID: z.string(),
@@ -82,6 +101,13 @@ export interface StudyInfo {
   readonly lastUpdate: string | undefined;
   /** For routing only: a DICOM tag value, never logged. */
   readonly description: string | undefined;
+}
+
+/** A study as a listing shows it: enough to tell whether the feed should look at it again. */
+export interface ListedStudy {
+  readonly id: string;
+  readonly isStable: boolean;
+  readonly lastUpdate: string | undefined;
 }
 
 export interface SeriesInfo {
@@ -253,10 +279,34 @@ export class OrthancClient {
     );
   }
 
-  /** The Orthanc IDs of every study the server holds: the feed's safety net. */
-  async studyIds(): Promise<string[]> {
+  /**
+   * How many studies the server holds: where a sweep starts. Orthanc lists studies in a stable
+   * order (SQLite: as they arrived; the database plugins: by ID), so positions mean something.
+   */
+  async studyCount(): Promise<number> {
+    const what = 'counting studies';
+    return parse(statisticsSchema, await callJson(this.endpoint, '/statistics', what), what, this.endpoint)
+      .CountStudies;
+  }
+
+  /**
+   * The studies at listing positions `since` to `since + limit - 1`, each with its stability and
+   * LastUpdate, in one request (`expand`): the feed's safety net reads a source in such pages.
+   * Measured on Orthanc 1.10.1 (3,000 studies): 50 ms per 500 wherever the page starts, where
+   * `/tools/find` with `Since` grows with the offset (52 ms at 0, 193 ms at 2,500) and lists in
+   * another order.
+   */
+  async studiesPage(since: number, limit: number): Promise<ListedStudy[]> {
+    if (!Number.isSafeInteger(since) || since < 0 || !Number.isSafeInteger(limit) || limit < 1) {
+      throw new RangeError(`studies: since and limit must be non-negative integers (${since}, ${limit})`);
+    }
     const what = 'listing studies';
-    return parse(z.array(z.string()), await callJson(this.endpoint, '/studies', what), what, this.endpoint);
+    const raw = await callJson(this.endpoint, `/studies?expand&since=${since}&limit=${limit}`, what);
+    return parse(z.array(listedStudySchema), raw, what, this.endpoint).map((study) => ({
+      id: study.ID,
+      isStable: study.IsStable,
+      lastUpdate: study.LastUpdate,
+    }));
   }
 
   /** Streams an instance's DICOM file. */
@@ -295,7 +345,8 @@ export class OrthancClient {
     return (await response.body.text()).trim();
   }
 
-  private async hasInstance(instanceId: string): Promise<boolean> {
+  /** Whether the source holds the instance: only its 404 says it does not. */
+  async hasInstance(instanceId: string): Promise<boolean> {
     const what = 'reading an instance';
     const raw = await callJson(this.endpoint, `/instances/${segment(instanceId)}`, what, { allow404: true });
     return raw !== undefined;

@@ -30,6 +30,44 @@ export interface WatchedStudy {
   readonly lastUpdateSeenAt: number;
 }
 
+/**
+ * A study as it was when the feed last queued it whole while Orthanc called it stable (or it was
+ * quiet), or found it settled: its LastUpdate then, and the settings digest in force. While both
+ * are the same, queueing it again would repeat work that is queued, in flight, or done.
+ */
+export interface QueuedStudy {
+  readonly studyId: string;
+  readonly lastUpdate: string;
+  /** The routing digest (routing.ts): what decides where a study goes and whether it leaves. */
+  readonly settings: string;
+  readonly queuedAt: number;
+}
+
+/**
+ * How long a queued study is remembered: SQS keeps a dead letter as long (14 days), so a study
+ * whose work item failed for good is queued once more about when its dead letter expires, and
+ * a lost message can never leave a study at its source for good.
+ */
+export const QUEUED_MEMORY_MS = 14 * 24 * 60 * 60 * 1000;
+
+/** Where a source's paged work stands between polls, besides the change-feed cursor. */
+export interface FeedProgress {
+  /** The watch list is looked at in study ID order: the last study looked at in this lap, '' at a lap's start. */
+  readonly watchAfter: string;
+  /** The sweep under way still lists the studies at positions below this one; absent between sweeps. */
+  readonly sweepBelow?: number | undefined;
+  /** When the last sweep started (epoch ms): the next is due sweepIntervalSeconds later. */
+  readonly sweepStartedAt: number;
+  /** The settings digest of the last sweep: under another one, every study is looked at again at once. */
+  readonly settings: string;
+}
+
+/** The progress as stored, with the version a compare-and-set must name. */
+export interface StoredProgress {
+  readonly version: number;
+  readonly progress: FeedProgress;
+}
+
 export interface FeedStateStore {
   /** The last change sequence number read and queued for a source, or undefined before the first read. */
   getCursor(sourceId: string): Promise<number | undefined>;
@@ -40,9 +78,25 @@ export interface FeedStateStore {
   advanceCursor(sourceId: string, expected: number | undefined, next: number): Promise<boolean>;
   /** Adds studies to the source's watch list (already watched ones keep their state). */
   watch(sourceId: string, studyIds: readonly string[], now: number): Promise<void>;
-  watched(sourceId: string): Promise<WatchedStudy[]>;
+  /** In study ID order; with `page`, at most `limit` studies whose IDs sort after `after`. */
+  watched(
+    sourceId: string,
+    page?: { readonly after: string; readonly limit: number },
+  ): Promise<WatchedStudy[]>;
+  watchedCount(sourceId: string): Promise<number>;
   updateWatched(sourceId: string, study: WatchedStudy): Promise<void>;
   unwatch(sourceId: string, studyIds: readonly string[]): Promise<void>;
+  progress(sourceId: string): Promise<StoredProgress | undefined>;
+  /**
+   * Replaces the progress only if its version is still `expected` (undefined: none stored yet),
+   * so that two overlapping polls never both page the same studies; the version becomes
+   * `expected + 1` (1 for the first). Returns false otherwise.
+   */
+  saveProgress(sourceId: string, expected: number | undefined, progress: FeedProgress): Promise<boolean>;
+  /** Remembers studies as queued, replacing what was remembered of them, for QUEUED_MEMORY_MS. */
+  rememberQueued(sourceId: string, studies: readonly QueuedStudy[]): Promise<void>;
+  /** What is remembered of these studies; one never queued, or forgotten, is left out. */
+  queued(sourceId: string, studyIds: readonly string[]): Promise<QueuedStudy[]>;
 }
 
 /** A message taken from a queue, invisible to other consumers until acked or released. */
@@ -236,6 +290,12 @@ export interface Ledger {
   recordRejected(instances: readonly RejectedInstance[]): Promise<void>;
   /** The rejected instances of one study (or of all, without studyId). */
   rejected(sourceId?: string, studyId?: string): Promise<RejectedInstance[]>;
+  /**
+   * Forgets refusals of instances gone from their source, each only while it is the refusal
+   * given (one refused again since is kept: it is about a new arrival). The totals keep counting
+   * them. Returns how many were forgotten.
+   */
+  forgetRejected(instances: readonly RejectedInstance[]): Promise<number>;
   /**
    * Records conflicts found by a move. One already recorded for the same key (open or resolved)
    * stays as it is: the first detection and the operator's decision are never overwritten.

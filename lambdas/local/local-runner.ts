@@ -11,14 +11,19 @@ import { buildEngine, feedSettings } from '../core/engine.ts';
 import { describe, failureKind } from '../core/errors.ts';
 import { decideOnFailure } from '../core/failure-policy.ts';
 import { type Engine, forwardWorkItem } from '../core/forward-work-item.ts';
+import { warnOfPlainHttpAuth } from '../core/http.ts';
 import type { Log } from '../core/log.ts';
 import type { MoveContext } from '../core/move-study.ts';
 import type { StudyOutcome } from '../core/ports.ts';
+import { DAY_MS, forgetGoneRefusals } from '../core/retention.ts';
 import { backoffDelay } from '../core/retry.ts';
 import type { LocalState } from './sqlite-state.ts';
 
 export interface RunOptions {
-  /** Return once every source is read to Done, nothing waits to become stable and the queue is empty. */
+  /**
+   * Return once every source is read to Done with no sweep under way, nothing waits to become
+   * stable and the queue is empty.
+   */
   readonly untilIdle: boolean;
   /** Stops the run: work in flight finishes, nothing new starts. */
   readonly signal?: AbortSignal;
@@ -49,6 +54,15 @@ const RUNNER_LEASE_MS = 15_000;
 /** Longer than any move; in-flight messages of a crashed runner are reclaimed at start anyway. */
 const VISIBILITY_TIMEOUT_MS = 30 * 60_000;
 const IDLE_WAIT_MS = 200;
+/**
+ * Each poll's time: a sweep of a million studies, or a long feed, goes on across polls, each
+ * reading the feed first, so that neither holds up new studies.
+ */
+const POLL_BUDGET_MS = 10_000;
+
+/** The poll's deadline stopped it, or a sweep is under way: the next poll follows at once. */
+const unfinished = (poll: PollReport | undefined): boolean =>
+  poll !== undefined && (poll.outOfTime || poll.sweeping);
 
 const abortable = (ms: number, signal: AbortSignal) =>
   sleep(ms, undefined, { signal }).catch(() => undefined);
@@ -104,6 +118,7 @@ export class LocalRunner {
       }),
       onStep: this.onStep,
     };
+    warnOfPlainHttpAuth(this.config, this.log);
     const stop = new AbortController();
     const onAbort = () => stop.abort();
     options.signal?.addEventListener('abort', onAbort, { once: true });
@@ -116,7 +131,7 @@ export class LocalRunner {
     );
     const pollers = this.config.sources.map((source) => this.pollLoop(source.id, stop.signal));
     if (options.untilIdle) void this.stopWhenIdle(stop);
-    await Promise.all([...workers, ...pollers]);
+    await Promise.all([...workers, ...pollers, this.pruneLoop(stop.signal)]);
     clearInterval(heartbeat);
     options.signal?.removeEventListener('abort', onAbort);
     await this.state.ledger.releaseLease(RUNNER_LEASE, this.owner);
@@ -173,19 +188,14 @@ export class LocalRunner {
   private async pollLoop(sourceId: string, signal: AbortSignal): Promise<void> {
     const status = this.sources.get(sourceId) as SourceStatus;
     const context = this.feedContext(sourceId, this.engineFor(this.owner));
-    // A restarted runner resumes from its cursors without a full scan: the first sweep comes one
-    // interval later. (A source read for the first time is read from change 0, which lists all.)
-    let lastSweep = Date.now();
     while (!signal.aborted) {
-      const sweep = Date.now() - lastSweep >= this.config.sweepIntervalSeconds * 1000;
       try {
-        status.lastPoll = await pollSource(context, { sweep });
+        status.lastPoll = await pollSource({ ...context, deadline: Date.now() + POLL_BUDGET_MS });
         status.polls++;
-        if (sweep) lastSweep = Date.now();
         if (status.consecutiveFailures > 0) this.log.info('source reachable again', { sourceId });
         status.consecutiveFailures = 0;
         status.lastError = undefined;
-        if (status.lastPoll.changesRead > 0 || status.lastPoll.queued > 0) {
+        if (status.lastPoll.changesRead > 0 || status.lastPoll.queued > 0 || status.lastPoll.swept > 0) {
           this.log.info('source polled', { sourceId, ...status.lastPoll });
         }
       } catch (error) {
@@ -200,9 +210,34 @@ export class LocalRunner {
       const interval = this.config.pollIntervalSeconds * 1000;
       const delay =
         status.consecutiveFailures === 0
-          ? interval
+          ? unfinished(status.lastPoll)
+            ? 0
+            : interval
           : Math.max(interval, backoffDelay(status.consecutiveFailures, this.config.retry));
       await abortable(delay, signal);
+    }
+  }
+
+  /** Prunes the ledger at the start of the run and once a day after: retention is counted in days. */
+  private async pruneLoop(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      await this.prune();
+      await abortable(DAY_MS, signal);
+    }
+  }
+
+  private async prune(): Promise<void> {
+    const { outcomeDays, refusalDays } = this.config.retention;
+    const now = Date.now();
+    try {
+      const outcomes = this.state.ledger.pruneOutcomes(now - outcomeDays * DAY_MS);
+      const sources = this.engineFor(this.owner).sources;
+      const refusals = await forgetGoneRefusals(this.state.ledger, sources, now - refusalDays * DAY_MS);
+      if (outcomes > 0 || refusals.forgotten > 0 || refusals.unchecked > 0) {
+        this.log.info('ledger pruned', { outcomes, ...refusals });
+      }
+    } catch (error) {
+      this.log.warn('pruning the ledger failed; the next run or day tries again', { error: describe(error) });
     }
   }
 
@@ -257,12 +292,18 @@ export class LocalRunner {
     this.totals.rejected += outcome.rejected;
   }
 
-  /** Idle: every source read to Done with nothing waiting (or given up on), and no work queued or running. */
+  /**
+   * Idle: every source read to Done with nothing waiting and no sweep under way (or given up on),
+   * and no work queued or running.
+   */
   private async isIdle(): Promise<boolean> {
     for (const status of this.sources.values()) {
       const givenUp = status.consecutiveFailures >= this.config.retry.maxAttempts;
       const drained =
-        status.consecutiveFailures === 0 && status.lastPoll !== undefined && status.lastPoll.waiting === 0;
+        status.consecutiveFailures === 0 &&
+        status.lastPoll !== undefined &&
+        status.lastPoll.waiting === 0 &&
+        !unfinished(status.lastPoll);
       if (!givenUp && !drained) return false;
     }
     const stats = await this.state.queue.stats();

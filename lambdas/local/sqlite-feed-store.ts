@@ -1,5 +1,15 @@
-/** The change-feed reader's state: one cursor and one watch list per source. */
-import type { FeedStateStore, WatchedStudy } from '../core/ports.ts';
+/**
+ * The change-feed reader's state: per source, one cursor, one watch list, where the paged work
+ * stands (progress) and the studies it queued whole, each as it was then.
+ */
+import {
+  type FeedProgress,
+  type FeedStateStore,
+  QUEUED_MEMORY_MS,
+  type QueuedStudy,
+  type StoredProgress,
+  type WatchedStudy,
+} from '../core/ports.ts';
 import type { StateDb } from './sqlite-state.ts';
 
 export const FEED_SCHEMA = `
@@ -14,12 +24,44 @@ export const FEED_SCHEMA = `
     last_update_seen_at INTEGER NOT NULL,
     PRIMARY KEY (source_id, study_id)
   ) STRICT, WITHOUT ROWID;
+  CREATE TABLE IF NOT EXISTS feed_progress (
+    source_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    watch_after TEXT NOT NULL,
+    sweep_below INTEGER,
+    sweep_started_at INTEGER NOT NULL,
+    settings TEXT NOT NULL
+  ) STRICT;
+  CREATE TABLE IF NOT EXISTS queued_studies (
+    source_id TEXT NOT NULL,
+    study_id TEXT NOT NULL,
+    last_update TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    queued_at INTEGER NOT NULL,
+    PRIMARY KEY (source_id, study_id)
+  ) STRICT, WITHOUT ROWID;
+  CREATE INDEX IF NOT EXISTS queued_studies_age ON queued_studies (source_id, queued_at);
 `;
 
 interface WatchedRow {
   study_id: string;
   last_update: string | null;
   last_update_seen_at: number;
+}
+
+interface ProgressRow {
+  version: number;
+  watch_after: string;
+  sweep_below: number | null;
+  sweep_started_at: number;
+  settings: string;
+}
+
+interface QueuedRow {
+  study_id: string;
+  last_update: string;
+  settings: string;
+  queued_at: number;
 }
 
 const statements = (db: StateDb) => ({
@@ -35,15 +77,44 @@ const statements = (db: StateDb) => ({
   ),
   watched: db.prepare(
     `SELECT study_id, last_update, last_update_seen_at FROM watched_studies
-     WHERE source_id = ? ORDER BY study_id`,
+     WHERE source_id = ? AND study_id > ? ORDER BY study_id LIMIT ?`,
   ),
+  watchedCount: db.prepare('SELECT count(*) AS count FROM watched_studies WHERE source_id = ?'),
   // An update, not an upsert: a late reader must not bring back a study that another unwatched.
   updateWatched: db.prepare(
     `UPDATE watched_studies SET last_update = ?, last_update_seen_at = ?
      WHERE source_id = ? AND study_id = ?`,
   ),
   unwatch: db.prepare('DELETE FROM watched_studies WHERE source_id = ? AND study_id = ?'),
+  progress: db.prepare(
+    `SELECT version, watch_after, sweep_below, sweep_started_at, settings FROM feed_progress
+     WHERE source_id = ?`,
+  ),
+  // The first save must be conditional too: two polls that both saw none may not both win.
+  insertProgress: db.prepare(
+    `INSERT INTO feed_progress (source_id, version, watch_after, sweep_below, sweep_started_at, settings)
+     VALUES (:sourceId, 1, :watchAfter, :sweepBelow, :sweepStartedAt, :settings)
+     ON CONFLICT (source_id) DO NOTHING`,
+  ),
+  updateProgress: db.prepare(
+    `UPDATE feed_progress SET version = version + 1, watch_after = :watchAfter, sweep_below = :sweepBelow,
+       sweep_started_at = :sweepStartedAt, settings = :settings
+     WHERE source_id = :sourceId AND version = :expected`,
+  ),
+  rememberQueued: db.prepare(
+    `INSERT INTO queued_studies (source_id, study_id, last_update, settings, queued_at)
+     VALUES (?, ?, ?, ?, ?) ON CONFLICT (source_id, study_id) DO UPDATE SET
+       last_update = excluded.last_update, settings = excluded.settings, queued_at = excluded.queued_at`,
+  ),
+  forgetQueued: db.prepare('DELETE FROM queued_studies WHERE source_id = ? AND queued_at < ?'),
+  queued: db.prepare(
+    `SELECT study_id, last_update, settings, queued_at FROM queued_studies
+     WHERE source_id = ? AND study_id IN (SELECT value FROM json_each(?))`,
+  ),
 });
+
+/** Past any study ID: the watch list in one page. */
+const EVERY_STUDY = { after: '', limit: -1 };
 
 export class SqliteFeedStore implements FeedStateStore {
   readonly #db: StateDb;
@@ -74,12 +145,17 @@ export class SqliteFeedStore implements FeedStateStore {
     });
   }
 
-  async watched(sourceId: string): Promise<WatchedStudy[]> {
-    return (this.#sql.watched.all(sourceId) as unknown as WatchedRow[]).map((row) => ({
+  async watched(sourceId: string, page = EVERY_STUDY): Promise<WatchedStudy[]> {
+    const rows = this.#sql.watched.all(sourceId, page.after, page.limit) as unknown as WatchedRow[];
+    return rows.map((row) => ({
       studyId: row.study_id,
       lastUpdate: row.last_update ?? undefined,
       lastUpdateSeenAt: row.last_update_seen_at,
     }));
+  }
+
+  async watchedCount(sourceId: string): Promise<number> {
+    return (this.#sql.watchedCount.get(sourceId) as { count: number }).count;
   }
 
   async updateWatched(sourceId: string, study: WatchedStudy): Promise<void> {
@@ -90,5 +166,60 @@ export class SqliteFeedStore implements FeedStateStore {
     this.#db.write(() => {
       for (const studyId of studyIds) this.#sql.unwatch.run(sourceId, studyId);
     });
+  }
+
+  async progress(sourceId: string): Promise<StoredProgress | undefined> {
+    const row = this.#sql.progress.get(sourceId) as ProgressRow | undefined;
+    if (row === undefined) return undefined;
+    return {
+      version: row.version,
+      progress: {
+        watchAfter: row.watch_after,
+        ...(row.sweep_below === null ? {} : { sweepBelow: row.sweep_below }),
+        sweepStartedAt: row.sweep_started_at,
+        settings: row.settings,
+      },
+    };
+  }
+
+  async saveProgress(
+    sourceId: string,
+    expected: number | undefined,
+    progress: FeedProgress,
+  ): Promise<boolean> {
+    const fields = {
+      sourceId,
+      watchAfter: progress.watchAfter,
+      sweepBelow: progress.sweepBelow ?? null,
+      sweepStartedAt: progress.sweepStartedAt,
+      settings: progress.settings,
+    };
+    const result =
+      expected === undefined
+        ? this.#sql.insertProgress.run(fields)
+        : this.#sql.updateProgress.run({ ...fields, expected });
+    return Number(result.changes) === 1;
+  }
+
+  /** Forgets, in the same transaction, what is older than the memory lasts: moved studies leave no rows for ever. */
+  async rememberQueued(sourceId: string, studies: readonly QueuedStudy[]): Promise<void> {
+    if (studies.length === 0) return;
+    const newest = Math.max(...studies.map((study) => study.queuedAt));
+    this.#db.write(() => {
+      this.#sql.forgetQueued.run(sourceId, newest - QUEUED_MEMORY_MS);
+      for (const { studyId, lastUpdate, settings, queuedAt } of studies) {
+        this.#sql.rememberQueued.run(sourceId, studyId, lastUpdate, settings, queuedAt);
+      }
+    });
+  }
+
+  async queued(sourceId: string, studyIds: readonly string[]): Promise<QueuedStudy[]> {
+    const rows = this.#sql.queued.all(sourceId, JSON.stringify(studyIds)) as unknown as QueuedRow[];
+    return rows.map((row) => ({
+      studyId: row.study_id,
+      lastUpdate: row.last_update,
+      settings: row.settings,
+      queuedAt: row.queued_at,
+    }));
   }
 }

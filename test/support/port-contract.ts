@@ -210,6 +210,97 @@ export const stateContract = (name: string, fresh: () => Promise<StateUnderTest>
         expect(watched.map((s) => s.studyId)).toEqual(['s1', 's2']);
         for (const study of watched) expect([100, 200]).toContain(study.lastUpdateSeenAt);
       });
+
+      it('pages the watch list in study ID order after a given study, and counts it', async () => {
+        const { feed } = open();
+        const studies = ids('s', 25);
+        expect(await feed.watched('a', { after: '', limit: 10 })).toEqual([]);
+        expect(await feed.watchedCount('a')).toBe(0);
+        await feed.watch('a', [...studies].reverse(), 100);
+        await feed.watch('b', ['s000', 'x'], 100);
+        await feed.advanceCursor('a', undefined, 3);
+        const first = await feed.watched('a', { after: '', limit: 10 });
+        expect(first.map((s) => s.studyId)).toEqual(studies.slice(0, 10));
+        expect(first[0]).toEqual({ studyId: 's000', lastUpdate: undefined, lastUpdateSeenAt: 100 });
+        expect((await feed.watched('a', { after: 's009', limit: 10 })).map((s) => s.studyId)).toEqual(
+          studies.slice(10, 20),
+        );
+        // After a study no longer watched, and past the end.
+        await feed.unwatch('a', ['s019', 's020']);
+        expect((await feed.watched('a', { after: 's019', limit: 10 })).map((s) => s.studyId)).toEqual(
+          studies.slice(21),
+        );
+        expect(await feed.watched('a', { after: 's024', limit: 10 })).toEqual([]);
+        expect(await feed.watchedCount('a')).toBe(23);
+        expect(await feed.watchedCount('b')).toBe(2);
+      });
+
+      it('saves the progress only over the version it read, first save included', async () => {
+        const one = open();
+        const two = open();
+        const progress = { watchAfter: '', sweepStartedAt: 100, settings: 'd1' };
+        expect(await one.feed.progress('a')).toBeUndefined();
+        expect(await one.feed.saveProgress('a', 1, progress)).toBe(false);
+        const first = await Promise.all([
+          one.feed.saveProgress('a', undefined, progress),
+          two.feed.saveProgress('a', undefined, { ...progress, settings: 'd2' }),
+        ]);
+        expect([...first].sort()).toEqual([false, true]);
+        expect(await two.feed.progress('a')).toEqual({
+          version: 1,
+          progress: { ...progress, settings: first[0] ? 'd1' : 'd2' },
+        });
+
+        const sweeping = { watchAfter: 's7', sweepBelow: 2_000_000, sweepStartedAt: 200, settings: 'd3' };
+        const second = await Promise.all([
+          one.feed.saveProgress('a', 1, sweeping),
+          two.feed.saveProgress('a', 1, { ...sweeping, watchAfter: 's8' }),
+        ]);
+        expect([...second].sort()).toEqual([false, true]);
+        expect(await one.feed.progress('a')).toEqual({
+          version: 2,
+          progress: { ...sweeping, watchAfter: second[0] ? 's7' : 's8' },
+        });
+        // A sweep that ended leaves no position behind.
+        expect(await two.feed.saveProgress('a', 2, progress)).toBe(true);
+        expect(await one.feed.progress('a')).toEqual({ version: 3, progress });
+        expect(await one.feed.saveProgress('a', 2, sweeping)).toBe(false);
+        expect(await one.feed.progress('b')).toBeUndefined();
+      });
+
+      it('remembers queued studies per source, the last one written of each, for more than a batch', async () => {
+        const one = open();
+        const two = open();
+        const studies = ids('s', 130);
+        // Now, not CLOCK: DynamoDB Local deletes an item once its TTL (here, the memory's end) passed.
+        const now = Date.now();
+        const queued = (studyId: string, queuedAt = now) => ({
+          studyId,
+          lastUpdate: '20240101T000000',
+          settings: 'd1',
+          queuedAt,
+        });
+        await one.feed.rememberQueued('a', []);
+        expect(await one.feed.queued('a', [])).toEqual([]);
+        expect(await one.feed.queued('a', ['s000'])).toEqual([]);
+        await one.feed.rememberQueued(
+          'a',
+          studies.map((id) => queued(id)),
+        );
+        await one.feed.rememberQueued('b', [queued('s000')]);
+        await two.feed.rememberQueued('a', [
+          { ...queued('s001', now + 1), lastUpdate: '20240102T000000' },
+          { ...queued('s001', now + 2), settings: 'd2' },
+        ]);
+        const remembered = await two.feed.queued('a', [...studies, 's000', 'unknown']);
+        const byId = new Map(remembered.map((study) => [study.studyId, study]));
+        expect([...byId.keys()].sort()).toEqual(studies);
+        expect(remembered).toHaveLength(studies.length);
+        expect(byId.get('s000')).toEqual(queued('s000'));
+        expect(byId.get('s001')).toEqual({ ...queued('s001', now + 2), settings: 'd2' });
+        expect(await one.feed.queued('b', ['s000', 's001'])).toEqual([queued('s000')]);
+        expect(await one.feed.watched('a')).toEqual([]);
+      });
     });
 
     describe('ledger', () => {
@@ -325,6 +416,25 @@ export const stateContract = (name: string, fresh: () => Promise<StateUnderTest>
         expect((await ledger.rejected(undefined, 's1')).map((r) => r.sourceId)).toEqual(['a', 'a', 'b']);
         expect(await ledger.rejected('c')).toEqual([]);
         expect(await ledger.rejected('a', 's9')).toEqual([]);
+        expect((await ledger.totals()).rejected).toBe(4);
+      });
+
+      it('forgets a refusal only as it was given, and the totals keep counting it', async () => {
+        const { ledger } = open();
+        const given = ['i1', 'i2', 'i3'].map((instanceId) => rejection({ instanceId, rejectedAt: 10 }));
+        await ledger.recordRejected(given);
+        // i2 refused again since it was judged gone: the new refusal is about a new arrival.
+        await ledger.recordRejected([rejection({ instanceId: 'i2', rejectedAt: 20 })]);
+        const unknown = rejection({ instanceId: 'i9', rejectedAt: 10 });
+        expect(await ledger.forgetRejected([...given.slice(0, 2), unknown])).toBe(1);
+        expect(await ledger.forgetRejected([])).toBe(0);
+        expect((await ledger.rejected('a')).map((r) => `${r.instanceId}@${r.rejectedAt}`)).toEqual([
+          'i3@10',
+          'i2@20',
+        ]);
+        expect((await ledger.totals()).rejected).toBe(3);
+        // Refused again after it was forgotten: another refusal, counted.
+        await ledger.recordRejected([rejection({ instanceId: 'i1', rejectedAt: 30 })]);
         expect((await ledger.totals()).rejected).toBe(4);
       });
 

@@ -1,0 +1,82 @@
+/**
+ * The sweep, the feed's safety net for what the change feed cannot show: changes lost with a
+ * wiped database, stability forgotten across a restart, a work item lost or long dead-lettered.
+ * Every sweepIntervalSeconds, and at once when the settings digest changes, it lists every study
+ * of the source with its stability and LastUpdate, a page per request, carried across polls. A
+ * stable study is queued unless it was queued (or found settled) in the same state under the
+ * same settings; a study still receiving goes on the watch list.
+ *
+ * The listing is walked from its end to its start. Orthanc pages by position, and a study deleted
+ * meanwhile (a move) moves every later one down a place: walking down, that shows a study twice
+ * at worst, where walking up would skip one. The database plugins list by ID, where a new study
+ * can also move later ones up a place: each page reaches OVERLAP places above where the page
+ * before it began, for those.
+ */
+
+import {
+  clock,
+  type FeedContext,
+  type ProgressRef,
+  pastDeadline,
+  queueStudies,
+  type Tally,
+} from './feed-context.ts';
+import type { ListedStudy } from './orthanc-client.ts';
+
+const OVERLAP = 50;
+
+const sweepPage = async (ctx: FeedContext, tally: Tally, studies: readonly ListedStudy[]): Promise<void> => {
+  const receiving = studies.filter((study) => !study.isStable).map((study) => study.id);
+  await ctx.store.watch(ctx.sourceId, receiving, clock(ctx));
+  await queueStudies(
+    ctx,
+    tally,
+    studies
+      .filter((study) => study.isStable)
+      .map((study) => ({ studyId: study.id, lastUpdate: study.lastUpdate, steady: true, reason: 'stable' })),
+  );
+};
+
+/**
+ * Starts a sweep when one is due and none is under way, or when the settings changed (then
+ * even over one under way: it looked under the old ones). False when none is to go on.
+ */
+const startIfDue = async (ctx: FeedContext, progress: ProgressRef, force: boolean): Promise<boolean> => {
+  const { current } = progress;
+  const settingsChanged = current.settings !== ctx.settings;
+  const due =
+    settingsChanged ||
+    (current.sweepBelow === undefined &&
+      (force || clock(ctx) - current.sweepStartedAt >= ctx.sweepIntervalMs));
+  if (!due) return current.sweepBelow !== undefined;
+  if (settingsChanged) {
+    ctx.log.info('the settings changed: every study of the source is looked at again', {
+      sourceId: ctx.sourceId,
+    });
+  }
+  const count = await ctx.source.studyCount();
+  const next = { ...current, sweepStartedAt: clock(ctx), settings: ctx.settings };
+  return progress.save({ ...next, sweepBelow: count === 0 ? undefined : count });
+};
+
+/** Goes on with the sweep under way (or starts a due one) until it ends or the deadline. */
+export const sweepSome = async (
+  ctx: FeedContext,
+  tally: Tally,
+  progress: ProgressRef,
+  deadline: number | undefined,
+  force: boolean,
+): Promise<{ listed: number }> => {
+  let listed = 0;
+  if (pastDeadline(ctx, deadline) || !(await startIfDue(ctx, progress, force))) return { listed };
+  for (let below = progress.current.sweepBelow; below !== undefined; below = progress.current.sweepBelow) {
+    if (pastDeadline(ctx, deadline)) break;
+    const since = Math.max(0, below - ctx.listPageSize);
+    const studies = await ctx.source.studiesPage(since, below - since + OVERLAP);
+    await sweepPage(ctx, tally, studies);
+    listed += studies.length;
+    // Another poll saved first: the sweep is its to go on with.
+    if (!(await progress.save({ ...progress.current, sweepBelow: since === 0 ? undefined : since }))) break;
+  }
+  return { listed };
+};
