@@ -10,6 +10,7 @@ import { createLog } from '../lambdas/core/log.ts';
 import { loadConfigFile } from '../lambdas/local/load-config.ts';
 import { LocalRunner } from '../lambdas/local/local-runner.ts';
 import { openState } from '../lambdas/local/sqlite-state.ts';
+import { captureLog } from './support/harness.ts';
 import { cli } from './support/processes.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -59,6 +60,7 @@ describe('configuration', () => {
       retry: { maxAttempts: 8, baseDelayMs: 2000, maxDelayMs: 300_000 },
       timeouts: { connectMs: 10_000, headersMs: 300_000, bodyMs: 60_000 },
       deleteAfterForward: true,
+      retention: { outcomeDays: 90, refusalDays: 90 },
     });
   });
 
@@ -145,6 +147,33 @@ describe('configuration', () => {
       raw: { ...valid, destination: { ...destination, url: 'ftp://x/y' } },
       field: 'destination.url',
     },
+    ...(
+      [
+        ['sources[0].url', { sources: [{ ...source, url: 'https://forwarder:s3cret@pacs.example.org' }] }],
+        [
+          'destination.url',
+          { destination: { ...destination, url: 'https://forwarder@cloud.example.org/dicom-web' } },
+        ],
+        [
+          'destination.orthancUrl',
+          { destination: { ...destination, orthancUrl: 'http://:s3cret@cloud.example.org' } },
+        ],
+        [
+          'destination.alternate.url',
+          {
+            destination: {
+              ...destination,
+              alternate: { url: 'https://u:s3cret@dr.example.org', afterSeconds: 60 },
+            },
+          },
+        ],
+      ] as const
+    ).map(([field, patch]) => ({
+      what: `credentials in ${field}`,
+      raw: { ...valid, ...patch },
+      field,
+      also: 'must not carry credentials',
+    })),
     {
       what: 'password and passwordEnv together',
       raw: { ...valid, sources: [{ ...source, passwordEnv: 'SITE_A_PASSWORD' }] },
@@ -287,6 +316,14 @@ describe('configuration', () => {
     if (also !== undefined) expect(message).toContain(also);
   });
 
+  it('never repeats the credentials of a URL it refuses', () => {
+    const message = messageOf({
+      ...valid,
+      sources: [{ ...source, url: 'https://forwarder:s3cret@pacs.example.org' }],
+    });
+    expect(message).not.toContain('s3cret');
+  });
+
   it('lists every wrong field at once', () => {
     const message = messageOf({ ...valid, concurrency: 0, verify: 'bogus', stow: { parallel: 0 } });
     for (const field of ['concurrency', 'verify', 'stow.parallel']) expect(message).toContain(`  ${field}: `);
@@ -324,6 +361,50 @@ describe('configuration', () => {
     } finally {
       state.close();
     }
+  });
+
+  it('warns at the start of a local run, once per URL, of basic auth over http:// beyond this machine', async () => {
+    const auth = { username: 'orthanc', password: 'orthanc' };
+    const config = parseConfig({
+      sources: [
+        { id: 'near', url: 'http://127.0.0.1:9', ...auth },
+        { id: 'far', url: 'http://192.0.2.10:8042', ...auth },
+        { id: 'known', url: 'http://192.0.2.11:8042', ...auth, allowInsecureHttp: true },
+        { id: 'anonymous', url: 'http://192.0.2.12:8042' },
+        { id: 'tls', url: 'https://192.0.2.13:8042', ...auth },
+      ],
+      destination: {
+        url: 'https://cloud.example.org/dicom-web',
+        orthancUrl: 'http://[::1]:8042',
+        ...auth,
+        alternate: {
+          url: 'http://localhost:8043/dicom-web',
+          orthancUrl: 'http://dr.example.org',
+          afterSeconds: 60,
+          ...auth,
+        },
+      },
+      timeouts: { connectMs: 200 },
+    });
+    const stop = new AbortController();
+    const { log, entries } = captureLog((entry) => {
+      // Once the run has started listening to its signal.
+      if (entry.level === 'warn') setTimeout(() => stop.abort(), 0);
+    });
+    const state = openState(':memory:');
+    // A run that never warns stops too.
+    const unwarned = setTimeout(() => stop.abort(), 3_000);
+    try {
+      await new LocalRunner(config, state, log).run({ untilIdle: false, signal: stop.signal });
+    } finally {
+      clearTimeout(unwarned);
+      state.close();
+    }
+    const warnings = entries.filter((entry) => entry.message.startsWith('basic auth over http://'));
+    expect(warnings.map((entry) => [entry.field, entry.origin])).toEqual([
+      ['sources[1].url', 'http://192.0.2.10:8042'],
+      ['destination.alternate.orthancUrl', 'http://dr.example.org'],
+    ]);
   });
 
   it('reads a file: a clear error for a missing file and for one that is not JSON', () => {

@@ -13,7 +13,7 @@ import { ForwarderError } from '../lambdas/core/errors.ts';
 import { createEndpoint, type Endpoint } from '../lambdas/core/http.ts';
 import { OrthancClient } from '../lambdas/core/orthanc-client.ts';
 import { QidoClient } from '../lambdas/core/qido-client.ts';
-import { StowClient, type StowPart } from '../lambdas/core/stow-client.ts';
+import { StowClient, type StowPart, UNANSWERED_400 } from '../lambdas/core/stow-client.ts';
 import {
   corruptDicomBytes,
   type GeneratedInstance,
@@ -22,6 +22,7 @@ import {
 } from '../testbed/dicom-generator.ts';
 import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
 import { uploadToOrthanc } from '../testbed/upload.ts';
+import { HttpFront } from './support/fronts.ts';
 import { forwarderErrorOf } from './support/harness.ts';
 
 /** Short enough that a hang fails the test quickly, long enough for any loopback answer. */
@@ -56,13 +57,15 @@ const endpointFor = (
     { url, username: 'orthanc', password: options.password ?? 'orthanc' },
     options.timeouts ?? TIMEOUTS,
   );
-  dispatchers.push(endpoint.dispatcher);
   let count = 0;
-  const counted = endpoint.dispatcher.compose((dispatch) => (opts, handler) => {
-    count++;
-    return dispatch(opts, handler);
+  const counted = endpoint.dispatcher().then((dispatcher) => {
+    dispatchers.push(dispatcher);
+    return dispatcher.compose((dispatch) => (opts, handler) => {
+      count++;
+      return dispatch(opts, handler);
+    });
   });
-  return { endpoint: { ...endpoint, dispatcher: counted }, requests: () => count };
+  return { endpoint: { ...endpoint, dispatcher: () => counted }, requests: () => count };
 };
 
 const sourceClient = () => new OrthancClient(endpointFor(source.url).endpoint);
@@ -352,6 +355,36 @@ describe('StowClient and QidoClient against Orthanc DICOMweb', () => {
     expect(await destinationInstances()).toBe(5);
   });
 
+  it('halves a batch answered 400 without a DICOM answer down to the instance refused alone', async () => {
+    // The front drops the sequences from every 400 Orthanc answers: a bare 400, as a proxy or an
+    // archive that does not say which part it refused gives.
+    const front = await HttpFront.start(destination.url, ({ method }) =>
+      method === 'POST'
+        ? { rewrite: (real) => (real.status === 400 ? { ...real, body: '{"error":"Bad Request"}' } : real) }
+        : undefined,
+    );
+    try {
+      const good = shape('bare 400', 1, 2).instances;
+      const corruptUid = '2.25.6666666666666666666666666666';
+      const parts = [
+        partOf(good[0] as GeneratedInstance),
+        corruptPart(corruptUid),
+        partOf(good[1] as GeneratedInstance),
+      ];
+      const before = await destinationInstances();
+      const result = await new StowClient(endpointFor(front.urlFor(destination.dicomWebUrl)).endpoint).store(
+        parts,
+      );
+      expect(result.stored).toEqual(uids(good));
+      expect(result.refused).toEqual(new Map([[corruptUid, UNANSWERED_400]]));
+      // [good, corrupt, good] → [good, corrupt] + [good] → [good] + [corrupt]: five requests.
+      expect(front.passed).toBe(5);
+      expect(await destinationInstances()).toBe(before + 2);
+    } finally {
+      await front.close();
+    }
+  });
+
   it('fails permanently with status 401 on a wrong password', async () => {
     const client = new StowClient(endpointFor(destination.dicomWebUrl, { password: 'wrong' }).endpoint);
     const failure = client.store(firstThree.map(partOf));
@@ -372,6 +405,67 @@ describe('StowClient and QidoClient against Orthanc DICOMweb', () => {
       expect(new Set(listed.map((copy) => copy.sopInstanceUid))).toEqual(uids(set.instances));
       expect(requests()).toBe(expectedRequests);
     }
+  });
+
+  describe('QIDO paging against an archive that ignores offset', () => {
+    const fronts: HttpFront[] = [];
+    afterAll(async () => {
+      await Promise.all(fronts.map((front) => front.close()));
+    });
+    const isListing = (path: string) => path.startsWith(`/dicom-web/studies/${studyUid}/instances`);
+    /** Answers every listing with `page(n)` for the n-th request; a client still asking after 20 gets a 500. */
+    const frontAnswering = async (page: (request: number) => unknown) => {
+      let requests = 0;
+      const front = await HttpFront.start(destination.url, ({ path }) => {
+        if (!isListing(path)) return undefined;
+        requests++;
+        const body = requests > 20 ? '{}' : JSON.stringify(page(requests));
+        return {
+          answer: {
+            status: requests > 20 ? 500 : 200,
+            headers: { 'content-type': 'application/dicom+json' },
+            body,
+          },
+        };
+      });
+      fronts.push(front);
+      return {
+        endpoint: endpointFor(front.urlFor(destination.dicomWebUrl)).endpoint,
+        requests: () => requests,
+      };
+    };
+
+    it('stops at a page that lists nothing new, and lists only what the archive holds', async () => {
+      const firstPage = await fetch(
+        `${destination.dicomWebUrl}/studies/${studyUid}/instances?limit=2&offset=0`,
+        {
+          headers: { authorization: destination.authorization, accept: 'application/dicom+json' },
+        },
+      );
+      const answer: unknown = await firstPage.json();
+      const { endpoint, requests } = await frontAnswering(() => answer);
+      const listed = await new QidoClient(endpoint, 2).studyInstances(studyUid);
+      expect(listed).toHaveLength(2);
+      // What is listed is held; the rest of the study only counts as not held yet.
+      for (const copy of listed) expect(uids(set.instances).has(copy.sopInstanceUid)).toBe(true);
+      expect(requests()).toBe(2);
+    });
+
+    it('stops past maxCopies when every page lists something new', async () => {
+      const fresh = (request: number) =>
+        [0, 1].map((index) => ({ '00080018': { vr: 'UI', Value: [`2.25.${request}${index}`] } }));
+      const { endpoint, requests } = await frontAnswering(fresh);
+      const listed = await new QidoClient(endpoint, 2, { maxCopies: 6 }).studyInstances(studyUid);
+      expect(listed.map((copy) => copy.sopInstanceUid)).toEqual([
+        '2.25.10',
+        '2.25.11',
+        '2.25.20',
+        '2.25.21',
+        '2.25.30',
+        '2.25.31',
+      ]);
+      expect(requests()).toBe(3);
+    });
   });
 
   it('finds nothing for a study the destination does not hold', async () => {
@@ -395,6 +489,33 @@ describe('HTTP failure classification', () => {
       await source.start();
     }
     expect(await client.lastChange()).toBe(last);
+  });
+
+  it("keeps of a JSON error answer only its status and the name of Orthanc's error, never the archive's text", async () => {
+    const echo = 'DOE^JANE 19700101 ACC-4711';
+    const answers = [
+      { body: { OrthancStatus: 15, OrthancError: echo, Message: echo }, detail: ' (Bad file format)' },
+      { body: { OrthancStatus: 987654, OrthancError: echo }, detail: ' (Orthanc error 987654)' },
+      { body: { Message: `Patient ${echo} not allowed` }, detail: '' },
+    ];
+    let next = 0;
+    const front = await HttpFront.start(destination.url, () => ({
+      answer: {
+        status: 400,
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(answers[next++]?.body),
+      },
+    }));
+    try {
+      const qido = new QidoClient(endpointFor(front.urlFor(destination.dicomWebUrl)).endpoint, 10);
+      for (const { detail } of answers) {
+        const failure = await forwarderErrorOf(qido.studyInstances('2.25.7777777777777777777777777777'));
+        expect(failure.message).toMatch(/^QIDO-RS at http:\/\/127\.0\.0\.1:\d+ answered 400/);
+        expect(failure.message.replace(/^QIDO-RS at \S+ answered 400/, '')).toBe(detail);
+      }
+    } finally {
+      await front.close();
+    }
   });
 
   it('gives up on a paused server after headersMs with a transient error, and recovers on resume', async () => {

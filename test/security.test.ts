@@ -23,7 +23,7 @@ import {
   withoutElements,
 } from '../testbed/dicom-generator.ts';
 import type { OrthancServer } from '../testbed/orthanc.ts';
-import { type TestPki, TlsFront, testPki } from './support/fronts.ts';
+import { HttpFront, type TestPki, TlsFront, testPki } from './support/fronts.ts';
 import {
   BIN,
   cli,
@@ -119,7 +119,7 @@ describe('security', () => {
         try {
           return await new OrthancClient(endpoint).lastChange();
         } finally {
-          await endpoint.dispatcher.close();
+          await (await endpoint.dispatcher()).close();
         }
       };
       const credentials = [{ username: source.username, password: source.password }];
@@ -360,6 +360,47 @@ describe('security', () => {
     for (const file of [goodState, refusedState].flatMap((path) => [path, `${path}-wal`])) {
       if (existsSync(file)) expectNoSecret(readFileSync(file).toString('latin1'), secrets);
     }
+  });
+
+  it("never logs nor dead-letters an archive's error message that echoes patient data", async () => {
+    const [destination, site] = await startServers(fleet, ['destination', 'site-a']);
+    const set = generateStudies(shape('phi-echo', { patients: 1, seriesPerStudy: 1, instancesPerSeries: 2 }));
+    await upload(site, set.instances);
+    // An archive that is not Orthanc, echoing the data set in the free text of its refusal; and
+    // one shaped like Orthanc, with the same text where Orthanc names its error.
+    const echo = `cannot accept ${set.phiValues().join(' ')}`;
+    const front = closeAfterTest(
+      await HttpFront.start(destination.url, ({ path }) =>
+        path.startsWith('/dicom-web/studies/')
+          ? {
+              answer: {
+                status: 400,
+                headers: { 'content-type': 'application/json' },
+                body: JSON.stringify({ Message: echo, OrthancError: echo, Details: echo }),
+              },
+            }
+          : undefined,
+      ),
+    );
+    const configPath = writeConfig(
+      'forwarder.json',
+      withDestination(configFor([{ id: 'site-a', server: site }], destination), {
+        url: front.urlFor(destination.dicomWebUrl),
+      }),
+    );
+    const statePath = workPath('state.sqlite');
+    const result = await run(configPath, statePath, process.env, ['--log-level', 'DEBUG']);
+    expect(result.code, result.stderr).toBe(1);
+    expect(front.faked).toBeGreaterThan(0);
+    const letters = await cli(['dlq', 'list', '--config', configPath, '--state', statePath, '--json']);
+    expect(letters.stdout).toMatch(/QIDO-RS at http:\/\/127\.0\.0\.1:\d+ answered 400/);
+    const stateFile = [statePath, `${statePath}-wal`]
+      .filter((file) => existsSync(file))
+      .map((file) => readFileSync(file).toString('latin1'));
+    expectNoPhi([result.stdout, result.stderr, letters.stdout, letters.stderr, ...stateFile].join('\n'), [
+      set,
+    ]);
+    expect(await heldUids(site)).toEqual(uidsOf(set.instances));
   });
 
   it('never logs patient data, even at DEBUG through a run with faults: the destination down then back, a source refusing the credentials, a refused instance', async () => {

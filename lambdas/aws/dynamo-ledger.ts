@@ -2,10 +2,12 @@
  * The ledger on DynamoDB, with the semantics of SqliteLedger. Items of the state table:
  * - lease: pk `lease#<key>`, sk `lease`: owner, expiresAt (epoch ms), ttl;
  * - outcome: pk `outcome#<sourceId>#<studyId>`, sk `<finishedAt, 16 digits>#<uuid>`: the
- *   outcome's fields, ttl 90 days after finishedAt;
+ *   outcome's fields, ttl `retention.outcomeDays` (90 by default) after finishedAt;
  * - totals: pk `totals`, sk `totals`: studies, instances, bytes, deleted, rejected, kept by ADD
  *   in the same transaction as the write they count, since there is no table to count over;
- * - rejected instance: pk `rejected`, sk `<sourceId>#<studyId>#<instanceId>`: its fields;
+ * - rejected instance: pk `rejected`, sk `<sourceId>#<studyId>#<instanceId>`: its fields. No
+ *   TTL: a refusal forgotten while its instance is at the source would have it sent again, so
+ *   one is forgotten (forgetRejected) only once its instance is gone;
  * - settled study: pk `settled#<sourceId>#<studyId>`, sk `study` or `series#<seriesId>`: its
  *   fields. No TTL: a copied study forgotten would be verified again at the next sweep;
  * - conflict: pk `conflict`, sk `<sourceId>#<studyId>#<instanceId>#<destinationId>`: its fields,
@@ -48,7 +50,8 @@ import {
 const DAY_S = 24 * 60 * 60;
 /** DynamoDB deletes expired items within days; a lease's expiry is enforced by expiresAt, the TTL only tidies. */
 const LEASE_TTL_GRACE_S = DAY_S;
-const OUTCOME_RETENTION_S = 90 * DAY_S;
+/** `retention.outcomeDays`' default. */
+const OUTCOME_DAYS = 90;
 const TOTALS_KEY = key('totals', 'totals');
 const REJECTED_PK = 'rejected';
 const CONFLICT_PK = 'conflict';
@@ -69,7 +72,7 @@ const leaseKey = (leaseName: string) => key(`lease#${leaseName}`, 'lease');
 const rejectedSk = (r: RejectedInstance) => `${r.sourceId}#${r.studyId}#${r.instanceId}`;
 const conflictSk = (c: ConflictKey) => `${c.sourceId}#${c.studyId}#${c.instanceId}#${c.destinationId}`;
 
-const outcomeItem = (outcome: StudyOutcome): Item => ({
+const outcomeItem = (outcome: StudyOutcome, retentionDays: number): Item => ({
   ...key(
     `outcome#${outcome.sourceId}#${outcome.studyId}`,
     // Sorts by time; the UUID keeps two outcomes of the same millisecond apart.
@@ -87,7 +90,7 @@ const outcomeItem = (outcome: StudyOutcome): Item => ({
   bytes: num(outcome.bytes),
   durationMs: num(outcome.durationMs),
   finishedAt: num(outcome.finishedAt),
-  ttl: num(epochSeconds(outcome.finishedAt) + OUTCOME_RETENTION_S),
+  ttl: num(epochSeconds(outcome.finishedAt) + retentionDays * DAY_S),
 });
 
 const rejectedItem = (r: RejectedInstance): Item => ({
@@ -237,9 +240,15 @@ const chunks = <T>(items: readonly T[], size: number): T[][] =>
 
 export class DynamoLedger implements Ledger {
   readonly #table: StateTable;
+  readonly #outcomeDays: number;
 
-  constructor(client: DynamoDBClient, tableName: string, options: DynamoStateOptions = {}) {
+  constructor(
+    client: DynamoDBClient,
+    tableName: string,
+    options: DynamoStateOptions & { readonly outcomeDays?: number } = {},
+  ) {
     this.#table = new StateTable(client, tableName, options);
+    this.#outcomeDays = options.outcomeDays ?? OUTCOME_DAYS;
   }
 
   /**
@@ -275,7 +284,7 @@ export class DynamoLedger implements Ledger {
   async record(outcome: StudyOutcome): Promise<void> {
     const wholeMove = outcome.result === 'moved' || outcome.result === 'copied';
     await this.#table.transact([
-      { Put: { TableName: this.#table.name, Item: outcomeItem(outcome) } },
+      { Put: { TableName: this.#table.name, Item: outcomeItem(outcome, this.#outcomeDays) } },
       this.#addToTotals('ADD #studies :studies, #instances :sent, #bytes :bytes, #deleted :deleted', {
         ':studies': num(wholeMove ? 1 : 0),
         ':sent': num(outcome.sent),
@@ -340,6 +349,19 @@ export class DynamoLedger implements Ledger {
         ExpressionAttributeValues: values,
       },
     };
+  }
+
+  /** The totals item keeps its count: a delete does not touch it. */
+  async forgetRejected(instances: readonly RejectedInstance[]): Promise<number> {
+    let forgotten = 0;
+    await runBounded(instances, this.#table.concurrency, async (instance) => {
+      const deleted = await this.#table.deleteIf(key(REJECTED_PK, rejectedSk(instance)), {
+        expression: 'rejectedAt = :rejectedAt',
+        values: { ':rejectedAt': num(instance.rejectedAt) },
+      });
+      if (deleted) forgotten++;
+    });
+    return forgotten;
   }
 
   async rejected(sourceId?: string, studyId?: string): Promise<RejectedInstance[]> {

@@ -2,6 +2,7 @@
  * QIDO-RS: which instances of a study a DICOMweb archive holds, each with its identifying
  * attributes. It is the verification that works against any archive, not only an Orthanc.
  */
+import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { transient } from './errors.ts';
 import { call, type Endpoint, readJson, statusError } from './http.ts';
@@ -35,28 +36,50 @@ export const listedCopies = (
 
 const INCLUDE_FIELDS = IDENTITY_TAGS.map((tag) => `includefield=${tag}`).join('&');
 
+/**
+ * More copies than any study has: the largest studies seen (thin-slice multiphase CT, multiframe
+ * split into frames) hold about 100,000 instances. A listing held in memory costs some hundreds
+ * of bytes a copy, so this also keeps a runaway listing within a Lambda's memory.
+ */
+export const MAX_LISTED_COPIES = 500_000;
+
+/**
+ * A copy as the archive lists it: two copies with the same key are one entry listed twice. A
+ * digest, so that remembering what was seen costs tens of bytes a copy, not the copy again.
+ */
+const copyKey = (copy: ListedCopy): string =>
+  createHash('sha256').update(copy.sopInstanceUid).update(JSON.stringify(copy.identity)).digest('base64');
+
 export class QidoClient {
   readonly endpoint: Endpoint;
   readonly pageSize: number;
+  readonly maxCopies: number;
 
-  constructor(endpoint: Endpoint, pageSize: number) {
+  constructor(endpoint: Endpoint, pageSize: number, options: { readonly maxCopies?: number } = {}) {
     this.endpoint = endpoint;
     this.pageSize = pageSize;
+    this.maxCopies = options.maxCopies ?? MAX_LISTED_COPIES;
   }
 
   /**
    * Every copy the archive lists for a study, read page by page until an empty page: an archive
    * may cap a page below the limit asked for (Orthanc's LimitFindInstances), and a short page
-   * taken for the last would hide instances.
+   * taken for the last would hide instances. Reading also stops at a page that lists nothing new
+   * (an archive or proxy that ignores `offset` answers its first page for ever, one that clamps it
+   * its last) and past `maxCopies`. Stopping early is safe: a copy left unlisted only counts as
+   * not held yet, so it is sent again or waits for the next attempt, never deleted unverified.
    */
   async studyInstances(studyInstanceUid: string, signal?: AbortSignal): Promise<ListedCopy[]> {
     const listed: ListedCopy[] = [];
-    for (let offset = 0; ; ) {
-      const page = await this.page(studyInstanceUid, offset, signal);
-      if (page.length === 0) return listed;
+    const seen = new Set<string>();
+    while (listed.length < this.maxCopies) {
+      const page = await this.page(studyInstanceUid, listed.length, signal);
+      const keys = page.map(copyKey);
+      if (keys.every((key) => seen.has(key))) break;
+      for (const key of keys) seen.add(key);
       listed.push(...page);
-      offset += page.length;
     }
+    return listed;
   }
 
   private async page(studyInstanceUid: string, offset: number, signal?: AbortSignal): Promise<ListedCopy[]> {

@@ -63,7 +63,7 @@ const firstValue = (item: DicomJsonItem, tag: string): unknown => item[tag]?.Val
 async function* multipartBody(
   parts: readonly StowPart[],
   boundary: string,
-  progress: { bytes: number; sent: string[]; gone: string[] },
+  progress: { bytes: number; sent: string[]; gone: string[]; complete: boolean },
 ): AsyncGenerator<Buffer> {
   const partHeader = Buffer.from(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`);
   for (const part of parts) {
@@ -80,6 +80,7 @@ async function* multipartBody(
     yield Buffer.from('\r\n');
     progress.sent.push(part.sopInstanceUid);
   }
+  progress.complete = true;
   yield Buffer.from(`--${boundary}--\r\n`);
 }
 
@@ -130,6 +131,34 @@ export const interpret = (
   return { stored, refused, existing, coerced };
 };
 
+/** What a lone instance answered 400 without a DICOM answer is recorded as. */
+export const UNANSWERED_400 = 'refused by the destination (400 without a DICOM answer, sent alone)';
+
+/** A request the destination answered 400 without a DICOM answer, once its whole body was sent. */
+interface Unanswered {
+  readonly base: Pick<StowResult, 'status' | 'goneAtSource' | 'bytes'>;
+  /** The parts it carried, those gone at the source left out. */
+  readonly sent: readonly StowPart[];
+}
+
+const nothingStored = () => ({
+  stored: new Set<string>(),
+  refused: new Map<string, string>(),
+  existing: new Set<string>(),
+  coerced: new Set<string>(),
+});
+
+/** The halves' answers as one: everything was sent, some of it twice. */
+const joined = (first: Unanswered['base'], halves: readonly StowResult[]): StowResult => ({
+  status: first.status,
+  stored: new Set(halves.flatMap((half) => [...half.stored])),
+  refused: new Map(halves.flatMap((half) => [...half.refused])),
+  existing: new Set(halves.flatMap((half) => [...half.existing])),
+  coerced: new Set(halves.flatMap((half) => [...half.coerced])),
+  goneAtSource: [...new Set([...first.goneAtSource, ...halves.flatMap((half) => half.goneAtSource)])],
+  bytes: halves.reduce((sum, half) => sum + half.bytes, first.bytes),
+});
+
 export class StowClient {
   readonly endpoint: Endpoint;
 
@@ -137,11 +166,30 @@ export class StowClient {
     this.endpoint = endpoint;
   }
 
-  /** Sends the parts in one request. Throws a classified error when the request as a whole failed. */
+  /**
+   * Sends the parts. Throws a classified error when the request as a whole failed. A 400 without
+   * a DICOM answer to a whole body says that something in it was refused, not what: the batch is
+   * sent again in halves, down to single instances, and an instance refused so on its own is
+   * refused for good (it stays at the source, recorded), rather than retried by every sweep. For
+   * one refused instance the halving re-sends about twice the batch's bytes.
+   */
   async store(parts: readonly StowPart[], signal?: AbortSignal): Promise<StowResult> {
+    const answered = await this.#post(parts, signal);
+    if (!('sent' in answered)) return answered;
+    const { base, sent } = answered;
+    const [alone] = sent;
+    if (sent.length === 1 && alone !== undefined) {
+      return { ...base, ...nothingStored(), refused: new Map([[alone.sopInstanceUid, UNANSWERED_400]]) };
+    }
+    const middle = Math.ceil(sent.length / 2);
+    const first = await this.store(sent.slice(0, middle), signal);
+    return joined(base, [first, await this.store(sent.slice(middle), signal)]);
+  }
+
+  async #post(parts: readonly StowPart[], signal?: AbortSignal): Promise<StowResult | Unanswered> {
     const what = 'STOW-RS';
     const boundary = `orthanc-forwarder-${randomBytes(12).toString('hex')}`;
-    const progress = { bytes: 0, sent: [] as string[], gone: [] as string[] };
+    const progress = { bytes: 0, sent: [] as string[], gone: [] as string[], complete: false };
     let sourceError: unknown;
     const body = Readable.from(
       (async function* () {
@@ -178,16 +226,19 @@ export class StowClient {
     }
     if (progress.sent.length === 0) {
       await response.body.dump();
-      return { ...base, stored: new Set(), refused: new Map(), existing: new Set(), coerced: new Set() };
+      return { ...base, ...nothingStored() };
     }
     const answer = await this.readAnswer(response);
-    if (answer === undefined) {
-      // No sequences at all: the destination did not say what it stored (a stalled upload ends so).
-      throw transient(`${what} at ${this.endpoint.label} answered ${response.statusCode} without a result`, {
-        status: response.statusCode,
-      });
+    if (answer !== undefined) return { ...base, ...interpret(answer, progress.sent) };
+    if (response.statusCode === 400 && progress.complete) {
+      const sent = new Set(progress.sent);
+      return { base, sent: parts.filter((part) => sent.has(part.sopInstanceUid)) };
     }
-    return { ...base, ...interpret(answer, progress.sent) };
+    // Any other answer without sequences says nothing of what was stored: a 200 that dropped them,
+    // or an answer before the body ended (a stalled upload ends so), about the upload, not a part.
+    throw transient(`${what} at ${this.endpoint.label} answered ${response.statusCode} without a result`, {
+      status: response.statusCode,
+    });
   }
 
   private async readAnswer(response: Awaited<ReturnType<typeof call>>): Promise<DicomJsonItem | undefined> {

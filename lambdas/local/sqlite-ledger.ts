@@ -56,6 +56,19 @@ export const LEDGER_MIGRATION_FROM_2 = `
   ALTER TABLE study_outcomes ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
 `;
 
+/*
+ * What the totals count of outcomes. studies: runs that moved (or copied) a whole study. A
+ * 'partial' run left refused instances behind and a 'gone' run found nothing, so neither counts;
+ * a study moved again after new instances arrived counts twice, since that was two moves.
+ * instances, bytes: what this forwarder sent; instances the destination already held do not count.
+ */
+const OUTCOME_SUMS = `count(*) FILTER (WHERE result IN ('moved', 'copied')) AS studies,
+  coalesce(sum(sent), 0) AS instances, coalesce(sum(bytes), 0) AS bytes, coalesce(sum(deleted), 0) AS deleted`;
+
+const ADD_TO_PRUNED = `ON CONFLICT (id) DO UPDATE SET studies = studies + excluded.studies,
+  instances = instances + excluded.instances, bytes = bytes + excluded.bytes,
+  deleted = deleted + excluded.deleted, rejected = rejected + excluded.rejected`;
+
 const SQL_RESOLUTIONS = CONFLICT_RESOLUTIONS.map((resolution) => `'${resolution}'`).join(', ');
 
 export const LEDGER_SCHEMA = `
@@ -101,6 +114,15 @@ export const LEDGER_SCHEMA = `
     PRIMARY KEY (source_id, instance_id, destination_id)
   ) STRICT, WITHOUT ROWID;
   CREATE INDEX IF NOT EXISTS conflicts_study ON conflicts (source_id, study_id);
+  -- What pruned outcomes and forgotten refusals counted: the totals do not shrink with the rows.
+  CREATE TABLE IF NOT EXISTS pruned_totals (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    studies INTEGER NOT NULL,
+    instances INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    rejected INTEGER NOT NULL
+  ) STRICT;
   CREATE TABLE IF NOT EXISTS deletion_intents (
     source_id TEXT NOT NULL,
     study_id TEXT NOT NULL,
@@ -255,20 +277,41 @@ const statements = (db: StateDb) => ({
      ORDER BY source_id, study_id, rejected_at, instance_id`,
   ),
   /*
-   * studies: runs that moved (or copied) a whole study. A 'partial' run left refused instances
-   * behind and a 'gone' run found nothing, so neither counts; a study moved again after new
-   * instances arrived counts twice, since that was two moves.
-   * instances, bytes: what this forwarder sent; instances the destination already held do not count.
+   * The first outcome still to keep. Outcomes are appended as they finish, so every row before it
+   * is older than `before`, and finding it reads only those: no index on finished_at to maintain.
+   */
+  firstKept: db.prepare(
+    `SELECT coalesce(
+       (SELECT id FROM study_outcomes WHERE finished_at >= ? ORDER BY id LIMIT 1),
+       (SELECT max(id) + 1 FROM study_outcomes)) AS id`,
+  ),
+  foldOutcomes: db.prepare(
+    `INSERT INTO pruned_totals (id, studies, instances, bytes, deleted, rejected)
+     SELECT 1, ${OUTCOME_SUMS}, 0 FROM study_outcomes WHERE id < ?
+     ${ADD_TO_PRUNED}`,
+  ),
+  pruneOutcomes: db.prepare('DELETE FROM study_outcomes WHERE id < ?'),
+  // Only the refusal that was judged gone: one recorded since is about a new arrival.
+  forgetRejected: db.prepare(
+    'DELETE FROM rejected_instances WHERE source_id = ? AND instance_id = ? AND rejected_at = ?',
+  ),
+  foldRejected: db.prepare(
+    `INSERT INTO pruned_totals (id, studies, instances, bytes, deleted, rejected) VALUES (1, 0, 0, 0, 0, ?)
+     ${ADD_TO_PRUNED}`,
+  ),
+  /*
    * rejected: distinct instances refused for good, from their own table, because every later
-   * run of the same study reports its earlier refusals again in its outcome.
+   * run of the same study reports its earlier refusals again in its outcome. Pruned rows count
+   * through pruned_totals.
    */
   totals: db.prepare(
-    `SELECT count(*) FILTER (WHERE result IN ('moved', 'copied')) AS studies,
-            coalesce(sum(sent), 0) AS instances,
-            coalesce(sum(bytes), 0) AS bytes,
-            coalesce(sum(deleted), 0) AS deleted,
-            (SELECT count(*) FROM rejected_instances) AS rejected
-     FROM study_outcomes`,
+    `SELECT live.studies + coalesce(pruned.studies, 0) AS studies,
+            live.instances + coalesce(pruned.instances, 0) AS instances,
+            live.bytes + coalesce(pruned.bytes, 0) AS bytes,
+            live.deleted + coalesce(pruned.deleted, 0) AS deleted,
+            (SELECT count(*) FROM rejected_instances) + coalesce(pruned.rejected, 0) AS rejected
+     FROM (SELECT ${OUTCOME_SUMS} FROM study_outcomes) AS live
+     LEFT JOIN pruned_totals AS pruned ON pruned.id = 1`,
   ),
 });
 
@@ -438,6 +481,31 @@ export class SqliteLedger implements Ledger {
       result: row.result,
       settledAt: row.settled_at,
     };
+  }
+
+  /**
+   * Forgets the outcomes finished before `before` (epoch ms), keeping what they counted in the
+   * totals; returns how many. DynamoDB's TTL does the same there.
+   */
+  pruneOutcomes(before: number): number {
+    return this.#db.write(() => {
+      const { id } = this.#sql.firstKept.get(before) as { id: number | null };
+      if (id === null) return 0;
+      this.#sql.foldOutcomes.run(id);
+      return Number(this.#sql.pruneOutcomes.run(id).changes);
+    });
+  }
+
+  async forgetRejected(instances: readonly RejectedInstance[]): Promise<number> {
+    if (instances.length === 0) return 0;
+    return this.#db.write(() => {
+      let forgotten = 0;
+      for (const { sourceId, instanceId, rejectedAt } of instances) {
+        forgotten += Number(this.#sql.forgetRejected.run(sourceId, instanceId, rejectedAt).changes);
+      }
+      this.#sql.foldRejected.run(forgotten);
+      return forgotten;
+    });
   }
 
   async totals(): Promise<Totals> {
