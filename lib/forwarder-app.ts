@@ -1,10 +1,10 @@
 /**
  * What the CDK app does, apart from `new App()` and `synth()`: load and validate the
- * configuration, add the stack, and check every synth with cdk-nag's AwsSolutions rules (an
- * unacknowledged finding fails the synth).
+ * configuration, add the stack, and check every synth with cdk-nag's AwsSolutions and HIPAA
+ * Security rules (an unacknowledged finding fails the synth).
  */
 import { type App, Validations } from 'aws-cdk-lib';
-import { AwsSolutionsChecks } from 'cdk-nag';
+import { AwsSolutionsChecks, HIPAASecurityChecks } from 'cdk-nag';
 import { ConfigError, type ForwarderConfig } from '../lambdas/core/config.ts';
 import { loadConfigFile } from '../lambdas/local/load-config.ts';
 import { ForwarderStack, type ForwarderStackProps } from './forwarder-stack.ts';
@@ -16,7 +16,6 @@ export const CONFIG_FILE_CONTEXT = 'configFile';
 export interface ForwarderAppOptions {
   /** The parsed configuration; by default the file the `configFile` context key names. */
   readonly config?: ForwarderConfig;
-  readonly logLevel?: ForwarderStackProps['logLevel'];
   /** For tests only: see OrthancForwarderProps.entries. */
   readonly entries?: ForwarderStackProps['entries'];
 }
@@ -37,9 +36,8 @@ export const addForwarder = (app: App, options: ForwarderAppOptions = {}): Forwa
   const stack = new ForwarderStack(app, stackName, {
     config,
     ...(account !== undefined || region !== undefined ? { env: { account, region } } : {}),
-    ...(options.logLevel === undefined ? {} : { logLevel: options.logLevel }),
     ...(options.entries === undefined ? {} : { entries: options.entries }),
   });
-  Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
+  Validations.of(app).addPlugins(new AwsSolutionsChecks(app), new HIPAASecurityChecks(app));
   return stack;
 };

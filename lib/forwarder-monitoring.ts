@@ -4,8 +4,9 @@
  *
  * cdk-monitoring-constructs draws the standard parts and their alarms: the work queue and its
  * DLQ (depth, age of the oldest message; the alarms "DLQ not empty" and "oldest message too
- * old") and both functions (invocations, duration, errors, throttles; the alarm "poller
- * errors"). Its fault-rate alarm is a rate per second, not a share of attempts, and it knows
+ * old"), both functions (invocations, duration, errors, throttles; the alarms "poller errors",
+ * throttles of each, and the forwarder's duration near its timeout) and the state table
+ * (consumed capacity, latency, throttles, errors). Its fault-rate alarm is a rate per second, not a share of attempts, and it knows
  * nothing of our EMF metrics; so the rest is written here as plain CloudWatch metrics and math
  * with the exact dimension sets lambdas/aws/powertools-metrics.ts emits (`service` alone, or
  * `service` and `SourceId`), and handed to the library's custom monitoring so that every alarm
@@ -47,14 +48,23 @@ export const ALARM_NAMES = {
   forwarderErrorRate: 'ForwarderErrorRate',
   instancesRejected: 'InstancesRejected',
   conflicts: 'Conflicts',
+  pollerThrottles: 'PollerThrottles',
+  forwarderThrottles: 'ForwarderThrottles',
+  forwarderDurationNearTimeout: 'ForwarderDurationNearTimeout',
 } as const;
 /** One per source: `<stackName>-SourceUnreachable-<sourceId>`. */
 export const sourceUnreachableAlarmName = (sourceId: string) => `SourceUnreachable-${sourceId}`;
 
 /** The period of the dashboard's graphs and of the alarms that do not set their own. */
 const PERIOD = Duration.minutes(5);
-/** The forwarder's error rate must stay above its threshold this many periods on end. */
-const ERROR_RATE_PERIODS = 3;
+/**
+ * Periods on end for the alarms whose metric crosses its threshold now and then in normal work:
+ * the forwarder's error rate, the poller's throttles (a tick that came while a poll still ran)
+ * and the forwarder's duration (a study too large for one invocation uses it up, by design).
+ */
+const SUSTAINED_PERIODS = 3;
+/** The forwarder's duration alarm: p99 above this share of its timeout. */
+const NEAR_TIMEOUT_PERCENT = 80;
 
 export interface ForwarderMonitoringProps {
   readonly forwarder: OrthancForwarder;
@@ -255,13 +265,13 @@ export class ForwarderMonitoring extends Construct {
                 Critical: {
                   ...alarm(
                     ALARM_NAMES.forwarderErrorRate,
-                    `More than ${thresholds.forwarderErrorRatePercent}% of the forwarder's attempts failed for ${ERROR_RATE_PERIODS * PERIOD.toMinutes()} minutes. ${runbook('ForwarderErrorRate')}`,
+                    `More than ${thresholds.forwarderErrorRatePercent}% of the forwarder's attempts failed for ${SUSTAINED_PERIODS * PERIOD.toMinutes()} minutes. ${runbook('ForwarderErrorRate')}`,
                   ),
                   threshold: thresholds.forwarderErrorRatePercent,
                   comparisonOperator: ComparisonOperator.GREATER_THAN_THRESHOLD,
                   treatMissingDataOverride: TreatMissingData.NOT_BREACHING,
-                  evaluationPeriods: ERROR_RATE_PERIODS,
-                  datapointsToAlarm: ERROR_RATE_PERIODS,
+                  evaluationPeriods: SUSTAINED_PERIODS,
+                  datapointsToAlarm: SUSTAINED_PERIODS,
                 },
               },
             },
@@ -341,6 +351,17 @@ export class ForwarderMonitoring extends Construct {
       isIterator: false,
       alarmFriendlyName: 'Poller',
       humanReadableName: 'Poller function',
+      addThrottlesCountAlarm: {
+        Critical: {
+          ...alarm(
+            ALARM_NAMES.pollerThrottles,
+            `Ticks of the schedule found the poller still running (its reserved concurrency is 1) in each of ${SUSTAINED_PERIODS} periods of 5 minutes on end: polls take longer than pollScheduleMinutes. ${runbook('PollerThrottles')}`,
+          ),
+          maxErrorCount: 0,
+          evaluationPeriods: SUSTAINED_PERIODS,
+          datapointsToAlarm: SUSTAINED_PERIODS,
+        },
+      },
       addFaultCountAlarm: {
         Critical: {
           ...alarm(
@@ -383,6 +404,31 @@ export class ForwarderMonitoring extends Construct {
       isIterator: false,
       alarmFriendlyName: 'Forwarder',
       humanReadableName: 'Forwarder function',
+      addThrottlesCountAlarm: {
+        Critical: {
+          ...alarm(
+            ALARM_NAMES.forwarderThrottles,
+            `Lambda throttled the forwarder: the account's concurrency ran out, and a throttled work item comes back later with its receive count raised. ${runbook('ForwarderThrottles')}`,
+          ),
+          maxErrorCount: 0,
+        },
+      },
+      addLatencyP99Alarm: {
+        Critical: {
+          ...alarm(
+            ALARM_NAMES.forwarderDurationNearTimeout,
+            `The forwarder's p99 duration stayed above ${NEAR_TIMEOUT_PERCENT}% of its timeout for ${SUSTAINED_PERIODS * PERIOD.toMinutes()} minutes: moves keep needing more than one invocation, or a server is slow. ${runbook('ForwarderDurationNearTimeout')}`,
+          ),
+          maxLatencyPercentageOfTimeout: NEAR_TIMEOUT_PERCENT,
+          evaluationPeriods: SUSTAINED_PERIODS,
+          datapointsToAlarm: SUSTAINED_PERIODS,
+        },
+      },
+    });
+    facade.monitorDynamoTable({
+      table: forwarder.table,
+      alarmFriendlyName: 'StateTable',
+      humanReadableName: 'State table',
     });
 
     const dashboard = facade.createdDashboard();

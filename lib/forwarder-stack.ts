@@ -1,5 +1,5 @@
-/** The deployable stack: the pipeline construct, named and placed by the configuration. */
-import { CfnOutput, Fn, Stack, type StackProps } from 'aws-cdk-lib';
+/** The deployable stack: the pipeline construct, named, placed and tagged by the configuration. */
+import { CfnOutput, Fn, Stack, type StackProps, Tags } from 'aws-cdk-lib';
 import type { Construct } from 'constructs';
 import type { ForwarderConfig } from '../lambdas/core/config.ts';
 import { ForwarderMonitoring } from './forwarder-monitoring.ts';
@@ -7,7 +7,6 @@ import { deployableConfig, OrthancForwarder, type OrthancForwarderProps } from '
 
 export interface ForwarderStackProps extends StackProps {
   readonly config: ForwarderConfig;
-  readonly logLevel?: OrthancForwarderProps['logLevel'];
   /** For tests only: see OrthancForwarderProps.entries. */
   readonly entries?: OrthancForwarderProps['entries'];
 }
@@ -18,7 +17,7 @@ export class ForwarderStack extends Stack {
   readonly monitoring: ForwarderMonitoring;
 
   constructor(scope: Construct, id: string, props: ForwarderStackProps) {
-    const { config, logLevel, entries, ...stackProps } = props;
+    const { config, entries, ...stackProps } = props;
     super(scope, id, {
       description:
         'Orthanc forwarder: moves DICOM studies from on-premises Orthanc servers to a DICOMweb destination',
@@ -26,13 +25,14 @@ export class ForwarderStack extends Stack {
     });
     this.forwarder = new OrthancForwarder(this, 'Forwarder', {
       config,
-      ...(logLevel === undefined ? {} : { logLevel }),
       ...(entries === undefined ? {} : { entries }),
     });
+    const deployable = deployableConfig(config);
     this.monitoring = new ForwarderMonitoring(this, 'Monitoring', {
       forwarder: this.forwarder,
-      config: deployableConfig(config),
+      config: deployable,
     });
+    for (const [key, value] of Object.entries(deployable.aws.tags)) Tags.of(this).add(key, value);
 
     // What the CLI's AWS mode needs (docs/operations.md): copy CliOptions, or export the three
     // variables the Lambdas themselves read.
@@ -54,6 +54,12 @@ export class ForwarderStack extends Stack {
       description: 'CloudWatch dashboard',
       value: this.monitoring.dashboard.dashboardName,
     });
+    // What the first checks and a pause need (docs/deploy.md): the generated names.
+    const { pollerFunction, forwarderFunction, pollerLogGroup, forwarderLogGroup } = this.forwarder;
+    new CfnOutput(this, 'PollerFunctionName', { value: pollerFunction.functionName });
+    new CfnOutput(this, 'ForwarderFunctionName', { value: forwarderFunction.functionName });
+    new CfnOutput(this, 'PollerLogGroupName', { value: pollerLogGroup.logGroupName });
+    new CfnOutput(this, 'ForwarderLogGroupName', { value: forwarderLogGroup.logGroupName });
     new CfnOutput(this, 'CliOptions', {
       description: 'Options for `orthanc-forwarder status|dlq list|redrive --aws --config <file>`',
       value: Fn.join(' ', [

@@ -14,7 +14,7 @@
  * publish to a topic under the AWS managed SNS key, so it has a customer key of its own.)
  */
 import { fileURLToPath } from 'node:url';
-import { Duration, RemovalPolicy, Stack, Token, Validations } from 'aws-cdk-lib';
+import { Duration, Names, RemovalPolicy, Stack, Token, Validations } from 'aws-cdk-lib';
 import { AttributeType, BillingMode, Table, TableEncryption } from 'aws-cdk-lib/aws-dynamodb';
 import {
   CfnVPCEndpoint,
@@ -29,31 +29,36 @@ import {
 } from 'aws-cdk-lib/aws-ec2';
 import { Rule, Schedule } from 'aws-cdk-lib/aws-events';
 import { LambdaFunction } from 'aws-cdk-lib/aws-events-targets';
-import { Grant, ManagedPolicy, Role, ServicePrincipal } from 'aws-cdk-lib/aws-iam';
-import { Architecture, Runtime } from 'aws-cdk-lib/aws-lambda';
+import { Grant, PolicyStatement, Role, ServicePrincipal } from 'aws-cdk-lib/aws-iam';
+import {
+  ApplicationLogLevel,
+  Architecture,
+  LoggingFormat,
+  Runtime,
+  SystemLogLevel,
+  Tracing,
+} from 'aws-cdk-lib/aws-lambda';
 import { SqsEventSource } from 'aws-cdk-lib/aws-lambda-event-sources';
 import { LogLevel, NodejsFunction, OutputFormat } from 'aws-cdk-lib/aws-lambda-nodejs';
 import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
 import { type ISecret, Secret } from 'aws-cdk-lib/aws-secretsmanager';
-import { Queue, QueueEncryption } from 'aws-cdk-lib/aws-sqs';
+import { Queue, QueueEncryption, RedrivePermission } from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
 import {
   type AwsConfig,
   ConfigError,
-  destinationServers,
+  configuredServers,
   type ForwarderConfig,
+  plainHttpUrls,
+  type ServerConfig,
 } from '../lambdas/core/config.ts';
 import { ESM_BUNDLE } from './bundling.ts';
 
 /** The configuration the pipeline deploys: parsed by `parseConfig`, with its `aws` section. */
 export type DeployableConfig = ForwarderConfig & { readonly aws: AwsConfig };
 
-export type PowertoolsLogLevel = 'DEBUG' | 'INFO' | 'WARN' | 'ERROR';
-
 export interface OrthancForwarderProps {
   readonly config: ForwarderConfig;
-  /** Log level of both Lambdas (POWERTOOLS_LOG_LEVEL). Default INFO. */
-  readonly logLevel?: PowertoolsLogLevel;
   /**
    * Handler entry files, for tests only: default `lambdas/handlers/poller.ts` and
    * `lambdas/handlers/forwarder.ts`. Each must export `handler`.
@@ -83,16 +88,51 @@ const LAMBDA_ENV_LIMIT_BYTES = 4096;
 const TOKEN_ALLOWANCE_BYTES = 256;
 /** SQS keeps a message at most 14 days. */
 const MAX_RETENTION = Duration.days(14);
+/**
+ * A message moved to the DLQ keeps the time it was first sent, so the DLQ must keep messages
+ * longer than the work queue: a dead letter then stays there at least a week.
+ */
+const WORK_RETENTION = Duration.days(7);
 
-const serverFields = (config: ForwarderConfig) => [
-  ...config.sources.map((server, index) => ({ field: `sources[${index}]`, server })),
-  ...destinationServers(config),
-];
+/**
+ * What lambdas/aws/dynamo-*.ts send to the state table. TransactWriteItems has no action of its
+ * own: each Put or Update in it needs PutItem or UpdateItem. No Scan, no stream reads.
+ */
+const STATE_TABLE_ACTIONS = [
+  'dynamodb:GetItem',
+  'dynamodb:PutItem',
+  'dynamodb:UpdateItem',
+  'dynamodb:DeleteItem',
+  'dynamodb:Query',
+  'dynamodb:BatchGetItem',
+  'dynamodb:BatchWriteItem',
+] as const;
+
+/**
+ * What Lambda needs to attach a function to the VPC (AWSLambdaVPCAccessExecutionRole without its
+ * `logs:*` on every log group). EC2 offers no resource-level permission for the describe actions,
+ * and Lambda manages the interfaces in subnets and groups the configuration may change.
+ */
+export const NETWORK_INTERFACE_ACTIONS = [
+  'ec2:CreateNetworkInterface',
+  'ec2:DescribeNetworkInterfaces',
+  'ec2:DescribeSubnets',
+  'ec2:DeleteNetworkInterface',
+  'ec2:AssignPrivateIpAddresses',
+  'ec2:UnassignPrivateIpAddresses',
+] as const;
+
+type LambdaName = 'Poller' | 'Forwarder';
+
+/** The servers a function talks to: the poller reads the sources' change feeds and nothing else. */
+const serversOf = (config: DeployableConfig, name: LambdaName) =>
+  configuredServers(name === 'Poller' ? { sources: config.sources, destinations: [] } : config);
 
 /**
  * What parseConfig accepts but the AWS pipeline cannot run: each problem names its field.
  * Credentials come only from Secrets Manager (`secretId`), never from the template or an
- * environment variable; and a Lambda has no file of the deployer's machine to read.
+ * environment variable; they cross the network only over TLS unless a server says otherwise
+ * (`allowInsecureHttp`); and a Lambda has no file of the deployer's machine to read.
  */
 export const deployableConfig = (config: ForwarderConfig): DeployableConfig => {
   const { aws } = config;
@@ -102,7 +142,7 @@ export const deployableConfig = (config: ForwarderConfig): DeployableConfig => {
     );
   }
   const problems: string[] = [];
-  for (const { field, server } of serverFields(config)) {
+  for (const { field, server } of configuredServers(config)) {
     for (const key of ['password', 'passwordEnv'] as const) {
       if (server[key] !== undefined) {
         problems.push(
@@ -110,11 +150,25 @@ export const deployableConfig = (config: ForwarderConfig): DeployableConfig => {
         );
       }
     }
-    for (const key of ['caFile', 'clientCertFile', 'clientKeyFile'] as const) {
+    for (const [key, instead] of [
+      ['caFile', 'caSecretId'],
+      ['clientCertFile', 'clientCertSecretId'],
+      ['clientKeyFile', 'clientCertSecretId'],
+    ] as const) {
       if (server[key] !== undefined) {
-        problems.push(`${field}.${key}: not supported on AWS: the Lambda cannot read a file of this machine`);
+        problems.push(
+          `${field}.${key}: not supported on AWS: the Lambda cannot read a file of this machine; put the PEM in a Secrets Manager secret and give it in ${field}.${instead}`,
+        );
       }
     }
+    if (server.kmsKeyArn !== undefined && server.secretId === undefined) {
+      problems.push(`${field}.kmsKeyArn: the key of the secret in secretId, which is not given`);
+    }
+  }
+  for (const { field } of plainHttpUrls(config)) {
+    problems.push(
+      `${field}: http:// is not allowed on AWS: use https://, or set allowInsecureHttp: true on this server to accept credentials and data crossing the network readable`,
+    );
   }
   if (!Object.values(RetentionDays).includes(aws.logRetentionDays)) {
     const allowed = Object.values(RetentionDays).filter((days) => typeof days === 'number' && days > 0);
@@ -130,25 +184,29 @@ export const deployableConfig = (config: ForwarderConfig): DeployableConfig => {
   return { ...config, aws };
 };
 
-/** The configuration as the Lambdas receive it: no password can be in it. */
-export const lambdaConfigJson = (config: DeployableConfig): string => {
-  const strip = <T extends object>(server: T): T => {
-    const {
-      password: _password,
-      passwordEnv: _passwordEnv,
-      ...rest
-    } = server as T & {
-      password?: unknown;
-      passwordEnv?: unknown;
-    };
-    return rest as T;
-  };
+/**
+ * The configuration as a Lambda receives it: no password can be in it. The poller's names no
+ * destination's secret either, since its role may not read one (lambdas/aws/runtime.ts reads
+ * the secret of every server it finds a secretId on).
+ */
+export const lambdaConfigJson = (config: DeployableConfig, name: LambdaName): string => {
+  const without =
+    (keys: readonly string[]) =>
+    <T extends ServerConfig>(server: T): T =>
+      Object.fromEntries(Object.entries(server).filter(([key]) => !keys.includes(key))) as T;
+  const passwords = ['password', 'passwordEnv'];
+  const strip = without(passwords);
+  const stripDestination = without(
+    name === 'Poller'
+      ? [...passwords, 'secretId', 'kmsKeyArn', 'caSecretId', 'clientCertSecretId']
+      : passwords,
+  );
   return JSON.stringify({
     ...config,
     sources: config.sources.map(strip),
     destinations: config.destinations.map(({ alternate, ...destination }) => ({
-      ...strip(destination),
-      ...(alternate === undefined ? {} : { alternate: strip(alternate) }),
+      ...stripDestination(destination),
+      ...(alternate === undefined ? {} : { alternate: stripDestination(alternate) }),
     })),
   });
 };
@@ -166,6 +224,10 @@ const environmentBytes = (environment: Record<string, string>): number =>
  * `Secret.fromSecretNameV2` for a name; for an ARN, a complete one (ending in the six random
  * characters Secrets Manager appends) or else a partial one.
  */
+/** Every secret a server's settings name: its credentials, its CAs, its client certificate. */
+const secretIdsOf = (server: ServerConfig): string[] =>
+  [server.secretId, server.caSecretId, server.clientCertSecretId].filter((id) => id !== undefined);
+
 const importSecret = (scope: Construct, id: string, secretId: string): ISecret => {
   if (!secretId.startsWith('arn:')) return Secret.fromSecretNameV2(scope, id, secretId);
   const name = secretId.split(':').slice(6).join(':');
@@ -173,6 +235,14 @@ const importSecret = (scope: Construct, id: string, secretId: string): ISecret =
     ? Secret.fromSecretCompleteArn(scope, id, secretId)
     : Secret.fromSecretPartialArn(scope, id, secretId);
 };
+
+/** The interface endpoints `aws.vpc.createEndpoints` may name, by their construct id. */
+const INTERFACE_ENDPOINTS = {
+  sqs: { id: 'Sqs', service: InterfaceVpcEndpointAwsService.SQS },
+  secretsmanager: { id: 'SecretsManager', service: InterfaceVpcEndpointAwsService.SECRETS_MANAGER },
+  logs: { id: 'CloudWatchLogs', service: InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS },
+  monitoring: { id: 'CloudWatchMonitoring', service: InterfaceVpcEndpointAwsService.CLOUDWATCH_MONITORING },
+} as const;
 
 /** The ARN an IAM statement must name: a name or partial ARN matches any random suffix. */
 const secretPolicyArn = (secret: ISecret): string => secret.secretFullArn ?? `${secret.secretArn}-??????`;
@@ -188,11 +258,11 @@ export class OrthancForwarder extends Construct {
   readonly forwarderFunction: NodejsFunction;
   readonly pollerLogGroup: LogGroup;
   readonly forwarderLogGroup: LogGroup;
-  /** The Secrets Manager secrets of the sources and the destination. */
-  readonly secrets: readonly ISecret[];
+  /** The Secrets Manager secrets of the servers, by their secretId. */
+  readonly secrets: ReadonlyMap<string, ISecret>;
   readonly pollSchedule: Rule;
   readonly vpc: IVpc;
-  /** Security group of the interface endpoints, when they are created. */
+  /** Security group of the interface endpoints, when any is created. */
   readonly endpointSecurityGroup?: SecurityGroup;
 
   constructor(scope: Construct, id: string, props: OrthancForwarderProps) {
@@ -232,68 +302,103 @@ export class OrthancForwarder extends Construct {
       removalPolicy: RemovalPolicy.RETAIN,
       deletionProtection: true,
     });
+    Validations.of(this.table).acknowledge({
+      id: 'HIPAA.Security-DynamoDBInBackupPlan',
+      reason:
+        'Point-in-time recovery keeps 35 days of continuous backups, and deletion protection and the retain policy keep the table; a plan of AWS Backup (vault, schedule, retention) is the account owner’s to choose, and can select the table by the tags of aws.tags.',
+    });
 
+    // Named, so that the DLQ's redrive allow policy can give its ARN: a reference would make each
+    // queue depend on the other.
+    const workQueueName = `${Names.uniqueResourceName(this, { maxLength: 70, separator: '-' })}-work`;
     this.deadLetterQueue = new Queue(this, 'DeadLetterQueue', {
       encryption: QueueEncryption.SQS_MANAGED,
       enforceSSL: true,
       retentionPeriod: MAX_RETENTION,
+      // Its dead letters are the work a failed move left undone: they outlive the stack.
+      removalPolicy: RemovalPolicy.RETAIN,
+      // Only the work queue may dead-letter here.
+      redriveAllowPolicy: {
+        redrivePermission: RedrivePermission.BY_QUEUE,
+        sourceQueues: [
+          Queue.fromQueueArn(
+            this,
+            'WorkQueueArn',
+            Stack.of(this).formatArn({ service: 'sqs', resource: workQueueName }),
+          ),
+        ],
+      },
     });
     this.queue = new Queue(this, 'WorkQueue', {
+      queueName: workQueueName,
       encryption: QueueEncryption.SQS_MANAGED,
       enforceSSL: true,
       // A study must not fall off the queue while the destination is down for a few days.
-      retentionPeriod: MAX_RETENTION,
+      retentionPeriod: WORK_RETENTION,
       // A message comes back only after the invocation that holds it has certainly ended.
       visibilityTimeout: Duration.seconds(6 * aws.forwarder.timeoutSeconds),
       deadLetterQueue: { queue: this.deadLetterQueue, maxReceiveCount: config.retry.maxAttempts },
     });
 
-    this.secrets = [
-      ...new Set(
-        serverFields(config).flatMap(({ server }) =>
-          server.secretId === undefined ? [] : [server.secretId],
-        ),
+    this.secrets = new Map(
+      [...new Set(configuredServers(config).flatMap(({ server }) => secretIdsOf(server)))].map(
+        (secretId, index) => [secretId, importSecret(this, `Secret${index}`, secretId)],
       ),
-    ].map((secretId, index) => importSecret(this, `Secret${index}`, secretId));
+    );
 
-    const environment: Record<string, string> = {
-      [ENV.config]: lambdaConfigJson(config),
-      [ENV.table]: this.table.tableName,
-      [ENV.queueUrl]: this.queue.queueUrl,
-      [ENV.deadLetterQueueUrl]: this.deadLetterQueue.queueUrl,
-      POWERTOOLS_SERVICE_NAME: SERVICE_NAME,
-      POWERTOOLS_METRICS_NAMESPACE: METRICS_NAMESPACE,
-      POWERTOOLS_LOG_LEVEL: props.logLevel ?? 'INFO',
-      // Stack traces point into the TypeScript sources, through the bundle's source map.
-      NODE_OPTIONS: '--enable-source-maps',
+    const environmentOf = (name: LambdaName): Record<string, string> => {
+      const environment: Record<string, string> = {
+        [ENV.config]: lambdaConfigJson(config, name),
+        [ENV.table]: this.table.tableName,
+        [ENV.queueUrl]: this.queue.queueUrl,
+        [ENV.deadLetterQueueUrl]: this.deadLetterQueue.queueUrl,
+        POWERTOOLS_SERVICE_NAME: SERVICE_NAME,
+        POWERTOOLS_METRICS_NAMESPACE: METRICS_NAMESPACE,
+        // Stack traces point into the TypeScript sources, through the bundle's source map.
+        NODE_OPTIONS: '--enable-source-maps',
+      };
+      if (environmentBytes(environment) > LAMBDA_ENV_LIMIT_BYTES) {
+        throw new ConfigError(
+          `invalid configuration for AWS:\n  (root): the configuration takes ${Buffer.byteLength(environment[ENV.config] ?? '')} bytes as ${ENV.config}, beyond Lambda's ${LAMBDA_ENV_LIMIT_BYTES}-byte limit on a function's environment`,
+        );
+      }
+      return environment;
     };
-    const bytes = environmentBytes(environment);
-    if (bytes > LAMBDA_ENV_LIMIT_BYTES) {
-      throw new ConfigError(
-        `invalid configuration for AWS:\n  (root): the configuration takes ${Buffer.byteLength(environment[ENV.config] ?? '')} bytes as ${ENV.config}, beyond Lambda's ${LAMBDA_ENV_LIMIT_BYTES}-byte limit on a function's environment`,
-      );
-    }
 
-    const makeFunction = (name: 'Poller' | 'Forwarder', entry: string, sizing: AwsConfig['poller']) => {
+    const makeFunction = (name: LambdaName, entry: string, sizing: AwsConfig['poller']) => {
       const logGroup = new LogGroup(this, `${name}LogGroup`, {
         retention: aws.logRetentionDays as RetentionDays,
         removalPolicy: RemovalPolicy.RETAIN,
       });
-      // Our own role: log writes only to this function's log group, instead of
-      // AWSLambdaBasicExecutionRole's logs:* on every log group.
+      Validations.of(logGroup).acknowledge({
+        id: 'HIPAA.Security-CloudWatchLogGroupEncrypted',
+        reason:
+          'CloudWatch Logs encrypts every log group at rest with keys of its own; these logs carry ids, counts and error texts, never a password or a DICOM tag value (docs/security.md, test/security.test.ts). A customer key would need a key policy for the logs service, and the module comment says where to pass one.',
+      });
+      // No managed policy: AWSLambdaVPCAccessExecutionRole would add logs:* on every log group.
       const role = new Role(this, `${name}Role`, {
         assumedBy: new ServicePrincipal('lambda.amazonaws.com'),
         description: `Orthanc forwarder ${name.toLowerCase()} Lambda`,
-        managedPolicies: [
-          ManagedPolicy.fromAwsManagedPolicyName('service-role/AWSLambdaVPCAccessExecutionRole'),
-        ],
       });
+      role.addToPrincipalPolicy(
+        new PolicyStatement({
+          sid: 'VpcNetworkInterfaces',
+          actions: [...NETWORK_INTERFACE_ACTIONS],
+          resources: ['*'],
+        }),
+      );
       logGroup.grantWrite(role);
-      Validations.of(role).acknowledge({
-        id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]',
-        reason:
-          'A Lambda in a VPC needs ec2:CreateNetworkInterface, DescribeNetworkInterfaces, DescribeSubnets, DeleteNetworkInterface and Assign/UnassignPrivateIpAddresses, which Lambda requires on Resource "*"; the AWS managed policy is exactly that set and AWS keeps it current. No other managed policy is attached.',
-      });
+      Validations.of(role).acknowledge(
+        {
+          id: 'AwsSolutions-IAM5[Resource::*]',
+          reason: `Resource "*" only for actions that take no narrower resource: the network interfaces Lambda manages in the VPC (${NETWORK_INTERFACE_ACTIONS.join(', ')}), and with aws.tracing X-Ray's PutTraceSegments and PutTelemetryRecords.`,
+        },
+        {
+          id: 'HIPAA.Security-IAMNoInlinePolicy',
+          reason:
+            'The role’s one policy is inline so that it lives and dies with the role and cannot be attached to another principal; every statement names this stack’s resources or the configured secrets and keys, except the network-interface and X-Ray actions acknowledged under AwsSolutions-IAM5.',
+        },
+      );
       const fn = new NodejsFunction(this, name, {
         entry,
         handler: 'handler',
@@ -304,7 +409,15 @@ export class OrthancForwarder extends Construct {
         description: `Orthanc forwarder: ${name === 'Poller' ? 'reads the sources’ change feeds, queues studies' : 'moves one study per work item'}`,
         role,
         logGroup,
-        environment,
+        loggingFormat: LoggingFormat.JSON,
+        // Powertools Logger takes this level too (AWS_LAMBDA_LOG_LEVEL), whatever else it is given.
+        applicationLogLevelV2: ApplicationLogLevel[aws.logLevel],
+        systemLogLevelV2: SystemLogLevel.INFO,
+        tracing: aws.tracing ? Tracing.ACTIVE : Tracing.DISABLED,
+        // One poll at a time: a tick that comes while a poll runs waits for it, up to the tick's
+        // maximum age, instead of reading the same feeds twice over.
+        ...(name === 'Poller' ? { reservedConcurrentExecutions: 1 } : {}),
+        environment: environmentOf(name),
         vpc: this.vpc,
         vpcSubnets: subnets,
         securityGroups,
@@ -325,6 +438,22 @@ export class OrthancForwarder extends Construct {
           logLevel: LogLevel.WARNING,
         },
       });
+      Validations.of(fn).acknowledge({
+        id: 'HIPAA.Security-LambdaDLQ',
+        reason:
+          name === 'Poller'
+            ? 'Its only asynchronous events are the schedule’s ticks, deliberately not retried: the next tick replaces a failed one within pollScheduleMinutes, and the PollerErrors and NoSuccessfulPoll alarms report failures. A DLQ would collect empty scheduled events.'
+            : 'The SQS event source mapping invokes it synchronously, where a function’s DLQ never applies: the work queue’s redrive policy and the forwarder’s own dead-lettering put failed work items in the stack’s DLQ.',
+      });
+      if (name === 'Forwarder') {
+        Validations.of(fn).acknowledge({
+          id: 'HIPAA.Security-LambdaConcurrency',
+          reason:
+            'The SQS event source mapping’s MaximumConcurrency (aws.forwarder.maxConcurrency) bounds its concurrency; reserving as much would take it from the account’s unreserved pool and bound nothing more. The ForwarderThrottles alarm reports an account that runs out.',
+        });
+      }
+      this.table.grant(fn, ...STATE_TABLE_ACTIONS);
+      this.grantCredentials(fn, serversOf(config, name));
       return { fn, logGroup };
     };
 
@@ -335,23 +464,12 @@ export class OrthancForwarder extends Construct {
     this.forwarderFunction = forwarder.fn;
     this.forwarderLogGroup = forwarder.logGroup;
 
-    // The poller: cursors and watch lists in the table; study work items onto the queue.
-    this.table.grantReadWriteData(this.pollerFunction);
-    this.queue.grantSendMessages(this.pollerFunction);
-    // The forwarder: leases and the ledger; its own dead-lettering and retry backoff.
-    this.table.grantReadWriteData(this.forwarderFunction);
-    this.deadLetterQueue.grantSendMessages(this.forwarderFunction);
-    this.queue.grant(this.forwarderFunction, 'sqs:ChangeMessageVisibility');
-    // Both resolve every server's credentials when they start (lambdas/aws/runtime.ts).
-    if (this.secrets.length > 0) {
-      for (const fn of [this.pollerFunction, this.forwarderFunction]) {
-        Grant.addToPrincipal({
-          grantee: fn,
-          actions: ['secretsmanager:GetSecretValue'],
-          resourceArns: this.secrets.map(secretPolicyArn),
-        });
-      }
-    }
+    // The poller queues study work items (SendMessageBatch).
+    this.queue.grant(this.pollerFunction, 'sqs:SendMessage');
+    // The forwarder dead-letters, queues a retry that made headway afresh, and sets a retry's
+    // backoff as the message's visibility (lambdas/aws/sqs-dead-letters.ts).
+    this.deadLetterQueue.grant(this.forwarderFunction, 'sqs:SendMessage');
+    this.queue.grant(this.forwarderFunction, 'sqs:SendMessage', 'sqs:ChangeMessageVisibility');
 
     this.forwarderFunction.addEventSource(
       new SqsEventSource(this.queue, {
@@ -370,22 +488,65 @@ export class OrthancForwarder extends Construct {
       targets: [new LambdaFunction(this.pollerFunction, { retryAttempts: 0, maxEventAge: tickAge })],
     });
 
-    if (aws.vpc.createEndpoints) {
-      this.endpointSecurityGroup = this.createEndpoints(aws, subnets, securityGroups);
+    const endpoints = aws.vpc.createEndpoints;
+    if (endpoints.includes('dynamodb')) {
+      new CfnVPCEndpoint(this, 'DynamoDbEndpoint', {
+        vpcId: aws.vpc.vpcId,
+        serviceName: `com.amazonaws.${Stack.of(this).region}.dynamodb`,
+        vpcEndpointType: 'Gateway',
+        routeTableIds: aws.vpc.routeTableIds,
+      });
+    }
+    const interfaces = endpoints.flatMap((name) => (name === 'dynamodb' ? [] : [INTERFACE_ENDPOINTS[name]]));
+    if (interfaces.length > 0) {
+      this.endpointSecurityGroup = this.createInterfaceEndpoints(interfaces, subnets, securityGroups);
     }
   }
 
   /**
-   * Private subnets without a NAT reach AWS through endpoints: interface endpoints for SQS,
-   * Secrets Manager, CloudWatch metrics and logs, and a gateway endpoint for DynamoDB.
+   * `secretsmanager:GetSecretValue` on the secrets of the servers the function talks to, and
+   * `kms:Decrypt` (through Secrets Manager only) on the customer keys they are encrypted with.
    */
-  private createEndpoints(
-    aws: AwsConfig,
+  private grantCredentials(fn: NodejsFunction, servers: { server: ServerConfig }[]): void {
+    const secretArns = new Set<string>();
+    const keyArns = new Set<string>();
+    for (const { server } of servers) {
+      for (const secretId of secretIdsOf(server)) {
+        const secret = this.secrets.get(secretId);
+        if (secret !== undefined) secretArns.add(secretPolicyArn(secret));
+      }
+      if (server.kmsKeyArn !== undefined) keyArns.add(server.kmsKeyArn);
+    }
+    if (secretArns.size > 0) {
+      Grant.addToPrincipal({
+        grantee: fn,
+        actions: ['secretsmanager:GetSecretValue'],
+        resourceArns: [...secretArns],
+      });
+    }
+    if (keyArns.size > 0) {
+      fn.addToRolePolicy(
+        new PolicyStatement({
+          actions: ['kms:Decrypt'],
+          resources: [...keyArns],
+          conditions: {
+            StringEquals: { 'kms:ViaService': `secretsmanager.${Stack.of(this).region}.amazonaws.com` },
+          },
+        }),
+      );
+    }
+  }
+
+  /**
+   * Private subnets without a NAT reach AWS services (for the Lambdas: SQS and Secrets Manager)
+   * through interface endpoints. They get their own group admitting HTTPS from the Lambdas'
+   * groups, so that the deployer's groups need no inbound rule.
+   */
+  private createInterfaceEndpoints(
+    services: readonly (typeof INTERFACE_ENDPOINTS)[keyof typeof INTERFACE_ENDPOINTS][],
     subnets: SubnetSelection,
     lambdaGroups: ISecurityGroup[],
   ): SecurityGroup {
-    // The endpoints get their own group admitting HTTPS from the Lambdas' groups, so that the
-    // deployer's groups need no inbound rule.
     const endpointGroup = new SecurityGroup(this, 'EndpointSecurityGroup', {
       vpc: this.vpc,
       description: 'Orthanc forwarder VPC interface endpoints: HTTPS from the forwarder Lambdas',
@@ -394,14 +555,8 @@ export class OrthancForwarder extends Construct {
     for (const group of lambdaGroups) {
       endpointGroup.addIngressRule(group, Port.tcp(443), `HTTPS from ${group.securityGroupId}`);
     }
-    const services = {
-      Sqs: InterfaceVpcEndpointAwsService.SQS,
-      SecretsManager: InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
-      CloudWatchMonitoring: InterfaceVpcEndpointAwsService.CLOUDWATCH_MONITORING,
-      CloudWatchLogs: InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
-    };
-    for (const [name, service] of Object.entries(services)) {
-      new InterfaceVpcEndpoint(this, `${name}Endpoint`, {
+    for (const { id, service } of services) {
+      new InterfaceVpcEndpoint(this, `${id}Endpoint`, {
         vpc: this.vpc,
         service,
         subnets,
@@ -411,12 +566,6 @@ export class OrthancForwarder extends Construct {
         open: false,
       });
     }
-    new CfnVPCEndpoint(this, 'DynamoDbEndpoint', {
-      vpcId: aws.vpc.vpcId,
-      serviceName: `com.amazonaws.${Stack.of(this).region}.dynamodb`,
-      vpcEndpointType: 'Gateway',
-      routeTableIds: aws.vpc.routeTableIds,
-    });
     return endpointGroup;
   }
 }

@@ -171,10 +171,11 @@ describe('EMF records of a forwarder run', () => {
     const env = {
       ...emulatorEnv({ dynamodb: dynamo.endpoint, sqs: sqs.endpoint }),
       AWS_LAMBDA_FUNCTION_NAME: 'orthanc-forwarder-metrics-test',
-      // What the stack sets (lib/orthanc-forwarder.ts), so the records are the deployed ones.
+      // What the stack sets (lib/orthanc-forwarder.ts), so the records are the deployed ones; Lambda
+      // sets AWS_LAMBDA_LOG_LEVEL from the function's logging configuration (aws.logLevel).
       POWERTOOLS_SERVICE_NAME: SERVICE_NAME,
       POWERTOOLS_METRICS_NAMESPACE: METRICS_NAMESPACE,
-      POWERTOOLS_LOG_LEVEL: 'INFO',
+      AWS_LAMBDA_LOG_LEVEL: 'INFO',
     };
     Object.assign(process.env, env);
     delete process.env.POWERTOOLS_DEV;

@@ -226,6 +226,7 @@ describe('AWS pipeline on emulators and real Orthancs', () => {
         feed: runtime.feed,
         log: runtime.log,
         owner: 'test-worker',
+        secrets: runtime.secrets,
       }),
       onStep: async (step: string) => {
         if (step !== 'sent' || uploaded) return;

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { App } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
-import { AwsSolutionsChecks } from 'cdk-nag';
+import { AwsSolutionsChecks, HIPAASecurityChecks } from 'cdk-nag';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../lambdas/core/config.ts';
 import { addForwarder } from '../lib/forwarder-app.ts';
@@ -68,7 +68,15 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
   let template: Template;
   let resources: Record<string, Resource>;
   let app: App;
-  let ids: { topic: string; key: string; queue: string; dlq: string; poller: string; forwarder: string };
+  let ids: {
+    topic: string;
+    key: string;
+    queue: string;
+    dlq: string;
+    table: string;
+    poller: string;
+    forwarder: string;
+  };
 
   const alarmNamed = (name: string): Record<string, Json> => {
     const found = Object.values(resources).filter(
@@ -94,14 +102,14 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
     Period: period,
     Stat: stat,
   });
-  const lambdaMetric = (fn: string, name: string, period: number) => ({
+  const lambdaMetric = (fn: string, name: string, period: number, stat = 'Sum') => ({
     Metric: {
       Namespace: 'AWS/Lambda',
       MetricName: name,
       Dimensions: [{ Name: 'FunctionName', Value: { Ref: fn } }],
     },
     Period: period,
-    Stat: 'Sum',
+    Stat: stat,
   });
   const sqsMetric = (queue: string, name: string) => ({
     Metric: {
@@ -161,12 +169,13 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
       key: logicalId(stack, monitoring.alarmTopicKey),
       queue: logicalId(stack, forwarder.queue),
       dlq: logicalId(stack, forwarder.deadLetterQueue),
+      table: logicalId(stack, forwarder.table),
       poller: logicalId(stack, forwarder.pollerFunction),
       forwarder: logicalId(stack, forwarder.forwarderFunction),
     };
   });
 
-  it('has exactly the alarms of the runbook: seven, and one per source', () => {
+  it('has exactly the alarms of the runbook: ten, and one per source', () => {
     const names = Object.values(resources)
       .filter((r) => r.Type === 'AWS::CloudWatch::Alarm')
       .map((r) => r.Properties.AlarmName);
@@ -179,6 +188,9 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
         'ForwarderErrorRate',
         'InstancesRejected',
         'Conflicts',
+        'PollerThrottles',
+        'ForwarderThrottles',
+        'ForwarderDurationNearTimeout',
         'SourceUnreachable-site-a',
         'SourceUnreachable-site-b',
       ]
@@ -334,7 +346,33 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
     });
   });
 
-  it('draws one dashboard with throughput, conflicts, per-source lag and reachability, the queues and both functions', () => {
+  it('throttles: of the poller in three 5-minute periods on end (a tick found it running), of the forwarder at all', () => {
+    expectAlarm('PollerThrottles', {
+      metric: lambdaMetric(ids.poller, 'Throttles', 300),
+      threshold: 0,
+      comparison: 'GreaterThanThreshold',
+      missing: 'notBreaching',
+      periods: 3,
+    });
+    expectAlarm('ForwarderThrottles', {
+      metric: lambdaMetric(ids.forwarder, 'Throttles', 300),
+      threshold: 0,
+      comparison: 'GreaterThanThreshold',
+      missing: 'notBreaching',
+    });
+  });
+
+  it('forwarder duration: p99 above 80% of its timeout, three 5-minute periods on end', () => {
+    expectAlarm('ForwarderDurationNearTimeout', {
+      metric: lambdaMetric(ids.forwarder, 'Duration', 300, 'p99'),
+      threshold: 0.8 * 300 * 1000,
+      comparison: 'GreaterThanThreshold',
+      missing: 'notBreaching',
+      periods: 3,
+    });
+  });
+
+  it('draws one dashboard with throughput, conflicts, per-source lag and reachability, the queues, both functions and the table', () => {
     const dashboards = Object.values(resources).filter((r) => r.Type === 'AWS::CloudWatch::Dashboard');
     expect(dashboards).toHaveLength(1);
     const dashboard = dashboards[0] as Resource;
@@ -407,23 +445,38 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
         '(FILL(outcomes, 0) + FILL(retries, 0) + FILL(deadLettered, 0) + FILL(errors, 0))',
     );
     has(/^Successful poller invocations/, 'expr:FILL(invocations, 0) - FILL(errors, 0)');
+    const table = `TableName=ref:${ids.table}`;
+    has('Read Usage', `AWS/DynamoDB/ConsumedReadCapacityUnits/${table}`);
+    has('Write Usage', `AWS/DynamoDB/ConsumedWriteCapacityUnits/${table}`);
+    has('Throttles', `AWS/DynamoDB/ReadThrottleEvents/${table}`, `AWS/DynamoDB/WriteThrottleEvents/${table}`);
+    has('Errors', `AWS/DynamoDB/SystemErrors/Operation=PutItem/${table}`);
   });
 
-  it('outputs what the CLI needs, and the topic and dashboard', () => {
+  it('outputs what the CLI needs, the topic and dashboard, and the functions’ and log groups’ names', () => {
     const outputs = template.toJSON().Outputs as Record<string, { Value: Json }>;
     expect(render(outputs.QueueUrl?.Value)).toBe(`ref:${ids.queue}`);
     expect(render(outputs.DeadLetterQueueUrl?.Value)).toBe(`ref:${ids.dlq}`);
     expect(render(outputs.StateTableName?.Value)).toBe(`ref:${logicalId(stack, stack.forwarder.table)}`);
     expect(render(outputs.AlarmTopicArn?.Value)).toBe(`ref:${ids.topic}`);
     expect(outputs.DashboardName).toBeDefined();
+    expect(render(outputs.PollerFunctionName?.Value)).toBe(`ref:${ids.poller}`);
+    expect(render(outputs.ForwarderFunctionName?.Value)).toBe(`ref:${ids.forwarder}`);
+    for (const [output, logGroup] of [
+      ['PollerLogGroupName', stack.forwarder.pollerLogGroup],
+      ['ForwarderLogGroupName', stack.forwarder.forwarderLogGroup],
+    ] as const) {
+      expect(render(outputs[output]?.Value)).toBe(`ref:${logicalId(stack, logGroup)}`);
+    }
     expect(render(outputs.CliOptions?.Value)).toBe(
       `--region eu-west-1 --queue-url ref:${ids.queue} --dlq-url ref:${ids.dlq} --table ref:${logicalId(stack, stack.forwarder.table)}`,
     );
   });
 
   it('passes cdk-nag with nothing acknowledged for the monitoring', () => {
-    const report = new AwsSolutionsChecks().validateScope(app);
-    expect(report.violations.map((v) => `${v.ruleName}: ${v.description}`)).toEqual([]);
+    for (const pack of [new AwsSolutionsChecks(), new HIPAASecurityChecks()]) {
+      const report = pack.validateScope(app);
+      expect(report.violations.map((v) => `${v.ruleName}: ${v.description}`)).toEqual([]);
+    }
     expect(Annotations.fromStack(stack).findWarning('*', Match.anyValue())).toEqual([]);
     expect(Annotations.fromStack(stack).findError('*', Match.anyValue())).toEqual([]);
   });
@@ -433,6 +486,7 @@ describe('thresholds from aws.alarms', () => {
   it('sets the alarms’ thresholds and periods, and subscribes nobody without an email', () => {
     const { template, resources } = synth((raw) => {
       raw.aws.pollScheduleMinutes = 5;
+      raw.aws.forwarder = { timeoutSeconds: 600 };
       raw.aws.alarms = {
         oldestMessageAgeMinutes: 240,
         noPollMinutes: 30,
@@ -445,6 +499,7 @@ describe('thresholds from aws.alarms', () => {
         ?.Properties ?? {};
     expect(alarm('OldestMessageTooOld').Threshold).toBe(240 * 60);
     expect(alarm('ForwarderErrorRate').Threshold).toBe(2.5);
+    expect(alarm('ForwarderDurationNearTimeout').Threshold).toBe(0.8 * 600 * 1000);
     const periods = (name: string) =>
       (alarm(name).Metrics as AlarmMetric[]).flatMap((m) => (m.MetricStat ? [m.MetricStat.Period] : []));
     expect(periods('NoSuccessfulPoll')).toEqual([30 * 60, 30 * 60]);

@@ -8,16 +8,18 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { App, type CfnElement, Validations } from 'aws-cdk-lib';
+import { App, type CfnElement, CfnResource, TagManager, Validations } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import type { NodejsFunction } from 'aws-cdk-lib/aws-lambda-nodejs';
+import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
 import { Queue } from 'aws-cdk-lib/aws-sqs';
-import { AwsSolutionsChecks } from 'cdk-nag';
+import { AwsSolutionsChecks, HIPAASecurityChecks } from 'cdk-nag';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ForwarderConfig, parseConfig } from '../lambdas/core/config.ts';
 import { ESM_BUNDLE } from '../lib/bundling.ts';
 import { addForwarder } from '../lib/forwarder-app.ts';
 import type { ForwarderStack } from '../lib/forwarder-stack.ts';
+import { deployableConfig, NETWORK_INTERFACE_ACTIONS } from '../lib/orthanc-forwarder.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const EXAMPLE_FILE = join(ROOT, 'examples/aws-config.json');
@@ -25,19 +27,40 @@ const exampleRaw = (): Record<string, unknown> => JSON.parse(readFileSync(EXAMPL
 const cdkContext = (): Record<string, unknown> =>
   JSON.parse(readFileSync(join(ROOT, 'cdk.json'), 'utf8')).context;
 
-/** The one managed policy a role may carry: Lambda needs ENI management on Resource "*". */
-const ALLOWED_MANAGED_POLICIES = ['arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole'];
-/**
- * Actions that may have Resource "*" in an inline policy. None: the only "*" is inside the
- * managed policy above (ec2:CreateNetworkInterface, DescribeNetworkInterfaces, …).
- */
-const ACTIONS_ALLOWED_ON_STAR: readonly string[] = [];
+/** X-Ray's actions take no resource; a role has them only with aws.tracing. */
+const XRAY_ACTIONS = ['xray:PutTelemetryRecords', 'xray:PutTraceSegments'];
+/** The only actions that may have Resource "*": none of them takes a narrower resource. */
+const ACTIONS_ALLOWED_ON_STAR: readonly string[] = [...NETWORK_INTERFACE_ACTIONS, ...XRAY_ACTIONS];
 
-const SECRET_ARNS = [
+const SOURCE_SECRET_ARNS = [
   'arn:aws:secretsmanager:eu-west-1:123456789012:secret:orthanc-forwarder/site-a-??????',
   'arn:aws:secretsmanager:eu-west-1:123456789012:secret:orthanc-forwarder/site-b-AbC123',
+];
+const SECRET_ARNS = [
+  ...SOURCE_SECRET_ARNS,
   'arn:aws:secretsmanager:eu-west-1:123456789012:secret:orthanc-forwarder/destination-??????',
 ];
+
+/**
+ * The IAM actions of the DynamoDB requests lambdas/aws/dynamo-*.ts make, read from their code:
+ * each `new …Command(`, and for a transaction the action of each Put, Update, Delete or
+ * ConditionCheck it carries (TransactWriteItems is no IAM action of its own).
+ */
+const dynamoActionsInCode = (): string[] => {
+  const dir = join(ROOT, 'lambdas/aws');
+  const code = readdirSync(dir)
+    .filter((file) => file.startsWith('dynamo-'))
+    .map((file) => readFileSync(join(dir, file), 'utf8'))
+    .join('\n');
+  const commands = [...code.matchAll(/new (\w+)Command\(/g)].map(([, name]) => name as string);
+  const transacted = [...code.matchAll(/\b(Put|Update|Delete|ConditionCheck): \{/g)].map(([, action]) =>
+    action === 'ConditionCheck' ? 'ConditionCheckItem' : `${action}Item`,
+  );
+  expect(commands).toContain('GetItem');
+  return [...new Set([...commands.filter((name) => name !== 'TransactWriteItems'), ...transacted])]
+    .map((name) => `dynamodb:${name}`)
+    .sort();
+};
 
 type Json = unknown;
 type Resource = {
@@ -62,6 +85,36 @@ const render = (value: Json): string => {
   return JSON.stringify(value);
 };
 const list = <T>(value: T | T[]): T[] => (Array.isArray(value) ? value : [value]);
+const sorted = (values: Iterable<string> | undefined) => [...(values ?? [])].sort();
+type Statement = Record<string, Json>;
+const variablesOf = (lambda: Resource | undefined) =>
+  (lambda?.Properties.Environment as { Variables?: Record<string, Json> } | undefined)?.Variables ?? {};
+const statementsOf = (policy: Resource) =>
+  (policy.Properties.PolicyDocument as { Statement: Statement[] }).Statement;
+
+/** Each function's role policy, as the actions it allows on each resource (`*` included). */
+/** The statements of a function's role policy (its only one). */
+const roleStatementsOf = (template: Template, fn: string): Statement[] => {
+  const resources = template.toJSON().Resources as Record<string, Resource>;
+  const role = render(resources[fn]?.Properties.Role).replace(/^getatt:(.*)\.Arn$/, '$1');
+  const policies = Object.values(resources).filter(
+    (r) =>
+      r.Type === 'AWS::IAM::Policy' && list(r.Properties.Roles).some((ref) => render(ref) === `ref:${role}`),
+  );
+  expect(policies, `the policy of the role ${role}`).toHaveLength(1);
+  return statementsOf(policies[0] as Resource);
+};
+const grantsOf = (template: Template, fn: string) => {
+  const result = new Map<string, Set<string>>();
+  for (const statement of roleStatementsOf(template, fn)) {
+    for (const arn of list(statement.Resource).map(render)) {
+      const actions = result.get(arn) ?? new Set();
+      for (const action of list(statement.Action as string | string[])) actions.add(action);
+      result.set(arn, actions);
+    }
+  }
+  return result;
+};
 
 const synth = (options: { raw?: Record<string, unknown>; context?: Record<string, unknown> } = {}) => {
   const app = new App({ context: { ...cdkContext(), ...options.context } });
@@ -92,7 +145,7 @@ const idOf = (type: string, predicate: (resource: Resource) => boolean = () => t
   expect(ids, type).toHaveLength(1);
   return ids[0] as string;
 };
-const logicalId = (fn: NodejsFunction) => stack.getLogicalId(fn.node.defaultChild as CfnElement);
+const logicalId = (fn: NodejsFunction, of = stack) => of.getLogicalId(fn.node.defaultChild as CfnElement);
 const ids = () => ({
   table: idOf('AWS::DynamoDB::Table'),
   queue: idOf('AWS::SQS::Queue', (r) => r.Properties.RedrivePolicy !== undefined),
@@ -114,7 +167,7 @@ describe('the stack synthesized from examples/aws-config.json', () => {
     expect(stack.region).toBe('eu-west-1');
   });
 
-  it('runs both handlers on Node 24, arm64, sized by the configuration, in the configured subnets and groups', () => {
+  it('runs both handlers on Node 24, arm64, sized by the configuration, in the configured subnets and groups, logging JSON at the configured level, one poll at a time', () => {
     const { poller, forwarder } = ids();
     for (const [id, sizing] of [
       [poller, config.aws?.poller],
@@ -134,7 +187,16 @@ describe('the stack synthesized from examples/aws-config.json', () => {
       expect(resources[logGroup]?.Type).toBe('AWS::Logs::LogGroup');
       expect(resource(logGroup).Properties.RetentionInDays).toBe(90);
       expect(resources[logGroup]?.DeletionPolicy).toBe('Retain');
+      // Lambda filters application logs at aws.logLevel; Powertools Logger follows it.
+      expect(properties.LoggingConfig).toMatchObject({
+        LogFormat: 'JSON',
+        ApplicationLogLevel: 'INFO',
+        SystemLogLevel: 'INFO',
+      });
+      expect(properties.TracingConfig).toBeUndefined();
     }
+    expect(resource(poller).Properties.ReservedConcurrentExecutions).toBe(1);
+    expect(resource(forwarder).Properties.ReservedConcurrentExecutions).toBeUndefined();
     template.resourceCountIs('AWS::Lambda::Function', 2);
   });
 
@@ -150,17 +212,15 @@ describe('the stack synthesized from examples/aws-config.json', () => {
     }
   });
 
-  it('gives both functions the configuration without passwords, and the resources’ names', () => {
+  it('gives each function the configuration without passwords (the poller’s without the destination’s secret), and the resources’ names', () => {
     const { poller, forwarder, table, queue, dlq } = ids();
     for (const id of [poller, forwarder]) {
-      const variables = (resource(id).Properties.Environment as { Variables: Record<string, Json> })
-        .Variables;
+      const variables = variablesOf(resource(id));
       expect(Object.keys(variables).sort()).toEqual(
         [
           'DLQ_URL',
           'FORWARDER_CONFIG',
           'NODE_OPTIONS',
-          'POWERTOOLS_LOG_LEVEL',
           'POWERTOOLS_METRICS_NAMESPACE',
           'POWERTOOLS_SERVICE_NAME',
           'QUEUE_URL',
@@ -168,14 +228,17 @@ describe('the stack synthesized from examples/aws-config.json', () => {
         ].sort(),
       );
       const text = variables.FORWARDER_CONFIG as string;
-      expect(parseConfig(JSON.parse(text))).toEqual(config);
+      expect(parseConfig(JSON.parse(text))).toEqual(
+        id === forwarder
+          ? config
+          : { ...config, destinations: config.destinations.map(({ secretId: _secretId, ...rest }) => rest) },
+      );
       expect(JSON.stringify(variables)).not.toMatch(/password/i);
       expect(variables.STATE_TABLE).toEqual({ Ref: table });
       expect(variables.QUEUE_URL).toEqual({ Ref: queue });
       expect(variables.DLQ_URL).toEqual({ Ref: dlq });
       expect(variables.POWERTOOLS_SERVICE_NAME).toBe('orthanc-forwarder');
       expect(variables.POWERTOOLS_METRICS_NAMESPACE).toBe('OrthancForwarder');
-      expect(variables.POWERTOOLS_LOG_LEVEL).toBe('INFO');
     }
   });
 
@@ -200,7 +263,7 @@ describe('the stack synthesized from examples/aws-config.json', () => {
     expect(table.UpdateReplacePolicy).toBe('Retain');
   });
 
-  it('has an encrypted work queue that redrives to an encrypted DLQ after retry.maxAttempts receives', () => {
+  it('has an encrypted work queue that redrives to an encrypted, retained DLQ after retry.maxAttempts receives; only it may, and the DLQ keeps messages longer', () => {
     const { queue, dlq, forwarder } = ids();
     const work = resources[queue] as Resource;
     const dead = resources[dlq] as Resource;
@@ -211,7 +274,19 @@ describe('the stack synthesized from examples/aws-config.json', () => {
     const timeout = resource(forwarder).Properties.Timeout as number;
     expect(work.Properties.VisibilityTimeout).toBeGreaterThanOrEqual(6 * timeout);
     expect(work.Properties.VisibilityTimeout).toBe(6 * 300);
+    // A message moved to the DLQ keeps the time it was first sent.
+    expect(work.Properties.MessageRetentionPeriod).toBe(7 * 24 * 3600);
     expect(dead.Properties.MessageRetentionPeriod).toBe(14 * 24 * 3600);
+    expect(dead.DeletionPolicy).toBe('Retain');
+    const { redrivePermission, sourceQueueArns } = dead.Properties.RedriveAllowPolicy as {
+      redrivePermission: string;
+      sourceQueueArns: Json[];
+    };
+    expect(redrivePermission).toBe('byQueue');
+    expect(sourceQueueArns.map(render)).toEqual([
+      `arn:aws:sqs:eu-west-1:123456789012:${String(work.Properties.QueueName)}`,
+    ]);
+    expect(String(work.Properties.QueueName)).toMatch(/^OrthancForwarder-[A-Za-z0-9-]+$/);
     for (const q of [work, dead]) expect(q.Properties.SqsManagedSseEnabled).toBe(true);
     // enforceSSL: each queue's policy denies every request that is not over TLS.
     for (const id of [queue, dlq]) {
@@ -269,11 +344,12 @@ describe('the stack synthesized from examples/aws-config.json', () => {
     });
   });
 
-  it('creates interface endpoints for SQS, Secrets Manager, CloudWatch metrics and logs, and a DynamoDB gateway', () => {
+  it('creates the endpoints the Lambdas call: interface endpoints for SQS and Secrets Manager, and a DynamoDB gateway', () => {
     const endpoints = Object.values(resources).filter((r) => r.Type === 'AWS::EC2::VPCEndpoint');
     const interfaces = endpoints.filter((r) => r.Properties.VpcEndpointType === 'Interface');
+    // Not CloudWatch Logs nor metrics: Lambda delivers the logs, and the EMF metrics in them.
     expect(interfaces.map((r) => r.Properties.ServiceName).sort()).toEqual(
-      ['logs', 'monitoring', 'secretsmanager', 'sqs'].map((name) => `com.amazonaws.eu-west-1.${name}`),
+      ['secretsmanager', 'sqs'].map((name) => `com.amazonaws.eu-west-1.${name}`),
     );
     const endpointGroup = idOf('AWS::EC2::SecurityGroup');
     for (const endpoint of interfaces) {
@@ -305,7 +381,7 @@ describe('the stack synthesized from examples/aws-config.json', () => {
     ]);
   });
 
-  it('grants only on its own resources and the configured secrets: no "*" in any IAM policy', () => {
+  it('grants only on its own resources and the configured secrets, "*" only to the network interfaces, and no managed policy', () => {
     const own = new Set(
       Object.entries(resources)
         .filter(([, r]) =>
@@ -316,15 +392,13 @@ describe('the stack synthesized from examples/aws-config.json', () => {
     const policies = Object.values(resources).filter((r) => r.Type === 'AWS::IAM::Policy');
     expect(policies).toHaveLength(2);
     for (const policy of policies) {
-      const statements = (policy.Properties.PolicyDocument as { Statement: Record<string, Json>[] })
-        .Statement;
-      for (const statement of statements) {
+      for (const statement of statementsOf(policy)) {
         expect(statement.Effect).toBe('Allow');
         const actions = list(statement.Action as string | string[]);
         for (const action of actions) expect(action, 'wildcard action').not.toMatch(/\*/);
         for (const arn of list(statement.Resource).map(render)) {
           if (arn === '*') {
-            expect(actions.every((action) => ACTIONS_ALLOWED_ON_STAR.includes(action))).toBe(true);
+            expect(actions.filter((action) => !ACTIONS_ALLOWED_ON_STAR.includes(action))).toEqual([]);
             continue;
           }
           expect(arn).not.toMatch(/\*/);
@@ -333,76 +407,75 @@ describe('the stack synthesized from examples/aws-config.json', () => {
       }
     }
     for (const role of Object.values(resources).filter((r) => r.Type === 'AWS::IAM::Role')) {
-      expect(list(role.Properties.ManagedPolicyArns ?? []).map(render)).toEqual(ALLOWED_MANAGED_POLICIES);
+      expect(role.Properties.ManagedPolicyArns).toBeUndefined();
       expect(role.Properties.Policies).toBeUndefined();
     }
   });
 
-  it('gives each function exactly the access its handler needs', () => {
+  it('gives each function exactly the access its code needs', () => {
     const { poller, forwarder, table, queue, dlq } = ids();
-    const grants = (fn: string) => {
-      const role = render(resource(fn).Properties.Role).replace(/^getatt:(.*)\.Arn$/, '$1');
-      const policy = Object.values(resources).find(
-        (r) =>
-          r.Type === 'AWS::IAM::Policy' &&
-          list(r.Properties.Roles).some((ref) => render(ref) === `ref:${role}`),
-      );
-      if (policy === undefined) throw new Error(`no policy for the role ${role}`);
-      const result = new Map<string, Set<string>>();
-      for (const statement of (policy.Properties.PolicyDocument as { Statement: Record<string, Json>[] })
-        .Statement) {
-        for (const arn of list(statement.Resource).map(render)) {
-          const actions = result.get(arn) ?? new Set();
-          for (const action of list(statement.Action as string | string[])) actions.add(action);
-          result.set(arn, actions);
-        }
-      }
-      return result;
-    };
     const arn = (id: string) => `getatt:${id}.Arn`;
+    const pollerGrants = grantsOf(template, poller);
+    const forwarderGrants = grantsOf(template, forwarder);
+    const logGroupOf = (fn: string) =>
+      render((resource(fn).Properties.LoggingConfig as { LogGroup: Json }).LogGroup).replace(/^ref:/, '');
 
-    const pollerGrants = grants(poller);
-    expect(pollerGrants.get(arn(table))).toContain('dynamodb:UpdateItem');
-    expect([...(pollerGrants.get(arn(queue)) ?? [])].sort()).toEqual(
-      ['sqs:GetQueueAttributes', 'sqs:GetQueueUrl', 'sqs:SendMessage'].sort(),
-    );
+    for (const [fn, grants] of [
+      [poller, pollerGrants],
+      [forwarder, forwarderGrants],
+    ] as const) {
+      // What the DynamoDB adapters send, no more: no Scan, no stream reads.
+      expect(sorted(grants.get(arn(table)))).toEqual(dynamoActionsInCode());
+      // Only its own log group, only what Lambda does there.
+      const logGroups = [...grants.keys()].filter((key) => key.includes('LogGroup'));
+      expect(logGroups).toEqual([arn(logGroupOf(fn))]);
+      expect(sorted(grants.get(arn(logGroupOf(fn))))).toEqual(['logs:CreateLogStream', 'logs:PutLogEvents']);
+      expect(sorted(grants.get('*'))).toEqual(sorted(NETWORK_INTERFACE_ACTIONS));
+      expect(
+        [...grants.values()].flatMap((actions) => [...actions]).filter((a) => a.startsWith('kms:')),
+      ).toEqual([]);
+    }
+
+    // The poller reads the sources' secrets only, and queues work items.
+    for (const secret of SECRET_ARNS) {
+      expect(sorted(pollerGrants.get(secret))).toEqual(
+        SOURCE_SECRET_ARNS.includes(secret) ? ['secretsmanager:GetSecretValue'] : [],
+      );
+      expect(sorted(forwarderGrants.get(secret))).toEqual(['secretsmanager:GetSecretValue']);
+    }
+    expect(sorted(pollerGrants.get(arn(queue)))).toEqual(['sqs:SendMessage']);
     expect(pollerGrants.has(arn(dlq))).toBe(false);
 
-    const forwarderGrants = grants(forwarder);
-    expect(forwarderGrants.get(arn(table))).toContain('dynamodb:PutItem');
-    expect([...(forwarderGrants.get(arn(dlq)) ?? [])]).toContain('sqs:SendMessage');
-    expect([...(forwarderGrants.get(arn(dlq)) ?? [])]).not.toContain('sqs:ReceiveMessage');
-    const work = forwarderGrants.get(arn(queue)) ?? new Set();
-    for (const action of ['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility']) {
-      expect(work).toContain(action);
-    }
-    expect(work).not.toContain('sqs:SendMessage');
-
-    for (const fnGrants of [pollerGrants, forwarderGrants]) {
-      for (const secret of SECRET_ARNS)
-        expect([...(fnGrants.get(secret) ?? [])]).toEqual(['secretsmanager:GetSecretValue']);
-      const logGroups = [...fnGrants.keys()].filter(
-        (key) => resources[key.replace(/^getatt:(.*)\.Arn$/, '$1')]?.Type === 'AWS::Logs::LogGroup',
+    // The forwarder dead-letters, queues a retry that made headway afresh and delays a retry;
+    // its event source mapping receives and deletes with the function's role.
+    expect(sorted(forwarderGrants.get(arn(dlq)))).toEqual(['sqs:SendMessage']);
+    expect(sorted(forwarderGrants.get(arn(queue)))).toEqual([
+      'sqs:ChangeMessageVisibility',
+      'sqs:DeleteMessage',
+      'sqs:GetQueueAttributes',
+      'sqs:GetQueueUrl',
+      'sqs:ReceiveMessage',
+      'sqs:SendMessage',
+    ]);
+    for (const grants of [pollerGrants, forwarderGrants]) {
+      expect([...grants.keys()].sort()).toEqual(
+        [...grants.keys()]
+          .filter((key) => key === '*' || key.startsWith('getatt:') || SECRET_ARNS.includes(key))
+          .sort(),
       );
-      expect(logGroups).toHaveLength(1);
-      expect([...(fnGrants.get(logGroups[0] as string) ?? [])].sort()).toEqual([
-        'logs:CreateLogStream',
-        'logs:PutLogEvents',
-      ]);
     }
   });
 });
 
-describe('cdk-nag AwsSolutions', () => {
+describe('cdk-nag AwsSolutions and HIPAA Security', () => {
   it('finds nothing unacknowledged, and no construct reports an error', () => {
-    const report = new AwsSolutionsChecks().validateScope(app);
-    expect(report.violations.map((violation) => `${violation.ruleName}: ${violation.description}`)).toEqual(
-      [],
-    );
-    expect(report.success).toBe(true);
-    expect(Annotations.fromStack(stack).findError('*', Match.stringLikeRegexp('AwsSolutions-.*'))).toEqual(
-      [],
-    );
+    for (const pack of [new AwsSolutionsChecks(), new HIPAASecurityChecks()]) {
+      const report = pack.validateScope(app);
+      expect(report.violations.map((violation) => `${violation.ruleName}: ${violation.description}`)).toEqual(
+        [],
+      );
+      expect(report.success).toBe(true);
+    }
     expect(Annotations.fromStack(stack).findError('*', Match.anyValue())).toEqual([]);
     expect(Annotations.fromStack(stack).findWarning('*', Match.anyValue())).toEqual([]);
   });
@@ -415,10 +488,18 @@ describe('cdk-nag AwsSolutions', () => {
         acknowledged.push(...Object.entries(entry.data as Record<string, string>));
       }
     }
-    expect(acknowledged.map(([id]) => id.replace(/^annotation::/i, ''))).toEqual([
-      'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]',
-      'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]',
-    ]);
+    expect(acknowledged.map(([id]) => id.replace(/^annotation::/i, '')).sort()).toEqual(
+      [
+        'HIPAA.Security-DynamoDBInBackupPlan',
+        ...['Poller', 'Forwarder'].flatMap(() => [
+          'AwsSolutions-IAM5[Resource::*]',
+          'HIPAA.Security-IAMNoInlinePolicy',
+          'HIPAA.Security-CloudWatchLogGroupEncrypted',
+          'HIPAA.Security-LambdaDLQ',
+        ]),
+        'HIPAA.Security-LambdaConcurrency',
+      ].sort(),
+    );
     for (const [, reason] of acknowledged) expect(reason.length).toBeGreaterThan(80);
   });
 
@@ -426,9 +507,12 @@ describe('cdk-nag AwsSolutions', () => {
     const checked = new App({ context: cdkContext() });
     const bad = addForwarder(checked);
     new Queue(bad, 'PlainQueue');
+    new LogGroup(bad, 'PlainLogGroup', { retention: RetentionDays.ONE_WEEK });
     expect(() => checked.synth()).toThrow(/AwsSolutions-SQS4/);
     const violations = new AwsSolutionsChecks().validateScope(checked).violations.map((v) => v.ruleName);
     expect(violations).toEqual(expect.arrayContaining(['AwsSolutions-SQS3', 'AwsSolutions-SQS4']));
+    const hipaa = new HIPAASecurityChecks().validateScope(checked).violations.map((v) => v.ruleName);
+    expect(hipaa).toEqual(['HIPAA.Security-CloudWatchLogGroupEncrypted']);
   });
 });
 
@@ -449,16 +533,123 @@ describe('other configurations', () => {
     variant.resourceCountIs('AWS::EC2::VPCEndpoint', 0);
     variant.resourceCountIs('AWS::EC2::SecurityGroup', 0);
     variant.resourceCountIs('AWS::EC2::SecurityGroupIngress', 0);
-    // One statement per function: the shared secret once, the partial ARN with any suffix.
-    for (const policy of Object.values(variant.findResources('AWS::IAM::Policy'))) {
-      const statement = (policy.Properties.PolicyDocument.Statement as Record<string, Json>[]).find(
-        (s) => s.Action === 'secretsmanager:GetSecretValue',
+    // The shared secret once, the partial ARN with any suffix; the poller's without the destination's.
+    const secretsOf = (fn: NodejsFunction) =>
+      [...grantsOf(variant, logicalId(fn, variantStack)).keys()]
+        .filter((key) => key.includes(':secret:'))
+        .sort();
+    const shared =
+      'arn:aws:secretsmanager:ref:AWS::Region:ref:AWS::AccountId:secret:orthanc-forwarder/sources-??????';
+    expect(secretsOf(variantStack.forwarder.pollerFunction)).toEqual([shared]);
+    expect(secretsOf(variantStack.forwarder.forwarderFunction)).toEqual([
+      'arn:aws:secretsmanager:eu-west-1:123456789012:secret:dest-??????',
+      shared,
+    ]);
+  });
+
+  describe('with tracing, DEBUG logs, customer keys on secrets, tags, a chosen set of endpoints and outcomes kept ten years', () => {
+    const SOURCE_KEY = 'arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555';
+    const DESTINATION_KEY = 'arn:aws:kms:eu-west-1:123456789012:key/mrk-0123456789abcdef0123456789abcdef';
+    const TAGS = { 'cost-center': 'radiology 4711', 'data-classification': 'operational-metadata' };
+    const CA_SECRET = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:hospital/internal-ca-Xy12Ab';
+    const CLIENT_CERT_SECRET =
+      'arn:aws:secretsmanager:eu-west-1:123456789012:secret:forwarder/client-cert-Cd34Ef';
+    let variantStack: ForwarderStack;
+    let variant: Template;
+    let variantResources: Record<string, Resource>;
+    beforeAll(() => {
+      const raw = exampleRaw();
+      const aws = raw.aws as Record<string, unknown> & { vpc: Record<string, unknown> };
+      Object.assign(aws, { tracing: true, logLevel: 'DEBUG', tags: TAGS });
+      aws.vpc.createEndpoints = ['sqs', 'logs', 'monitoring'];
+      Object.assign((raw.sources as Record<string, unknown>[])[0] ?? {}, { kmsKeyArn: SOURCE_KEY });
+      (raw.destination as Record<string, unknown>).kmsKeyArn = DESTINATION_KEY;
+      Object.assign((raw.sources as Record<string, unknown>[])[0] ?? {}, { caSecretId: CA_SECRET });
+      (raw.destination as Record<string, unknown>).clientCertSecretId = CLIENT_CERT_SECRET;
+      raw.retention = { outcomeDays: 3650 };
+      ({ stack: variantStack, template: variant } = synth({ raw }));
+      variantResources = variant.toJSON().Resources;
+    });
+    const fns = () => ({
+      poller: logicalId(variantStack.forwarder.pollerFunction, variantStack),
+      forwarder: logicalId(variantStack.forwarder.forwarderFunction, variantStack),
+    });
+
+    it('traces both functions actively, may send their traces, and logs at DEBUG', () => {
+      for (const fn of Object.values(fns())) {
+        const properties = variantResources[fn]?.Properties ?? {};
+        expect(properties.TracingConfig).toEqual({ Mode: 'Active' });
+        expect(properties.LoggingConfig).toMatchObject({ LogFormat: 'JSON', ApplicationLogLevel: 'DEBUG' });
+        expect(sorted(grantsOf(variant, fn).get('*'))).toEqual(
+          sorted([...NETWORK_INTERFACE_ACTIONS, ...XRAY_ACTIONS]),
+        );
+      }
+    });
+
+    it('may read a server’s internal CA and client certificate secrets where it talks to that server, and only there', () => {
+      const { poller, forwarder } = fns();
+      const reads = (fn: string, secret: string) => sorted(grantsOf(variant, fn).get(secret));
+      expect(reads(poller, CA_SECRET)).toEqual(['secretsmanager:GetSecretValue']);
+      expect(reads(forwarder, CA_SECRET)).toEqual(['secretsmanager:GetSecretValue']);
+      expect(reads(poller, CLIENT_CERT_SECRET)).toEqual([]);
+      expect(reads(forwarder, CLIENT_CERT_SECRET)).toEqual(['secretsmanager:GetSecretValue']);
+    });
+
+    it('may decrypt a secret under a customer key, through Secrets Manager only, where it may read the secret', () => {
+      const decrypts = (fn: string) =>
+        roleStatementsOf(variant, fn).filter((statement) => statement.Action === 'kms:Decrypt');
+      const { poller, forwarder } = fns();
+      for (const [fn, keys] of [
+        [poller, [SOURCE_KEY]],
+        [forwarder, [DESTINATION_KEY, SOURCE_KEY]],
+      ] as const) {
+        const statements = decrypts(fn);
+        expect(statements).toHaveLength(1);
+        expect(sorted(list(statements[0]?.Resource as string | string[]))).toEqual([...keys].sort());
+        expect(statements[0]?.Condition).toEqual({
+          StringEquals: { 'kms:ViaService': 'secretsmanager.eu-west-1.amazonaws.com' },
+        });
+      }
+    });
+
+    it('tags the stack and every resource that takes tags with aws.tags', () => {
+      expect(variantStack.tags.tagValues()).toEqual(TAGS);
+      const taggable = variantStack.node
+        .findAll()
+        .filter((c): c is CfnResource => CfnResource.isCfnResource(c) && TagManager.isTaggable(c));
+      expect(taggable.length).toBeGreaterThan(10);
+      for (const cfn of taggable) {
+        const tags = variantResources[variantStack.getLogicalId(cfn)]?.Properties.Tags;
+        const found = Array.isArray(tags)
+          ? Object.fromEntries(
+              (tags as { Key: string; Value: string }[]).map(({ Key, Value }) => [Key, Value]),
+            )
+          : (tags as Record<string, string> | undefined);
+        expect(found, `${cfn.cfnResourceType} ${cfn.node.path}`).toMatchObject(TAGS);
+      }
+    });
+
+    it('creates just the endpoints listed, and passes both cdk-nag packs', () => {
+      const services = Object.values(variantResources)
+        .filter((r) => r.Type === 'AWS::EC2::VPCEndpoint')
+        .map((r) => r.Properties.ServiceName)
+        .sort();
+      expect(services).toEqual(
+        ['logs', 'monitoring', 'sqs'].map((name) => `com.amazonaws.eu-west-1.${name}`),
       );
-      expect(list(statement?.Resource).map(render).sort()).toEqual([
-        'arn:aws:secretsmanager:eu-west-1:123456789012:secret:dest-??????',
-        'arn:aws:secretsmanager:ref:AWS::Region:ref:AWS::AccountId:secret:orthanc-forwarder/sources-??????',
-      ]);
-    }
+      for (const pack of [new AwsSolutionsChecks(), new HIPAASecurityChecks()]) {
+        expect(pack.validateScope(variantStack).violations.map((v) => v.ruleName)).toEqual([]);
+      }
+    });
+
+    it('hands outcome retention in years to both functions’ ledger', () => {
+      for (const fn of Object.values(fns())) {
+        const variables = variablesOf(variantResources[fn]);
+        expect(parseConfig(JSON.parse(variables.FORWARDER_CONFIG as string)).retention.outcomeDays).toBe(
+          3650,
+        );
+      }
+    });
   });
 });
 
@@ -489,6 +680,56 @@ describe('configuration errors stop the synth and name the field', () => {
     expect(construct(raw)).toThrow(/destination\.passwordEnv: not allowed on AWS/);
   });
 
+  it('a CA or a client certificate as files, naming the secret setting to use instead', () => {
+    const raw = exampleRaw();
+    Object.assign((raw.sources as Record<string, unknown>[])[0] ?? {}, { caFile: '/etc/hospital-ca.pem' });
+    Object.assign(raw.destination as Record<string, unknown>, {
+      clientCertFile: '/etc/forwarder.crt',
+      clientKeyFile: '/etc/forwarder.key',
+    });
+    expect(construct(raw)).toThrow(/sources\[0\]\.caFile: not supported on AWS: .* sources\[0\]\.caSecretId/);
+    expect(construct(raw)).toThrow(
+      /destination\.clientKeyFile: not supported on AWS: .* destination\.clientCertSecretId/,
+    );
+  });
+
+  it('credentials in a URL, and http:// without allowInsecureHttp', () => {
+    const raw = exampleRaw();
+    const sources = raw.sources as Record<string, unknown>[];
+    const destination = raw.destination as Record<string, unknown>;
+    Object.assign(sources[0] ?? {}, { url: 'https://forwarder:s3cret@orthanc-a.hospital.example:8042' });
+    expect(construct(raw)).toThrow(/sources\[0\]\.url: must not carry credentials/);
+    expect(construct(raw)).not.toThrow(/s3cret/);
+
+    Object.assign(sources[0] ?? {}, { url: 'http://orthanc-a.hospital.example:8042' });
+    destination.orthancUrl = 'http://pacs.cloud.example';
+    expect(construct(raw)).toThrow(/sources\[0\]\.url: http:\/\/ is not allowed on AWS/);
+    expect(construct(raw)).toThrow(/destination\.orthancUrl: http:\/\/ is not allowed on AWS/);
+    // Each server opts in for itself.
+    Object.assign(sources[0] ?? {}, { allowInsecureHttp: true });
+    expect(construct(raw)).not.toThrow(/sources\[0\]/);
+    destination.allowInsecureHttp = true;
+    expect(deployableConfig(parseConfig(raw)).sources[0]?.url).toBe('http://orthanc-a.hospital.example:8042');
+  });
+
+  it('a KMS key without its secret or given by alias, a log level that would drop the metrics, a reserved tag key', () => {
+    const raw = exampleRaw();
+    const source = (raw.sources as Record<string, unknown>[])[1] ?? {};
+    delete source.secretId;
+    source.kmsKeyArn = 'arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555';
+    expect(construct(raw)).toThrow(
+      /sources\[1\]\.kmsKeyArn: the key of the secret in secretId, which is not given/,
+    );
+    source.kmsKeyArn = 'alias/orthanc-forwarder';
+    expect(construct(raw)).toThrow(/sources\[1\]\.kmsKeyArn: must be a KMS key ARN/);
+
+    const aws = exampleRaw().aws as Record<string, unknown>;
+    expect(construct({ ...exampleRaw(), aws: { ...aws, logLevel: 'WARN' } })).toThrow(/aws\.logLevel:/);
+    expect(construct({ ...exampleRaw(), aws: { ...aws, tags: { 'aws:owner': 'x' } } })).toThrow(
+      /aws\.tags\.aws:owner: must be a tag key/,
+    );
+  });
+
   it('a bad VPC id', () => {
     const raw = exampleRaw();
     (raw.aws as { vpc: Record<string, unknown> }).vpc.vpcId = 'vpc-nothex';
@@ -511,22 +752,20 @@ describe('configuration errors stop the synth and name the field', () => {
     expect(() => addForwarder(new App())).toThrow(/CDK context key configFile/);
   });
 
-  it('bin/app.ts exits 1 with the field on stderr', () => {
+  it('cdk.json’s app, run with only the system’s node on PATH, exits 1 with the field on stderr', () => {
     const raw = exampleRaw();
     (raw.aws as { vpc: Record<string, unknown> }).vpc.securityGroupIds = ['sg-1'];
-    const run = spawnSync(
-      process.execPath,
-      ['--disable-warning=ExperimentalWarning', join(ROOT, 'bin/app.ts')],
-      {
-        cwd: ROOT,
-        encoding: 'utf8',
-        env: {
-          ...process.env,
-          CDK_CONTEXT_JSON: JSON.stringify({ configFile: writeConfig(dir, 'bad-sg.json', raw) }),
-          CDK_OUTDIR: join(dir, 'out'),
-        },
+    const command = JSON.parse(readFileSync(join(ROOT, 'cdk.json'), 'utf8')).app as string;
+    // The CDK CLI runs the app through a shell in the project's directory.
+    const run = spawnSync('/bin/sh', ['-c', command], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      env: {
+        PATH: '/usr/bin:/bin',
+        CDK_CONTEXT_JSON: JSON.stringify({ configFile: writeConfig(dir, 'bad-sg.json', raw) }),
+        CDK_OUTDIR: join(dir, 'out'),
       },
-    );
+    });
     expect(run.status).toBe(1);
     expect(run.stderr).toMatch(/aws\.vpc\.securityGroupIds\[0\]: must be an ID like sg-/);
   });

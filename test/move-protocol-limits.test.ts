@@ -195,6 +195,38 @@ describe('the move protocol at its limits', () => {
     expect(await heldUids(source)).toEqual(uidsOf(big.instances));
   });
 
+  it('moves at most maxConcurrentMoves studies of a source at once; the others wait without using up attempts', async () => {
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
+    const set = generateStudies(
+      shape('one-at-a-time', { patients: 4, seriesPerStudy: 1, instancesPerSeries: 2 }),
+    );
+    await upload(source, set.instances);
+    const raw = configFor([{ id: 'site-a', server: source }], destination, {
+      concurrency: 4,
+      retry: { maxAttempts: 1, baseDelayMs: 50, maxDelayMs: 100 },
+    });
+    const config = parseConfig({
+      ...raw,
+      sources: (raw.sources as object[]).map((entry) => ({ ...entry, maxConcurrentMoves: 1 })),
+    });
+    let active = 0;
+    let most = 0;
+    await withState(config, async (state) => {
+      const { summary } = await runUntilIdle(config, state, log, {
+        onStep: async (step) => {
+          if (step === 'snapshot-taken') most = Math.max(most, ++active);
+          // Long enough for the other workers to try the source meanwhile.
+          if (step === 'sent') await sleep(200);
+          if (step === 'deleted') active--;
+        },
+      });
+      expect(summary.deadLettered).toBe(0);
+    });
+    expect(most).toBe(1);
+    expect(await instanceCount(source)).toBe(0);
+    await expectAllAtDestination(destination, set.instances);
+  });
+
   it('keeps the lease on a study for as long as its move runs', async () => {
     const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
     const set = generateStudies(shape('long-move', { patients: 1 }));

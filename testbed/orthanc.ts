@@ -85,19 +85,23 @@ const testbedRoot = (): string => {
 export class OrthancServer {
   readonly name: string;
   readonly username: string;
-  readonly password: string;
   readonly dir: string;
   httpPort = 0;
   dicomPort = 0;
   private readonly options: OrthancOptions;
   private child: ChildProcess | undefined;
+  private currentPassword: string;
 
   constructor(options: OrthancOptions = {}) {
     this.options = options;
     this.name = options.name ?? 'orthanc';
     this.username = options.username ?? 'orthanc';
-    this.password = options.password ?? 'orthanc';
+    this.currentPassword = options.password ?? 'orthanc';
     this.dir = mkdtempSync(join(testbedRoot(), `${this.name}-`));
+  }
+
+  get password(): string {
+    return this.currentPassword;
   }
 
   get url(): string {
@@ -256,6 +260,16 @@ export class OrthancServer {
   /** Stops and starts again on the same ports and storage. */
   async restart(): Promise<void> {
     await this.stop();
+    await this.start();
+  }
+
+  /**
+   * A password rotation: Orthanc reads its users only at start, so it restarts (same ports and
+   * storage) with the new password, and the old one is refused from then on.
+   */
+  async changePassword(password: string): Promise<void> {
+    await this.stop();
+    this.currentPassword = password;
     await this.start();
   }
 

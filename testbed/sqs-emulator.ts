@@ -10,17 +10,22 @@ export const LOCAL_REGION = 'us-east-1';
 
 /**
  * The environment that points the AWS SDK, in this process or in a child, at the emulators
- * (DynamoDB Local, this SQS emulator), with their region and throwaway credentials.
+ * (DynamoDB Local, this SQS emulator, the Secrets Manager stand-in), with their region and
+ * throwaway credentials.
  */
 export const emulatorEnv = (endpoints: {
   readonly dynamodb?: string;
   readonly sqs?: string;
+  readonly secretsManager?: string;
 }): Record<string, string> => ({
   AWS_REGION: LOCAL_REGION,
   AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
   AWS_SECRET_ACCESS_KEY: LOCAL_CREDENTIALS.secretAccessKey,
   ...(endpoints.dynamodb === undefined ? {} : { AWS_ENDPOINT_URL_DYNAMODB: endpoints.dynamodb }),
   ...(endpoints.sqs === undefined ? {} : { AWS_ENDPOINT_URL_SQS: endpoints.sqs }),
+  ...(endpoints.secretsManager === undefined
+    ? {}
+    : { AWS_ENDPOINT_URL_SECRETS_MANAGER: endpoints.secretsManager }),
 });
 
 export interface SqsEmulator {

@@ -1,29 +1,26 @@
 /**
  * What both Lambdas set up once per execution environment: the configuration (from the
- * environment, credentials from Secrets Manager), the AWS clients and the adapters.
+ * environment), the secret store the servers' credentials and TLS material are read from, the
+ * AWS clients and the adapters.
  */
+
+import type { Logger } from '@aws-lambda-powertools/logger';
+import { Tracer } from '@aws-lambda-powertools/tracer';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { SQSClient } from '@aws-sdk/client-sqs';
-import { z } from 'zod';
-import {
-  ConfigError,
-  destinationField,
-  type ForwarderConfig,
-  parseConfig,
-  type ServerConfig,
-} from '../core/config.ts';
+import { ConfigError, configuredServers, type ForwarderConfig, parseConfig } from '../core/config.ts';
+import { type SecretReader, secretCredentials, secretTlsMaterial } from '../core/credentials.ts';
 import { createLog, type Log, type LogLevel } from '../core/log.ts';
 import { DynamoFeedStore } from './dynamo-feed-store.ts';
 import { DynamoLedger } from './dynamo-ledger.ts';
 
-/** Reads a secret's value; Powertools Parameters (cached) in the Lambdas, a stand-in in tests. */
-export type SecretReader = (secretId: string) => Promise<unknown>;
-
-const secretSchema = z.object({ username: z.string().min(1).optional(), password: z.string() });
-
 export interface AwsRuntime {
+  /** The configuration as deployed: credentials stay in their secrets, read when used. */
   readonly config: ForwarderConfig;
-  readonly log: Log;
+  /** Where the servers' secrets are read (cached; `fresh` after a refusal, for a rotation). */
+  readonly secrets: SecretReader;
+  /** Powertools' Logger, to which the handlers add each invocation's context (request id, cold start). */
+  readonly log: Log & Partial<Pick<Logger, 'addContext'>>;
   readonly dynamodb: DynamoDBClient;
   readonly sqs: SQSClient;
   readonly feed: DynamoFeedStore;
@@ -38,51 +35,41 @@ const requiredEnv = (env: NodeJS.ProcessEnv, name: string): string => {
   return value;
 };
 
-const withSecret = async <T extends ServerConfig>(
-  server: T,
-  field: string,
-  read: SecretReader,
-): Promise<T> => {
-  if (server.secretId === undefined) return server;
-  const parsed = secretSchema.safeParse(await read(server.secretId));
-  if (!parsed.success) {
-    throw new ConfigError(`${field}.secretId: the secret must be JSON {"username": …, "password": …}`);
-  }
-  return { ...server, username: parsed.data.username ?? server.username, password: parsed.data.password };
-};
-
-/** The configuration with every server's credentials read from its secret. */
-export const resolveSecrets = async (
-  config: ForwarderConfig,
-  read: SecretReader,
-): Promise<ForwarderConfig> => ({
-  ...config,
-  sources: await Promise.all(
-    config.sources.map((source, index) => withSecret(source, `sources[${index}]`, read)),
-  ),
-  destinations: await Promise.all(
-    config.destinations.map(async (destination, index) => {
-      const field = destinationField(config, index);
-      const { alternate } = destination;
-      return {
-        ...(await withSecret(destination, field, read)),
-        ...(alternate === undefined
-          ? {}
-          : { alternate: await withSecret(alternate, `${field}.alternate`, read) }),
-      };
+/**
+ * Reads every secret the configuration names once, at set-up: a missing or malformed one is a
+ * configuration error naming its field, not a failure of every move. The servers read theirs
+ * again when they use them, through the same cache.
+ */
+export const checkSecrets = async (config: ForwarderConfig, read: SecretReader): Promise<void> => {
+  await Promise.all(
+    configuredServers(config).map(async ({ field, server }) => {
+      const named = (error: unknown) =>
+        error instanceof ConfigError ? new ConfigError(`${field}.${error.message}`) : error;
+      if (server.secretId !== undefined) {
+        await secretCredentials({ secretId: server.secretId, username: server.username }, read)
+          .header()
+          .catch((error: unknown) => Promise.reject(named(error)));
+      }
+      await secretTlsMaterial(server, read).catch((error: unknown) => Promise.reject(named(error)));
     }),
-  ),
-});
-
-const powertoolsSecrets: SecretReader = async (secretId) => {
-  const { getSecret } = await import('@aws-lambda-powertools/parameters/secrets');
-  // Cached for five minutes: a rotated password is picked up without a redeploy.
-  return getSecret(secretId, { transform: 'json', maxAge: 300 });
+  );
 };
+
+/** Secrets through Powertools Parameters, kept `maxAgeSeconds`; `fresh` reads past the cache. */
+const powertoolsSecrets =
+  (maxAgeSeconds: number): SecretReader =>
+  async (secretId, options) => {
+    const { getSecret } = await import('@aws-lambda-powertools/parameters/secrets');
+    return getSecret(secretId, {
+      transform: 'json',
+      maxAge: maxAgeSeconds,
+      forceFetch: options?.fresh === true,
+    });
+  };
 
 export const createRuntime = async (
   env: NodeJS.ProcessEnv = process.env,
-  readSecret: SecretReader = powertoolsSecrets,
+  secrets?: SecretReader,
 ): Promise<AwsRuntime> => {
   let raw: unknown;
   try {
@@ -91,17 +78,26 @@ export const createRuntime = async (
     if (error instanceof ConfigError) throw error;
     throw new ConfigError('FORWARDER_CONFIG is not valid JSON');
   }
-  const config = await resolveSecrets(parseConfig(raw, 'FORWARDER_CONFIG'), readSecret);
+  const config = parseConfig(raw, 'FORWARDER_CONFIG');
+  const readSecret = secrets ?? powertoolsSecrets(config.aws?.secretsMaxAgeSeconds ?? 300);
+  await checkSecrets(config, readSecret);
   const tableName = requiredEnv(env, 'STATE_TABLE');
-  const dynamodb = new DynamoDBClient({});
+  // With aws.tracing (active tracing on the functions), every DynamoDB and SQS call is a subsegment.
+  const tracer = new Tracer({ serviceName: 'orthanc-forwarder', enabled: config.aws?.tracing === true });
+  const dynamodb = tracer.captureAWSv3Client(new DynamoDBClient({}));
   return {
     config,
-    log: createLog({ level: (env.POWERTOOLS_LOG_LEVEL as LogLevel | undefined) ?? 'INFO', mode: 'aws' }),
+    secrets: readSecret,
+    // The function's logging configuration sets AWS_LAMBDA_LOG_LEVEL; Powertools' own variable stays for tests.
+    log: createLog({
+      level: ((env.AWS_LAMBDA_LOG_LEVEL ?? env.POWERTOOLS_LOG_LEVEL) as LogLevel | undefined) ?? 'INFO',
+      mode: 'aws',
+    }),
     dynamodb,
     // The endpoint comes from the region (or AWS_ENDPOINT_URL_SQS), not from each queue URL.
-    sqs: new SQSClient({ useQueueUrlAsEndpoint: false }),
+    sqs: tracer.captureAWSv3Client(new SQSClient({ useQueueUrlAsEndpoint: false })),
     feed: new DynamoFeedStore(dynamodb, tableName),
-    ledger: new DynamoLedger(dynamodb, tableName),
+    ledger: new DynamoLedger(dynamodb, tableName, { outcomeDays: config.retention.outcomeDays }),
     queueUrl: requiredEnv(env, 'QUEUE_URL'),
     deadLetterQueueUrl: requiredEnv(env, 'DLQ_URL'),
   };

@@ -18,3 +18,21 @@ export const runBounded = async <T>(
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
   if (failures.length > 0) throw failures[0];
 };
+
+/**
+ * Makes `make` once and hands out the same promise — until it rejects: then the next call makes it
+ * anew. A set-up that failed on a passing fault (a secret store or an endpoint down at a cold
+ * start) must not fail every later call of a long-lived process for ever.
+ */
+export const cachedUntilRejected = <T>(make: () => Promise<T>): (() => Promise<T>) => {
+  let made: Promise<T> | undefined;
+  return () => {
+    if (made !== undefined) return made;
+    const attempt = make();
+    made = attempt;
+    attempt.catch(() => {
+      if (made === attempt) made = undefined;
+    });
+    return attempt;
+  };
+};

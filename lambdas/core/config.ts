@@ -4,7 +4,20 @@
  */
 import { z } from 'zod';
 
-const httpUrl = z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' });
+/** Credentials in a URL would reach every log, error and AWS template that shows the URL. */
+const withoutCredentials = (url: string) => {
+  // What is no URL at all is reported as such.
+  if (!URL.canParse(url)) return true;
+  const { username, password } = new URL(url);
+  return username === '' && password === '';
+};
+
+const httpUrl = z
+  .url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' })
+  .refine(
+    withoutCredentials,
+    'must not carry credentials (user:password@): give username with password, passwordEnv or secretId',
+  );
 
 /** Credentials and TLS settings shared by every server we talk to. */
 const serverFields = {
@@ -19,11 +32,35 @@ const serverFields = {
    * The pipeline reads it at run time; it never enters the template or an environment variable.
    */
   secretId: z.string().min(1).optional(),
+  /**
+   * On AWS: the customer managed KMS key the secret is encrypted with, if not Secrets Manager's
+   * own `aws/secretsmanager` key: the Lambdas get `kms:Decrypt` on it. A key ARN, not an alias:
+   * an IAM policy cannot name a key by its alias.
+   */
+  kmsKeyArn: z
+    .string()
+    .regex(
+      /^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/[A-Za-z0-9-]+$/,
+      'must be a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>)',
+    )
+    .optional(),
+  /**
+   * On AWS: a Secrets Manager secret holding `{"ca": "<PEM>"}`, the certificate authorities to
+   * trust for this server instead of the system's (a hospital's internal CA); as `caFile` locally.
+   */
+  caSecretId: z.string().min(1).optional(),
+  /** On AWS: a secret holding `{"cert": "<PEM>", "key": "<PEM>"}`, for mutual TLS; as the two files locally. */
+  clientCertSecretId: z.string().min(1).optional(),
   /** PEM file of the certificate authorities to trust for this server, instead of the system's. */
   caFile: z.string().min(1).optional(),
   /** PEM client certificate and key, for servers that require mutual TLS. */
   clientCertFile: z.string().min(1).optional(),
   clientKeyFile: z.string().min(1).optional(),
+  /**
+   * Accepts http:// for this server on AWS, and silences local mode's warning about basic auth
+   * sent over http:// beyond this machine: the password then crosses the network readable.
+   */
+  allowInsecureHttp: z.boolean().optional(),
 };
 
 const exclusivePassword = (server: { password?: unknown; passwordEnv?: unknown; secretId?: unknown }) =>
@@ -50,6 +87,11 @@ export const sourceSchema = z
     /** Stable identifier: it keys the cursor, the ledger and the metrics. */
     id: stableId,
     ...serverFields,
+    /**
+     * At most this many studies of this source moved at once, by every worker together (local
+     * workers, Lambda invocations): one slow site cannot take every slot. Unlimited when absent.
+     */
+    maxConcurrentMoves: z.number().int().positive().max(1000).optional(),
   })
   .refine(exclusivePassword, passwordMessage)
   .refine(clientPair, clientPairMessage);
@@ -187,6 +229,11 @@ const awsId = (prefix: string) =>
     .string()
     .regex(new RegExp(`^${prefix}-[0-9a-f]{8,17}$`), `must be an ID like ${prefix}-0123456789abcdef0`);
 
+/** The VPC endpoints the stack can create, by the service name's last part (com.amazonaws.<region>.<name>). */
+export const VPC_ENDPOINTS = ['dynamodb', 'sqs', 'secretsmanager', 'logs', 'monitoring'] as const;
+/** What the Lambdas call from subnets without a NAT. */
+const NEEDED_ENDPOINTS: (typeof VPC_ENDPOINTS)[number][] = ['dynamodb', 'sqs', 'secretsmanager'];
+
 /** What only the AWS pipeline needs: where its Lambdas run and how they are sized. */
 export const awsSchema = z
   .strictObject({
@@ -213,8 +260,18 @@ export const awsSchema = z
       routeTableIds: z.array(awsId('rtb')).min(1),
       /** Security groups for the Lambdas: they must allow HTTPS out to the sources and the destination. */
       securityGroupIds: z.array(awsId('sg')).min(1),
-      /** Interface endpoints for SQS, Secrets Manager and CloudWatch: not needed when the subnets have a NAT. */
-      createEndpoints: z.boolean().default(true),
+      /**
+       * The VPC endpoints the stack creates: `true` for what the Lambdas call (the DynamoDB
+       * gateway, SQS and Secrets Manager), `false` for none (the subnets have a NAT), or a list
+       * (the VPC already has some). `logs` and `monitoring` are never needed by the Lambdas:
+       * Lambda itself delivers their logs and the EMF metrics in them.
+       */
+      createEndpoints: z
+        .union([z.boolean(), z.array(z.enum(VPC_ENDPOINTS)).min(1)])
+        .default(true)
+        .transform((endpoints) =>
+          endpoints === true ? NEEDED_ENDPOINTS : endpoints === false ? [] : [...new Set(endpoints)],
+        ),
     }),
     /** Minutes between two runs of the poller. */
     pollScheduleMinutes: positiveInt.max(60).default(1),
@@ -236,6 +293,42 @@ export const awsSchema = z
       .prefault({}),
     /** Days to keep the Lambdas' logs. */
     logRetentionDays: positiveInt.default(90),
+    /**
+     * Seconds a secret read is kept before a request reads it again (Powertools Parameters'
+     * maxAge); a server that refuses the credentials has its secret read at once anyway.
+     */
+    secretsMaxAgeSeconds: positiveInt.max(86_400).default(300),
+    /**
+     * The Lambdas' application log level (their logging configuration). Not WARN or ERROR: Lambda
+     * takes a log line without a level, such as an EMF metrics record, for INFO, and would drop
+     * every metric the alarms need.
+     */
+    logLevel: z.enum(['DEBUG', 'INFO']).default('INFO'),
+    /** X-Ray active tracing of both Lambdas. */
+    tracing: z.boolean().default(false),
+    /** Tags on the stack and every resource in it that takes tags. */
+    tags: z
+      .record(
+        z.string(),
+        z
+          .string()
+          .regex(
+            /^[\p{L}\p{Z}\p{N}_.:/=+@-]{0,256}$/u,
+            'must be a tag value: up to 256 letters, digits, spaces or _.:/=+-@',
+          ),
+      )
+      .superRefine((tags, ctx) => {
+        const keys = Object.keys(tags);
+        if (keys.length > 50) ctx.addIssue({ code: 'custom', message: 'at most 50 tags' });
+        for (const key of keys.filter((key) => !/^(?!aws:)[\p{L}\p{Z}\p{N}_.:/=+@-]{1,128}$/u.test(key))) {
+          ctx.addIssue({
+            code: 'custom',
+            path: [key],
+            message: 'must be a tag key: 1-128 letters, digits, spaces or _.:/=+-@, not starting with aws:',
+          });
+        }
+      })
+      .default({}),
     /** The stack's alarms (docs/operations.md): where they are sent, and their thresholds. */
     alarms: z
       .strictObject({
@@ -325,6 +418,18 @@ const configObject = z.strictObject({
     .prefault({}),
   /** false copies instead of moving: forward and record, never delete at the source. */
   deleteAfterForward: z.boolean().default(true),
+  retention: z
+    .strictObject({
+      /** Days a study outcome is kept in the ledger (the totals keep what it counted). */
+      outcomeDays: positiveInt.max(3650).default(90),
+      /**
+       * Days a refusal is kept at least. Older ones are forgotten only once their instance is
+       * gone from its source: a refusal forgotten while the instance is still there would have
+       * it sent and refused again.
+       */
+      refusalDays: positiveInt.max(3650).default(90),
+    })
+    .prefault({}),
   /** The AWS pipeline's settings; local mode ignores them. */
   aws: awsSchema.optional(),
 });
@@ -386,6 +491,26 @@ export const destinationServers = (
         ? []
         : [{ field: `${field}.alternate`, server: destination.alternate }]),
     ];
+  });
+
+/** Every server of the configuration (sources, destinations, alternates), with where it is in the file. */
+export const configuredServers = (
+  config: Pick<ForwarderConfig, 'sources' | 'destinations'>,
+): { field: string; server: SourceConfig | DestinationConfig | AlternateConfig }[] => [
+  ...config.sources.map((server, index) => ({ field: `sources[${index}]`, server })),
+  ...destinationServers(config),
+];
+
+/** The plain http:// URLs of servers that do not set allowInsecureHttp, each named by its field. */
+export const plainHttpUrls = (
+  config: Pick<ForwarderConfig, 'sources' | 'destinations'>,
+): { field: string; url: string; server: ServerConfig }[] =>
+  configuredServers(config).flatMap(({ field, server }) => {
+    if (server.allowInsecureHttp === true) return [];
+    const urls = { url: server.url, orthancUrl: 'orthancUrl' in server ? server.orthancUrl : undefined };
+    return Object.entries(urls).flatMap(([key, url]) =>
+      url?.startsWith('http:') ? [{ field: `${field}.${key}`, url, server }] : [],
+    );
   });
 
 export class ConfigError extends Error {

@@ -10,7 +10,7 @@ import type {
   VerifyLevel,
 } from './config.ts';
 import { ForwarderError } from './errors.ts';
-import { createEndpoint } from './http.ts';
+import { createEndpoint, type EndpointOptions } from './http.ts';
 import { OrthancClient } from './orthanc-client.ts';
 import { QidoClient } from './qido-client.ts';
 import { StowClient } from './stow-client.ts';
@@ -59,10 +59,10 @@ export const isUnreachable = (error: unknown): boolean =>
 const buildServer = (
   server: DestinationConfig | AlternateConfig,
   config: ForwarderConfig,
-  env: NodeJS.ProcessEnv,
+  options: EndpointOptions,
 ): DestinationServer => {
   const endpoint = createEndpoint(server, config.timeouts, {
-    env,
+    ...options,
     connections: config.concurrency * config.stow.parallel + 4,
   });
   const { orthancUrl } = server;
@@ -74,23 +74,23 @@ const buildServer = (
     orthanc:
       orthancUrl === undefined
         ? undefined
-        : new OrthancClient(createEndpoint({ ...server, url: orthancUrl }, config.timeouts, { env })),
+        : new OrthancClient(createEndpoint({ ...server, url: orthancUrl }, config.timeouts, options)),
     pushServerName: server.pushServerName,
   };
 };
 
-export const buildDestinations = (config: ForwarderConfig, env: NodeJS.ProcessEnv): Destination[] =>
+export const buildDestinations = (config: ForwarderConfig, options: EndpointOptions): Destination[] =>
   config.destinations.map((destination) => ({
     id: destination.id,
     transfer: destination.transfer,
     verify: destination.verify ?? config.verify,
     filter: destination.filter,
-    primary: buildServer(destination, config, env),
+    primary: buildServer(destination, config, options),
     alternate:
       destination.alternate === undefined
         ? undefined
         : {
-            server: buildServer(destination.alternate, config, env),
+            server: buildServer(destination.alternate, config, options),
             afterMs: destination.alternate.afterSeconds * 1000,
           },
     health: { unreachableSince: undefined },

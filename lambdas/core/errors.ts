@@ -8,22 +8,25 @@ export type FailureKind = 'transient' | 'permanent';
 export interface ErrorOptions {
   readonly cause?: unknown;
   readonly status?: number;
-  /** The failed attempt still moved part of the study (see `withProgress`). */
-  readonly progress?: boolean;
+  /**
+   * The failed attempt does not use up an attempt: it moved part of the study (`withProgress`),
+   * or it never started (its source's moves were all taken).
+   */
+  readonly uncounted?: boolean;
 }
 
 export class ForwarderError extends Error {
   readonly kind: FailureKind;
   /** HTTP status, when the failure is an answer from a server. */
   readonly status: number | undefined;
-  readonly progress: boolean;
+  readonly uncounted: boolean;
 
   constructor(kind: FailureKind, message: string, options?: ErrorOptions) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = kind === 'transient' ? 'TransientError' : 'PermanentError';
     this.kind = kind;
     this.status = options?.status;
-    this.progress = options?.progress === true;
+    this.uncounted = options?.uncounted === true;
   }
 }
 
@@ -38,7 +41,7 @@ export const permanent = (message: string, options?: ErrorOptions) =>
  * retry resumes with them; the forwarder counts these as `VerificationFailures`.
  */
 export class NotVerifiedError extends ForwarderError {
-  constructor(message: string, options?: Pick<ErrorOptions, 'progress'>) {
+  constructor(message: string, options?: Pick<ErrorOptions, 'uncounted'>) {
     super('transient', message, options);
   }
 }
@@ -51,16 +54,16 @@ export class NotVerifiedError extends ForwarderError {
  */
 export const withProgress = (error: unknown): unknown => {
   if (failureKind(error) === 'permanent') return error;
-  if (error instanceof NotVerifiedError) return new NotVerifiedError(error.message, { progress: true });
+  if (error instanceof NotVerifiedError) return new NotVerifiedError(error.message, { uncounted: true });
   const status = error instanceof ForwarderError ? error.status : undefined;
   return transient(describe(error), {
     cause: error instanceof ForwarderError ? error.cause : error,
     ...(status === undefined ? {} : { status }),
-    progress: true,
+    uncounted: true,
   });
 };
 
-export const madeProgress = (error: unknown): boolean => error instanceof ForwarderError && error.progress;
+export const isUncounted = (error: unknown): boolean => error instanceof ForwarderError && error.uncounted;
 
 /** Anything not classified where it was thrown is a bug or an unknown condition: retry it. */
 export const failureKind = (error: unknown): FailureKind =>

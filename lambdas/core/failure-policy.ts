@@ -2,11 +2,11 @@
  * What to do with a work item whose attempt failed, the same in local mode and on AWS: retry a
  * transient failure later, with backoff; dead-letter a permanent one, or one out of attempts.
  */
-import { failureKind, madeProgress } from './errors.ts';
+import { failureKind, isUncounted } from './errors.ts';
 import { backoffDelay } from './retry.ts';
 
 export type FailureDecision =
-  /** `counted: false`: the attempt made progress, and the retry starts the count afresh. */
+  /** `counted: false`: the attempt made progress, or never started: it does not use up an attempt. */
   | { readonly action: 'retry'; readonly delayMs: number; readonly counted: boolean }
   | { readonly action: 'dead-letter'; readonly why: 'permanent' | 'attempts used up' };
 
@@ -16,7 +16,7 @@ export const decideOnFailure = (
   retry: { readonly maxAttempts: number; readonly baseDelayMs: number; readonly maxDelayMs: number },
 ): FailureDecision => {
   if (failureKind(error) === 'permanent') return { action: 'dead-letter', why: 'permanent' };
-  if (madeProgress(error)) return { action: 'retry', delayMs: backoffDelay(1, retry), counted: false };
+  if (isUncounted(error)) return { action: 'retry', delayMs: backoffDelay(1, retry), counted: false };
   if (receiveCount >= retry.maxAttempts) return { action: 'dead-letter', why: 'attempts used up' };
   return { action: 'retry', delayMs: backoffDelay(receiveCount, retry), counted: true };
 };

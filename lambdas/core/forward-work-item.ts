@@ -18,6 +18,8 @@ export interface Engine {
   /** The change feed's state: a study whose late arrivals stayed at the source is watched again. */
   readonly feed?: FeedStateStore | undefined;
   readonly options: MoveOptions;
+  /** Per source, how many of its studies may be moved at once (`maxConcurrentMoves`); absent: any. */
+  readonly slots?: ReadonlyMap<string, number>;
   readonly log: Log;
   /** Who holds leases taken by this worker. */
   readonly owner: string;
@@ -68,25 +70,44 @@ const watchLateArrivals = async (engine: Engine, item: WorkItem, outcome: StudyO
 };
 
 /**
- * Renews the lease while the move runs, so that a long move keeps it however long it takes. A
- * renewal refused means another worker took the study (this one's lease had run out): the move
- * is stopped before it deletes anything more.
+ * Renews the leases while the move runs, so that a long move keeps them however long it takes. A
+ * renewal refused means another worker took one (this one's had run out): the move is stopped
+ * before it deletes anything more.
  */
-const holdLease = (engine: Engine, key: string, lost: AbortController): (() => void) => {
+const holdLeases = (engine: Engine, keys: readonly string[], lost: AbortController): (() => void) => {
   const now = engine.now ?? Date.now;
   const timer = setInterval(() => {
-    engine.ledger.acquireLease(key, engine.owner, engine.leaseMs, now()).then(
-      (held) => {
-        if (!held) lost.abort(transient('the lease on the study was taken by another worker'));
-      },
-      (error: unknown) => {
-        // The lease still runs; the next tick tries again.
-        engine.log.warn('could not renew a lease', { error: describe(error) });
-      },
-    );
+    for (const key of keys) {
+      engine.ledger.acquireLease(key, engine.owner, engine.leaseMs, now()).then(
+        (held) => {
+          if (!held) lost.abort(transient('a lease of the move was taken by another worker'));
+        },
+        (error: unknown) => {
+          // The lease still runs; the next tick tries again.
+          engine.log.warn('could not renew a lease', { error: describe(error) });
+        },
+      );
+    }
   }, engine.leaseMs / 3);
   timer.unref();
   return () => clearInterval(timer);
+};
+
+/**
+ * One of the source's `maxConcurrentMoves` slots, each a lease in the ledger, so that every
+ * worker of every process counts against the same number; the first free one from a random
+ * start, so that workers spread. `''` when the source has no cap, undefined when all are taken.
+ */
+const takeSlot = async (engine: Engine, sourceId: string): Promise<string | undefined> => {
+  const count = engine.slots?.get(sourceId);
+  if (count === undefined) return '';
+  const start = Math.floor(Math.random() * count);
+  for (let i = 0; i < count; i++) {
+    const key = `slot#${sourceId}#${(start + i) % count}`;
+    if (await engine.ledger.acquireLease(key, engine.owner, engine.leaseMs, (engine.now ?? Date.now)()))
+      return key;
+  }
+  return undefined;
 };
 
 /**
@@ -111,12 +132,22 @@ export const forwardWorkItem = async (
   const source = engine.sources.get(item.sourceId);
   if (source === undefined) throw permanent(`work item names an unknown source '${item.sourceId}'`);
   const now = engine.now ?? Date.now;
+  const slot = await takeSlot(engine, item.sourceId);
+  if (slot === undefined) {
+    // Nothing was tried: the study waits its turn without using up an attempt.
+    throw transient(
+      `source '${item.sourceId}' has its maxConcurrentMoves (${engine.slots?.get(item.sourceId)}) moves running: the study waits`,
+      { uncounted: true },
+    );
+  }
   const key = leaseKey(item.sourceId, item.studyId);
   if (!(await engine.ledger.acquireLease(key, engine.owner, engine.leaseMs, now()))) {
+    if (slot !== '') await engine.ledger.releaseLease(slot, engine.owner);
     throw transient('the study is being moved by another worker');
   }
+  const held = slot === '' ? [key] : [key, slot];
   const lost = new AbortController();
-  const releaseHold = holdLease(engine, key, lost);
+  const releaseHold = holdLeases(engine, held, lost);
   try {
     const seriesId = item.seriesId ?? '';
     const lastIntent = await engine.ledger.lastIntent(item.sourceId, item.studyId, seriesId);
@@ -145,6 +176,6 @@ export const forwardWorkItem = async (
     return outcome;
   } finally {
     releaseHold();
-    await engine.ledger.releaseLease(key, engine.owner);
+    for (const lease of held) await engine.ledger.releaseLease(lease, engine.owner);
   }
 };

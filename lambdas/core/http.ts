@@ -6,14 +6,32 @@
 import { readFileSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { Agent, type Dispatcher, request } from 'undici';
-import { ConfigError, type ServerConfig, type Timeouts } from './config.ts';
-import { type ForwarderError, permanent, transient } from './errors.ts';
+import { cachedUntilRejected } from './concurrency.ts';
+import {
+  ConfigError,
+  type ForwarderConfig,
+  plainHttpUrls,
+  type ServerConfig,
+  type Timeouts,
+} from './config.ts';
+import {
+  basicHeader,
+  type CredentialSource,
+  type SecretReader,
+  secretCredentials,
+  secretTlsMaterial,
+  type TlsMaterial,
+} from './credentials.ts';
+import { describe, type ForwarderError, permanent, transient } from './errors.ts';
+import type { Log } from './log.ts';
 
 export interface Endpoint {
   /** Base URL without a trailing slash. */
   readonly baseUrl: string;
-  readonly authorization: string | undefined;
-  readonly dispatcher: Dispatcher;
+  /** The Authorization header: fixed, or read from a secret that may be rotated. */
+  readonly authorization: string | CredentialSource | undefined;
+  /** The agent; built on first use where its TLS material comes from a secret store. */
+  readonly dispatcher: () => Promise<Dispatcher>;
   /** Names the server in errors and logs: its URL's origin, never its credentials. */
   readonly label: string;
 }
@@ -21,6 +39,11 @@ export interface Endpoint {
 const resolvePassword = (server: ServerConfig, env: NodeJS.ProcessEnv): string | undefined => {
   if (server.secretId !== undefined && server.password === undefined) {
     throw new ConfigError('secretId: Secrets Manager is read only on AWS; give password or passwordEnv here');
+  }
+  if (server.caSecretId !== undefined || server.clientCertSecretId !== undefined) {
+    throw new ConfigError(
+      'caSecretId, clientCertSecretId: Secrets Manager is read only on AWS; give caFile, clientCertFile and clientKeyFile here',
+    );
   }
   if (server.passwordEnv === undefined) return server.password;
   const value = env[server.passwordEnv];
@@ -41,39 +64,92 @@ const readPem = (path: string | undefined, field: string): string | undefined =>
   }
 };
 
-export const createEndpoint = (
+const authorizationOf = (
   server: ServerConfig,
-  timeouts: Timeouts,
-  options: { connections?: number; env?: NodeJS.ProcessEnv } = {},
-): Endpoint => {
+  options: EndpointOptions,
+): string | CredentialSource | undefined => {
+  if (server.secretId !== undefined && options.secrets !== undefined) {
+    return secretCredentials({ secretId: server.secretId, username: server.username }, options.secrets);
+  }
   const password = resolvePassword(server, options.env ?? process.env);
-  const authorization =
-    server.username === undefined
-      ? undefined
-      : `Basic ${Buffer.from(`${server.username}:${password ?? ''}`).toString('base64')}`;
+  return server.username === undefined ? undefined : basicHeader(server.username, password ?? '');
+};
+
+/** TLS material from PEM files (local mode), or from a secret store (AWS), read on first use. */
+const tlsMaterial = (server: ServerConfig, options: EndpointOptions): (() => Promise<TlsMaterial>) => {
+  const { secrets } = options;
+  if (secrets !== undefined && (server.caSecretId !== undefined || server.clientCertSecretId !== undefined)) {
+    return () => secretTlsMaterial(server, secrets);
+  }
   const ca = readPem(server.caFile, 'caFile');
   const cert = readPem(server.clientCertFile, 'clientCertFile');
   const key = readPem(server.clientKeyFile, 'clientKeyFile');
-  const dispatcher = new Agent({
-    connect: {
-      timeout: timeouts.connectMs,
-      // Verification stays on whatever the CA: a custom bundle replaces the trust store, it never disables it.
-      rejectUnauthorized: true,
-      ...(ca === undefined ? {} : { ca }),
-      ...(cert === undefined ? {} : { cert }),
-      ...(key === undefined ? {} : { key }),
-    },
-    headersTimeout: timeouts.headersMs,
-    bodyTimeout: timeouts.bodyMs,
-    connections: options.connections ?? 16,
-    // Orthanc closes idle connections after 1 s (it answers Keep-Alive: timeout=1); reuse only
-    // within that window. undici subtracts keepAliveTimeoutThreshold from the server's hint, and
-    // its default (2 s) leaves nothing of 1 s: every request would open a new connection.
-    keepAliveTimeout: 900,
-    keepAliveMaxTimeout: 900,
-    keepAliveTimeoutThreshold: 300,
-  });
+  const material = {
+    ...(ca === undefined ? {} : { ca }),
+    ...(cert === undefined ? {} : { cert }),
+    ...(key === undefined ? {} : { key }),
+  };
+  return async () => material;
+};
+
+export interface EndpointOptions {
+  readonly connections?: number;
+  readonly env?: NodeJS.ProcessEnv;
+  /** Where `secretId`, `caSecretId` and `clientCertSecretId` are read: the AWS pipeline's secret store. */
+  readonly secrets?: SecretReader;
+}
+
+export const createEndpoint = (
+  server: ServerConfig,
+  timeouts: Timeouts,
+  options: EndpointOptions = {},
+): Endpoint => {
+  const authorization = authorizationOf(server, options);
+  const material = tlsMaterial(server, options);
+  const dispatcher = cachedUntilRejected(
+    async () =>
+      new Agent({
+        connect: {
+          timeout: timeouts.connectMs,
+          // Verification stays on whatever the CA: a custom bundle replaces the trust store, it never disables it.
+          rejectUnauthorized: true,
+          ...(await material()),
+        },
+        headersTimeout: timeouts.headersMs,
+        bodyTimeout: timeouts.bodyMs,
+        connections: options.connections ?? 16,
+        // Orthanc closes idle connections after 1 s (it answers Keep-Alive: timeout=1); reuse only
+        // within that window. undici subtracts keepAliveTimeoutThreshold from the server's hint, and
+        // its default (2 s) leaves nothing of 1 s: every request would open a new connection.
+        keepAliveTimeout: 900,
+        keepAliveMaxTimeout: 900,
+        keepAliveTimeoutThreshold: 300,
+      }),
+  );
   return { baseUrl: server.url, authorization, dispatcher, label: new URL(server.url).origin };
+};
+
+/** Hosts on this machine: basic auth to them over http:// never crosses a network. */
+const isThisMachine = (hostname: string): boolean =>
+  hostname === 'localhost' || hostname === '[::1]' || /^127(\.\d{1,3}){3}$/.test(hostname);
+
+/**
+ * Warns once per URL at the start of a local run of basic auth sent over http:// to another
+ * machine: the password crosses the network readable. `allowInsecureHttp` says it is known.
+ */
+export const warnOfPlainHttpAuth = (
+  config: Pick<ForwarderConfig, 'sources' | 'destinations'>,
+  log: Log,
+): void => {
+  for (const { field, url, server } of plainHttpUrls(config)) {
+    const { hostname, origin } = new URL(url);
+    if (server.username === undefined || isThisMachine(hostname)) continue;
+    log.warn('basic auth over http:// beyond this machine: the password crosses the network readable', {
+      field,
+      origin,
+      hint: 'use https://, or set allowInsecureHttp: true on the server if the network is trusted',
+    });
+  }
 };
 
 export interface CallOptions {
@@ -88,6 +164,12 @@ const TLS_CODES = /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS|ERR_SSL/;
 
 /** Turns what undici or the socket threw into a classified error that names the server. */
 export const networkError = (endpoint: Endpoint, what: string, error: unknown): ForwarderError => {
+  // The signal of the time allowed (a Lambda's end, a STOW batch's deadline) fired: not the server's fault.
+  if ((error as Error).name === 'TimeoutError') {
+    return transient(`out of time: ${what} at ${endpoint.label} was cut when the time allowed ran out`, {
+      cause: error,
+    });
+  }
   const code = (error as { code?: string }).code ?? (error as Error).name;
   const message = `${what} at ${endpoint.label}: ${code}`;
   // A certificate we refuse will be refused again: retrying only delays the alarm.
@@ -97,18 +179,27 @@ export const networkError = (endpoint: Endpoint, what: string, error: unknown): 
   return transient(message, { cause: error });
 };
 
-/** Sends a request; the answer's status is the caller's to judge, network failures are classified. */
-export const call = async (
-  endpoint: Endpoint,
-  path: string,
-  what: string,
-  options: CallOptions = {},
-): Promise<Dispatcher.ResponseData> => {
+/** A secret store that fails may be back next time: a passing fault, not the server's. */
+const fromSecretStore = async <T>(endpoint: Endpoint, what: string, load: () => Promise<T>): Promise<T> => {
+  try {
+    return await load();
+  } catch (error) {
+    if (error instanceof ConfigError) throw error;
+    throw transient(`reading the ${what} of ${endpoint.label}: ${describe(error)}`, { cause: error });
+  }
+};
+
+const send = async (endpoint: Endpoint, path: string, what: string, options: CallOptions) => {
   const headers: Record<string, string> = { ...options.headers };
-  if (endpoint.authorization !== undefined) headers.authorization = endpoint.authorization;
+  const { authorization } = endpoint;
+  if (typeof authorization === 'string') headers.authorization = authorization;
+  else if (authorization !== undefined) {
+    headers.authorization = await fromSecretStore(endpoint, 'credentials', () => authorization.header());
+  }
+  const dispatcher = await fromSecretStore(endpoint, 'TLS material', endpoint.dispatcher);
   try {
     return await request(`${endpoint.baseUrl}${path}`, {
-      dispatcher: endpoint.dispatcher,
+      dispatcher,
       method: options.method ?? 'GET',
       headers,
       ...(options.body === undefined ? {} : { body: options.body }),
@@ -120,8 +211,65 @@ export const call = async (
 };
 
 /**
- * The part of an error answer that is safe to log: Orthanc's error name and message, never the
- * body as such (an archive may echo tags of the data set).
+ * Sends a request; the answer's status is the caller's to judge, network failures are classified.
+ * A 401 or 403 from a server whose credentials come from a secret reads the secret anew: if it
+ * was rotated, the request is sent again with the new one — or, when its body was a stream that
+ * cannot be sent twice, the attempt fails for now and its retry uses them.
+ */
+export const call = async (
+  endpoint: Endpoint,
+  path: string,
+  what: string,
+  options: CallOptions = {},
+): Promise<Dispatcher.ResponseData> => {
+  const response = await send(endpoint, path, what, options);
+  const { authorization } = endpoint;
+  const refused = response.statusCode === 401 || response.statusCode === 403;
+  if (!refused || authorization === undefined || typeof authorization === 'string') return response;
+  if (!(await authorization.refresh())) return response;
+  await response.body.dump();
+  if (options.body === undefined || typeof options.body === 'string' || Buffer.isBuffer(options.body)) {
+    return send(endpoint, path, what, options);
+  }
+  throw transient(
+    `${what} at ${endpoint.label} answered ${response.statusCode}: its credentials were rotated, the retry uses the new ones`,
+    { status: response.statusCode },
+  );
+};
+
+/**
+ * Orthanc's names for the errors its REST API and DICOMweb plugin answer with, by OrthancStatus.
+ * A fixed vocabulary of our own: an answer's own strings are never logged, since an archive's
+ * free-text `Message` (or anything shaped like Orthanc's) may echo tags of the data set.
+ */
+const ORTHANC_ERRORS: ReadonlyMap<number, string> = new Map([
+  [-1, 'Internal error'],
+  [1, 'Error encountered within the plugin engine'],
+  [2, 'Not implemented yet'],
+  [3, 'Parameter out of range'],
+  [4, 'Not enough memory'],
+  [5, 'Bad type for a parameter'],
+  [6, 'Bad sequence of calls'],
+  [7, 'Accessing an inexistent item'],
+  [8, 'Bad request'],
+  [9, 'Error in the network protocol'],
+  [11, 'Error with the database engine'],
+  [12, 'Badly formatted URI'],
+  [13, 'Inexistent file'],
+  [14, 'Cannot write to file'],
+  [15, 'Bad file format'],
+  [16, 'Timeout'],
+  [17, 'Unknown resource'],
+  [19, 'The file storage is full'],
+  [20, 'Corrupted file (e.g. inconsistent MD5 hash)'],
+  [21, 'Inexistent tag'],
+  [22, 'Cannot modify a read-only data structure'],
+  [2018, 'Cannot store an instance'],
+]);
+
+/**
+ * The part of an error answer that is safe to log: the error Orthanc names with its
+ * OrthancStatus, in our words, or its number when we have none. Nothing else of the body.
  */
 const safeDetail = async (response: Dispatcher.ResponseData): Promise<string> => {
   const type = String(response.headers['content-type'] ?? '');
@@ -130,9 +278,9 @@ const safeDetail = async (response: Dispatcher.ResponseData): Promise<string> =>
     return type === '' ? '' : ` (${type.split(';')[0]})`;
   }
   try {
-    const body = (await response.body.json()) as { OrthancError?: unknown; Message?: unknown };
-    const detail = [body.OrthancError, body.Message].filter((part) => typeof part === 'string').join(': ');
-    return detail === '' ? '' : ` (${detail.slice(0, 200)})`;
+    const { OrthancStatus: code } = (await response.body.json()) as { OrthancStatus?: unknown };
+    if (typeof code !== 'number' || !Number.isInteger(code)) return '';
+    return ` (${ORTHANC_ERRORS.get(code) ?? `Orthanc error ${code}`})`;
   } catch {
     return '';
   }

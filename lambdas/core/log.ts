@@ -16,7 +16,7 @@ export interface Log {
 
 export type LogLevel = 'DEBUG' | 'INFO' | 'WARN' | 'ERROR' | 'SILENT';
 
-export const createLog = (options: { level?: LogLevel; mode?: 'local' | 'aws' } = {}): Log =>
+export const createLog = (options: { level?: LogLevel; mode?: 'local' | 'aws' } = {}): Logger =>
   new Logger({
     serviceName: 'orthanc-forwarder',
     logLevel: options.level ?? 'INFO',

@@ -35,6 +35,7 @@ import {
   duplicatedUids,
   judge,
   judgeIdentity,
+  readSeriesIdentities,
   sourceIdentities,
   type Verdict,
 } from './verification.ts';
@@ -460,6 +461,11 @@ const deliver = async (ctx: MoveContext, study: Study, delivery: Delivery): Prom
     study.snapshot.filter((instance) => delivery.verdicts.get(instance.id)?.kind === 'held').map((i) => i.id),
   );
   const toSend = study.snapshot.filter((instance) => sendable(study, delivery, instance));
+  if (delivery.level === 'identity' || delivery.level === 'checksum') {
+    // Read while the instances are sent: verification needs every identity, sending none. A
+    // failure here shows again, awaited, when verification asks.
+    readSeriesIdentities(study.identityOf, toSend).catch(() => undefined);
+  }
   delivery.sent =
     delivery.destination.transfer === 'push'
       ? await push(ctx, server, toSend, study.snapshot)

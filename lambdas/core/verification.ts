@@ -169,6 +169,34 @@ export interface JudgeInput {
 
 /** Bytes are compared for a few instances at once: each is a request at both ends. */
 const CHECKSUM_PARALLEL = 8;
+/** The source's tags are read for a few series at once, before any instance waits for them. */
+const SERIES_PARALLEL = 4;
+
+/** Reads the source's identities of these instances, a few series at once, one request a series. */
+export const readSeriesIdentities = async (
+  identityOf: JudgeInput['identityOf'],
+  instances: Iterable<SourceInstance>,
+): Promise<void> => {
+  const firstOfSeries = new Map<string, SourceInstance>();
+  for (const instance of instances) {
+    if (!firstOfSeries.has(instance.seriesId)) firstOfSeries.set(instance.seriesId, instance);
+  }
+  await runBounded([...firstOfSeries.values()], SERIES_PARALLEL, async (instance) => {
+    await identityOf(instance);
+  });
+};
+
+/** Before judging: the identities of the instances the destination lists (the others are absent). */
+const readIdentities = (input: JudgeInput, checks: ReadonlyMap<SourceInstance, Check>) =>
+  readSeriesIdentities(
+    input.identityOf,
+    [...checks]
+      .filter(
+        ([instance, check]) =>
+          (check === 'identity' || check === 'checksum') && input.listed.has(instance.sopInstanceUid),
+      )
+      .map(([instance]) => instance),
+  );
 
 /** The verdict on each instance, by its Orthanc ID at the source. */
 export const judge = async (
@@ -176,11 +204,16 @@ export const judge = async (
   checks: ReadonlyMap<SourceInstance, Check>,
 ): Promise<Map<string, Verdict>> => {
   const verdicts = new Map<string, Verdict>();
+  await readIdentities(input, checks);
   await runBounded([...checks], CHECKSUM_PARALLEL, async ([instance, check]) => {
     const copies = input.listed.get(instance.sopInstanceUid) ?? [];
     if (check === 'stow' || check === 'presence') {
       const listed = copies.length > 0 || (check === 'stow' && input.stored.has(instance.id));
       verdicts.set(instance.id, listed ? HELD : ABSENT);
+      return;
+    }
+    if (copies.length === 0) {
+      verdicts.set(instance.id, ABSENT);
       return;
     }
     const identity = await input.identityOf(instance);

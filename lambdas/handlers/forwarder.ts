@@ -7,6 +7,7 @@ import type { Context, SQSEvent, SQSRecord } from 'aws-lambda';
 import { createPowertoolsMetrics } from '../aws/powertools-metrics.ts';
 import { type AwsRuntime, createRuntime } from '../aws/runtime.ts';
 import { SqsDeadLetters } from '../aws/sqs-dead-letters.ts';
+import { cachedUntilRejected } from '../core/concurrency.ts';
 import { buildEngine } from '../core/engine.ts';
 import { describe, failureKind, NotVerifiedError } from '../core/errors.ts';
 import { decideOnFailure } from '../core/failure-policy.ts';
@@ -39,6 +40,7 @@ const setUp = async (runtime: AwsRuntime): Promise<Forwarder> => {
         feed: runtime.feed,
         log: runtime.log,
         owner: 'lambda',
+        secrets: runtime.secrets,
       }),
       // A lease outlives the longest invocation, never the queue's visibility timeout (6 × timeout).
       leaseMs: timeoutMs + 60_000,
@@ -99,10 +101,10 @@ const processRecord = async (
 
 export const createForwarderHandler = (getRuntime: () => Promise<AwsRuntime>) => {
   const processor = new BatchProcessor(EventType.SQS);
-  let forwarder: Promise<Forwarder> | undefined;
+  const forwarder = cachedUntilRejected(() => getRuntime().then(setUp));
   return async (event: SQSEvent, context: Context) => {
-    forwarder ??= getRuntime().then(setUp);
-    const ready = await forwarder;
+    const ready = await forwarder();
+    ready.runtime.log.addContext?.(context);
     const { metrics, publish } = createPowertoolsMetrics();
     const endMs = Math.max(0, context.getRemainingTimeInMillis() - MARGIN_MS);
     const invocation = {

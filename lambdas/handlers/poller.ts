@@ -1,13 +1,15 @@
 /**
- * The poller Lambda: on its schedule, reads every source's change feed in parallel, each within
- * the invocation's time budget, and queues study work items on SQS. One source failing never
- * stops the others: it is logged and counted.
+ * The poller Lambda: on its schedule, polls every source in parallel, each within the
+ * invocation's time budget (its change feed, then its watch list and its sweep, each carried
+ * across invocations in the feed store), and queues study work items on SQS. One source failing
+ * never stops the others: it is logged and counted.
  */
 import type { Context, ScheduledEvent } from 'aws-lambda';
 import { createPowertoolsMetrics } from '../aws/powertools-metrics.ts';
 import { type AwsRuntime, createRuntime } from '../aws/runtime.ts';
 import { SqsWorkSink } from '../aws/sqs-work-sink.ts';
 import { type FeedContext, type PollReport, pollSource } from '../core/changes-feed.ts';
+import { cachedUntilRejected } from '../core/concurrency.ts';
 import { feedSettings } from '../core/engine.ts';
 import { describe } from '../core/errors.ts';
 import { createEndpoint } from '../core/http.ts';
@@ -24,45 +26,27 @@ export interface SourcePollResult {
   readonly error?: string;
 }
 
-/**
- * The sweep runs in the one scheduled invocation whose period contains an interval boundary:
- * stateless, and every `sweepIntervalSeconds` whatever the schedule.
- */
-export const isSweepDue = (
-  eventTime: string | undefined,
-  sweepIntervalSeconds: number,
-  periodMinutes: number,
-) => {
-  const seconds = Math.floor(Date.parse(eventTime ?? '') / 1000);
-  if (!Number.isFinite(seconds)) return false;
-  return (
-    Math.floor(seconds / sweepIntervalSeconds) !==
-    Math.floor((seconds - periodMinutes * 60) / sweepIntervalSeconds)
-  );
-};
-
 const setUp = (runtime: AwsRuntime) => ({
   runtime,
   settings: feedSettings(runtime.config, runtime.ledger),
   sink: new SqsWorkSink(runtime.sqs, runtime.queueUrl),
   sources: runtime.config.sources.map((source) => ({
     id: source.id,
-    client: new OrthancClient(createEndpoint(source, runtime.config.timeouts)),
+    client: new OrthancClient(createEndpoint(source, runtime.config.timeouts, { secrets: runtime.secrets })),
   })),
 });
 
 export const createPollerHandler = (getRuntime: () => Promise<AwsRuntime>) => {
-  let poller: Promise<ReturnType<typeof setUp>> | undefined;
+  const poller = cachedUntilRejected(() => getRuntime().then(setUp));
   return async (
-    event: Partial<ScheduledEvent>,
+    _event: Partial<ScheduledEvent>,
     context: Context,
   ): Promise<{ sources: SourcePollResult[] }> => {
-    poller ??= getRuntime().then(setUp);
-    const { runtime, settings, sink, sources } = await poller;
-    const { config, log } = runtime;
+    const { runtime, settings, sink, sources } = await poller();
+    runtime.log.addContext?.(context);
+    const { log } = runtime;
     const { metrics, publish } = createPowertoolsMetrics();
     const deadline = Date.now() + context.getRemainingTimeInMillis() - RESERVE_MS;
-    const sweep = isSweepDue(event.time, config.sweepIntervalSeconds, config.aws?.pollScheduleMinutes ?? 1);
     const poll = async (source: (typeof sources)[number]): Promise<SourcePollResult> => {
       const context: FeedContext = {
         sourceId: source.id,
@@ -74,7 +58,7 @@ export const createPollerHandler = (getRuntime: () => Promise<AwsRuntime>) => {
         deadline,
       };
       try {
-        const report = await pollSource(context, { sweep });
+        const report = await pollSource(context);
         recordPoll(metrics, source.id, report);
         log.info('source polled', { sourceId: source.id, ...report });
         return { sourceId: source.id, ok: true, report };

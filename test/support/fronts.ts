@@ -46,7 +46,12 @@ export interface Fault {
 }
 
 /** Decides, per request, whether to fake its answer. */
-export type FaultRule = (request: { readonly method: string; readonly path: string }) => Fault | undefined;
+export type FaultRule = (request: {
+  readonly method: string;
+  readonly path: string;
+  /** The Authorization header sent, if any: a front can stand for a server whose password changed. */
+  readonly authorization?: string | undefined;
+}) => Fault | undefined;
 
 const listening = async (server: Server | TlsServer): Promise<number> => {
   server.listen(0, '127.0.0.1');
@@ -120,7 +125,11 @@ export class HttpFront {
   }
 
   private async handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
-    const fault = this.rule?.({ method: request.method ?? 'GET', path: request.url ?? '/' });
+    const fault = this.rule?.({
+      method: request.method ?? 'GET',
+      path: request.url ?? '/',
+      authorization: request.headers.authorization,
+    });
     if (fault?.answer !== undefined) {
       await readAll(request);
       this.faked++;
