@@ -5,6 +5,7 @@
  * docs/performance.md for what it measures and how.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { VERIFY_LEVELS, type VerifyLevel } from '../lambdas/core/config.ts';
 import {
   type BenchOptions,
   DEFAULT_OPTIONS,
@@ -28,9 +29,11 @@ const whole = (value: string): number => {
   return parsed;
 };
 
-const verifyLevel = (value: string): 'qido' | 'stow' => {
-  if (value !== 'qido' && value !== 'stow') throw new InvalidArgumentError('must be qido or stow');
-  return value;
+const verifyLevel = (value: string): VerifyLevel => {
+  // `md5` is the configuration's older name of `checksum`.
+  const level = VERIFY_LEVELS.find((known) => known === (value === 'md5' ? 'checksum' : value));
+  if (level === undefined) throw new InvalidArgumentError(`must be one of ${VERIFY_LEVELS.join(', ')}`);
+  return level;
 };
 
 const runtime = (value: string): Runtime => {
@@ -66,7 +69,11 @@ interface CliOptions {
   maxInstances: number;
   parallel: number;
   concurrency: number;
-  verify: 'qido' | 'stow';
+  verify: VerifyLevel;
+  orthancUrl?: boolean;
+  verifyModes: boolean;
+  verifyModesOnly?: boolean;
+  verifyRepetitions: number;
   sweep?: boolean;
   wado?: boolean;
   pin?: boolean;
@@ -104,7 +111,21 @@ const program = new Command('bench')
   .option('--max-instances <n>', "relay's stow.maxInstances", whole, DEFAULT_OPTIONS.relay.maxInstances)
   .option('--parallel <n>', "relay's stow.parallel", whole, DEFAULT_OPTIONS.relay.parallel)
   .option('--concurrency <n>', "relay's concurrency", whole, DEFAULT_OPTIONS.relay.concurrency)
-  .option('--verify <level>', "relay's verify (qido or stow)", verifyLevel, DEFAULT_OPTIONS.relay.verify)
+  .option(
+    '--verify <level>',
+    `relay's verify (${VERIFY_LEVELS.join(', ')})`,
+    verifyLevel,
+    DEFAULT_OPTIONS.relay.verify,
+  )
+  .option('--orthanc-url', "give the relay the destination's orthancUrl: checksum reads Orthanc's MD5s")
+  .option('--no-verify-modes', 'skip the relay at each verification mode on the default set')
+  .option('--verify-modes-only', 'only: the relay at each verification mode on the default set')
+  .option(
+    '--verify-repetitions <n>',
+    'trials of each verification mode',
+    whole,
+    DEFAULT_OPTIONS.verifyRepetitions,
+  )
   .option('--sweep', 'only: the relay at several settings on the default set')
   .option('--wado', 'only: read every series from the source, WADO-RS per series against GET per instance')
   .option('--pin', 'experiment: the destination Orthanc alone on CPU 1, everything else on CPU 0')
@@ -164,10 +185,13 @@ const toOptions = (cli: CliOptions, onProgress: ((line: string) => void) | undef
     parallel: cli.parallel,
     concurrency: cli.concurrency,
     verify: cli.verify,
+    orthancRest: cli.orthancUrl === true,
   },
   bigGb: cli.big ? cli.bigGb : undefined,
   sweep: cli.sweep === true,
   wado: cli.wado === true,
+  verifyRepetitions: cli.verifyModes || cli.verifyModesOnly === true ? cli.verifyRepetitions : undefined,
+  verifyModesOnly: cli.verifyModesOnly === true,
   poller:
     cli.poller || cli.pollerOnly === true
       ? {

@@ -1,7 +1,7 @@
 /**
  * The benchmark's measurement functions on a tiny data set: the figures have the documented
- * shape, every instance moved, every study was queued once, and the AWS requests are counted.
- * No timing is asserted: the machine's load decides those.
+ * shape, every instance moved (at every verification mode too), every study was queued once, and
+ * the AWS requests are counted. No timing is asserted: the machine's load decides those.
  */
 import { describe, expect, it } from 'vitest';
 import { type BenchOptions, DEFAULT_OPTIONS } from '../scripts/bench/options.ts';
@@ -14,6 +14,7 @@ const TINY: BenchOptions = {
   small: undefined,
   repetitions: 1,
   ceilingConcurrency: [2],
+  verifyRepetitions: 1,
   // About 5 MB: 16 instances of 512 KiB in one study, enough to exercise the memory run.
   bigGb: 0.005,
   // A feed of 60 changes (6 studies of 4 instances); the forwarder then moves 3 of its studies.
@@ -68,6 +69,30 @@ describe('benchmark', () => {
     for (const run of result.bigStudy.runs)
       expect(run).toMatchObject({ allMoved: true, peakRssMb: expect.any(Number) });
 
+    // Each verification mode moves the set, and its throughput is set against qido's.
+    expect(Object.keys(result.verify)).toEqual([
+      'stow',
+      'qido',
+      'identity',
+      'checksum-wado',
+      'checksum-orthanc',
+    ]);
+    for (const mode of Object.values(result.verify) as { trials: { counts: unknown }[] }[]) {
+      expectFigures(mode);
+      expect(mode).toMatchObject({
+        studiesPerSecond: expect.any(Number),
+        ratioToQido: expect.any(Number),
+        phasesMs: { sendMs: expect.any(Number), verifyMs: expect.any(Number), deleteMs: expect.any(Number) },
+      });
+      expect(mode.trials).toHaveLength(1);
+      expect(mode.trials[0]?.counts).toMatchObject({ studies: 2, instances: 20, deadLettered: 0 });
+    }
+    expect(result.verify.qido.ratioToQido).toBe(1);
+    expect(result.verify['checksum-orthanc'].settings).toMatchObject({
+      verify: 'checksum',
+      orthancRest: true,
+    });
+
     expect(result.targets.map((target: { name: string }) => target.name)).toEqual([
       'relayVsPush',
       'relayVsCeiling',
@@ -75,6 +100,7 @@ describe('benchmark', () => {
       'bigStudyPeakRss',
       'bigStudyPeakRss[ts:--optimize-for-size]',
       'relayCpuPer1000',
+      'identityVsQido',
     ]);
 
     // The poller run: every study queued once, and the forwarder's AWS requests per study as the
@@ -103,6 +129,7 @@ describe('benchmark', () => {
 
     const report = formatReport(result, 1);
     expect(report).toContain('relay/push');
+    expect(report).toContain('Verification modes on the default set');
     expect(report).toContain('Poller: a feed of 60 changes');
   });
 });

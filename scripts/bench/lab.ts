@@ -102,8 +102,21 @@ export class Lab {
     rmSync(this.work, { recursive: true, force: true });
   }
 
-  /** Generates a set and writes its files under the work folder. */
-  async writeSet(shape: SetShape): Promise<DataSet> {
+  /** Generates a set, writes its files under the work folder for `use`, and removes them after. */
+  async withSet<T>(shape: SetShape, use: (set: DataSet) => Promise<T>): Promise<T> {
+    const set = await this.writeSet(shape);
+    try {
+      return await use(set);
+    } finally {
+      rmSync(this.setFolder(shape), { recursive: true, force: true });
+    }
+  }
+
+  private setFolder(shape: SetShape): string {
+    return join(this.work, `set-${shape.name}`);
+  }
+
+  private async writeSet(shape: SetShape): Promise<DataSet> {
     // The files, and the set stored at the source and at the destination.
     this.requireFreeSpace(3.3 * shape.instances * shape.sizeKb * 1024);
     const set = generateStudies({
@@ -114,7 +127,7 @@ export class Lab {
       pixelBytes: shape.sizeKb * 1024,
       seed: `bench-${shape.name}`,
     });
-    const written = await writeStudies(set, join(this.work, `set-${shape.name}`));
+    const written = await writeStudies(set, this.setFolder(shape));
     return {
       shape,
       files: written.map((file) => file.path),
@@ -132,10 +145,6 @@ export class Lab {
         `${this.source.dir}: ${(free / 1e9).toFixed(1)} GB free, the run needs about ${(bytes / 1e9).toFixed(1)} GB`,
       );
     }
-  }
-
-  removeSet(set: DataSet): void {
-    rmSync(join(this.work, `set-${set.shape.name}`), { recursive: true, force: true });
   }
 
   /**
@@ -204,8 +213,16 @@ export class Lab {
       quietSeconds: 3600,
       sweepIntervalSeconds: 3600,
     });
+    const destination = config.destination as Record<string, unknown>;
     const statePath = join(this.work, `relay-${this.jobs}.sqlite`);
-    return { kind: 'relay', config, studies, statePath };
+    return {
+      kind: 'relay',
+      config: settings.orthancRest
+        ? { ...config, destination: { ...destination, orthancUrl: this.destination.url } }
+        : config,
+      studies,
+      statePath,
+    };
   }
 
   /** The child bundled the way the shipped CLI is (scripts/bundle.ts). */

@@ -1,19 +1,51 @@
-/** The separate modes: the relay's tuning sweep, and reading series from the source two ways. */
-import type { Lab } from './lab.ts';
+/**
+ * The relay at several settings on one set (the tuning sweep, the verification modes), and
+ * reading series from the source two ways.
+ */
+import type { DataSet, Lab } from './lab.ts';
 import {
   type BenchOptions,
+  type RelayRun,
   type RelaySettings,
   type SetShape,
   settingsLabel,
   sweepSettings,
+  verifyModeName,
+  verifyModes,
 } from './options.ts';
-import { type MethodFigures, summarise, type TrialFigures } from './stats.ts';
-import { describeTrial, figures, measureRelay, type Progress } from './trials.ts';
+import {
+  type MethodFigures,
+  type PhaseTimes,
+  phaseMedians,
+  range,
+  ratio,
+  round,
+  summarise,
+  type TrialFigures,
+} from './stats.ts';
+import { describeTrial, figures, measureRelay, type Progress, rotated } from './trials.ts';
 
-export interface SweepPoint {
+/** The relay's figures at one setting: a point of the sweep, or a verification mode. */
+export interface SettingsPoint {
   readonly settings: RelaySettings;
   readonly label: string;
   readonly relay: MethodFigures;
+  readonly phasesMs: PhaseTimes;
+}
+
+/** How many trials of each setting, how the relay child runs, and where progress goes. */
+interface RelayTrials {
+  readonly repetitions: number;
+  readonly run: RelayRun;
+  readonly progress: Progress;
+}
+
+/** One verification mode's figures (`verifyModes`), and its throughput against `qido`'s. */
+export interface VerifyModeFigures extends MethodFigures {
+  readonly settings: RelaySettings;
+  readonly studiesPerSecond: number;
+  readonly phasesMs: PhaseTimes;
+  readonly ratioToQido: number | undefined;
 }
 
 export interface ReadPoint {
@@ -24,83 +56,124 @@ export interface ReadPoint {
   readonly figures: MethodFigures;
 }
 
+/** The relay at each of several settings on one set, the settings interleaved in each repetition. */
+const compareSettings = async (
+  lab: Lab,
+  set: DataSet,
+  settingsList: readonly RelaySettings[],
+  labelOf: (settings: RelaySettings) => string,
+  how: RelayTrials,
+): Promise<SettingsPoint[]> => {
+  const trials = new Map<RelaySettings, TrialFigures[]>(settingsList.map((settings) => [settings, []]));
+  for (let rep = 0; rep < how.repetitions; rep++) {
+    for (const settings of rotated(settingsList, rep)) {
+      const t = await measureRelay(lab, set, settings, how.run);
+      trials.get(settings)?.push(t);
+      how.progress(describeTrial(`${set.shape.name} #${rep + 1} relay ${labelOf(settings)}`, t));
+    }
+  }
+  return settingsList.map((settings) => {
+    const list = trials.get(settings) ?? [];
+    return {
+      settings,
+      label: labelOf(settings),
+      relay: summarise(list, set.instances, true),
+      phasesMs: phaseMedians(list),
+    };
+  });
+};
+
 /** The relay at several settings on one set (one setting varied at a time). */
-export const runSweep = async (
+export const runSweep = (
   lab: Lab,
   shape: SetShape,
   options: BenchOptions,
   progress: Progress,
-): Promise<SweepPoint[]> => {
-  const set = await lab.writeSet(shape);
-  const settingsList = sweepSettings();
-  const trials = new Map<string, TrialFigures[]>(settingsList.map((s) => [settingsLabel(s), []]));
-  try {
-    for (let rep = 0; rep < options.repetitions; rep++) {
-      for (const settings of settingsList) {
-        const t = await measureRelay(lab, set, settings, options.relayRun);
-        trials.get(settingsLabel(settings))?.push(t);
-        progress(describeTrial(`sweep #${rep + 1} ${settingsLabel(settings)}`, t));
-      }
-    }
-  } finally {
-    lab.removeSet(set);
-  }
-  return settingsList.map((settings) => ({
-    settings,
-    label: settingsLabel(settings),
-    relay: summarise(trials.get(settingsLabel(settings)) ?? [], set.instances, true),
-  }));
+): Promise<SettingsPoint[]> =>
+  lab.withSet(shape, (set) =>
+    compareSettings(lab, set, sweepSettings(), settingsLabel, {
+      repetitions: options.repetitions,
+      run: options.relayRun,
+      progress,
+    }),
+  );
+
+/** Each verification mode on one set, by its name. */
+export const compareVerifyModes = async (
+  lab: Lab,
+  set: DataSet,
+  how: RelayTrials,
+): Promise<Record<string, VerifyModeFigures>> => {
+  const points = await compareSettings(lab, set, verifyModes(), verifyModeName, how);
+  const qido = points.find((point) => point.label === 'qido');
+  return Object.fromEntries(
+    points.map((point) => [
+      point.label,
+      {
+        ...point.relay,
+        settings: point.settings,
+        studiesPerSecond: round(
+          range(point.relay.trials.map((t) => set.shape.studies / t.seconds)).median,
+          2,
+        ),
+        phasesMs: point.phasesMs,
+        ratioToQido: ratio(point.relay.instancesPerSecond, qido?.relay.instancesPerSecond),
+      },
+    ]),
+  );
 };
 
 /** Reading every series of the set from the source: one WADO-RS request per series, or one request per instance. */
-export const runReadComparison = async (
+export const runReadComparison = (
   lab: Lab,
   shape: SetShape,
   options: BenchOptions,
   progress: Progress,
-): Promise<ReadPoint[]> => {
-  const set = await lab.writeSet(shape);
-  try {
-    await lab.loadSource(set.files);
-    const series = await lab.sourceSeries();
-    const variants: { mode: 'wado' | 'instances'; concurrency: number }[] = [
-      { mode: 'wado', concurrency: 1 },
-      { mode: 'instances', concurrency: 1 },
-      { mode: 'wado', concurrency: 4 },
-      { mode: 'instances', concurrency: 4 },
-    ];
-    const points: ReadPoint[] = [];
-    const trials = variants.map(
-      () => [] as { figures: TrialFigures; requests: number; connections: number }[],
-    );
-    for (let rep = 0; rep < options.repetitions; rep++) {
-      for (const [index, variant] of variants.entries()) {
-        const trial = await lab.run({ kind: 'read', source: lab.sourceRef(), series, ...variant });
-        const t = await figures(lab, trial, set);
-        const socket = Object.values(trial.connections).reduce(
-          (sum, c) => ({ requests: sum.requests + c.requests, connections: sum.connections + c.connections }),
-          { requests: 0, connections: 0 },
-        );
-        trials[index]?.push({ figures: t, ...socket });
-        progress(describeTrial(`read #${rep + 1} ${variant.mode} x${variant.concurrency}`, t));
+): Promise<ReadPoint[]> =>
+  lab.withSet(shape, async (set) => {
+    try {
+      await lab.loadSource(set.files);
+      const series = await lab.sourceSeries();
+      const variants: { mode: 'wado' | 'instances'; concurrency: number }[] = [
+        { mode: 'wado', concurrency: 1 },
+        { mode: 'instances', concurrency: 1 },
+        { mode: 'wado', concurrency: 4 },
+        { mode: 'instances', concurrency: 4 },
+      ];
+      const points: ReadPoint[] = [];
+      const trials = variants.map(
+        () => [] as { figures: TrialFigures; requests: number; connections: number }[],
+      );
+      for (let rep = 0; rep < options.repetitions; rep++) {
+        for (const [index, variant] of variants.entries()) {
+          const trial = await lab.run({ kind: 'read', source: lab.sourceRef(), series, ...variant });
+          const t = await figures(lab, trial, set);
+          const socket = Object.values(trial.connections).reduce(
+            (sum, c) => ({
+              requests: sum.requests + c.requests,
+              connections: sum.connections + c.connections,
+            }),
+            { requests: 0, connections: 0 },
+          );
+          trials[index]?.push({ figures: t, ...socket });
+          progress(describeTrial(`read #${rep + 1} ${variant.mode} x${variant.concurrency}`, t));
+        }
       }
+      for (const [index, variant] of variants.entries()) {
+        const list = trials[index] ?? [];
+        points.push({
+          ...variant,
+          requests: list[0]?.requests ?? 0,
+          connections: list[0]?.connections ?? 0,
+          figures: summarise(
+            list.map((entry) => entry.figures),
+            0,
+            false,
+          ),
+        });
+      }
+      return points;
+    } finally {
+      await lab.emptySource();
     }
-    for (const [index, variant] of variants.entries()) {
-      const list = trials[index] ?? [];
-      points.push({
-        ...variant,
-        requests: list[0]?.requests ?? 0,
-        connections: list[0]?.connections ?? 0,
-        figures: summarise(
-          list.map((entry) => entry.figures),
-          0,
-          false,
-        ),
-      });
-    }
-    return points;
-  } finally {
-    await lab.emptySource();
-    lab.removeSet(set);
-  }
-};
+  });

@@ -1,5 +1,5 @@
 /** What one benchmark run measures, and the defaults of `npm run bench`. */
-import { parseConfig } from '../../lambdas/core/config.ts';
+import { parseConfig, VERIFY_LEVELS, type VerifyLevel } from '../../lambdas/core/config.ts';
 
 /** A set of generated studies: how many instances, how large, in how many studies. */
 export interface SetShape {
@@ -42,8 +42,13 @@ export interface RelaySettings {
   readonly maxInstances: number;
   readonly parallel: number;
   readonly concurrency: number;
-  /** The verification level: `qido` (the default) lists the study again; `stow` trusts the answers. */
-  readonly verify: 'qido' | 'stow';
+  /** The verification level (lambdas/core/verification.ts). */
+  readonly verify: VerifyLevel;
+  /**
+   * The destination's `orthancUrl` is configured, so `checksum` reads Orthanc's MD5s through its
+   * REST API instead of retrieving every instance with WADO-RS.
+   */
+  readonly orthancRest: boolean;
 }
 
 /** The poller run's feed: studies of one series, each its own patient (10 changes a study at 4 instances). */
@@ -73,6 +78,10 @@ export interface BenchOptions {
   readonly sweep: boolean;
   /** Also compare reading a series with one WADO-RS request against one request per instance. */
   readonly wado: boolean;
+  /** Trials of each verification mode on the main set, or undefined to skip that comparison. */
+  readonly verifyRepetitions: number | undefined;
+  /** Only the verification modes' comparison. */
+  readonly verifyModesOnly: boolean;
   /** The destination Orthanc alone on CPU 1, everything else on CPU 0 (an experiment). */
   readonly pin: boolean;
   /** The poller run's feed, or undefined to skip it. */
@@ -97,7 +106,8 @@ export const DEFAULT_RELAY: RelaySettings = {
   maxInstances: configDefaults.stow.maxInstances,
   parallel: configDefaults.stow.parallel,
   concurrency: configDefaults.concurrency,
-  verify: configDefaults.verify === 'stow' ? 'stow' : 'qido',
+  verify: configDefaults.verify,
+  orthancRest: false,
 };
 
 export const DEFAULT_MAIN: SetShape = {
@@ -129,6 +139,9 @@ export const DEFAULT_OPTIONS: BenchOptions = {
   bigGb: 2,
   sweep: false,
   wado: false,
+  // Fewer than the other comparisons' 3: five modes of a relay trial each on the default set.
+  verifyRepetitions: 2,
+  verifyModesOnly: false,
   pin: false,
   poller: DEFAULT_POLLER,
   pollerOnly: false,
@@ -139,15 +152,28 @@ export const DEFAULT_OPTIONS: BenchOptions = {
 };
 
 /**
- * The sweep: one setting varied at a time around the defaults (9 distinct settings), and the
- * defaults with `verify: stow`, which shows what the QIDO-RS verification costs.
+ * Each rung of the verification ladder at the defaults, the destination configured as by default
+ * (no `orthancUrl`: `checksum` retrieves with WADO-RS); then `checksum` through Orthanc's REST API.
+ */
+export const verifyModes = (): RelaySettings[] => [
+  ...VERIFY_LEVELS.map((verify) => ({ ...DEFAULT_RELAY, verify })),
+  { ...DEFAULT_RELAY, verify: 'checksum', orthancRest: true },
+];
+
+/** The mode's name in the report and the JSON: the level, and for `checksum` how it reads the destination's bytes. */
+export const verifyModeName = (settings: RelaySettings): string =>
+  settings.verify === 'checksum' ? `checksum-${settings.orthancRest ? 'orthanc' : 'wado'}` : settings.verify;
+
+/**
+ * The sweep: one setting varied at a time around the defaults, the verification modes among them
+ * (12 distinct settings).
  */
 export const sweepSettings = (): RelaySettings[] => {
   const variants: RelaySettings[] = [
     ...[10, 25, 50, 100].map((maxInstances) => ({ ...DEFAULT_RELAY, maxInstances })),
     ...[2, 4, 8].map((parallel) => ({ ...DEFAULT_RELAY, parallel })),
     ...[1, 2, 4].map((concurrency) => ({ ...DEFAULT_RELAY, concurrency })),
-    { ...DEFAULT_RELAY, verify: 'stow' },
+    ...verifyModes(),
   ];
   const seen = new Set<string>();
   return variants.filter((settings) => {
@@ -160,7 +186,7 @@ export const sweepSettings = (): RelaySettings[] => {
 
 export const settingsLabel = (settings: RelaySettings): string =>
   `maxInstances=${settings.maxInstances} parallel=${settings.parallel} concurrency=${settings.concurrency}` +
-  (settings.verify === 'qido' ? '' : ` verify=${settings.verify}`);
+  (verifyModeName(settings) === verifyModeName(DEFAULT_RELAY) ? '' : ` verify=${verifyModeName(settings)}`);
 
 /** Instances per series so that the set has about `instances` instances. */
 export const instancesPerSeries = (shape: SetShape): number =>

@@ -1,5 +1,6 @@
 /** The benchmark's figures as text tables, for a person to read. */
-import { relayRunLabel } from './options.ts';
+import type { SettingsPoint, VerifyModeFigures } from './modes.ts';
+import { type RelaySettings, relayRunLabel, verifyModeName } from './options.ts';
 import type { PerStudy, PollerResult } from './poller.ts';
 import type { AwsTally } from './poller-job.ts';
 import type { BenchResult, SetResult } from './run.ts';
@@ -36,6 +37,19 @@ const sockets = (f: MethodFigures): string => {
   return `${requests} requests on ${connections} connections`;
 };
 
+const tuning = (settings: RelaySettings): string =>
+  `${settings.maxInstances}/${settings.parallel}/${settings.concurrency}`;
+
+/** As the tables' footnote says: stow.maxInstances/stow.parallel/concurrency verify. */
+const relayLabel = (settings: RelaySettings): string => `${tuning(settings)} ${verifyModeName(settings)}`;
+
+const phases = ({ phasesMs }: Pick<SettingsPoint, 'phasesMs'>): string =>
+  `${phasesMs.sendMs}/${phasesMs.verifyMs}/${phasesMs.deleteMs}`;
+
+const PHASES = 'phases ms send/verify/delete';
+/** A row's width with its peak RSS, so that columns after it line up. */
+const WIDE = 114;
+
 const setSection = (set: SetResult, repetitions: number): string[] => [
   `Set '${set.set.name}': ${set.set.instances} instances of ${set.set.sizeKb} KiB ` +
     `(${(set.set.bytes / 1e6).toFixed(1)} MB) in ${set.set.studies} studies, ${repetitions} trial(s) each`,
@@ -44,16 +58,38 @@ const setSection = (set: SetResult, repetitions: number): string[] => [
     row(`ceiling, ${c} uploads at once${Number(c) === set.ceiling.concurrency ? ' *' : ''}`, f),
   ),
   row('push (Orthanc DICOMweb client)', set.push),
-  row(
-    `relay (${set.relay.settings.maxInstances}/${set.relay.settings.parallel}/${set.relay.settings.concurrency}` +
-      `${set.relay.settings.verify === 'qido' ? '' : ` ${set.relay.settings.verify}`})`,
-    set.relay,
-  ),
+  row(`relay (${relayLabel(set.relay.settings)})`, set.relay),
   `relay/push ${num(set.ratios.relayVsPush, 2)}   relay/ceiling ${num(set.ratios.relayVsCeiling, 2)}` +
-    '   (* best ceiling; relay settings: stow.maxInstances/stow.parallel/concurrency)',
+    '   (* best ceiling; relay settings: stow.maxInstances/stow.parallel/concurrency verify)',
   `connection reuse: relay ${sockets(set.relay)}; ceiling ${sockets(set.ceiling)}`,
   '',
 ];
+
+/** `methodTrials`: the trials of the methods' comparison printed above it, if any. */
+const verifySection = (
+  modes: Readonly<Record<string, VerifyModeFigures>>,
+  methodTrials: number | undefined,
+): string[] => {
+  const all = Object.entries(modes);
+  const [first] = all.map(([, f]) => f);
+  const trials = first?.trials.length ?? 0;
+  const fewer =
+    methodTrials !== undefined && trials < methodTrials
+      ? ` (fewer than the ${methodTrials} above, to keep the run short)`
+      : '';
+  return [
+    `Verification modes on the default set, relay ${first === undefined ? '' : tuning(first.settings)}, ` +
+      `${trials} trial(s) each${fewer}`,
+    `${pad(header('mode'), WIDE)}${pad('studies/s', 11)}${pad('/qido', 7)}${PHASES}`,
+    ...all.map(
+      ([name, f]) =>
+        `${pad(row(name, f), WIDE)}${pad(num(f.studiesPerSecond, 2), 11)}${pad(num(f.ratioToQido, 2), 7)}${phases(f)}`,
+    ),
+    "checksum-wado: the destination's bytes retrieved with WADO-RS (no orthancUrl); " +
+      "checksum-orthanc: its MD5s through Orthanc's REST API (orthancUrl set); phases summed over the studies",
+    '',
+  ];
+};
 
 const tallyLines = (tally: AwsTally, who: string): string[] =>
   Object.entries(tally).map(
@@ -101,6 +137,8 @@ export const formatReport = (result: BenchResult, repetitions: number): string =
     '',
   ];
   for (const set of result.sets) lines.push(...setSection(set, repetitions));
+  if (result.verify !== undefined)
+    lines.push(...verifySection(result.verify, result.sets.length > 0 ? repetitions : undefined));
   const big = result.bigStudy;
   if (big !== undefined) {
     lines.push(
@@ -117,9 +155,9 @@ export const formatReport = (result: BenchResult, repetitions: number): string =
     lines.push('');
   }
   if (result.sweep !== undefined) {
-    lines.push('Relay sweep', header('settings'));
+    lines.push('Relay sweep', `${pad(header('maxInst/parallel/conc. verify'), WIDE)}${PHASES}`);
     for (const point of result.sweep)
-      lines.push(row(point.label.replaceAll('maxInstances', 'maxInst'), point.relay));
+      lines.push(`${pad(row(relayLabel(point.settings), point.relay), WIDE)}${phases(point)}`);
     lines.push('');
   }
   if (result.wado !== undefined) {

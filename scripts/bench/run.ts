@@ -1,21 +1,36 @@
 /**
  * The benchmark itself: on each set, the ceiling, the push and the relay, interleaved and
- * repeated on a fresh destination (and a freshly loaded source); then the memory run with one
- * large study; then the poller run on the AWS emulators; or, as separate modes, the relay's
- * tuning sweep, the WADO-RS read comparison, and the poller run alone.
+ * repeated on a fresh destination (and a freshly loaded source); on the default set, the relay at
+ * each verification mode; then the memory run with one large study; then the poller run on the
+ * AWS emulators; or, as separate modes, the relay's tuning sweep, the WADO-RS read comparison,
+ * the verification modes alone, and the poller run alone.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type BigStudyResult, bigVariants, measureBigStudy } from './big-study.ts';
-import { Lab } from './lab.ts';
-import { type ReadPoint, runReadComparison, runSweep, type SweepPoint } from './modes.ts';
+import { type DataSet, Lab } from './lab.ts';
+import {
+  compareVerifyModes,
+  type ReadPoint,
+  runReadComparison,
+  runSweep,
+  type SettingsPoint,
+  type VerifyModeFigures,
+} from './modes.ts';
 import type { BenchOptions, RelaySettings, SetShape } from './options.ts';
 import { measurePoller, type PollerResult } from './poller.ts';
 import { machineLoad } from './proc.ts';
 import { type MethodFigures, ratio, round, summarise, type TrialFigures } from './stats.ts';
 import { evaluateTargets, type TargetResult } from './targets.ts';
-import { describeTrial, measureCeiling, measurePush, measureRelay, type Progress } from './trials.ts';
+import {
+  describeTrial,
+  measureCeiling,
+  measurePush,
+  measureRelay,
+  type Progress,
+  rotated,
+} from './trials.ts';
 
 export type { BigStudyResult, BigStudyRun } from './big-study.ts';
 
@@ -51,7 +66,9 @@ export interface BenchResult {
   readonly ratios?: SetResult['ratios'];
   readonly sets: readonly SetResult[];
   readonly bigStudy?: BigStudyResult;
-  readonly sweep?: readonly SweepPoint[];
+  /** The relay at each verification mode on the default set, by the mode's name. */
+  readonly verify?: Readonly<Record<string, VerifyModeFigures>>;
+  readonly sweep?: readonly SettingsPoint[];
   readonly wado?: readonly ReadPoint[];
   readonly poller?: PollerResult;
   readonly targets: readonly TargetResult[];
@@ -63,40 +80,34 @@ type Method = 'ceiling' | 'push' | 'relay';
 /** The three methods on one set, interleaved: each repetition starts with a different one. */
 export const compareOnSet = async (
   lab: Lab,
-  shape: SetShape,
+  set: DataSet,
   options: BenchOptions,
   progress: Progress,
 ): Promise<SetResult> => {
-  progress(`set '${shape.name}': writing ${shape.instances} instances of ${shape.sizeKb} KiB`);
-  const set = await lab.writeSet(shape);
+  const { shape } = set;
   const ceiling = new Map<number, TrialFigures[]>(options.ceilingConcurrency.map((c) => [c, []]));
   const push: TrialFigures[] = [];
   const relay: TrialFigures[] = [];
   const methods: Method[] = ['ceiling', 'push', 'relay'];
-  try {
-    for (let rep = 0; rep < options.repetitions; rep++) {
-      const order = [...methods.slice(rep % 3), ...methods.slice(0, rep % 3)];
-      for (const method of order) {
-        const label = `${shape.name} #${rep + 1} ${method}`;
-        if (method === 'ceiling') {
-          for (const concurrency of options.ceilingConcurrency) {
-            const t = await measureCeiling(lab, set, concurrency);
-            ceiling.get(concurrency)?.push(t);
-            progress(describeTrial(`${label} (concurrency ${concurrency})`, t));
-          }
-        } else if (method === 'push') {
-          const t = await measurePush(lab, set, options.pushConcurrency);
-          push.push(t);
-          progress(describeTrial(label, t));
-        } else {
-          const t = await measureRelay(lab, set, options.relay, options.relayRun);
-          relay.push(t);
-          progress(describeTrial(label, t));
+  for (let rep = 0; rep < options.repetitions; rep++) {
+    for (const method of rotated(methods, rep)) {
+      const label = `${shape.name} #${rep + 1} ${method}`;
+      if (method === 'ceiling') {
+        for (const concurrency of options.ceilingConcurrency) {
+          const t = await measureCeiling(lab, set, concurrency);
+          ceiling.get(concurrency)?.push(t);
+          progress(describeTrial(`${label} (concurrency ${concurrency})`, t));
         }
+      } else if (method === 'push') {
+        const t = await measurePush(lab, set, options.pushConcurrency);
+        push.push(t);
+        progress(describeTrial(label, t));
+      } else {
+        const t = await measureRelay(lab, set, options.relay, options.relayRun);
+        relay.push(t);
+        progress(describeTrial(label, t));
       }
     }
-  } finally {
-    lab.removeSet(set);
   }
   const byConcurrency = Object.fromEntries(
     [...ceiling].map(([c, trials]) => [String(c), summarise(trials, set.instances, false)]),
@@ -132,19 +143,36 @@ export const runBenchmark = async (options: BenchOptions): Promise<BenchResult> 
   const work = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-bench-'));
   const sets: SetResult[] = [];
   let bigStudy: BigStudyResult | undefined;
-  let sweep: SweepPoint[] | undefined;
+  let verify: Record<string, VerifyModeFigures> | undefined;
+  let sweep: SettingsPoint[] | undefined;
   let wado: ReadPoint[] | undefined;
   let poller: PollerResult | undefined;
+  const full = !options.sweep && !options.wado && !options.verifyModesOnly;
   try {
     if (!options.pollerOnly) {
       const lab = await Lab.start(join(work, 'lab'), { pin: options.pin });
+      const withSet = <T>(shape: SetShape, use: (set: DataSet) => Promise<T>): Promise<T> => {
+        progress(`set '${shape.name}': writing ${shape.instances} instances of ${shape.sizeKb} KiB`);
+        return lab.withSet(shape, use);
+      };
       try {
         if (options.sweep) sweep = await runSweep(lab, options.main, options, progress);
         if (options.wado) wado = await runReadComparison(lab, options.main, options, progress);
-        if (!options.sweep && !options.wado) {
-          sets.push(await compareOnSet(lab, options.main, options, progress));
+        if (full || options.verifyModesOnly) {
+          await withSet(options.main, async (set) => {
+            if (full) sets.push(await compareOnSet(lab, set, options, progress));
+            if (options.verifyRepetitions !== undefined) {
+              verify = await compareVerifyModes(lab, set, {
+                repetitions: options.verifyRepetitions,
+                run: options.relayRun,
+                progress,
+              });
+            }
+          });
+        }
+        if (full) {
           if (options.small !== undefined)
-            sets.push(await compareOnSet(lab, options.small, options, progress));
+            sets.push(await withSet(options.small, (set) => compareOnSet(lab, set, options, progress)));
           if (options.bigGb !== undefined) {
             bigStudy = await measureBigStudy(
               lab,
@@ -159,7 +187,7 @@ export const runBenchmark = async (options: BenchOptions): Promise<BenchResult> 
         await lab.stop();
       }
     }
-    if (options.poller !== undefined && (options.pollerOnly || (!options.sweep && !options.wado))) {
+    if (options.poller !== undefined && (options.pollerOnly || full)) {
       poller = await measurePoller(options.poller, work, progress);
     }
     const main = sets[0];
@@ -175,11 +203,12 @@ export const runBenchmark = async (options: BenchOptions): Promise<BenchResult> 
         ? {}
         : { ceiling: main.ceiling, push: main.push, relay: main.relay, ratios: main.ratios }),
       sets,
+      ...(verify === undefined ? {} : { verify }),
       ...(bigStudy === undefined ? {} : { bigStudy }),
       ...(sweep === undefined ? {} : { sweep }),
       ...(wado === undefined ? {} : { wado }),
       ...(poller === undefined ? {} : { poller }),
-      targets: evaluateTargets(sets, bigStudy),
+      targets: evaluateTargets(sets, bigStudy, verify),
       durationSeconds: round((performance.now() - started) / 1000, 1),
     };
   } finally {

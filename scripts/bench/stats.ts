@@ -119,3 +119,16 @@ export const summarise = (
 /** a / b, rounded; undefined when either is missing. */
 export const ratio = (a: number | undefined, b: number | undefined): number | undefined =>
   a === undefined || b === undefined || b === 0 ? undefined : round(a / b, 2);
+
+/** Where a relay trial's time went, summed over its studies (scripts/bench/operations.ts, phaseClock), in ms. */
+export interface PhaseTimes {
+  readonly sendMs: number;
+  readonly verifyMs: number;
+  readonly deleteMs: number;
+}
+
+/** The median of each phase's time over the trials. */
+export const phaseMedians = (trials: readonly TrialFigures[]): PhaseTimes => {
+  const median = (phase: keyof PhaseTimes) => round(range(trials.map((t) => t.counts[phase] ?? 0)).median, 0);
+  return { sendMs: median('sendMs'), verifyMs: median('verifyMs'), deleteMs: median('deleteMs') };
+};

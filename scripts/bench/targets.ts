@@ -1,4 +1,5 @@
 /** The targets, checked against the figures (reported, never asserted by a test). */
+import type { VerifyModeFigures } from './modes.ts';
 import { relayRunLabel } from './options.ts';
 import type { BigStudyResult, BigStudyRun, SetResult } from './run.ts';
 
@@ -21,6 +22,7 @@ const check = (name: string, target: string, value: number | undefined, ok: (v: 
 export const evaluateTargets = (
   sets: readonly SetResult[],
   bigStudy: BigStudyResult | undefined,
+  verify: Readonly<Record<string, VerifyModeFigures>> | undefined,
 ): TargetResult[] => {
   const main = sets.find((set) => set.set.name === 'default') ?? sets[0];
   const small = sets.find((set) => set.set.name === 'small');
@@ -52,6 +54,12 @@ export const evaluateTargets = (
       'our CPU <= 2 CPU-seconds per 1,000 instances of 512 KB',
       mainIs512 ? main?.relay.cpuSecondsPer1000.ours : undefined,
       (v) => v <= 2,
+    ),
+    check(
+      'identityVsQido',
+      'verify identity >= 0.9 x qido (default set)',
+      verify?.identity?.ratioToQido,
+      (v) => v >= 0.9,
     ),
   ];
 };

@@ -8,6 +8,15 @@ import { round, type TrialFigures } from './stats.ts';
 
 export type Progress = (line: string) => void;
 
+/**
+ * The repetition's order of what is compared: each repetition starts with the next one, so that
+ * a change in the machine's load does not always hit the same one.
+ */
+export const rotated = <T>(items: readonly T[], repetition: number): T[] => {
+  const by = repetition % items.length;
+  return [...items.slice(by), ...items.slice(0, by)];
+};
+
 export const figures = async (
   lab: Lab,
   trial: Trial,
