@@ -7,6 +7,7 @@ import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SQSClient } from '@aws-sdk/client-sqs';
 import { InvalidArgumentError } from 'commander';
+import { DynamoFeedStore } from '../lambdas/aws/dynamo-feed-store.ts';
 import { DynamoLedger } from '../lambdas/aws/dynamo-ledger.ts';
 import {
   type AwsResources,
@@ -113,17 +114,18 @@ export const awsLedger = (options: AwsCliOptions, config: ForwarderConfig): Ledg
   stackLedger(options, config, awsResources(options, ['tableName']).tableName);
 
 /**
- * The ledger and the work queue, for `conflicts resolve`: both are checked before anything is
+ * The ledger, the work queue and the feed's state, for `conflicts resolve`: checked before anything is
  * decided. The work items go the way the poller sends them (SqsWorkSink), so the forwarder
  * takes them like any other.
  */
 export const awsLedgerAndQueue = (
   options: AwsCliOptions,
   config: ForwarderConfig,
-): { ledger: Ledger; queue: WorkSink } => {
+): { ledger: Ledger; queue: WorkSink; feed: DynamoFeedStore } => {
   const { tableName, queueUrl } = awsResources(options, ['tableName', 'queueUrl']);
   return {
     ledger: stackLedger(options, config, tableName),
     queue: new SqsWorkSink(new SQSClient(awsClientConfig(options, config)), queueUrl),
+    feed: new DynamoFeedStore(new DynamoDBClient(awsClientConfig(options, config)), tableName),
   };
 };

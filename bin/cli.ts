@@ -246,7 +246,12 @@ withAwsOptions(
         resolution,
       )
     : await withState(options, config, (state) =>
-        resolveSelected({ ledger: state.ledger, queue: state.queue }, config, options, resolution),
+        resolveSelected(
+          { ledger: state.ledger, queue: state.queue, feed: state.feed },
+          config,
+          options,
+          resolution,
+        ),
       );
   if (!resolved) process.exitCode = 1;
 });

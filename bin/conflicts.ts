@@ -7,6 +7,7 @@ import { createInterface } from 'node:readline/promises';
 import { InvalidArgumentError, Option } from 'commander';
 import type { ForwarderConfig } from '../lambdas/core/config.ts';
 import { describe } from '../lambdas/core/errors.ts';
+import type { FeedStateStore } from '../lambdas/core/ports.ts';
 import {
   CONFLICT_RESOLUTIONS,
   type Conflict,
@@ -134,7 +135,11 @@ const studiesOf = (conflicts: readonly Conflict[]): WorkItem[] => [
  * before the decision was recorded would only hold the instance once more.
  */
 export const resolveSelected = async (
-  ports: { readonly ledger: Ledger; readonly queue: WorkSink },
+  ports: {
+    readonly ledger: Ledger;
+    readonly queue: WorkSink;
+    readonly feed: Pick<FeedStateStore, 'forgetQueued'>;
+  },
   config: ForwarderConfig,
   options: ConflictSelection & { readonly yes?: boolean },
   resolution: ConflictResolution,
@@ -152,6 +157,20 @@ export const resolveSelected = async (
   const decisions = await recordDecisions(ports.ledger, selected, resolution);
   process.stdout.write(`${formatDecisions(resolution, decisions)}\n`);
   const studies = studiesOf(decisions.resolved);
+  try {
+    // The feed forgets having queued them first: should the queueing fail, the next sweep does it.
+    for (const [sourceId, items] of Map.groupBy(studies, (study) => study.sourceId)) {
+      await ports.feed.forgetQueued(
+        sourceId,
+        items.map((study) => study.studyId),
+      );
+    }
+  } catch (error) {
+    process.stderr.write(
+      `orthanc-forwarder: the decisions stand, but the state could not be updated (${describe(error)}): their studies are queued again when they next change\n`,
+    );
+    return false;
+  }
   try {
     await ports.queue.enqueue(studies);
   } catch (error) {

@@ -104,8 +104,9 @@ describe('benchmark', () => {
     ]);
 
     // The poller run: every study queued once, and the forwarder's AWS requests per study as the
-    // README's cost estimate counts them (lease put, refused-instances query, outcome
-    // transaction, lease release; receive and delete by the event source mapping).
+    // README's cost estimate counts them (lease put, conflicts and refused-instances queries, the
+    // last deletion intent's read, the new intent's put, outcome transaction, the intent's
+    // completion, lease release; receive and delete by the event source mapping).
     expect(result.poller).toMatchObject({
       studies: 6,
       instances: 24,
@@ -117,13 +118,15 @@ describe('benchmark', () => {
     expect(result.poller.forwarder.studies).toBe(3);
     expect(Object.keys(result.poller.forwarder.aws).sort()).toEqual([
       'dynamodb:DeleteItem',
+      'dynamodb:GetItem',
       'dynamodb:PutItem',
       'dynamodb:Query',
       'dynamodb:TransactWriteItems',
+      'dynamodb:UpdateItem',
     ]);
     expect(result.poller.forwarder.perStudy).toMatchObject({
-      dynamodbRequests: 4,
-      writeRequestUnits: 6,
+      dynamodbRequests: 8,
+      writeRequestUnits: 8,
       sqsRequests: 2,
     });
 

@@ -464,7 +464,7 @@ describe('fault injection against real Orthancs', () => {
       expect(report.resent).toBe(0);
     });
 
-    it('after the source deleted but before its answer came: the rerun finds the study gone and resends nothing', async () => {
+    it('after the source deleted but before its answer came: the rerun records the deletion from its intent and resends nothing', async () => {
       const report = await runScenario(
         scenario(
           'kill-during-delete-answer',
@@ -483,8 +483,12 @@ describe('fault injection against real Orthancs', () => {
         atDestination: STUDY_INSTANCES,
         atBoth: 0,
       });
+      // The crashed move's deletion intent was open: the rerun records that move, not `gone`.
       const outcomes = report.reruns[0]?.outcomes ?? [];
-      expect(outcomes.filter((o) => o.result === 'gone')).toHaveLength(1);
+      expect(outcomes.filter((o) => o.result === 'gone')).toHaveLength(0);
+      expect(
+        outcomes.filter((o) => o.result === 'moved' && o.sent === 0 && o.deleted === STUDY_INSTANCES),
+      ).toHaveLength(1);
       expect(report.resent).toBe(0);
     });
 

@@ -130,7 +130,12 @@ describe('filters and triggers', () => {
     const seriesIds = (await source.rest<string[]>('GET', '/series')).sort();
     // One worker: the series items run in the order their changes came, each alone.
     const config = parseConfig(
-      configFor([{ id: 'site-a', server: source }], destination, { trigger: 'StableSeries', concurrency: 1 }),
+      configFor([{ id: 'site-a', server: source }], destination, {
+        trigger: 'StableSeries',
+        concurrency: 1,
+        // The whole-study safety net waits long enough not to overtake the series' own changes under load.
+        quietSeconds: 30,
+      }),
     );
     const state = openState(workPath('state.sqlite'), { maxReceives: config.retry.maxAttempts });
     const { log, entries } = captureLog();

@@ -174,6 +174,10 @@ export class DynamoFeedStore implements FeedStateStore {
     await this.#table.putAll([...latest.values()].map((study) => queuedItem(sourceId, study)));
   }
 
+  async forgetQueued(sourceId: string, studyIds: readonly string[]): Promise<void> {
+    await this.#table.deleteAll([...new Set(studyIds)].map((studyId) => queuedKey(sourceId, studyId)));
+  }
+
   /** A batch read refuses the same key twice in one call, hence the de-duplication. */
   async queued(sourceId: string, studyIds: readonly string[]): Promise<QueuedStudy[]> {
     const keys = [...new Set(studyIds)].map((studyId) => queuedKey(sourceId, studyId));

@@ -97,6 +97,11 @@ export interface FeedStateStore {
   rememberQueued(sourceId: string, studies: readonly QueuedStudy[]): Promise<void>;
   /** What is remembered of these studies; one never queued, or forgotten, is left out. */
   queued(sourceId: string, studyIds: readonly string[]): Promise<QueuedStudy[]>;
+  /**
+   * Forgets that these studies were queued, so that the next sweep queues them again whatever
+   * their state: for work queued outside the feed (an operator's decision) that may not arrive.
+   */
+  forgetQueued(sourceId: string, studyIds: readonly string[]): Promise<void>;
 }
 
 /** A message taken from a queue, invisible to other consumers until acked or released. */

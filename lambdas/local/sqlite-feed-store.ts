@@ -106,7 +106,8 @@ const statements = (db: StateDb) => ({
      VALUES (?, ?, ?, ?, ?) ON CONFLICT (source_id, study_id) DO UPDATE SET
        last_update = excluded.last_update, settings = excluded.settings, queued_at = excluded.queued_at`,
   ),
-  forgetQueued: db.prepare('DELETE FROM queued_studies WHERE source_id = ? AND queued_at < ?'),
+  forgetQueuedBefore: db.prepare('DELETE FROM queued_studies WHERE source_id = ? AND queued_at < ?'),
+  forgetQueued: db.prepare('DELETE FROM queued_studies WHERE source_id = ? AND study_id = ?'),
   queued: db.prepare(
     `SELECT study_id, last_update, settings, queued_at FROM queued_studies
      WHERE source_id = ? AND study_id IN (SELECT value FROM json_each(?))`,
@@ -206,10 +207,16 @@ export class SqliteFeedStore implements FeedStateStore {
     if (studies.length === 0) return;
     const newest = Math.max(...studies.map((study) => study.queuedAt));
     this.#db.write(() => {
-      this.#sql.forgetQueued.run(sourceId, newest - QUEUED_MEMORY_MS);
+      this.#sql.forgetQueuedBefore.run(sourceId, newest - QUEUED_MEMORY_MS);
       for (const { studyId, lastUpdate, settings, queuedAt } of studies) {
         this.#sql.rememberQueued.run(sourceId, studyId, lastUpdate, settings, queuedAt);
       }
+    });
+  }
+
+  async forgetQueued(sourceId: string, studyIds: readonly string[]): Promise<void> {
+    this.#db.write(() => {
+      for (const studyId of studyIds) this.#sql.forgetQueued.run(sourceId, studyId);
     });
   }
 

@@ -300,6 +300,14 @@ export const stateContract = (name: string, fresh: () => Promise<StateUnderTest>
         expect(byId.get('s001')).toEqual({ ...queued('s001', now + 2), settings: 'd2' });
         expect(await one.feed.queued('b', ['s000', 's001'])).toEqual([queued('s000')]);
         expect(await one.feed.watched('a')).toEqual([]);
+
+        // Forgotten (an operator's decision queued them outside the feed): only those, only there.
+        await two.feed.forgetQueued('a', ['s000', 's001', 's001', 'unknown']);
+        expect((await one.feed.queued('a', studies)).map((study) => study.studyId).sort()).toEqual(
+          studies.filter((id) => id !== 's000' && id !== 's001'),
+        );
+        expect(await one.feed.queued('b', ['s000'])).toEqual([queued('s000')]);
+        await one.feed.forgetQueued('a', []);
       });
     });
 
