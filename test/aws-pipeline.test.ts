@@ -251,4 +251,49 @@ describe('AWS pipeline on emulators and real Orthancs', () => {
     expect(await instanceCount(source)).toBe(0);
     expect(await destinationMd5(destination, late.sopInstanceUid)).toBe(await md5(late.stream()));
   });
+
+  it('forgets, once a day, old refusals of instances gone from their source, and keeps the others', async () => {
+    // An instance still at the source (uploaded last in this file, so that no other test moves it).
+    const source = sources[0] as OrthancServer;
+    const [still] = generateStudies({
+      patients: 1,
+      studiesPerPatient: 1,
+      seriesPerStudy: 1,
+      instancesPerSeries: 1,
+      pixelBytes: 1024,
+      seed: 'aws-refused-still-held',
+    }).instances;
+    const [uploaded] = await uploadToOrthanc(source, [still as GeneratedInstance]);
+    const held = uploaded?.orthancId;
+    const old = Date.now() - 100 * 24 * 60 * 60 * 1000;
+    const refusal = (instanceId: string, rejectedAt: number) => ({
+      sourceId: 'site-0',
+      studyId: 'a-study',
+      instanceId,
+      sopInstanceUid: `2.25.${rejectedAt}`,
+      reason: 'refused by the destination (failure reason 0xc000)',
+      rejectedAt,
+    });
+    const gone = refusal('00000000-00000000-00000000-00000000-00000000', old);
+    const refusals = [
+      gone,
+      refusal(held ?? 'none', old),
+      refusal('11111111-11111111-11111111-11111111-11111111', Date.now()),
+    ];
+    await runtime.ledger.recordRejected(refusals);
+    // Not the run that holds a midnight: nothing is looked at.
+    await poller({ time: '2026-12-05T12:00:30Z' }, lambdaContext('poller', 60_000));
+    expect(await runtime.ledger.rejected('site-0', 'a-study')).toHaveLength(3);
+    // The one that does: the old refusal whose instance is gone goes; one still held, or recent, stays.
+    await poller({ time: '2026-12-06T00:00:30Z' }, lambdaContext('poller', 60_000));
+    const left = (await runtime.ledger.rejected('site-0', 'a-study')).map((r) => r.instanceId).sort();
+    expect(left).toEqual(
+      refusals
+        .filter((r) => r !== gone)
+        .map((r) => r.instanceId)
+        .sort(),
+    );
+    await runtime.ledger.forgetRejected(await runtime.ledger.rejected('site-0', 'a-study'));
+    await source.rest('DELETE', `/instances/${held}`);
+  });
 });

@@ -15,6 +15,7 @@ import { describe } from '../core/errors.ts';
 import { createEndpoint } from '../core/http.ts';
 import { recordPoll } from '../core/metrics.ts';
 import { OrthancClient } from '../core/orthanc-client.ts';
+import { DAY_MS, forgetGoneRefusals } from '../core/retention.ts';
 
 /** Time kept back to log and publish metrics before the invocation ends. */
 const RESERVE_MS = 5_000;
@@ -36,13 +37,40 @@ const setUp = (runtime: AwsRuntime) => ({
   })),
 });
 
+/**
+ * Whether this scheduled invocation is the one whose period holds a UTC midnight: old refusals
+ * of instances gone from their source are forgotten once a day, with nothing stored to say when.
+ */
+export const isPruneDue = (eventTime: string | undefined, periodMinutes: number): boolean => {
+  const at = Date.parse(eventTime ?? '');
+  if (!Number.isFinite(at)) return false;
+  return Math.floor(at / DAY_MS) !== Math.floor((at - periodMinutes * 60_000) / DAY_MS);
+};
+
+/** Forgets the refusals retention.refusalDays old whose instance is gone from its source. */
+const pruneRefusals = async (ready: ReturnType<typeof setUp>): Promise<void> => {
+  const { runtime, sources } = ready;
+  try {
+    const forgotten = await forgetGoneRefusals(
+      runtime.ledger,
+      new Map(sources.map((source) => [source.id, source.client])),
+      Date.now() - runtime.config.retention.refusalDays * DAY_MS,
+    );
+    runtime.log.info('refusals pruned', { ...forgotten });
+  } catch (error) {
+    // Tomorrow's run tries again; nothing is lost by keeping a refusal.
+    runtime.log.warn('could not prune refusals', { error: describe(error) });
+  }
+};
+
 export const createPollerHandler = (getRuntime: () => Promise<AwsRuntime>) => {
   const poller = cachedUntilRejected(() => getRuntime().then(setUp));
   return async (
-    _event: Partial<ScheduledEvent>,
+    event: Partial<ScheduledEvent>,
     context: Context,
   ): Promise<{ sources: SourcePollResult[] }> => {
-    const { runtime, settings, sink, sources } = await poller();
+    const ready = await poller();
+    const { runtime, settings, sink, sources } = ready;
     runtime.log.addContext?.(context);
     const { log } = runtime;
     const { metrics, publish } = createPowertoolsMetrics();
@@ -69,7 +97,11 @@ export const createPollerHandler = (getRuntime: () => Promise<AwsRuntime>) => {
       }
     };
     try {
-      return { sources: await Promise.all(sources.map(poll)) };
+      const polled = await Promise.all(sources.map(poll));
+      if (isPruneDue(event.time, runtime.config.aws?.pollScheduleMinutes ?? 1) && Date.now() < deadline) {
+        await pruneRefusals(ready);
+      }
+      return { sources: polled };
     } finally {
       publish();
     }
