@@ -3,8 +3,9 @@
  *
  *   npm run chaos -- --seed N --runs M [--max-seconds S] [--first K] [--json]
  *
- * Each run picks a fault and a small data set from (N, run), plays it, recovers, reruns the
- * forwarder until idle and checks that every instance is at its source or at the destination.
+ * Each run picks a fault and a small data set from (N, run) — now and then partial studies under
+ * a filter, or moves cut by a deadline — plays it, recovers, reruns the forwarder until idle and
+ * checks that every instance is at its source or at the destination.
  * Prints a line per run and a summary (or, with --json, the summary as one JSON object on stdout).
  * Exits 0 when nothing was lost, no run failed and every move completed; 1 otherwise; 2 on a
  * usage error. No run starts after --max-seconds (default 300); --first K replays from run K.
@@ -84,6 +85,8 @@ if (json) {
       (summary.skipped > 0 ? ` (${summary.skipped} not started: time limit or interrupted)` : ''),
     `faults that took effect: ${summary.triggered}`,
     `instances checked: ${summary.instancesChecked}`,
+    `scenarios of partial studies under a filter: ${summary.partialRuns} (instances refused, to stay at their source: ${summary.refused})`,
+    `scenarios of deadline-cut moves: ${summary.deadlineRuns} (attempts cut: ${summary.deadlineCuts})`,
     `instances lost: ${summary.lost}`,
     `instances re-sent: ${summary.resent}`,
     `moves not completed: ${summary.incomplete}`,

@@ -1,6 +1,8 @@
 /**
  * The chaos runner in CI, short: a fixed seed and a few runs, each a random fault against real
  * Orthancs followed by recovery and a check that nothing was lost (scripts/chaos/runner.ts).
+ * Seed 7's four runs include partial studies under a filter (with a refusal and a late report)
+ * and moves cut by a deadline, so that each kind of scenario runs in CI.
  */
 import { describe, expect, it } from 'vitest';
 import { runChaos } from '../scripts/chaos/runner.ts';
@@ -23,5 +25,10 @@ describe('chaos runner', () => {
     expect(summary.incomplete, context).toBe(0);
     expect(summary.deadLettered, context).toBe(0);
     expect(summary.instancesChecked).toBeGreaterThan(0);
+    // The kinds ran, and did what they are there for: a refusal kept, attempts cut.
+    expect(summary.partialRuns, context).toBeGreaterThan(0);
+    expect(summary.refused, context).toBeGreaterThan(0);
+    expect(summary.deadlineRuns, context).toBeGreaterThan(0);
+    expect(summary.deadlineCuts, context).toBeGreaterThan(0);
   });
 });

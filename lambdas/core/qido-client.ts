@@ -34,6 +34,32 @@ export const listedCopies = (
   }));
 };
 
+/**
+ * GETs a DICOM JSON list of instances (QIDO-RS, or WADO-RS metadata). An archive that holds
+ * nothing of it may say so with 204 or 404: none.
+ */
+export const getListedCopies = async (
+  endpoint: Endpoint,
+  path: string,
+  what: string,
+  options: { readonly signal?: AbortSignal | undefined; readonly absentIsEmpty?: boolean } = {},
+): Promise<ListedCopy[]> => {
+  const response = await call(endpoint, path, what, {
+    headers: { accept: 'application/dicom+json' },
+    ...(options.signal === undefined ? {} : { signal: options.signal }),
+  });
+  if (response.statusCode === 204 || response.statusCode === 404) {
+    await response.body.dump();
+    return [];
+  }
+  if (response.statusCode !== 200) throw await statusError(endpoint, what, response);
+  const copies = listedCopies(await readJson(endpoint, what, response), {
+    absentIsEmpty: options.absentIsEmpty === true,
+  });
+  if (copies === undefined) throw transient(`${what} at ${endpoint.label}: unexpected answer`);
+  return copies;
+};
+
 const INCLUDE_FIELDS = IDENTITY_TAGS.map((tag) => `includefield=${tag}`).join('&');
 
 /**
@@ -82,23 +108,10 @@ export class QidoClient {
     return listed;
   }
 
-  private async page(studyInstanceUid: string, offset: number, signal?: AbortSignal): Promise<ListedCopy[]> {
-    const what = 'QIDO-RS';
+  private page(studyInstanceUid: string, offset: number, signal?: AbortSignal): Promise<ListedCopy[]> {
     const path =
       `/studies/${encodeURIComponent(studyInstanceUid)}/instances` +
       `?${INCLUDE_FIELDS}&limit=${this.pageSize}&offset=${offset}`;
-    const response = await call(this.endpoint, path, what, {
-      headers: { accept: 'application/dicom+json' },
-      ...(signal === undefined ? {} : { signal }),
-    });
-    // An archive that holds nothing of the study may say so with 204 or 404.
-    if (response.statusCode === 204 || response.statusCode === 404) {
-      await response.body.dump();
-      return [];
-    }
-    if (response.statusCode !== 200) throw await statusError(this.endpoint, what, response);
-    const copies = listedCopies(await readJson(this.endpoint, what, response));
-    if (copies === undefined) throw transient(`${what} at ${this.endpoint.label}: unexpected answer`);
-    return copies;
+    return getListedCopies(this.endpoint, path, 'QIDO-RS', { signal });
   }
 }

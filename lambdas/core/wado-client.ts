@@ -5,8 +5,8 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { transient } from './errors.ts';
-import { call, type Endpoint, readJson, statusError } from './http.ts';
-import { type ListedCopy, listedCopies } from './qido-client.ts';
+import { call, type Endpoint, statusError } from './http.ts';
+import { getListedCopies, type ListedCopy } from './qido-client.ts';
 
 const segment = encodeURIComponent;
 
@@ -78,21 +78,12 @@ export class WadoClient {
     seriesInstanceUid: string,
     signal?: AbortSignal,
   ): Promise<ListedCopy[]> {
-    const what = 'WADO-RS metadata';
-    const response = await call(
+    return getListedCopies(
       this.endpoint,
       `/studies/${segment(studyInstanceUid)}/series/${segment(seriesInstanceUid)}/metadata`,
-      what,
-      { headers: { accept: 'application/dicom+json' }, ...(signal === undefined ? {} : { signal }) },
+      'WADO-RS metadata',
+      { signal, absentIsEmpty: true },
     );
-    if (response.statusCode === 204 || response.statusCode === 404) {
-      await response.body.dump();
-      return [];
-    }
-    if (response.statusCode !== 200) throw await statusError(this.endpoint, what, response);
-    const copies = listedCopies(await readJson(this.endpoint, what, response), { absentIsEmpty: true });
-    if (copies === undefined) throw transient(`${what} at ${this.endpoint.label}: unexpected answer`);
-    return copies;
   }
 
   /**

@@ -1,7 +1,8 @@
 /**
  * The randomized fault run: a seeded PRNG picks, per run, a fault (its type, its target — a source,
  * the destination or the forwarder — and its moment: a step, a request on the wire, a byte count)
- * and a small data set; test/support/fault-scenario.ts plays it against real Orthancs, recovers,
+ * and a small data set, now and then made of partial studies under a filter or moved under a
+ * deadline (issue 13); test/support/fault-scenario.ts plays it against real Orthancs, recovers,
  * reruns until idle and checks that nothing was lost. Used by scripts/chaos.ts and by
  * test/chaos-smoke.test.ts.
  *
@@ -11,6 +12,7 @@
 import {
   describeReport,
   type Fault,
+  type PartialStudies,
   REQUESTS,
   runScenario,
   type ScenarioReport,
@@ -40,11 +42,20 @@ export interface ChaosOptions {
 export interface ChaosRun {
   readonly run: number;
   readonly name: string;
+  /** Its studies were images and a report under a filter (PartialStudies). */
+  readonly partial: boolean;
+  /** Its fault run's moves were cut by a deadline. */
+  readonly deadline: boolean;
   readonly instances: number;
+  /** Of them, refused by the destinations: they must end at their source, recorded as refused. */
+  readonly refused: number;
+  /** Attempts of the fault run that the deadline cut. */
+  readonly deadlineCuts: number;
   readonly triggered: boolean;
   readonly lost: number;
   readonly resent: number;
   readonly complete: boolean;
+  readonly deadLettered: number;
   readonly seconds: number;
   readonly error?: string;
 }
@@ -58,6 +69,12 @@ export interface ChaosSummary {
   readonly triggered: number;
   /** Generated instances whose whereabouts were checked (after the fault and after the reruns). */
   readonly instancesChecked: number;
+  /** Scenarios of partial studies under a filter, and the instances their destinations refused. */
+  readonly partialRuns: number;
+  readonly refused: number;
+  /** Scenarios whose moves a deadline cut, and the attempts it cut. */
+  readonly deadlineRuns: number;
+  readonly deadlineCuts: number;
   /** Instances at neither their source nor the destination: must be 0. */
   readonly lost: number;
   /** STOW-RS parts sent beyond one per instance. */
@@ -127,6 +144,31 @@ const networkMode = (random: Random, at: ServerRole, batchBytes: number): ProxyM
   }
 };
 
+/**
+ * Images and a report per study under a CT filter (PartialStudies): some of a study's instances
+ * refused, its report arriving late, or both.
+ */
+const randomPartial = (random: Random, instancesPerStudy: number): PartialStudies => {
+  const unrouted = pick(random, ['keep', 'delete'] as const);
+  const lateReport = random() < 0.5;
+  const refused = Array.from({ length: instancesPerStudy }, (_, position) => position).filter(
+    () => random() < 0.3,
+  );
+  // One of the two at least, or the study would be moved whole like any other.
+  return {
+    unrouted,
+    lateReport,
+    refused: refused.length > 0 || lateReport ? refused : [instancesPerStudy - 1],
+  };
+};
+
+const describePartial = (partial: PartialStudies): string =>
+  [
+    `CT filter, unrouted ${partial.unrouted}`,
+    ...(partial.refused.length === 0 ? [] : [`refused #${partial.refused.join(',')} of each study`]),
+    ...(partial.lateReport ? ['late report'] : []),
+  ].join(', ');
+
 /** Picks one scenario: the data set, then the fault. */
 export const randomScenario = (seed: number, run: number): ScenarioSpec => {
   const random = prng((Math.imul(seed, 0x9e3779b1) ^ Math.imul(run, 0x85ebca6b)) >>> 0);
@@ -177,13 +219,40 @@ export const randomScenario = (seed: number, run: number): ScenarioSpec => {
   // How the forwarder is configured: what makes work, how it verifies, how it cuts batches.
   const trigger = pick(random, ['StableStudy', 'StableStudy', 'StableSeries', 'NewInstance'] as const);
   const verify = pick(random, ['identity', 'identity', 'qido', 'stow', 'checksum'] as const);
-  const stowMaxInstances = pick(random, [1, 2, 50]);
-  const transfer = pick(random, ['relay', 'relay', 'push'] as const);
+  let stowMaxInstances = pick(random, [1, 2, 50]);
+  let transfer = pick(random, ['relay', 'relay', 'push'] as const);
+  // Drawn last, so that a run that draws neither is the run it was before they existed.
+  let partial: PartialStudies | undefined;
+  if (random() < 1 / 3) {
+    partial = randomPartial(random, 2 * (shape.instancesPerSeries ?? 1));
+    // A refusal fails a whole push job: the study would be dead-lettered, as documented.
+    if (partial.refused.length > 0) transfer = 'relay';
+  }
+  let deadline: { afterStows: number; parallel: number } | undefined;
+  if (random() < 1 / 3) {
+    // Batches of one or two, one or two at once: a study spans several, and the cut falls between them.
+    deadline = { afterStows: int(random, 1, 2), parallel: int(random, 1, 2) };
+    stowMaxInstances = pick(random, [1, 2]);
+    transfer = 'relay';
+  }
+  const settings = [
+    `${sources} source(s)`,
+    `${destinations} destination(s)`,
+    transfer,
+    trigger,
+    `verify ${verify}`,
+    `${stowMaxInstances}/STOW`,
+    ...(partial === undefined ? [] : [describePartial(partial)]),
+    ...(deadline === undefined
+      ? []
+      : [`${deadline.parallel} STOW at once, deadline after ${deadline.afterStows} STOW answer(s)`]),
+  ];
   return {
-    name: `run ${run}: ${describeFault(fault)} [${sources} source(s), ${destinations} destination(s), ${transfer}, ${trigger}, verify ${verify}, ${stowMaxInstances}/STOW]`,
+    name: `run ${run}: ${describeFault(fault)} [${settings.join(', ')}]`,
     seed: `chaos-${seed}-${run}`,
     fault,
-    shape,
+    // Images and a report.
+    shape: partial === undefined ? shape : { ...shape, seriesPerStudy: 2 },
     sources,
     destinations,
     concurrency,
@@ -191,6 +260,10 @@ export const randomScenario = (seed: number, run: number): ScenarioSpec => {
     verify,
     stowMaxInstances,
     transfer,
+    ...(partial === undefined ? {} : { partial }),
+    ...(deadline === undefined
+      ? {}
+      : { deadlineAfterStows: deadline.afterStows, stowParallel: deadline.parallel }),
   };
 };
 
@@ -229,66 +302,68 @@ export const runChaos = async (options: ChaosOptions): Promise<ChaosSummary> => 
   const deadline = started + (options.maxSeconds ?? 300) * 1000;
   const first = options.first ?? 1;
   const results: ChaosRun[] = [];
-  let triggered = 0;
-  let instancesChecked = 0;
-  let lost = 0;
-  let resent = 0;
-  let incomplete = 0;
-  let deadLettered = 0;
-  let errors = 0;
   for (let run = first; run < first + options.runs; run++) {
     if (Date.now() >= deadline || options.signal?.aborted) break;
     const spec = randomScenario(options.seed, run);
+    const kinds = { partial: spec.partial !== undefined, deadline: spec.deadlineAfterStows !== undefined };
     const runStarted = Date.now();
     let report: ScenarioReport | undefined;
     try {
       report = await runScenario(spec, { childTimeoutMs: options.childTimeoutMs ?? 120_000 });
     } catch (error) {
-      errors++;
       const message = error instanceof Error ? error.message : String(error);
       results.push({
         run,
         name: spec.name,
+        ...kinds,
         instances: 0,
+        refused: 0,
+        deadlineCuts: 0,
         triggered: false,
         lost: 0,
         resent: 0,
         complete: false,
+        deadLettered: 0,
         seconds: (Date.now() - runStarted) / 1000,
         error: message,
       });
       options.onProgress?.(`${spec.name}: ERROR ${message}`);
       continue;
     }
-    if (report.triggered) triggered++;
-    instancesChecked += report.instances;
-    lost += report.lost;
-    resent += report.resent;
-    if (!report.complete) incomplete++;
-    deadLettered += report.deadLettered;
     results.push({
       run,
       name: spec.name,
+      ...kinds,
       instances: report.instances,
+      refused: report.refused,
+      deadlineCuts: report.faultRun.deadlineCuts,
       triggered: report.triggered,
       lost: report.lost,
       resent: report.resent,
       complete: report.complete,
+      deadLettered: report.deadLettered,
       seconds: report.durationMs / 1000,
     });
     options.onProgress?.(describeReport(report));
   }
+  const count = (test: (run: ChaosRun) => boolean) => results.filter(test).length;
+  const sum = (of: (run: ChaosRun) => number) => results.reduce((total, run) => total + of(run), 0);
+  const played = (run: ChaosRun) => run.error === undefined;
   return {
     seed: options.seed,
     runsRequested: options.runs,
     runs: results.length,
-    triggered,
-    instancesChecked,
-    lost,
-    resent,
-    incomplete,
-    deadLettered,
-    errors,
+    triggered: count((run) => run.triggered),
+    instancesChecked: sum((run) => run.instances),
+    partialRuns: count((run) => run.partial),
+    refused: sum((run) => run.refused),
+    deadlineRuns: count((run) => run.deadline),
+    deadlineCuts: sum((run) => run.deadlineCuts),
+    lost: sum((run) => run.lost),
+    resent: sum((run) => run.resent),
+    incomplete: count((run) => played(run) && !run.complete),
+    deadLettered: sum((run) => run.deadLettered),
+    errors: count((run) => !played(run)),
     skipped: options.runs - results.length,
     seconds: Math.round((Date.now() - started) / 100) / 10,
     results,

@@ -22,15 +22,26 @@ import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { VerifyLevel } from '../../lambdas/core/config.ts';
-import { type GeneratedInstance, generateStudies, type StudyShape } from '../../testbed/dicom-generator.ts';
+import {
+  type GeneratedInstance,
+  type GeneratedSet,
+  generateStudies,
+  SOP_CLASS_UID_TAG,
+  type StudyShape,
+  withChanges,
+  withoutElements,
+} from '../../testbed/dicom-generator.ts';
 import { OrthancFleet, type OrthancServer } from '../../testbed/orthanc.ts';
 import { uploadToOrthanc } from '../../testbed/upload.ts';
 import { configFor, shape } from './fixtures.ts';
-import { checkNothingLost, type InvariantReport, isComplete } from './invariant.ts';
+import { checkNothingLost, heldUids, type InvariantReport, isComplete, uidsOf } from './invariant.ts';
 import {
   BIN,
+  CLI,
   CRASH_AT,
   type CrashStep,
+  MOVE_DEADLINE,
+  MOVE_DEADLINE_AFTER_STOWS,
   type ProcessResult,
   parseLogLine,
   type RunningProcess,
@@ -83,6 +94,25 @@ export type Fault =
       readonly action: ServerAction;
     };
 
+/**
+ * Studies of images and a report under a filter (issue 13): the last series of each study is made
+ * SR and every destination takes only studies with CT in them (`filter: { modalities: ['CT'] }`),
+ * so that what is left of a study once its images have gone no longer matches the filter.
+ */
+export interface PartialStudies {
+  /** The configuration's `unrouted`: what becomes, at its source, of a study no filter takes. */
+  readonly unrouted: 'keep' | 'delete';
+  /**
+   * Positions in each study (images first, the report last) of the instances the destinations
+   * refuse, made without SOPClassUID: they must end at their source, recorded as refused. In
+   * push mode a refusal fails the whole job and the study is dead-lettered (README), so a push
+   * scenario refuses none.
+   */
+  readonly refused: readonly number[];
+  /** The reports reach the sources only once the fault run is over: a series after its study moved. */
+  readonly lateReport: boolean;
+}
+
 export interface ScenarioSpec {
   readonly name: string;
   readonly fault: Fault;
@@ -110,6 +140,15 @@ export interface ScenarioSpec {
   readonly transfer?: 'relay' | 'push';
   /** The configuration's `stow.maxInstances` (instances per STOW-RS request); its default when absent. */
   readonly stowMaxInstances?: number;
+  /** The configuration's `stow.parallel` (STOW-RS requests of a move at once); its default when absent. */
+  readonly stowParallel?: number;
+  readonly partial?: PartialStudies;
+  /**
+   * Each attempt of a move in the fault run is cut by a deadline once this many of its STOW-RS
+   * requests were answered, as a Lambda invocation's deadline cuts it between two batches
+   * (issue 13; move-deadline.ts). Relay only. The reruns have none, as in local mode.
+   */
+  readonly deadlineAfterStows?: number;
 }
 
 export interface ScenarioOptions {
@@ -130,6 +169,8 @@ export interface StateSnapshot {
   /** Work items on the queue (waiting, delayed or in flight). */
   readonly queued: readonly { readonly sourceId: string; readonly studyId: string }[];
   readonly deadLetters: number;
+  /** SOPInstanceUIDs of the instances the ledger records as refused, sorted. */
+  readonly rejected: readonly string[];
 }
 
 export interface OutcomeLine {
@@ -146,6 +187,13 @@ export interface RunRecord {
   readonly signal: string | null;
   /** The study outcomes it logged. */
   readonly outcomes: readonly OutcomeLine[];
+  /**
+   * It ended with nothing outstanding but refused instances (`run --until-idle` exits 1 for
+   * those too): no dead letter, no open conflict, no source given up on.
+   */
+  readonly settled: boolean;
+  /** Its attempts that the deadline cut ("out of time"). */
+  readonly deadlineCuts: number;
   /** Its last lines of output, for a failure's message. */
   readonly tail: string;
 }
@@ -155,6 +203,8 @@ export interface ScenarioReport {
   readonly fault: Fault;
   readonly studies: number;
   readonly instances: number;
+  /** Of them, those the destinations refuse (PartialStudies). */
+  readonly refused: number;
   /** The fault took effect (the proxy's mode acted, or crash-at reached its step). */
   readonly triggered: boolean;
   /** The forwarder logged a failure after the fault took effect. */
@@ -172,7 +222,12 @@ export interface ScenarioReport {
   /** Runs after the fault, until the move was complete. */
   readonly reruns: readonly RunRecord[];
   readonly final: InvariantReport;
-  /** Nothing left at the sources, everything at every destination once, byte for byte. */
+  /** The state file once the move was complete (or the reruns gave up). */
+  readonly stateAfterReruns: StateSnapshot;
+  /**
+   * Nothing left at the sources but the refused instances, each recorded as refused (and nothing
+   * else so recorded); everything else at every destination once, byte for byte.
+   */
   readonly complete: boolean;
   /** Distinct instances found lost, by either check: must be 0. */
   readonly lost: number;
@@ -196,6 +251,10 @@ const FAILURE_MESSAGES = new Set([
   'source poll failed',
 ]);
 
+/** An attempt that its deadline cut, which the fault has no part in. */
+const isDeadlineCut = (line: Record<string, unknown>): boolean =>
+  line.message === 'work item failed, will retry' && String(line.error).startsWith('out of time');
+
 /** Waits until a source has announced `count` studies stable (bounded: a hang is an error, not a wait). */
 export const untilStudiesStable = async (server: OrthancServer, count: number): Promise<void> => {
   for (let attempt = 0; attempt < 600; attempt++) {
@@ -209,9 +268,58 @@ export const untilStudiesStable = async (server: OrthancServer, count: number): 
   throw new Error(`source ${server.name} did not call its ${count} studies stable`);
 };
 
+/** Waits until a source calls every study it holds stable (bounded, as untilStudiesStable). */
+const untilEveryStudyStable = async (server: OrthancServer): Promise<void> => {
+  for (let attempt = 0; attempt < 600; attempt++) {
+    const studies = await server.rest<{ IsStable: boolean }[]>('GET', '/studies?expand');
+    if (studies.every((study) => study.IsStable)) return;
+    await sleep(100);
+  }
+  throw new Error(`source ${server.name} did not call its studies stable`);
+};
+
+/** One source's data set: uploaded before the forwarder starts, then after the fault run. */
+interface DataSet {
+  readonly first: readonly GeneratedInstance[];
+  readonly late: readonly GeneratedInstance[];
+  /** Of them, those the destinations refuse. */
+  readonly refused: readonly GeneratedInstance[];
+}
+
+/** A generated set as it is uploaded: as generated, or made of images and reports (PartialStudies). */
+const dataSet = (set: GeneratedSet, partial: PartialStudies | undefined): DataSet => {
+  if (partial === undefined) return { first: set.instances, late: [], refused: [] };
+  const first: GeneratedInstance[] = [];
+  const late: GeneratedInstance[] = [];
+  const refused: GeneratedInstance[] = [];
+  for (const study of set.patients.flatMap((patient) => patient.studies)) {
+    const report = study.series.length - 1;
+    const instances = study.series.flatMap((series, index) =>
+      series.instances.map((instance) => ({
+        instance: index === report ? withChanges(instance, { study: { modality: 'SR' } }) : instance,
+        late: index === report && partial.lateReport,
+      })),
+    );
+    for (const [position, { instance, late: isLate }] of instances.entries()) {
+      const isRefused = partial.refused.includes(position);
+      const stored = isRefused ? withoutElements(instance, [SOP_CLASS_UID_TAG]) : instance;
+      (isLate ? late : first).push(stored);
+      if (isRefused) refused.push(stored);
+    }
+  }
+  return { first, late, refused };
+};
+
+const sameUids = (a: readonly string[], b: readonly string[]): boolean => {
+  const sorted = [...b].sort();
+  return a.length === b.length && [...a].sort().every((uid, index) => uid === sorted[index]);
+};
+
 /** Reads the state file directly (read only: no migration, no write), as a crash left it. */
 export const readStateFile = (path: string): StateSnapshot => {
-  if (!existsSync(path)) return { integrity: 'no state file', cursors: {}, queued: [], deadLetters: 0 };
+  if (!existsSync(path)) {
+    return { integrity: 'no state file', cursors: {}, queued: [], deadLetters: 0, rejected: [] };
+  }
   const db = new DatabaseSync(path);
   try {
     const integrity = (db.prepare('PRAGMA integrity_check').all() as { integrity_check: string }[])
@@ -229,27 +337,43 @@ export const readStateFile = (path: string): StateSnapshot => {
       }[]
     ).map((row) => ({ sourceId: row.source_id, studyId: row.study_id }));
     const deadLetters = (db.prepare('SELECT count(*) AS n FROM dead_letters').get() as { n: number }).n;
-    return { integrity, cursors, queued, deadLetters };
+    const rejected = (
+      db.prepare('SELECT sop_instance_uid FROM rejected_instances ORDER BY sop_instance_uid').all() as {
+        sop_instance_uid: string;
+      }[]
+    ).map((row) => row.sop_instance_uid);
+    return { integrity, cursors, queued, deadLetters, rejected };
   } finally {
     db.close();
   }
 };
 
-const recordOf = (result: ProcessResult, lines: readonly Record<string, unknown>[]): RunRecord => ({
-  code: result.code,
-  signal: result.signal,
-  outcomes: lines
-    .filter((line) => line.message === 'study outcome')
-    .map((line) => ({
-      sourceId: String(line.sourceId),
-      studyId: String(line.studyId),
-      result: String(line.result),
-      sent: Number(line.sent),
-      alreadyPresent: Number(line.alreadyPresent),
-      deleted: Number(line.deleted),
-    })),
-  tail: `${result.stdout}\n${result.stderr}`.trim().split('\n').slice(-30).join('\n'),
-});
+const recordOf = (result: ProcessResult, lines: readonly Record<string, unknown>[]): RunRecord => {
+  const finished = lines.find((line) => line.message === 'run finished');
+  return {
+    code: result.code,
+    signal: result.signal,
+    settled:
+      result.code === 0 ||
+      (result.code === 1 &&
+        finished?.deadLetters === 0 &&
+        finished.openConflicts === 0 &&
+        // An empty value is left out of the log line.
+        (finished.failedSources ?? '') === ''),
+    deadlineCuts: lines.filter(isDeadlineCut).length,
+    outcomes: lines
+      .filter((line) => line.message === 'study outcome')
+      .map((line) => ({
+        sourceId: String(line.sourceId),
+        studyId: String(line.studyId),
+        result: String(line.result),
+        sent: Number(line.sent),
+        alreadyPresent: Number(line.alreadyPresent),
+        deleted: Number(line.deleted),
+      })),
+    tail: `${result.stdout}\n${result.stderr}`.trim().split('\n').slice(-30).join('\n'),
+  };
+};
 
 /** Runs a process to its end; past `timeoutMs` it is SIGKILLed and this throws. */
 const finish = async (running: RunningProcess, timeoutMs: number | undefined): Promise<ProcessResult> => {
@@ -316,13 +440,20 @@ export const runScenario = async (
     proxies.push(...sourceProxies);
 
     const seed = spec.seed ?? spec.name;
-    const sets = sources.map((_, index) => generateStudies(shape(`${seed}-${index}`, spec.shape)));
-    for (const [index, source] of sources.entries()) {
-      const results = await uploadToOrthanc(source, sets[index]?.instances ?? []);
-      const failed = results.filter((result) => result.status !== 200);
-      if (failed.length > 0) throw new Error(`upload failed: ${JSON.stringify(failed[0])}`);
-    }
-    const instances: GeneratedInstance[] = sets.flatMap((set) => set.instances);
+    const sets = sources.map((_, index) =>
+      dataSet(generateStudies(shape(`${seed}-${index}`, spec.shape)), spec.partial),
+    );
+    const upload = async (which: 'first' | 'late') => {
+      for (const [index, source] of sources.entries()) {
+        const results = await uploadToOrthanc(source, sets[index]?.[which] ?? []);
+        const failed = results.filter((result) => result.status !== 200);
+        if (failed.length > 0) throw new Error(`upload failed: ${JSON.stringify(failed[0])}`);
+      }
+    };
+    await upload('first');
+    const uploadedFirst = sets.flatMap((set) => set.first);
+    const instances = [...uploadedFirst, ...sets.flatMap((set) => set.late)];
+    const refused = uidsOf(sets.flatMap((set) => set.refused));
     const studyIds = await Promise.all(sources.map((source) => source.rest<string[]>('GET', '/studies')));
     // Every study is stable before the forwarder starts: its first poll queues them all.
     await Promise.all(
@@ -339,7 +470,11 @@ export const runScenario = async (
         timeouts: { connectMs: 2_000, headersMs: 4_000, bodyMs: 4_000 },
         ...(spec.trigger === undefined ? {} : { trigger: spec.trigger }),
         ...(spec.verify === undefined ? {} : { verify: spec.verify }),
-        ...(spec.stowMaxInstances === undefined ? {} : { stow: { maxInstances: spec.stowMaxInstances } }),
+        stow: {
+          ...(spec.stowMaxInstances === undefined ? {} : { maxInstances: spec.stowMaxInstances }),
+          ...(spec.stowParallel === undefined ? {} : { parallel: spec.stowParallel }),
+        },
+        ...(spec.partial === undefined ? {} : { unrouted: spec.partial.unrouted }),
       },
     ) as { sources: Record<string, unknown>[]; destination?: unknown; destinations?: unknown };
     raw.sources = raw.sources.map((entry, index) => ({ ...entry, url: sourceProxies[index]?.url }));
@@ -349,6 +484,7 @@ export const runScenario = async (
       password: server.password,
       ...(spec.verify === 'checksum' ? { orthancUrl: destinationProxies[index]?.url } : {}),
       ...(push ? { transfer: 'push', pushServerName: `destination-${index}` } : {}),
+      ...(spec.partial === undefined ? {} : { filter: { modalities: ['CT'] } }),
     }));
     if (destinationCount === 1) {
       raw.destination = entries[0];
@@ -423,28 +559,37 @@ export const runScenario = async (
       const line = parseLogLine(text);
       if (line === undefined) return;
       lines.push(line);
-      if (triggered && !felt && FAILURE_MESSAGES.has(String(line.message))) {
+      if (triggered && !felt && FAILURE_MESSAGES.has(String(line.message)) && !isDeadlineCut(line)) {
         felt = true;
         void undoOnce();
       }
     };
+    const runUntilIdle = ['run', '--config', configPath, '--state', statePath, '--until-idle'];
+    const deadline = spec.deadlineAfterStows;
+    // The deadline hook needs the sources, which bin/orthanc-forwarder may run bundled.
+    const startNode = (script: string, args: readonly string[]) =>
+      startProcess(
+        process.execPath,
+        [
+          '--disable-warning=ExperimentalWarning',
+          ...(deadline === undefined ? [] : ['--import', MOVE_DEADLINE]),
+          script,
+          ...args,
+        ],
+        {
+          onLine,
+          env: {
+            ...process.env,
+            ...(deadline === undefined ? {} : { [MOVE_DEADLINE_AFTER_STOWS]: `${deadline}` }),
+          },
+        },
+      );
     forwarder =
       fault.kind === 'crash-at'
-        ? startProcess(
-            process.execPath,
-            [
-              '--disable-warning=ExperimentalWarning',
-              CRASH_AT,
-              configPath,
-              statePath,
-              fault.step,
-              markerPath,
-            ],
-            { onLine },
-          )
-        : startProcess(BIN, ['run', '--config', configPath, '--state', statePath, '--until-idle'], {
-            onLine,
-          });
+        ? startNode(CRASH_AT, [configPath, statePath, fault.step, markerPath])
+        : deadline === undefined
+          ? startProcess(BIN, runUntilIdle, { onLine })
+          : startNode(CLI, runUntilIdle);
     const faultResult = await finish(forwarder, options.childTimeoutMs);
     forwarder = undefined;
     const faultRun = recordOf(faultResult, lines);
@@ -460,12 +605,18 @@ export const runScenario = async (
       sources.map(async (source) => (await source.rest<{ Last: number }>('GET', '/changes?last')).Last),
     );
     const stateAfterFault = readStateFile(statePath);
+    const afterFault = await checkNothingLost({ instances: uploadedFirst, sources, destinations });
+    if (uploadedFirst.length < instances.length) {
+      await upload('late');
+      await Promise.all(sources.map(untilEveryStudyStable));
+    }
     const check = () => checkNothingLost({ instances, sources, destinations });
-    const afterFault = await check();
 
     // Recovery: rerun until the move is complete.
     const reruns: RunRecord[] = [];
     let final = afterFault;
+    let stateAfterReruns = stateAfterFault;
+    let complete = false;
     let deadLettered = stateAfterFault.deadLetters;
     for (let round = 0; round < (options.maxReruns ?? 3); round++) {
       const deadLetters = readStateFile(statePath).deadLetters;
@@ -477,7 +628,7 @@ export const runScenario = async (
         );
       }
       const rerunLines: Record<string, unknown>[] = [];
-      const rerun = startProcess(BIN, ['run', '--config', configPath, '--state', statePath, '--until-idle'], {
+      const rerun = startProcess(BIN, runUntilIdle, {
         onLine: (text) => {
           const line = parseLogLine(text);
           if (line !== undefined) rerunLines.push(line);
@@ -485,7 +636,12 @@ export const runScenario = async (
       });
       reruns.push(recordOf(await finish(rerun, options.childTimeoutMs), rerunLines));
       final = await check();
-      if (reruns.at(-1)?.code === 0 && isComplete(final)) break;
+      stateAfterReruns = readStateFile(statePath);
+      complete =
+        isComplete(final, refused.length) &&
+        sameUids(stateAfterReruns.rejected, refused) &&
+        sameUids((await Promise.all(sources.map(heldUids))).flat(), refused);
+      if (reruns.at(-1)?.settled === true && complete) break;
     }
 
     const lost = new Set([...afterFault.lost, ...final.lost]).size;
@@ -496,6 +652,7 @@ export const runScenario = async (
       fault,
       studies: studyIds.reduce((total, ids) => total + ids.length, 0),
       instances: instances.length,
+      refused: refused.length,
       triggered,
       felt,
       marker,
@@ -506,7 +663,8 @@ export const runScenario = async (
       afterFault,
       reruns,
       final,
-      complete: isComplete(final),
+      stateAfterReruns,
+      complete,
       lost,
       deadLettered,
       partsSent,
@@ -533,6 +691,10 @@ export const describeReport = (report: ScenarioReport): string =>
     `${report.instances} instances`,
     `lost ${report.lost}`,
     `re-sent ${report.resent}`,
+    ...(report.refused > 0 ? [`refused ${report.refused}`] : []),
+    ...(report.faultRun.deadlineCuts > 0
+      ? [`attempts cut by the deadline ${report.faultRun.deadlineCuts}`]
+      : []),
     ...(report.deadLettered > 0 ? [`DEAD-LETTERED ${report.deadLettered}`] : []),
     `after the fault: ${report.afterFault.atSources} at source, ${report.afterFault.atDestination} at destination`,
     `reruns ${report.reruns.length}`,

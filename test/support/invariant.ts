@@ -156,10 +156,14 @@ export const checkNothingLost = async (options: InvariantOptions): Promise<Invar
   };
 };
 
-/** True when the move is complete: nothing left at the sources, everything at every destination once. */
-export const isComplete = (report: InvariantReport): boolean =>
-  report.atSources === 0 &&
-  report.atDestination === report.checked &&
+/**
+ * True when the move is complete: nothing left at the sources, everything at every destination
+ * once; or, with `kept` instances that no destination takes (refused), those only at the sources.
+ */
+export const isComplete = (report: InvariantReport, kept = 0): boolean =>
+  report.atSources === kept &&
+  report.atBoth === 0 &&
+  report.atDestination === report.checked - kept &&
   report.duplicates.length === 0 &&
   report.corrupt.length === 0;
 

@@ -21,6 +21,17 @@ export const CRASH_STEPS = [
 ] as const;
 export type CrashStep = (typeof CRASH_STEPS)[number];
 
+/** The CLI's TypeScript entry, for a child that needs Node options of its own (MOVE_DEADLINE). */
+export const CLI = fileURLToPath(new URL('../../bin/cli.ts', import.meta.url));
+
+/**
+ * Imported first (`--import`) into a local-mode forwarder child (the CLI or crash-at.ts), gives
+ * each attempt of a move a deadline that passes once its Nth STOW-RS request was answered, N
+ * from the environment variable MOVE_DEADLINE_AFTER_STOWS (see move-deadline.ts).
+ */
+export const MOVE_DEADLINE = new URL('./move-deadline.ts', import.meta.url).href;
+export const MOVE_DEADLINE_AFTER_STOWS = 'MOVE_DEADLINE_AFTER_STOWS';
+
 /** One forwarder Lambda invocation that SIGKILLs itself at a point of its move (see lambda-crash-at.ts). */
 export const LAMBDA_CRASH_AT = fileURLToPath(new URL('./lambda-crash-at.ts', import.meta.url));
 /** Where lambda-crash-at.ts can die, as its HTTP client sees the move on the wire. */
