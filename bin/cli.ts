@@ -3,6 +3,7 @@
  * 1 something was dead-lettered or rejected, a conflict is open, or nothing matched, 2 a usage or
  * configuration error.
  */
+import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, type ForwarderConfig } from '../lambdas/core/config.ts';
 import { deadLetterEntry, formatDeadLetters } from '../lambdas/core/dead-letters.ts';
@@ -85,10 +86,16 @@ const stopSignal = (): AbortSignal => {
   return controller.signal;
 };
 
+/** The package's version: package.json sits one folder up from the sources (bin/) and the bundle (dist/) alike. */
+const version = (
+  JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+).version;
+
 const program = new Command('orthanc-forwarder')
   .description(
     'Moves DICOM studies from Orthanc servers to a DICOMweb destination, deleting only what it verified.',
   )
+  .version(version)
   .showHelpAfterError()
   // Commander's own usage errors (an unknown option, a missing --config) would exit 1, which here
   // means that something is held or failed.

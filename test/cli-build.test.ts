@@ -9,6 +9,7 @@ import {
   existsSync,
   mkdirSync,
   mkdtempSync,
+  readFileSync,
   renameSync,
   rmSync,
   symlinkSync,
@@ -89,12 +90,17 @@ describe('the built CLI', () => {
     expect(help.stdout).toContain('Usage: orthanc-forwarder');
     expect(help.stdout).toContain('demo [options]');
     expectConfigError(await runProcess(process.execPath, [CLI_BUNDLE, ...statusArgs]));
+    const version = await runProcess(process.execPath, [CLI_BUNDLE, '--version']);
+    expect({ code: version.code, stdout: version.stdout.trim() }).toEqual({
+      code: 0,
+      stdout: (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version,
+    });
   });
 
   it('in a checkout, the wrapper runs the bundle; the sources once one is newer, or without a bundle', async () => {
     // A copy of the checkout, so that making a source newer disturbs no other test.
     const checkout = join(work, 'checkout');
-    for (const path of ['bin', 'lambdas', 'testbed', 'package-lock.json', 'dist']) {
+    for (const path of ['bin', 'lambdas', 'testbed', 'package.json', 'package-lock.json', 'dist']) {
       cpSync(join(ROOT, path), join(checkout, path), { recursive: true });
     }
     symlinkSync(join(ROOT, 'node_modules'), join(checkout, 'node_modules'));
