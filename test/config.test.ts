@@ -212,6 +212,16 @@ describe('configuration', () => {
       field: 'destination.verify',
     },
     { what: 'duplicate source ids', raw: { ...valid, sources: [source, { ...source }] }, field: 'sources' },
+    {
+      what: 'a username without a password',
+      raw: { ...valid, sources: [{ id: 'site-a', url: 'http://127.0.0.1:8042', username: 'orthanc' }] },
+      field: 'sources[0].username',
+    },
+    {
+      what: "the destination's username without a password",
+      raw: { ...valid, destination: { url: 'http://127.0.0.1:8043/dicom-web', username: 'orthanc' } },
+      field: 'destination.username',
+    },
     { what: 'retry.maxAttempts 0', raw: { ...valid, retry: { maxAttempts: 0 } }, field: 'retry.maxAttempts' },
     {
       what: 'timeouts.connectMs -1',

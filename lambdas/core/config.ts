@@ -70,6 +70,20 @@ const passwordMessage = {
   path: ['passwordEnv'],
 };
 
+/** A username alone would send an empty password: a configuration mistake, not a choice. */
+const usernameWithPassword = (server: {
+  username?: unknown;
+  password?: unknown;
+  passwordEnv?: unknown;
+  secretId?: unknown;
+}) =>
+  server.username === undefined ||
+  [server.password, server.passwordEnv, server.secretId].some((value) => value !== undefined);
+const usernameMessage = {
+  message: 'username needs password, passwordEnv or secretId',
+  path: ['username'],
+};
+
 const clientPair = (server: { clientCertFile?: string | undefined; clientKeyFile?: string | undefined }) =>
   (server.clientCertFile === undefined) === (server.clientKeyFile === undefined);
 const clientPairMessage = {
@@ -94,6 +108,7 @@ export const sourceSchema = z
     maxConcurrentMoves: z.number().int().positive().max(1000).optional(),
   })
   .refine(exclusivePassword, passwordMessage)
+  .refine(usernameWithPassword, usernameMessage)
   .refine(clientPair, clientPairMessage);
 
 const orthancRestUrl = httpUrl.transform((url) => url.replace(/\/+$/, ''));
@@ -161,6 +176,7 @@ export const alternateSchema = z
     afterSeconds: z.number().nonnegative(),
   })
   .refine(exclusivePassword, passwordMessage)
+  .refine(usernameWithPassword, usernameMessage)
   .refine(clientPair, clientPairMessage);
 
 const destinationFields = {
@@ -204,6 +220,7 @@ type DestinationChecked = PushFields &
 const withDestinationChecks = <T extends z.ZodType<DestinationChecked>>(schema: T): T =>
   schema
     .refine(exclusivePassword, passwordMessage)
+    .refine(usernameWithPassword, usernameMessage)
     .refine(clientPair, clientPairMessage)
     .refine(pushNamed, pushNamedMessage)
     .refine(alternatePushNamed, alternatePushNamedMessage);
