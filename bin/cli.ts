@@ -10,7 +10,7 @@ import { deadLetterEntry, formatDeadLetters } from '../lambdas/core/dead-letters
 import { createLog, type LogLevel } from '../lambdas/core/log.ts';
 import { runDemo } from '../lambdas/local/demo.ts';
 import { defaultStatePath, loadConfigFile } from '../lambdas/local/load-config.ts';
-import { LocalRunner } from '../lambdas/local/local-runner.ts';
+import { LocalRunner, StateInUseError } from '../lambdas/local/local-runner.ts';
 import { openState } from '../lambdas/local/sqlite-state.ts';
 import { gatherStatus } from '../lambdas/local/status.ts';
 import type { AwsCliOptions } from './cli-aws.ts';
@@ -295,6 +295,10 @@ program
 try {
   await program.parseAsync();
 } catch (error) {
+  if (error instanceof StateInUseError) {
+    process.stderr.write(`orthanc-forwarder: ${error.message}\n`);
+    process.exit(1);
+  }
   if (error instanceof ConfigError || error instanceof InvalidArgumentError) {
     process.stderr.write(`orthanc-forwarder: ${error.message}\n`);
     process.exit(2);

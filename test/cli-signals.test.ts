@@ -3,11 +3,13 @@
  * shipped bundle) finishes or returns what it holds, exits 0, and frees the state file.
  */
 import { writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { openState } from '../lambdas/local/sqlite-state.ts';
 import { generateStudies } from '../testbed/dicom-generator.ts';
 import {
   BIN,
+  cli,
   configFor,
   instanceCount,
   logLines,
@@ -21,6 +23,36 @@ import { startProcess } from './support/processes.ts';
 
 describe('run under SIGTERM', () => {
   const { fleet, workPath } = useTestbed('signals');
+
+  it('a second run on a state file in use says at once who holds it, without a stack trace', async () => {
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
+    const configPath = workPath('forwarder.json');
+    const statePath = workPath('state.sqlite');
+    writeFileSync(configPath, JSON.stringify(configFor([{ id: 'site-a', server: source }], destination)));
+    const first = startProcess(BIN, ['run', '--config', configPath, '--state', statePath]);
+    const held = () => {
+      const state = openState(statePath);
+      try {
+        return state.ledger.leaseHolder('local-runner') !== undefined;
+      } finally {
+        state.close();
+      }
+    };
+    try {
+      await until(async () => held());
+      const second = await cli(['run', '--config', configPath, '--state', statePath, '--until-idle']);
+      expect(second.code).toBe(1);
+      expect(second.stderr).toMatch(
+        new RegExp(
+          `^orthanc-forwarder: another orthanc-forwarder run \\(pid \\d+ on ${hostname()}\\) is using this state file`,
+        ),
+      );
+      expect(second.stderr).not.toMatch(/\n\s+at /);
+    } finally {
+      first.child.kill('SIGTERM');
+      await first.done;
+    }
+  });
 
   it('stops cleanly: exits 0, leaves nothing in flight and releases the state file', async () => {
     const [destination, source] = await startServers(fleet, ['destination', 'site-a']);

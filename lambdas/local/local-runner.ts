@@ -155,9 +155,10 @@ export class LocalRunner {
         this.state.ledger.dropLeaseOf(RUNNER_LEASE, holder);
         continue;
       }
-      if (Date.now() > deadline || signal.aborted) {
-        throw new Error('another orthanc-forwarder run is using this state file');
-      }
+      // A live run of this machine will not let go: say so at once. One of another machine (a
+      // shared state file) may be gone without a trace: its lease is waited out.
+      if (holder !== undefined && isLiveLocalProcess(holder)) throw new StateInUseError(holder);
+      if (Date.now() > deadline || signal.aborted) throw new StateInUseError(holder);
       await abortable(500, signal);
     }
     const reclaimed = this.state.reclaim(this.owner);
@@ -351,6 +352,31 @@ const safeIds = (body: string): { sourceId?: string; studyId?: string } => {
 };
 
 /** A lease owner `host:pid` naming a process of this machine that no longer exists. */
+/** A second run on a state file: the operator's to sort out, told who holds it. */
+export class StateInUseError extends Error {
+  override name = 'StateInUseError';
+
+  constructor(holder: string | undefined) {
+    const [host, pid] = (holder ?? '').split(':');
+    super(
+      `another orthanc-forwarder run${pid === undefined ? '' : ` (pid ${pid} on ${host})`} is using this state file: stop it first, or give this run another --state`,
+    );
+  }
+}
+
+const isLiveLocalProcess = (owner: string): boolean => {
+  const [host, pid] = owner.split(':');
+  if (host !== hostname() || pid === undefined || !/^\d+$/.test(pid) || Number(pid) === process.pid)
+    return false;
+  try {
+    process.kill(Number(pid), 0);
+    return true;
+  } catch (error) {
+    // EPERM: it exists, another user's.
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+};
+
 const isDeadLocalProcess = (owner: string): boolean => {
   const [host, pid] = owner.split(':');
   if (host !== hostname() || pid === undefined || !/^\d+$/.test(pid)) return false;
