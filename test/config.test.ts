@@ -350,6 +350,10 @@ describe('configuration', () => {
     expect(() => createEndpoint(server, config.timeouts, { env: {} })).toThrow(
       /^passwordEnv: environment variable SITE_A_PASSWORD is not set$/,
     );
+    // Told where the server is in the file, the error names it.
+    expect(() => createEndpoint(server, config.timeouts, { env: {}, field: 'sources[0]' })).toThrow(
+      /^sources\[0\]\.passwordEnv: environment variable SITE_A_PASSWORD is not set$/,
+    );
     const endpoint = createEndpoint(server, config.timeouts, { env: { SITE_A_PASSWORD: 's3cret' } });
     expect(endpoint.authorization).toBe(`Basic ${Buffer.from('orthanc:s3cret').toString('base64')}`);
     expect(endpoint.label).toBe('http://127.0.0.1:8042');
@@ -470,7 +474,7 @@ describe('configuration', () => {
     const unset = await cli(['run', '--config', withEnv, '--state', state, '--until-idle'], env);
     expect(unset.code).toBe(2);
     expect(unset.stderr).toContain(
-      'passwordEnv: environment variable UNSET_FORWARDER_TEST_PASSWORD is not set',
+      'sources[0].passwordEnv: environment variable UNSET_FORWARDER_TEST_PASSWORD is not set',
     );
   });
 });

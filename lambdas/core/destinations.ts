@@ -2,12 +2,13 @@
  * The destinations as the engine holds them: each one's clients, its filter, and the choice
  * between it and its alternate while it is unreachable.
  */
-import type {
-  AlternateConfig,
-  DestinationConfig,
-  ForwarderConfig,
-  StudyFilter,
-  VerifyLevel,
+import {
+  type AlternateConfig,
+  type DestinationConfig,
+  destinationField,
+  type ForwarderConfig,
+  type StudyFilter,
+  type VerifyLevel,
 } from './config.ts';
 import { ForwarderError } from './errors.ts';
 import { createEndpoint, type EndpointOptions } from './http.ts';
@@ -80,17 +81,20 @@ const buildServer = (
 };
 
 export const buildDestinations = (config: ForwarderConfig, options: EndpointOptions): Destination[] =>
-  config.destinations.map((destination) => ({
+  config.destinations.map((destination, index) => ({
     id: destination.id,
     transfer: destination.transfer,
     verify: destination.verify ?? config.verify,
     filter: destination.filter,
-    primary: buildServer(destination, config, options),
+    primary: buildServer(destination, config, { ...options, field: destinationField(config, index) }),
     alternate:
       destination.alternate === undefined
         ? undefined
         : {
-            server: buildServer(destination.alternate, config, options),
+            server: buildServer(destination.alternate, config, {
+              ...options,
+              field: `${destinationField(config, index)}.alternate`,
+            }),
             afterMs: destination.alternate.afterSeconds * 1000,
           },
     health: { unreachableSince: undefined },

@@ -75,9 +75,11 @@ export const buildEngine = (
     ...(dependencies.secrets === undefined ? {} : { secrets: dependencies.secrets }),
   };
   const sources = new Map(
-    config.sources.map((source) => [
+    config.sources.map((source, index) => [
       source.id,
-      new OrthancClient(createEndpoint(source, config.timeouts, endpoints)),
+      new OrthancClient(
+        createEndpoint(source, config.timeouts, { ...endpoints, field: `sources[${index}]` }),
+      ),
     ]),
   );
   return {

@@ -97,15 +97,27 @@ export interface EndpointOptions {
   readonly env?: NodeJS.ProcessEnv;
   /** Where `secretId`, `caSecretId` and `clientCertSecretId` are read: the AWS pipeline's secret store. */
   readonly secrets?: SecretReader;
+  /** Where the server is in the configuration (`sources[0]`): errors of its settings name it. */
+  readonly field?: string;
 }
+
+/** Where the server is in the configuration file, for errors: `sources[1]`, `destination.alternate`, … */
+const named = <T>(field: string | undefined, make: () => T): T => {
+  try {
+    return make();
+  } catch (error) {
+    if (field === undefined || !(error instanceof ConfigError)) throw error;
+    throw new ConfigError(`${field}.${error.message}`);
+  }
+};
 
 export const createEndpoint = (
   server: ServerConfig,
   timeouts: Timeouts,
   options: EndpointOptions = {},
 ): Endpoint => {
-  const authorization = authorizationOf(server, options);
-  const material = tlsMaterial(server, options);
+  const authorization = named(options.field, () => authorizationOf(server, options));
+  const material = named(options.field, () => tlsMaterial(server, options));
   const dispatcher = cachedUntilRejected(
     async () =>
       new Agent({
