@@ -1,8 +1,9 @@
 /**
  * The chaos runner in CI, short: a fixed seed and a few runs, each a random fault against real
  * Orthancs followed by recovery and a check that nothing was lost (scripts/chaos/runner.ts).
- * Seed 7's four runs include partial studies under a filter (with a refusal and a late report)
- * and moves cut by a deadline, so that each kind of scenario runs in CI.
+ * Seed 7's runs 2 and 3 are partial studies under a filter, with refusals (under `unrouted`
+ * `delete` and `keep`) and a late report, run 2's moves cut by a deadline too: each kind of
+ * scenario runs in CI.
  */
 import { describe, expect, it } from 'vitest';
 import { runChaos } from '../scripts/chaos/runner.ts';

@@ -311,6 +311,11 @@ describe('configuration', () => {
       },
       field: 'destinations[1].verify',
     },
+    {
+      what: "unrouted 'delete' under trigger 'StableSeries'",
+      raw: { ...valid, trigger: 'StableSeries', unrouted: 'delete' },
+      field: 'unrouted',
+    },
     { what: "trigger 'NewSeries'", raw: { ...valid, trigger: 'NewSeries' }, field: 'trigger' },
     {
       what: "unrouted 'delete' in copy mode",

@@ -44,12 +44,12 @@ export interface ChaosRun {
   readonly name: string;
   /** Its studies were images and a report under a filter (PartialStudies). */
   readonly partial: boolean;
-  /** Its fault run's moves were cut by a deadline. */
+  /** Its moves had a deadline (ScenarioSpec.deadlineAfterStows). */
   readonly deadline: boolean;
   readonly instances: number;
   /** Of them, refused by the destinations: they must end at their source, recorded as refused. */
   readonly refused: number;
-  /** Attempts of the fault run that the deadline cut. */
+  /** Attempts the deadline cut, in the fault run and the reruns. */
   readonly deadlineCuts: number;
   readonly triggered: boolean;
   readonly lost: number;
@@ -222,18 +222,25 @@ export const randomScenario = (seed: number, run: number): ScenarioSpec => {
   let stowMaxInstances = pick(random, [1, 2, 50]);
   let transfer = pick(random, ['relay', 'relay', 'push'] as const);
   // Drawn last, so that a run that draws neither is the run it was before they existed.
-  let partial: PartialStudies | undefined;
-  if (random() < 1 / 3) {
-    partial = randomPartial(random, 2 * (shape.instancesPerSeries ?? 1));
-    // A refusal fails a whole push job: the study would be dead-lettered, as documented.
-    if (partial.refused.length > 0) transfer = 'relay';
-  }
+  let instancesPerSeries = shape.instancesPerSeries ?? 1;
   let deadline: { afterStows: number; parallel: number } | undefined;
   if (random() < 1 / 3) {
-    // Batches of one or two, one or two at once: a study spans several, and the cut falls between them.
     deadline = { afterStows: int(random, 1, 2), parallel: int(random, 1, 2) };
-    stowMaxInstances = pick(random, [1, 2]);
+    // One instance a batch, and more batches in a series than start before the cut (those it
+    // waits the answers of, and those in flight meanwhile): no move is done in one attempt,
+    // unless a fault ends it first.
+    stowMaxInstances = 1;
+    instancesPerSeries = Math.max(instancesPerSeries, deadline.afterStows + deadline.parallel);
     transfer = 'relay';
+  }
+  let partial: PartialStudies | undefined;
+  if (random() < 1 / 3) {
+    partial = randomPartial(random, 2 * instancesPerSeries);
+    // The configuration refuses `unrouted: delete` under StableSeries (a series is routed on
+    // its own: a report series of an accepted study would be deleted unsent).
+    if (trigger === 'StableSeries') partial = { ...partial, unrouted: 'keep' };
+    // A refusal fails a whole push job: the study would be dead-lettered, as documented.
+    if (partial.refused.length > 0) transfer = 'relay';
   }
   const settings = [
     `${sources} source(s)`,
@@ -251,8 +258,8 @@ export const randomScenario = (seed: number, run: number): ScenarioSpec => {
     name: `run ${run}: ${describeFault(fault)} [${settings.join(', ')}]`,
     seed: `chaos-${seed}-${run}`,
     fault,
-    // Images and a report.
-    shape: partial === undefined ? shape : { ...shape, seriesPerStudy: 2 },
+    // A partial study is images and a report.
+    shape: { ...shape, instancesPerSeries, ...(partial === undefined ? {} : { seriesPerStudy: 2 }) },
     sources,
     destinations,
     concurrency,
@@ -336,7 +343,7 @@ export const runChaos = async (options: ChaosOptions): Promise<ChaosSummary> => 
       ...kinds,
       instances: report.instances,
       refused: report.refused,
-      deadlineCuts: report.faultRun.deadlineCuts,
+      deadlineCuts: report.deadlineCuts,
       triggered: report.triggered,
       lost: report.lost,
       resent: report.resent,
