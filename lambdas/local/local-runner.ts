@@ -150,14 +150,14 @@ export class LocalRunner {
     const deadline = Date.now() + RUNNER_LEASE_MS + 1_000;
     while (!(await this.state.ledger.acquireLease(RUNNER_LEASE, this.owner, RUNNER_LEASE_MS, Date.now()))) {
       const holder = this.state.ledger.leaseHolder(RUNNER_LEASE);
-      if (holder !== undefined && isDeadLocalProcess(holder)) {
+      if (holder !== undefined && localProcess(holder) === 'dead') {
         // A run on this machine that was killed: no need to wait for its lease to expire.
         this.state.ledger.dropLeaseOf(RUNNER_LEASE, holder);
         continue;
       }
       // A live run of this machine will not let go: say so at once. One of another machine (a
       // shared state file) may be gone without a trace: its lease is waited out.
-      if (holder !== undefined && isLiveLocalProcess(holder)) throw new StateInUseError(holder);
+      if (holder !== undefined && localProcess(holder) === 'alive') throw new StateInUseError(holder);
       if (Date.now() > deadline || signal.aborted) throw new StateInUseError(holder);
       await abortable(500, signal);
     }
@@ -364,26 +364,20 @@ export class StateInUseError extends Error {
   }
 }
 
-const isLiveLocalProcess = (owner: string): boolean => {
+/**
+ * What becomes of a lease holder `host:pid`: a process of this machine that is `alive` or `dead`
+ * (signal 0 answers ESRCH), or `unknown` (another machine's, this very process, or not a pid).
+ */
+const localProcess = (owner: string): 'alive' | 'dead' | 'unknown' => {
   const [host, pid] = owner.split(':');
   if (host !== hostname() || pid === undefined || !/^\d+$/.test(pid) || Number(pid) === process.pid)
-    return false;
+    return 'unknown';
   try {
     process.kill(Number(pid), 0);
-    return true;
+    return 'alive';
   } catch (error) {
     // EPERM: it exists, another user's.
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-};
-
-const isDeadLocalProcess = (owner: string): boolean => {
-  const [host, pid] = owner.split(':');
-  if (host !== hostname() || pid === undefined || !/^\d+$/.test(pid)) return false;
-  try {
-    process.kill(Number(pid), 0);
-    return false;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'ESRCH';
+    const code = (error as NodeJS.ErrnoException).code;
+    return code === 'ESRCH' ? 'dead' : code === 'EPERM' ? 'alive' : 'unknown';
   }
 };
