@@ -85,13 +85,14 @@ describe('DynamoDB state: table layout and failures', () => {
     tableName = await freshTable();
   });
 
+  // Times in the future (as CLOCK): DynamoDB Local would delete items whose ttl has passed.
   it('writes the items the CDK table expects: pk, sk, numbers as N, TTLs in epoch seconds', async () => {
     const feed = new DynamoFeedStore(dynamo().client, tableName);
     const ledger = new DynamoLedger(dynamo().client, tableName);
     await feed.advanceCursor('a', undefined, 42);
     await feed.watch('a', ['s1'], 100);
     await feed.updateWatched('a', { studyId: 's1', lastUpdate: '20240101T000000', lastUpdateSeenAt: 150 });
-    await ledger.acquireLease('study#a#s1', 'w1', 60_000, 1_700_000_000_000);
+    await ledger.acquireLease('study#a#s1', 'w1', 60_000, 2_000_000_000_000);
     await ledger.record({
       sourceId: 'a',
       studyId: 's1',
@@ -104,7 +105,7 @@ describe('DynamoDB state: table layout and failures', () => {
       conflicts: 1,
       bytes: 200,
       durationMs: 10,
-      finishedAt: 1_700_000_000_000,
+      finishedAt: 2_000_000_000_000,
     });
     await ledger.recordRejected([rejection({ rejectedAt: 5 })]);
     await ledger.recordConflicts([conflict({ attributes: ['PatientName', 'PatientID'], detectedAt: 6 })]);
@@ -124,8 +125,8 @@ describe('DynamoDB state: table layout and failures', () => {
       pk: { S: 'lease#study#a#s1' },
       sk: { S: 'lease' },
       owner: { S: 'w1' },
-      expiresAt: { N: '1700000060000' },
-      ttl: { N: String(1_700_000_060 + 86_400) },
+      expiresAt: { N: '2000000060000' },
+      ttl: { N: String(2_000_000_060 + 86_400) },
     });
     const outcomes = await dynamo().client.send(
       new QueryCommand({
@@ -136,13 +137,13 @@ describe('DynamoDB state: table layout and failures', () => {
     );
     expect(outcomes.Items).toHaveLength(1);
     expect(outcomes.Items?.[0]).toMatchObject({
-      sk: { S: expect.stringMatching(/^0001700000000000#[0-9a-f-]{36}$/) },
+      sk: { S: expect.stringMatching(/^0002000000000000#[0-9a-f-]{36}$/) },
       result: { S: 'moved' },
       sent: { N: '2' },
       alreadyPresent: { N: '1' },
       conflicts: { N: '1' },
-      finishedAt: { N: '1700000000000' },
-      ttl: { N: String(1_700_000_000 + 90 * 86_400) },
+      finishedAt: { N: '2000000000000' },
+      ttl: { N: String(2_000_000_000 + 90 * 86_400) },
     });
     expect(await raw(tableName, 'totals', 'totals')).toEqual({
       pk: { S: 'totals' },
@@ -276,7 +277,7 @@ describe('DynamoDB state: table layout and failures', () => {
   it('keeps an outcome retention.outcomeDays through its TTL', async () => {
     const tableName = await freshTable();
     await new DynamoLedger(dynamo().client, tableName, { outcomeDays: 7 }).record(
-      outcome({ finishedAt: 1_700_000_000_000 }),
+      outcome({ finishedAt: 2_000_000_000_000 }),
     );
     const outcomes = await dynamo().client.send(
       new QueryCommand({
@@ -285,7 +286,7 @@ describe('DynamoDB state: table layout and failures', () => {
         ExpressionAttributeValues: { ':pk': { S: 'outcome#a#s1' } },
       }),
     );
-    expect(outcomes.Items?.map((item) => item.ttl)).toEqual([{ N: String(1_700_000_000 + 7 * 86_400) }]);
+    expect(outcomes.Items?.map((item) => item.ttl)).toEqual([{ N: String(2_000_000_000 + 7 * 86_400) }]);
   });
 
   it('lets throttling and other errors propagate instead of answering false', async () => {
