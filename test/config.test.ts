@@ -68,6 +68,7 @@ describe('configuration', () => {
     const config = parseConfig({
       sources: [source],
       trigger: 'StableSeries',
+      unrouted: 'delete',
       destinations: [
         { id: 'cloud', ...destination, filter: { modalities: ['CT'], studyDescription: { regex: '^CT ' } } },
         {
@@ -79,7 +80,7 @@ describe('configuration', () => {
         },
       ],
     });
-    expect(config.trigger).toBe('StableSeries');
+    expect([config.trigger, config.unrouted]).toEqual(['StableSeries', 'delete']);
     expect(config.destinations.map((d) => [d.id, d.transfer])).toEqual([
       ['cloud', 'relay'],
       ['archive', 'push'],
@@ -310,11 +311,6 @@ describe('configuration', () => {
         ],
       },
       field: 'destinations[1].verify',
-    },
-    {
-      what: "unrouted 'delete' under trigger 'StableSeries'",
-      raw: { ...valid, trigger: 'StableSeries', unrouted: 'delete' },
-      field: 'unrouted',
     },
     { what: "trigger 'NewSeries'", raw: { ...valid, trigger: 'NewSeries' }, field: 'trigger' },
     {

@@ -304,7 +304,7 @@ describe('DynamoDB state: table layout and failures', () => {
     await expect(ledger.recordConflicts([conflict({})])).rejects.toBe(throttled);
     await expect(ledger.resolveConflict(conflict({}), 'keep-source', 1)).rejects.toBe(throttled);
     await expect(ledger.recordIntent(intent({}))).rejects.toBe(throttled);
-    await expect(ledger.lastIntent('a', 's1', '')).rejects.toBe(throttled);
+    await expect(ledger.intents('a', 's1')).rejects.toBe(throttled);
     await expect(ledger.completeIntent('a', 's1', '', 1)).rejects.toBe(throttled);
 
     const missing = new DynamoFeedStore(dynamo().client, 'no-such-table');

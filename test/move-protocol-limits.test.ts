@@ -106,6 +106,44 @@ describe('the move protocol at its limits', () => {
     await expectAllAtDestination(destination, [...ct, ...report]);
   });
 
+  it('StableSeries: routes a series by its study and sends a late one where the study went; nothing leaves unsent', async () => {
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
+    const set = generateStudies(shape('series-by-study', { patients: 1, seriesPerStudy: 3 }));
+    const [ct, report, addendum] = set.patients[0]?.studies[0]?.series ?? [];
+    if (ct === undefined || report === undefined || addendum === undefined)
+      throw new Error('three series expected');
+    const asReport = (instances: typeof ct.instances) =>
+      instances.map((i) => withChanges(i, { study: { modality: 'SR' } }));
+    // The report first, so that it is likely stable, and routed, while the images are still at
+    // the source; either way it must go where they go.
+    await upload(source, asReport(report.instances));
+    await upload(source, ct.instances);
+    const config = ctOnly(source, destination, {
+      trigger: 'StableSeries',
+      concurrency: 1,
+      // The whole-study safety net waits long enough not to overtake the series' own changes.
+      quietSeconds: 30,
+    });
+    await withState(config, async (state) => {
+      const first = await runUntilIdle(config, state, log);
+      expect(first.outcomes.filter((o) => o.result === 'skipped')).toEqual([]);
+      expect(await instanceCount(source)).toBe(0);
+      await expectAllAtDestination(destination, [...ct.instances, ...asReport(report.instances)]);
+
+      // An addendum arrives once the study has left: what is at the source is SR alone.
+      await upload(source, asReport(addendum.instances));
+      await untilStable(source);
+      const late = await runUntilIdle(config, state, log);
+      expect(late.outcomes.map((o) => [o.result, o.deleted])).toEqual([['moved', addendum.instances.length]]);
+    });
+    expect(await instanceCount(source)).toBe(0);
+    await expectAllAtDestination(destination, [
+      ...ct.instances,
+      ...asReport(report.instances),
+      ...asReport(addendum.instances),
+    ]);
+  });
+
   it('records the deletion of a worker that died right after it, not the study as gone', async () => {
     const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
     const set = generateStudies(shape('died-after-delete', { patients: 1 }));

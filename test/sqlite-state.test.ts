@@ -115,7 +115,7 @@ describe('state file', () => {
       await state.ledger.recordConflicts([conflict({ studyId: 's3' })]);
       expect(await state.ledger.conflicts()).toEqual([conflict({ studyId: 's3' })]);
       await state.ledger.recordIntent(intent({ studyId: 's3' }));
-      expect(await state.ledger.lastIntent('a', 's3', '')).toEqual(intent({ studyId: 's3' }));
+      expect(await state.ledger.intents('a', 's3')).toEqual([intent({ studyId: 's3' })]);
       state.close();
 
       const fresh = join(dir, 'fresh.sqlite');
@@ -198,7 +198,7 @@ describe('state file', () => {
       rejected: 1,
     });
     expect(await second.ledger.rejected('a', 's1')).toEqual([rejection({})]);
-    expect(await second.ledger.lastIntent('a', 's1', '')).toEqual(intent({}));
+    expect(await second.ledger.intents('a', 's1')).toEqual([intent({})]);
   });
 
   it('loses no acknowledged enqueue or cursor advance when the process is SIGKILLed right after', async () => {

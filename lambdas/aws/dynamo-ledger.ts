@@ -117,8 +117,10 @@ const conflictItem = (c: Conflict): Item => ({
 });
 
 /** The key of an item kept per study and per series of it: settled studies, deletion intents. */
+const studyPartition = (kind: string, sourceId: string, studyId: string) => `${kind}#${sourceId}#${studyId}`;
+
 const seriesKey = (kind: string, sourceId: string, studyId: string, seriesId: string) =>
-  key(`${kind}#${sourceId}#${studyId}`, seriesId === '' ? 'study' : `series#${seriesId}`);
+  key(studyPartition(kind, sourceId, studyId), seriesId === '' ? 'study' : `series#${seriesId}`);
 
 interface SeriesFields {
   readonly sourceId: string;
@@ -438,9 +440,8 @@ export class DynamoLedger implements Ledger {
     await this.#table.client.send(new PutItemCommand({ TableName: this.#table.name, Item: item }));
   }
 
-  async lastIntent(sourceId: string, studyId: string, seriesId: string): Promise<DeletionIntent | undefined> {
-    const item = await this.#table.get(seriesKey(INTENT, sourceId, studyId, seriesId));
-    return item === undefined ? undefined : toIntent(item);
+  async intents(sourceId: string, studyId: string): Promise<DeletionIntent[]> {
+    return (await this.#table.query(studyPartition(INTENT, sourceId, studyId))).map(toIntent);
   }
 
   /** The condition keeps the first completion, and brings back no intent that is not there. */

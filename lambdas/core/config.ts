@@ -466,13 +466,6 @@ export const configSchema = configObject
       new Set(config.destinations.map((destination) => destination.id)).size === config.destinations.length,
     { message: 'destination ids must be unique', path: ['destinations'] },
   )
-  .refine((config) => config.unrouted !== 'delete' || config.trigger !== 'StableSeries', {
-    // Each series is routed on its own there: the report series of a study a destination takes
-    // would be deleted without ever being sent.
-    message:
-      "'delete' cannot be used with trigger 'StableSeries': a series no filter takes may belong to a study one does",
-    path: ['unrouted'],
-  })
   .refine((config) => config.unrouted !== 'delete' || config.deleteAfterForward, {
     message: "'delete' contradicts deleteAfterForward false: copy mode never deletes at the source",
     path: ['unrouted'],

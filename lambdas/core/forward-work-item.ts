@@ -150,7 +150,7 @@ export const forwardWorkItem = async (
   const releaseHold = holdLeases(engine, held, lost);
   try {
     const seriesId = item.seriesId ?? '';
-    const lastIntent = await engine.ledger.lastIntent(item.sourceId, item.studyId, seriesId);
+    const intents = await engine.ledger.intents(item.sourceId, item.studyId);
     const context: MoveContext = {
       sourceId: item.sourceId,
       source,
@@ -161,10 +161,13 @@ export const forwardWorkItem = async (
       now,
       onStep: engine.onStep,
       deadline: limits.deadline,
-      lastIntent,
+      intents,
       signal: limits.signal === undefined ? lost.signal : AbortSignal.any([limits.signal, lost.signal]),
     };
-    const outcome = outcomeToRecord(await moveStudy(context, item.studyId, item.seriesId), lastIntent);
+    const outcome = outcomeToRecord(
+      await moveStudy(context, item.studyId, item.seriesId),
+      intents.find((intent) => intent.seriesId === seriesId),
+    );
     // An unchanged study was looked at and left as it was: there is nothing to record.
     if (outcome.result !== 'unchanged') await engine.ledger.record(outcome);
     await engine.ledger.completeIntent(item.sourceId, item.studyId, seriesId, now());

@@ -75,8 +75,8 @@ export interface MoveContext {
   readonly deadline?: number | undefined;
   /** Called after each step; only tests pass one. */
   readonly onStep?: ((step: MoveStep, studyId: string) => void | Promise<void>) | undefined;
-  /** The study's (or series') last deletion, from the ledger: where it was routed before. */
-  readonly lastIntent?: DeletionIntent | undefined;
+  /** The last deletions of the study and of each series of it, from the ledger: where it went before. */
+  readonly intents?: readonly DeletionIntent[] | undefined;
 }
 
 /**
@@ -573,13 +573,14 @@ const stillTheSame = async (
 };
 
 /**
- * The destinations a study was routed to when part of it was deleted, if the routing has not
- * changed since (a changed configuration routes it anew) and they are all still configured.
+ * Every destination the study, or any series of it, was routed to when part of it was deleted,
+ * if the routing has not changed since (a changed configuration routes it anew) and they are all
+ * still configured: what is left of a study, a series item included, goes where the rest went.
  */
-const rememberedRoute = async (ctx: MoveContext): Promise<Destination[] | undefined> => {
-  const last = ctx.lastIntent;
-  if (last === undefined || last.routing !== ctx.options.routing) return undefined;
-  const ids = new Set(last.verifiedBy.map((v) => v.destinationId));
+const rememberedRoute = (ctx: MoveContext): Destination[] | undefined => {
+  const current = (ctx.intents ?? []).filter((intent) => intent.routing === ctx.options.routing);
+  if (current.length === 0) return undefined;
+  const ids = new Set(current.flatMap((intent) => intent.verifiedBy.map((v) => v.destinationId)));
   const remembered = ctx.destinations.filter((d) => ids.has(d.id));
   return remembered.length === ids.size ? remembered : undefined;
 };
@@ -649,8 +650,11 @@ export const moveStudy = async (
   );
   const rejectedBefore = new Set((await ctx.ledger.rejected(ctx.sourceId, studyId)).map((r) => r.instanceId));
   const routed =
-    (await rememberedRoute(ctx)) ??
-    (await routeStudy(ctx.destinations, studyFacts(ctx.source, info, snapshot, seriesId)));
+    rememberedRoute(ctx) ??
+    (await routeStudy(
+      ctx.destinations,
+      studyFacts(ctx.source, info, seriesId === undefined ? snapshot : undefined),
+    ));
   if (routed.length === 0) {
     // A study with refusals or conflicts is a partial one, whatever the filters say of the rest:
     // nothing of it is deleted as unrouted, and its refusals stay in view.

@@ -315,8 +315,11 @@ export interface Ledger {
   resolveConflict(key: ConflictKey, resolution: ConflictResolution, at: number): Promise<boolean>;
   /** Makes a deletion durable before it happens; replaces the study's (or series') last one. */
   recordIntent(intent: DeletionIntent): Promise<void>;
-  /** The last deletion of the study (or of one series of it, seriesId '' for the whole study), open or completed. */
-  lastIntent(sourceId: string, studyId: string, seriesId: string): Promise<DeletionIntent | undefined>;
+  /**
+   * The last deletion of the study and of each series of it (seriesId '' for the whole study),
+   * open or completed, in one read: a series item goes where its study's other series went.
+   */
+  intents(sourceId: string, studyId: string): Promise<DeletionIntent[]>;
   /** Marks the open deletion completed; completing none, or a completed one, changes nothing. */
   completeIntent(sourceId: string, studyId: string, seriesId: string, at: number): Promise<void>;
   /** Remembers a study left at its source on purpose; replaces what was remembered of it. */

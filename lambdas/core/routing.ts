@@ -28,27 +28,27 @@ const changedMeanwhile = () =>
   transient('the study changed at the source while it was routed: the retry routes it again');
 
 /**
- * The facts of a study (or of one series of it): modalities from its series (one request), the
- * sending AET of the first instance of each series of the snapshot (one request per series).
+ * The facts of a study, a series item's too, since filters choose studies: a report series goes
+ * where its study's images go. Modalities from its series (one request), the sending AET of the
+ * first instance of each series (one request per series, and one for the study's instances when
+ * the snapshot is a series').
  */
 export const studyFacts = (
   source: OrthancClient,
   study: StudyInfo,
-  snapshot: readonly SourceInstance[],
-  seriesId: string | undefined,
+  snapshot: readonly SourceInstance[] | undefined,
 ): StudyFacts => ({
   description: () => study.description,
   modalities: once(async () => {
-    const series =
-      seriesId === undefined
-        ? await source.studySeries(study.id)
-        : await source.series(seriesId).then((one) => (one === undefined ? undefined : [one]));
+    const series = await source.studySeries(study.id);
     if (series === undefined) throw changedMeanwhile();
     return series.flatMap((s) => (s.modality === undefined ? [] : [s.modality]));
   }),
   remoteAets: once(async () => {
+    const instances = snapshot ?? (await source.studyInstances(study.id));
+    if (instances === undefined) throw changedMeanwhile();
     const firstOfSeries = new Map<string, string>();
-    for (const instance of snapshot)
+    for (const instance of instances)
       if (!firstOfSeries.has(instance.seriesId)) firstOfSeries.set(instance.seriesId, instance.id);
     const aets = await Promise.all([...firstOfSeries.values()].map((id) => source.remoteAet(id)));
     // An instance gone would read as "no AET" and could route the study wrongly, or delete it.

@@ -250,9 +250,9 @@ const statements = (db: StateDb) => ({
     `INSERT OR REPLACE INTO deletion_intents (source_id, study_id, series_id, instances, verified_by, routing, at)
      VALUES (:sourceId, :studyId, :seriesId, :instances, :verifiedBy, :routing, :at)`,
   ),
-  lastIntent: db.prepare(
+  intents: db.prepare(
     `SELECT source_id, study_id, series_id, instances, verified_by, routing, at, completed_at
-     FROM deletion_intents WHERE source_id = ? AND study_id = ? AND series_id = ?`,
+     FROM deletion_intents WHERE source_id = ? AND study_id = ? ORDER BY series_id`,
   ),
   completeIntent: db.prepare(
     `UPDATE deletion_intents SET completed_at = :at
@@ -439,17 +439,15 @@ export class SqliteLedger implements Ledger {
     this.#sql.recordIntent.run({ sourceId, studyId, seriesId, instances, verifiedBy, routing, at });
   }
 
-  async lastIntent(sourceId: string, studyId: string, seriesId: string): Promise<DeletionIntent | undefined> {
-    const row = this.#sql.lastIntent.get(sourceId, studyId, seriesId) as IntentRow | undefined;
-    if (row === undefined) return undefined;
-    return {
+  async intents(sourceId: string, studyId: string): Promise<DeletionIntent[]> {
+    return (this.#sql.intents.all(sourceId, studyId) as unknown as IntentRow[]).map((row) => ({
       ...seriesOf(row),
       instances: row.instances,
       verifiedBy: JSON.parse(row.verified_by) as DeletionIntent['verifiedBy'],
       routing: row.routing,
       at: row.at,
       ...(row.completed_at === null ? {} : { completedAt: row.completed_at }),
-    };
+    }));
   }
 
   async completeIntent(sourceId: string, studyId: string, seriesId: string, at: number): Promise<void> {

@@ -236,9 +236,6 @@ export const randomScenario = (seed: number, run: number): ScenarioSpec => {
   let partial: PartialStudies | undefined;
   if (random() < 1 / 3) {
     partial = randomPartial(random, 2 * instancesPerSeries);
-    // The configuration refuses `unrouted: delete` under StableSeries (a series is routed on
-    // its own: a report series of an accepted study would be deleted unsent).
-    if (trigger === 'StableSeries') partial = { ...partial, unrouted: 'keep' };
     // A refusal fails a whole push job: the study would be dead-lettered, as documented.
     if (partial.refused.length > 0) transfer = 'relay';
   }
