@@ -219,7 +219,8 @@ describe('the move protocol at its limits', () => {
     await withState(config, async (state) => {
       const engine = buildEngine(config, { ledger: state.ledger, feed: state.feed, log, owner: 'test' });
       const body = encodeWorkItem({ sourceId: 'site-a', studyId: await studyIdAt(source), reason: 'stable' });
-      const failure = await forwardWorkItem(engine, body, { deadline: Date.now() + 500 }).then(
+      // Long enough to start the batch on a busy machine, far too short for it to get through.
+      const failure = await forwardWorkItem(engine, body, { deadline: Date.now() + 3_000 }).then(
         () => undefined,
         (error: unknown) => error,
       );
@@ -231,6 +232,37 @@ describe('the move protocol at its limits', () => {
       );
     });
     expect(await heldUids(source)).toEqual(uidsOf(big.instances));
+  });
+
+  it('verifies a series at a time until finishBy, deletes what it verified, and the retries verify the rest uncounted', async () => {
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
+    const set = generateStudies(shape('verify-slices', { patients: 1, seriesPerStudy: 3 }));
+    await upload(source, set.instances);
+    const config = parseConfig({
+      ...configFor([{ id: 'site-a', server: source }], destination),
+      verify: 'checksum',
+    });
+    await withState(config, async (state) => {
+      const engine = buildEngine(config, { ledger: state.ledger, feed: state.feed, log, owner: 'test' });
+      const body = encodeWorkItem({ sourceId: 'site-a', studyId: await studyIdAt(source), reason: 'stable' });
+      // Past already: each attempt verifies its one slice, a series, and no more.
+      const attempt = () => forwardWorkItem(engine, body, { finishBy: Date.now() });
+      const left: number[] = [];
+      for (const _ of [1, 2]) {
+        const failure = await attempt().then(
+          () => undefined,
+          (error: unknown) => error,
+        );
+        expect(failure).toBeInstanceOf(ForwarderError);
+        expect(failure).toMatchObject({ kind: 'transient', uncounted: true });
+        left.push(await instanceCount(source));
+      }
+      const last = await attempt();
+      expect(left).toEqual([6, 3]);
+      expect([last.result, last.deleted]).toEqual(['moved', 3]);
+    });
+    expect(await instanceCount(source)).toBe(0);
+    await expectAllAtDestination(destination, set.instances);
   });
 
   it('moves at most maxConcurrentMoves studies of a source at once; the others wait without using up attempts', async () => {

@@ -126,6 +126,8 @@ export const forwardWorkItem = async (
     readonly signal?: AbortSignal;
     /** No new STOW batch or push job after it, and those in flight are cut (epoch ms). */
     readonly deadline?: number;
+    /** No new slice of instances verified after it (epoch ms): the rest waits for the retry. */
+    readonly finishBy?: number;
   } = {},
 ): Promise<StudyOutcome> => {
   const item = decodeWorkItem(body);
@@ -161,6 +163,7 @@ export const forwardWorkItem = async (
       now,
       onStep: engine.onStep,
       deadline: limits.deadline,
+      finishBy: limits.finishBy,
       intents,
       signal: limits.signal === undefined ? lost.signal : AbortSignal.any([limits.signal, lost.signal]),
     };

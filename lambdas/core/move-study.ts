@@ -73,6 +73,11 @@ export interface MoveContext {
    * what was sent is still verified and deleted, and the retry continues with the rest.
    */
   readonly deadline?: number | undefined;
+  /**
+   * Epoch ms after which no further slice of instances is verified, so that deletion and the
+   * record still fit: what is verified by then is deleted, and the retry verifies the rest.
+   */
+  readonly finishBy?: number | undefined;
   /** Called after each step; only tests pass one. */
   readonly onStep?: ((step: MoveStep, studyId: string) => void | Promise<void>) | undefined;
   /** The last deletions of the study and of each series of it, from the ledger: where it went before. */
@@ -473,12 +478,40 @@ const deliver = async (ctx: MoveContext, study: Study, delivery: Delivery): Prom
   if (delivery.sent.failure !== undefined) fail(ctx, delivery, delivery.sent.failure);
 };
 
-/** Verifies, at each destination (or the alternate that served it), every instance of the snapshot. */
+/** At most this many instances are verified between two looks at the clock. */
+const VERIFY_SLICE = 200;
+
+/**
+ * The checks a series at a time (a large series cut at VERIFY_SLICE): the identities are read
+ * per series at both ends, so that no two slices read the same series unless it is larger than one.
+ */
+const verifySlices = (checks: ReadonlyMap<SourceInstance, Check>): Map<SourceInstance, Check>[] => {
+  const slices: Map<SourceInstance, Check>[] = [];
+  let slice = new Map<SourceInstance, Check>();
+  let series: string | undefined;
+  for (const [instance, check] of [...checks].sort(([a], [b]) => a.seriesId.localeCompare(b.seriesId))) {
+    if (slice.size > 0 && (instance.seriesId !== series || slice.size >= VERIFY_SLICE)) {
+      slices.push(slice);
+      slice = new Map();
+    }
+    slice.set(instance, check);
+    series = instance.seriesId;
+  }
+  if (slice.size > 0) slices.push(slice);
+  return slices;
+};
+
+/**
+ * Verifies, at each destination (or the alternate that served it), every instance of the
+ * snapshot — slice by slice until ctx.finishBy, and always one slice, so that every attempt
+ * verifies something: what is not verified stays at the source for the retry.
+ */
 const verify = async (ctx: MoveContext, study: Study, delivery: Delivery): Promise<void> => {
   const { server } = delivery;
   if (server === undefined) return;
   const checks = checksOf(study, delivery, study.snapshot);
   const trustsAnswers = [...checks.values()].every((check) => check === 'stow');
+  const now = ctx.now ?? Date.now;
   try {
     const listed = trustsAnswers
       ? delivery.listedBefore
@@ -488,19 +521,21 @@ const verify = async (ctx: MoveContext, study: Study, delivery: Delivery): Promi
           study,
           [...checks.values()].some((check) => check === 'identity' || check === 'checksum'),
         );
-    delivery.verdicts = await judge(
-      {
-        source: ctx.source,
-        server,
-        studyInstanceUid: study.studyInstanceUid,
-        listed,
-        stored: delivery.sent.stored,
-        compareBytes: true,
-        identityOf: study.identityOf,
-        signal: ctx.signal,
-      },
-      checks,
-    );
+    const input = {
+      source: ctx.source,
+      server,
+      studyInstanceUid: study.studyInstanceUid,
+      listed,
+      stored: delivery.sent.stored,
+      compareBytes: true,
+      identityOf: study.identityOf,
+      signal: ctx.signal,
+    };
+    delivery.verdicts = new Map();
+    for (const slice of verifySlices(checks)) {
+      if (delivery.verdicts.size > 0 && ctx.finishBy !== undefined && now() >= ctx.finishBy) break;
+      for (const [id, verdict] of await judge(input, slice)) delivery.verdicts.set(id, verdict);
+    }
   } catch (error) {
     delivery.verdicts = new Map();
     fail(ctx, delivery, error);

@@ -16,6 +16,8 @@ import { type Metrics, recordOutcome } from '../core/metrics.ts';
 
 /** Time kept back from the invocation's budget to verify, delete and report what was sent. */
 const RESERVE_MS = 30_000;
+/** Of it, the time no new slice of verification starts in: it is for the delete and the report. */
+const FINISH_RESERVE_MS = 10_000;
 /**
  * Time kept back to record a failure and report the batch: every request still running then is
  * aborted, so an invocation ends on its own terms rather than timing out with nothing recorded.
@@ -55,13 +57,14 @@ const setUp = async (runtime: AwsRuntime): Promise<Forwarder> => {
 const processRecord = async (
   forwarder: Forwarder,
   record: SQSRecord,
-  invocation: { owner: string; deadline: number; signal: AbortSignal; metrics: Metrics },
+  invocation: { owner: string; deadline: number; finishBy: number; signal: AbortSignal; metrics: Metrics },
 ): Promise<void> => {
   const { runtime, engine, deadLetters } = forwarder;
   const receiveCount = Number(record.attributes.ApproximateReceiveCount ?? '1');
   try {
     const outcome = await forwardWorkItem({ ...engine, owner: invocation.owner }, record.body, {
       deadline: invocation.deadline,
+      finishBy: invocation.finishBy,
       signal: invocation.signal,
     });
     recordOutcome(invocation.metrics, outcome);
@@ -110,6 +113,7 @@ export const createForwarderHandler = (getRuntime: () => Promise<AwsRuntime>) =>
     const invocation = {
       owner: `lambda:${context.awsRequestId}`,
       deadline: Date.now() + endMs - RESERVE_MS,
+      finishBy: Date.now() + endMs - FINISH_RESERVE_MS,
       signal: AbortSignal.timeout(endMs),
       metrics,
     };
