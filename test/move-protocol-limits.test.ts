@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
 import { buildEngine } from '../lambdas/core/engine.ts';
 import { ForwarderError } from '../lambdas/core/errors.ts';
-import { forwardWorkItem } from '../lambdas/core/forward-work-item.ts';
+import { attemptStowLimits, forwardWorkItem } from '../lambdas/core/forward-work-item.ts';
 import { createLog } from '../lambdas/core/log.ts';
 import { encodeWorkItem } from '../lambdas/core/work-item.ts';
 import {
@@ -195,6 +195,51 @@ describe('the move protocol at its limits', () => {
     });
     expect(await instanceCount(source)).toBe(0);
     await expectAllAtDestination(destination, set.instances);
+  });
+
+  it('sends batches half as large at each counted retry, so that one too large for a deadline gets through', async () => {
+    const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
+    const sets = ['first-attempt', 'third-attempt'].map((seed) =>
+      generateStudies(shape(seed, { patients: 1, seriesPerStudy: 1, instancesPerSeries: 8 })),
+    );
+    for (const set of sets) await upload(source, set.instances);
+    let stows = 0;
+    const front = closeAfterTest(
+      await HttpFront.start(destination.url, (request) => {
+        if (request.method === 'POST' && request.path.endsWith('/studies')) stows++;
+        return undefined;
+      }),
+    );
+    const raw = configFor([{ id: 'site-a', server: source }], destination, {
+      stow: { maxInstances: 8, maxBytes: 64 * 1024 * 1024, parallel: 1 },
+    });
+    const config = parseConfig({
+      ...raw,
+      destination: { ...(raw.destination as object), url: front.urlFor(destination.dicomWebUrl) },
+    });
+    expect(attemptStowLimits(config.stow, 3)).toEqual({
+      ...config.stow,
+      maxInstances: 2,
+      maxBytes: 16 * 1024 * 1024,
+    });
+    const studyIds = await source.rest<string[]>('GET', '/studies');
+    await withState(config, async (state) => {
+      const engine = buildEngine(config, { ledger: state.ledger, feed: state.feed, log, owner: 'test' });
+      const perAttempt: number[] = [];
+      for (const [index, attempt] of [1, 3].entries()) {
+        const before = stows;
+        const body = encodeWorkItem({ sourceId: 'site-a', studyId: studyIds[index] ?? '', reason: 'stable' });
+        expect((await forwardWorkItem(engine, body, { attempt })).result).toBe('moved');
+        perAttempt.push(stows - before);
+      }
+      // Eight instances: one batch at the first attempt, four of two at the third.
+      expect(perAttempt).toEqual([1, 4]);
+    });
+    expect(await instanceCount(source)).toBe(0);
+    await expectAllAtDestination(
+      destination,
+      sets.flatMap((set) => set.instances),
+    );
   });
 
   it('refuses, naming its size, an instance that alone cannot be sent before the deadline; the study stays', async () => {

@@ -29,6 +29,20 @@ export interface Engine {
   readonly onStep?: MoveContext['onStep'];
 }
 
+/**
+ * The STOW limits of an attempt: each counted attempt before it halves the batches (count and
+ * bytes), so that a batch too large to get through before a Lambda's deadline gets smaller until
+ * it does; an uncounted retry made headway, and starts again from the configured limits.
+ */
+export const attemptStowLimits = (stow: MoveOptions['stow'], attempt: number): MoveOptions['stow'] => {
+  const factor = 2 ** Math.min(30, Math.max(0, attempt - 1));
+  return {
+    ...stow,
+    maxInstances: Math.max(1, Math.ceil(stow.maxInstances / factor)),
+    maxBytes: Math.max(1, Math.floor(stow.maxBytes / factor)),
+  };
+};
+
 /** Per study, also for a series item: two series of one study are never moved at once. */
 const leaseKey = (sourceId: string, studyId: string) => `study#${sourceId}#${studyId}`;
 
@@ -128,6 +142,8 @@ export const forwardWorkItem = async (
     readonly deadline?: number;
     /** No new slice of instances verified after it (epoch ms): the rest waits for the retry. */
     readonly finishBy?: number;
+    /** Which receive of the item this is, 1 for the first: a retry sends smaller batches. */
+    readonly attempt?: number;
   } = {},
 ): Promise<StudyOutcome> => {
   const item = decodeWorkItem(body);
@@ -158,7 +174,10 @@ export const forwardWorkItem = async (
       source,
       destinations: engine.destinations,
       ledger: engine.ledger,
-      options: engine.options,
+      options:
+        (limits.attempt ?? 1) > 1
+          ? { ...engine.options, stow: attemptStowLimits(engine.options.stow, limits.attempt ?? 1) }
+          : engine.options,
       log: engine.log,
       now,
       onStep: engine.onStep,

@@ -176,7 +176,7 @@ const cutByDeadline = (batch: readonly SourceInstance[], alone: boolean, windowM
         'one attempt allows: raise aws.forwarder.timeoutSeconds, or move this study in local mode',
     );
   }
-  return transient('out of time: a batch was cut at the deadline; the next attempt sends it again');
+  return transient('out of time: a batch was cut at the deadline; the next attempt sends smaller ones');
 };
 
 /**

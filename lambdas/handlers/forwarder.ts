@@ -65,6 +65,7 @@ const processRecord = async (
     const outcome = await forwardWorkItem({ ...engine, owner: invocation.owner }, record.body, {
       deadline: invocation.deadline,
       finishBy: invocation.finishBy,
+      attempt: receiveCount,
       signal: invocation.signal,
     });
     recordOutcome(invocation.metrics, outcome);

@@ -252,7 +252,7 @@ export class LocalRunner {
       }
       this.active++;
       try {
-        const outcome = await forwardWorkItem(engine, message.body);
+        const outcome = await forwardWorkItem(engine, message.body, { attempt: message.receiveCount });
         await this.state.queue.ack(message.handle);
         this.count(outcome);
         options.onOutcome?.(outcome);
