@@ -1,28 +1,30 @@
 /**
  * The `--aws` side of `status`, `dlq list`, `redrive` and `conflicts`: they work on the deployed
- * stack instead of the state file. bin/cli.ts imports this module only for `--aws`, so that local
+ * stack instead of the state file; and of `check`, which reads the servers' secrets as the stack does. bin/cli.ts imports this module only for `--aws`, so that local
  * mode, which must stay within 128 MB, never loads the AWS SDK (docs/performance.md, "Memory").
  */
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SQSClient } from '@aws-sdk/client-sqs';
 import { InvalidArgumentError } from 'commander';
 import { DynamoFeedStore } from '../lambdas/aws/dynamo-feed-store.ts';
 import { DynamoLedger } from '../lambdas/aws/dynamo-ledger.ts';
 import {
   type AwsResources,
-  type AwsStatusReport,
   formatRedriveProgress,
   gatherAwsStatus,
   listDeadLetters,
   reachSources,
   redrive,
+  redriveMatching,
 } from '../lambdas/aws/operations.ts';
 import { SqsWorkSink } from '../lambdas/aws/sqs-work-sink.ts';
 import type { ForwarderConfig } from '../lambdas/core/config.ts';
-import type { DeadLetterEntry } from '../lambdas/core/dead-letters.ts';
-import type { Ledger, WorkSink } from '../lambdas/core/ports.ts';
-import { formatAwsStatus } from './format.ts';
+import type { SecretReader } from '../lambdas/core/credentials.ts';
+import { listingOf } from '../lambdas/core/dead-letters.ts';
+import type { DeadLetterFilter, Ledger, WorkSink } from '../lambdas/core/ports.ts';
+import type { StatusReport } from '../lambdas/core/status.ts';
+import { formatStatus } from './format.ts';
 
 /**
  * The resources come from options, else from the variables the Lambdas read (QUEUE_URL, DLQ_URL,
@@ -67,47 +69,83 @@ const awsClientConfig = (options: AwsCliOptions, config: ForwarderConfig) => {
 export const awsStatus = async (
   options: AwsCliOptions & { reachSources?: boolean },
   config: ForwarderConfig,
-): Promise<{ report: AwsStatusReport; text: string }> => {
+): Promise<{ report: StatusReport; text: string }> => {
   const resources = awsResources(options, ['queueUrl', 'deadLetterQueueUrl', 'tableName']);
   const clientConfig = awsClientConfig(options, config);
   const report = await gatherAwsStatus(
     config,
     { sqs: new SQSClient(clientConfig), dynamodb: new DynamoDBClient(clientConfig) },
     resources,
-    options.reachSources ? { lastChange: reachSources(config, new SecretsManagerClient(clientConfig)) } : {},
+    options.reachSources ? { ask: reachSources(config, new SecretsManagerClient(clientConfig)) } : {},
   );
-  return { report, text: formatAwsStatus(report) };
+  return { report, text: formatStatus(report) };
 };
 
-export const awsDeadLetters = (
+/**
+ * `dlq list` of up to `max` dead letters: SQS cannot peek, and each one read is hidden from a
+ * redrive meanwhile. Says so when there may be more.
+ */
+export const awsDeadLetterListing = async (
   options: AwsCliOptions & { max: number },
   config: ForwarderConfig,
-): Promise<DeadLetterEntry[]> =>
-  listDeadLetters(
+  listing: Parameters<typeof listingOf>[1],
+): Promise<string> => {
+  const entries = await listDeadLetters(
     new SQSClient(awsClientConfig(options, config)),
     awsResources(options, ['deadLetterQueueUrl']).deadLetterQueueUrl,
     { max: options.max },
   );
+  const text = await listingOf(entries, listing);
+  return entries.length < options.max || listing.json
+    ? text
+    : `${text}\nread ${entries.length} dead letters, as many as --max allows: there may be more`;
+};
 
-/** Prints each step of the move task; false when it did not complete (or, with --no-wait, failed to start). */
+/**
+ * The servers' secrets as the deployed stack reads them (GetSecretValue, the JSON of its string),
+ * with the operator's credentials, for `check --aws`.
+ */
+export const awsSecrets = (options: AwsCliOptions, config: ForwarderConfig): SecretReader => {
+  const client = new SecretsManagerClient(awsClientConfig(options, config));
+  return async (secretId) => {
+    const answer = await client.send(new GetSecretValueCommand({ SecretId: secretId }));
+    return JSON.parse(answer.SecretString ?? 'null') as unknown;
+  };
+};
+
+/**
+ * Prints each step of the move task; false when it did not complete (or, with --no-wait, failed
+ * to start). With a filter, only the matching dead letters go back: false when none matched.
+ */
 export const awsRedrive = async (
   options: AwsCliOptions & { wait: boolean; rate?: number },
   config: ForwarderConfig,
+  filter?: DeadLetterFilter,
 ): Promise<boolean> => {
-  const progress = await redrive(
-    new SQSClient(awsClientConfig(options, config)),
-    awsResources(options, ['queueUrl', 'deadLetterQueueUrl']),
-    {
-      wait: options.wait,
-      ...(options.rate === undefined ? {} : { maxPerSecond: options.rate }),
-      onProgress: (step) => process.stdout.write(`${formatRedriveProgress(step)}\n`),
-    },
-  );
+  const sqs = new SQSClient(awsClientConfig(options, config));
+  const resources = awsResources(options, ['queueUrl', 'deadLetterQueueUrl']);
+  if (filter !== undefined) {
+    const { redriven, left } = await redriveMatching(sqs, resources, filter);
+    process.stdout.write(`redrove ${redriven} message(s); ${left} left in the dead-letter queue\n`);
+    return redriven > 0;
+  }
+  const progress = await redrive(sqs, resources, {
+    wait: options.wait,
+    ...(options.rate === undefined ? {} : { maxPerSecond: options.rate }),
+    onProgress: (step) => process.stdout.write(`${formatRedriveProgress(step)}\n`),
+  });
   return progress.status === 'COMPLETED' || (!options.wait && progress.status === 'RUNNING');
 };
 
 const stackLedger = (options: AwsCliOptions, config: ForwarderConfig, tableName: string): Ledger =>
   new DynamoLedger(new DynamoDBClient(awsClientConfig(options, config)), tableName);
+
+/** The stack's feed state, for `pause`, `resume` and `sweep`. */
+export const awsFeed = (options: AwsCliOptions, config: ForwarderConfig): DynamoFeedStore =>
+  new DynamoFeedStore(
+    new DynamoDBClient(awsClientConfig(options, config)),
+    awsResources(options, ['tableName']).tableName,
+  );
 
 /** The stack's ledger, for `conflicts list`. */
 export const awsLedger = (options: AwsCliOptions, config: ForwarderConfig): Ledger =>

@@ -1,18 +1,24 @@
 /**
  * The orthanc-forwarder command line: parse, call the core, report. Exit codes: 0 success,
- * 1 something was dead-lettered or rejected, a conflict is open, or nothing matched, 2 a usage or
- * configuration error.
+ * 1 something was dead-lettered or rejected, a conflict is open, nothing matched, `check` found a
+ * problem, or a server was unreachable when `run --until-idle` started, 2 a usage or configuration
+ * error: the configuration file, a mistake the check at the start of `run` found (a refused
+ * password, a wrong URL, an untrusted certificate, a right missing), or a state file that cannot
+ * be used.
  */
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, type ForwarderConfig } from '../lambdas/core/config.ts';
-import { deadLetterEntry, formatDeadLetters } from '../lambdas/core/dead-letters.ts';
+import { entriesOf, listingOf } from '../lambdas/core/dead-letters.ts';
 import { createLog, type LogLevel } from '../lambdas/core/log.ts';
+import type { FeedStateStore, Ledger } from '../lambdas/core/ports.ts';
 import { runDemo } from '../lambdas/local/demo.ts';
 import { defaultStatePath, loadConfigFile } from '../lambdas/local/load-config.ts';
 import { LocalRunner, StateInUseError } from '../lambdas/local/local-runner.ts';
-import { openState } from '../lambdas/local/sqlite-state.ts';
+import { openState, StateFileError } from '../lambdas/local/sqlite-state.ts';
 import { gatherStatus } from '../lambdas/local/status.ts';
+import { type AuditOptions, auditQuery, exportDeletions, parsePeriod, writeStdout } from './audit.ts';
+import { check, checkAtStart } from './check.ts';
 import type { AwsCliOptions } from './cli-aws.ts';
 import {
   type ConflictSelection,
@@ -22,6 +28,7 @@ import {
   resolveSelected,
 } from './conflicts.ts';
 import { formatConflicts, formatStatus } from './format.ts';
+import { controlSource, SOURCE_ACTIONS, type SourceAction } from './source-control.ts';
 
 const logLevelOption = () =>
   new Option('--log-level <level>', 'log level')
@@ -107,11 +114,19 @@ program
   .requiredOption('-c, --config <file>', 'configuration file (JSON)')
   .option('-s, --state <file>', 'state file (default: beside the configuration file)')
   .option('--until-idle', 'exit once every source is drained and the queue is empty')
+  .option('--no-check', 'skip the check of every server at start (see `check`)')
   .addOption(logLevelOption())
-  .action(async (options: StateOptions & { untilIdle?: boolean; logLevel: LogLevel }) => {
+  .action(async (options: StateOptions & { untilIdle?: boolean; check: boolean; logLevel: LogLevel }) => {
     const config = loadConfigFile(options.config);
     const log = createLog({ level: options.logLevel });
     await withState(options, config, async (state) => {
+      const stop = options.check
+        ? await checkAtStart(config, log, { untilIdle: options.untilIdle === true })
+        : undefined;
+      if (stop !== undefined) {
+        process.exitCode = stop;
+        return;
+      }
       const summary = await new LocalRunner(config, state, log).run({
         untilIdle: options.untilIdle === true,
         signal: stopSignal(),
@@ -122,22 +137,46 @@ program
       log.info('run finished', {
         ...summary,
         failedSources: summary.failedSources.join(','),
+        pausedSources: summary.pausedSources.join(','),
+        unavailableDestinations: summary.unavailableDestinations.join(','),
         deadLetters: stats.deadLetters,
         openConflicts,
       });
-      const outstanding = stats.deadLetters + rejected + openConflicts + summary.failedSources.length;
+      const outstanding =
+        stats.deadLetters +
+        rejected +
+        openConflicts +
+        summary.failedSources.length +
+        summary.unavailableDestinations.length;
       if (options.untilIdle && outstanding > 0) process.exitCode = 1;
     });
+  });
+
+program
+  .command('check')
+  .description(
+    'ask every server whether a move can work: reachable, credentials, kind of endpoint, rights, versions',
+  )
+  .requiredOption('-c, --config <file>', 'configuration file (JSON)')
+  .option('--json', 'print one JSON object')
+  .option('--aws', 'read the servers’ secrets from Secrets Manager, as the deployed stack does')
+  .option('--region <region>', 'AWS: the region (default: aws.region of the configuration, else the SDK’s)')
+  .action(async (options: AwsCliOptions & { config: string; json?: boolean }) => {
+    const config = loadConfigFile(options.config);
+    const secrets = options.aws ? (await awsCommands()).awsSecrets(options, config) : undefined;
+    process.exitCode = await check(config, { json: options.json, secrets });
   });
 
 withAwsOptions(
   program
     .command('status')
-    .description('cursors, lag, queue, dead letters, rejected instances, open conflicts and totals')
+    .description(
+      'per source what it holds, what was moved and copied from it; the queue, dead letters by error, refusals, conflicts',
+    )
     .requiredOption('-c, --config <file>', 'configuration file (JSON)')
     .option('-s, --state <file>', 'state file (default: beside the configuration file)')
     .option('--json', 'print one JSON object')
-    .option('--reach-sources', 'AWS: ask each source for its newest change, to show the lag'),
+    .option('--reach-sources', 'AWS: ask each source what it holds and its newest change'),
 ).action(async (options: StateOptions & AwsCliOptions & { json?: boolean; reachSources?: boolean }) => {
   const config = loadConfigFile(options.config);
   const { report, text } = options.aws
@@ -149,58 +188,105 @@ withAwsOptions(
   process.stdout.write(`${options.json ? JSON.stringify(report) : text}\n`);
 });
 
+const positiveInteger = (value: string): number => {
+  const count = Number(value);
+  if (!Number.isInteger(count) || count < 1) throw new InvalidArgumentError('must be a positive integer');
+  return count;
+};
+
 const dlq = program.command('dlq').description('the dead letters');
 withAwsOptions(
   dlq
     .command('list')
-    .description('each dead letter: its work item (Orthanc IDs) and its last error')
+    .description('each dead letter: its work item (Orthanc IDs) and its last error; or how many failed alike')
     .requiredOption('-c, --config <file>', 'configuration file (JSON)')
     .option('-s, --state <file>', 'state file (default: beside the configuration file)')
     .option('--json', 'print one JSON array')
     .addOption(
-      new Option('--max <count>', 'AWS: list at most this many').default(100).argParser((value) => {
-        const count = Number(value);
-        if (!Number.isInteger(count) || count < 1)
-          throw new InvalidArgumentError('must be a positive integer');
-        return count;
-      }),
-    ),
-).action(async (options: StateOptions & AwsCliOptions & { json?: boolean; max: number }) => {
-  const config = loadConfigFile(options.config);
-  const entries = options.aws
-    ? await (await awsCommands()).awsDeadLetters(options, config)
-    : (await withState(options, config, (state) => state.queue.deadLetters())).map((letter) =>
-        deadLetterEntry({ ...letter, messageId: letter.id, sentAt: letter.deadLetteredAt }),
-      );
-  process.stdout.write(`${options.json ? JSON.stringify(entries) : formatDeadLetters(entries)}\n`);
-});
-
-withAwsOptions(
-  program
-    .command('redrive')
-    .description('put every dead letter back on the queue')
-    .requiredOption('-c, --config <file>', 'configuration file (JSON)')
-    .option('-s, --state <file>', 'state file (default: beside the configuration file)')
-    .option('--no-wait', 'AWS: start the move task and return, without following it')
+      new Option(
+        '--group-by <what>',
+        'one row per error (IDs and numbers in it as placeholders): how many, the newest',
+      ).choices(['error']),
+    )
+    .addOption(new Option('--limit <count>', 'print at most this many rows').argParser(positiveInteger))
     .addOption(
-      new Option('--rate <messages>', 'AWS: messages moved per second (default: SQS’s)').argParser(
-        (value) => {
+      new Option('--max <count>', 'AWS: read at most this many dead letters')
+        .default(100)
+        .argParser(positiveInteger),
+    ),
+).action(
+  async (
+    options: StateOptions &
+      AwsCliOptions & { json?: boolean; groupBy?: 'error'; limit?: number; max: number },
+  ) => {
+    const config = loadConfigFile(options.config);
+    const listing = {
+      groupByError: options.groupBy === 'error',
+      limit: options.limit ?? Number.POSITIVE_INFINITY,
+      json: options.json === true,
+    };
+    const text = options.aws
+      ? await (await awsCommands()).awsDeadLetterListing(options, config, listing)
+      : await withState(options, config, (state) => listingOf(entriesOf(state.queue.deadLetters()), listing));
+    process.stdout.write(`${text}\n`);
+  },
+);
+
+/** `redrive`, and the same as `dlq redrive`. */
+const redriveCommand = (parent: Command) =>
+  withAwsOptions(
+    parent
+      .command('redrive')
+      .description('put the dead letters back on the queue: all of them, or those of a source or an error')
+      .requiredOption('-c, --config <file>', 'configuration file (JSON)')
+      .option('-s, --state <file>', 'state file (default: beside the configuration file)')
+      .option('--source <id>', 'only the work items of this source')
+      .option('--error <text>', 'only those whose last error contains this (as recorded, or as grouped)')
+      .option('--no-wait', 'AWS, all of them: start the move task and return, without following it')
+      .addOption(
+        new Option(
+          '--rate <messages>',
+          'AWS, all of them: messages moved per second (default: SQS’s)',
+        ).argParser((value) => {
           const rate = Number(value);
           if (!Number.isInteger(rate) || rate < 1 || rate > 500)
             throw new InvalidArgumentError('must be 1-500');
           return rate;
-        },
+        }),
       ),
-    ),
-).action(async (options: StateOptions & AwsCliOptions & { wait: boolean; rate?: number }) => {
-  const config = loadConfigFile(options.config);
-  if (!options.aws) {
-    const count = await withState(options, config, (state) => state.queue.redrive());
-    process.stdout.write(`redrove ${count} message(s)\n`);
-    return;
-  }
-  if (!(await (await awsCommands()).awsRedrive(options, config))) process.exitCode = 1;
-});
+  ).action(
+    async (
+      options: StateOptions &
+        AwsCliOptions & { source?: string; error?: string; wait: boolean; rate?: number },
+    ) => {
+      const config = loadConfigFile(options.config);
+      const filter =
+        options.source === undefined && options.error === undefined
+          ? undefined
+          : { sourceId: options.source, error: options.error };
+      if (filter !== undefined && (!options.wait || options.rate !== undefined)) {
+        throw new InvalidArgumentError(
+          '--no-wait and --rate are for a redrive of every dead letter (an SQS move task): --source and --error move them one by one',
+        );
+      }
+      if (options.aws) {
+        if (!(await (await awsCommands()).awsRedrive(options, config, filter))) process.exitCode = 1;
+        return;
+      }
+      const { redriven, left } = await withState(options, config, async (state) => ({
+        redriven: await state.queue.redrive(filter),
+        left: (await state.queue.stats()).deadLetters,
+      }));
+      process.stdout.write(
+        filter === undefined
+          ? `redrove ${redriven} message(s)\n`
+          : `redrove ${redriven} message(s); ${left} left in the dead-letter queue\n`,
+      );
+      if (filter !== undefined && redriven === 0) process.exitCode = 1;
+    },
+  );
+redriveCommand(program);
+redriveCommand(dlq);
 
 const conflicts = program
   .command('conflicts')
@@ -263,6 +349,56 @@ withAwsOptions(
   if (!resolved) process.exitCode = 1;
 });
 
+// pause, resume, sweep: what an operator asks of one source (bin/source-control.ts).
+for (const [action, description] of Object.entries(SOURCE_ACTIONS)) {
+  withAwsOptions(
+    program
+      .command(`${action} <source>`)
+      .description(description)
+      .requiredOption('-c, --config <file>', 'configuration file (JSON)')
+      .option('-s, --state <file>', 'state file (default: beside the configuration file)'),
+  ).action(async (sourceId: string, options: StateOptions & AwsCliOptions) => {
+    const config = loadConfigFile(options.config);
+    const apply = (feed: FeedStateStore) =>
+      controlSource(feed, config, sourceId, action as SourceAction, Date.now());
+    const text = options.aws
+      ? await apply((await awsCommands()).awsFeed(options, config))
+      : await withState(options, config, (state) => apply(state.feed));
+    process.stdout.write(`${text}\n`);
+  });
+}
+
+const audit = program.command('audit').description('the audit trail of deletions at the sources');
+withAwsOptions(
+  audit
+    .command('export')
+    .description(
+      'what was deleted at which source, when, verified how at which destination: CSV or JSON lines, no patient value',
+    )
+    .requiredOption('-c, --config <file>', 'configuration file (JSON)')
+    .option('-s, --state <file>', 'state file (default: beside the configuration file)')
+    .requiredOption(
+      '--since <when>',
+      'from this day (2025-01-31, UTC) or time (ISO 8601 with its zone)',
+      parsePeriod,
+    )
+    .option('--until <when>', 'to the end of this day, or to this time (default: now)', parsePeriod)
+    .option('--source <id>', 'only this source’s deletions')
+    .addOption(new Option('--format <format>', 'output format').choices(['csv', 'jsonl']).default('csv'))
+    .addOption(
+      new Option('--per <row>', 'a row per deleted instance, or per deletion of a study with its counts')
+        .choices(['instance', 'study'])
+        .default('instance'),
+    ),
+).action(async (options: StateOptions & AwsCliOptions & AuditOptions) => {
+  const config = loadConfigFile(options.config);
+  const query = auditQuery(options, Date.now());
+  const exportFrom = (ledger: Pick<Ledger, 'deletions'>) =>
+    exportDeletions(ledger, query, options, writeStdout);
+  if (options.aws) await exportFrom((await awsCommands()).awsLedger(options, config));
+  else await withState(options, config, (state) => exportFrom(state.ledger));
+});
+
 program
   .command('demo')
   .description('start three Orthancs on loopback, move generated studies between them, print a summary')
@@ -299,7 +435,11 @@ try {
     process.stderr.write(`orthanc-forwarder: ${error.message}\n`);
     process.exit(1);
   }
-  if (error instanceof ConfigError || error instanceof InvalidArgumentError) {
+  if (
+    error instanceof ConfigError ||
+    error instanceof InvalidArgumentError ||
+    error instanceof StateFileError
+  ) {
     process.stderr.write(`orthanc-forwarder: ${error.message}\n`);
     process.exit(2);
   }

@@ -1,11 +1,12 @@
 /**
  * What the CLI prints, the same for the state file and for the deployed stack (`--aws`): the
- * status report and the conflicts. Orthanc IDs, SOPInstanceUIDs, counts, times and attribute
- * names only: a conflict records which attributes differ, never their values.
+ * status report and the conflicts. Orthanc IDs, SOPInstanceUIDs, counts, sizes, times and
+ * attribute names only: a conflict records which attributes differ, never their values.
  */
-import type { AwsStatusReport } from '../lambdas/aws/operations.ts';
-import type { Conflict, ConflictResolution } from '../lambdas/core/ports.ts';
-import type { LedgerSummary, SourceProgress, StatusReport } from '../lambdas/local/status.ts';
+import type { ErrorGroup } from '../lambdas/core/dead-letters.ts';
+import type { Conflict, ConflictResolution, Tally } from '../lambdas/core/ports.ts';
+import type { PreflightProblem, PreflightReport } from '../lambdas/core/preflight.ts';
+import type { SourceStatus, StatusReport } from '../lambdas/core/status.ts';
 
 /** How many open conflicts `status` lists; `conflicts list` shows them all. */
 const STATUS_CONFLICTS = 10;
@@ -16,16 +17,85 @@ const row = (cells: readonly (string | number | undefined)[]) =>
 const iso = (epochMs: number | undefined) =>
   epochMs === undefined ? undefined : new Date(epochMs).toISOString();
 
-/** The table of sources, each with its state: `reachable`, or why not. */
-const sourceLines = <Source extends SourceProgress>(
-  sources: readonly Source[],
-  stateOf: (source: Source) => string | undefined,
-): string[] => [
-  'SOURCE\tCURSOR\tLAST\tLAG\tWAITING\tSTATE',
-  ...sources.map((s) =>
-    row([s.id, s.cursor, s.last, s.lag, s.waitingToBecomeStable, stateOf(s) ?? 'reachable']),
-  ),
+const SIZE_UNITS = ['KB', 'MB', 'GB', 'TB', 'PB'];
+
+/** A size as people read it, in units of 1024 as Orthanc counts them: `512 B`, `1.5 KB`, `213 MB`. */
+export const formatSize = (bytes: number): string => {
+  if (bytes < 1024) return `${bytes} B`;
+  let value = bytes;
+  let unit = -1;
+  while (value >= 1024 && unit < SIZE_UNITS.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${value < 10 ? value.toFixed(1) : Math.round(value)} ${SIZE_UNITS[unit]}`;
+};
+
+/** Columns padded to their widest cell, so that a table reads in a terminal. */
+const table = (rows: readonly (readonly string[])[]): string[] => {
+  const widths = (rows[0] ?? []).map((_, column) =>
+    Math.max(...rows.map((cells) => cells[column]?.length ?? 0)),
+  );
+  return rows.map((cells) =>
+    cells
+      .map((cell, column) => (column === cells.length - 1 ? cell : cell.padEnd(widths[column] ?? 0)))
+      .join('  '),
+  );
+};
+
+const tally = (t: Tally | undefined): string =>
+  t === undefined ? '?' : `${t.studies} / ${t.instances} / ${formatSize(t.bytes)}`;
+
+/** What an operator asked of a source, before its state: `paused since …`, `sweep requested at …`. */
+const controlOf = (s: SourceStatus): string[] => [
+  ...(s.pausedAt === undefined ? [] : [`paused since ${iso(s.pausedAt)}`]),
+  ...(s.sweepRequestedAt === undefined ? [] : [`sweep requested at ${iso(s.sweepRequestedAt)}`]),
 ];
+
+/** The columns of the sources' table: a header and a cell of each source. */
+const SOURCE_COLUMNS: readonly (readonly [string, (s: SourceStatus) => string])[] = [
+  ['SOURCE', (s) => s.id],
+  ['AT SOURCE', (s) => tally(s.atSource)],
+  ['MOVED', (s) => tally(s.moved)],
+  ['COPIED', (s) => tally(s.copied)],
+  ['REJECTED', (s) => String(s.rejected)],
+  ['CONFLICTS', (s) => String(s.openConflicts)],
+  ['WAITING', (s) => String(s.waitingToBecomeStable)],
+  ['STATE', (s) => [...controlOf(s), s.unknown ?? 'reachable'].join('; ')],
+];
+
+const sourceLines = (sources: readonly SourceStatus[]): string[] => [
+  ...table([
+    SOURCE_COLUMNS.map(([header]) => header),
+    ...sources.map((s) => SOURCE_COLUMNS.map(([, cell]) => cell(s))),
+  ]),
+  '(studies / instances / size; AT SOURCE: what the source holds now; MOVED: what left it, verified at every destination; WAITING: studies not stable yet)',
+];
+
+/** The largest groups of dead letters or refusals, one line each, and what else there is. */
+const groupLines = (groups: readonly ErrorGroup[], total: number, seeAll: string): string[] => {
+  const shown = groups.reduce((sum, group) => sum + group.count, 0);
+  return [
+    ...groups.map((g) => `  ${g.count} × ${g.error} (newest ${iso(g.newestAt) ?? 'unknown'})`),
+    ...(total > shown ? [`  and ${total - shown} more: ${seeAll}`] : []),
+  ];
+};
+
+const deadLetterLines = (report: StatusReport): string[] => {
+  const { queue } = report;
+  const lines = [
+    `queue: ${queue.waiting} waiting, ${queue.inFlight} in flight (being moved, or waiting out a retry delay), ${queue.deadLetters} dead letters`,
+  ];
+  if (queue.deadLetters === 0) return lines;
+  const groups = report.deadLetterGroups;
+  return [
+    ...lines,
+    ...(groups === undefined
+      ? ['  group them with `dlq list --group-by error`']
+      : groupLines(groups, queue.deadLetters, '`dlq list --group-by error`')),
+    '  put them back with `dlq redrive` (`--source`, `--error` for some of them)',
+  ];
+};
 
 /** One conflict in a line: where it is, and the names of the attributes that differ. */
 export const describeConflict = (c: Conflict): string =>
@@ -42,37 +112,28 @@ const conflictLines = (open: readonly Conflict[]): string[] => {
   ];
 };
 
-const ledgerLines = (report: LedgerSummary): string[] => {
+const totalsLine = (report: StatusReport): string => {
   const t = report.totals;
+  const unrouted = t.deleted - t.moved.instances;
   return [
-    `rejected instances: ${report.rejected.length}`,
-    ...report.rejected.map((r) => `  ${r.sourceId} study ${r.studyId} instance ${r.instanceId}: ${r.reason}`),
+    `all sources so far: moved ${t.moved.studies} studies, ${t.moved.instances} instances, ${formatSize(t.moved.bytes)}`,
+    `copied ${t.copied.studies} studies, ${t.copied.instances} instances, ${formatSize(t.copied.bytes)}`,
+    ...(unrouted > 0 ? [`deleted unrouted ${unrouted} instances`] : []),
+  ].join('; ');
+};
+
+export const formatStatus = (report: StatusReport): string =>
+  [
+    ...sourceLines(report.sources),
+    '',
+    ...deadLetterLines(report),
+    report.rejected.length === 0
+      ? 'rejected instances: 0'
+      : `rejected instances: ${report.rejected.length} (held at their source; \`status --json\` lists them)`,
+    ...groupLines(report.rejectedGroups, report.rejected.length, '`status --json`'),
     ...conflictLines(report.conflicts),
-    `moved so far: ${t.studies} studies, ${t.instances} instances, ${t.bytes} bytes, ${t.deleted} deleted`,
-  ];
-};
-
-export const formatStatus = (report: StatusReport): string => {
-  const q = report.queue;
-  return [
-    ...sourceLines(report.sources, (s) => s.error),
-    '',
-    `queue: ${q.waiting} waiting, ${q.inFlight} in flight, ${q.deadLetters} dead letters`,
-    ...report.deadLetters.map((d) => `  dead letter ${d.id}: ${d.lastError} (${d.receiveCount} receives)`),
-    ...ledgerLines(report),
+    totalsLine(report),
   ].join('\n');
-};
-
-export const formatAwsStatus = (report: AwsStatusReport): string => {
-  const q = report.queue;
-  return [
-    ...sourceLines(report.sources, (s) => s.unknown),
-    '',
-    `queue: ${q.waiting} waiting, ${q.inFlight} in flight (being moved, or waiting out a retry delay), ${q.deadLetters} dead letters`,
-    ...(q.deadLetters > 0 ? ['  see them with `dlq list`, put them back with `redrive`'] : []),
-    ...ledgerLines(report),
-  ].join('\n');
-};
 
 /** `conflicts list`: a table, one conflict a line. */
 export const formatConflicts = (conflicts: readonly Conflict[], openOnly: boolean): string => {
@@ -104,3 +165,29 @@ export const formatDecisions = (
     ...decisions.skipped.map((c) => `already resolved meanwhile, left as it was: ${describeConflict(c)}`),
     `resolved ${decisions.resolved.length} conflict(s)`,
   ].join('\n');
+
+/** One problem of the pre-flight check in a line: the field to fix, what was found, what to do. */
+export const formatProblem = (p: PreflightProblem): string => `${p.field}: ${p.problem}; ${p.fix}`;
+
+/** `check`: a table of the servers, then every problem found. */
+export const formatCheck = (report: PreflightReport): string => {
+  const problems = report.servers.flatMap((server) => server.problems);
+  return [
+    'SERVER\tID\tURL\tORTHANC\tDICOMWEB\tRESULT\tVERIFIED',
+    ...report.servers.map((s) =>
+      row([
+        s.field,
+        s.id,
+        s.url,
+        s.orthanc,
+        s.dicomWeb,
+        s.problems.length === 0 ? 'ok' : `${s.problems.length} problem(s)`,
+        s.verified.join(', '),
+      ]),
+    ),
+    '',
+    ...(problems.length === 0
+      ? ['all good']
+      : [`${problems.length} problem(s):`, ...problems.map((p) => `  ${formatProblem(p)}`)]),
+  ].join('\n');
+};

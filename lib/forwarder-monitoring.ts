@@ -9,7 +9,7 @@
  * (consumed capacity, latency, throttles, errors). Its fault-rate alarm is a rate per second, not a share of attempts, and it knows
  * nothing of our EMF metrics; so the rest is written here as plain CloudWatch metrics and math
  * with the exact dimension sets lambdas/aws/powertools-metrics.ts emits (`service` alone, or
- * `service` and `SourceId`), and handed to the library's custom monitoring so that every alarm
+ * `service` and `SourceId` or `DestinationId`), and handed to the library's custom monitoring so that every alarm
  * shares one naming scheme, one action and the dashboard's annotations.
  *
  * The topic's key is a customer managed KMS key, unlike the stack's other resources (see
@@ -31,7 +31,7 @@ import { Topic } from 'aws-cdk-lib/aws-sns';
 import { EmailSubscription } from 'aws-cdk-lib/aws-sns-subscriptions';
 import { DefaultDashboardFactory, MonitoringFacade, SnsAlarmActionStrategy } from 'cdk-monitoring-constructs';
 import { Construct } from 'constructs';
-import type { MetricName } from '../lambdas/core/metrics.ts';
+import { dimensionOf, type MetricName } from '../lambdas/core/metrics.ts';
 import {
   type DeployableConfig,
   METRICS_NAMESPACE,
@@ -54,6 +54,9 @@ export const ALARM_NAMES = {
 } as const;
 /** One per source: `<stackName>-SourceUnreachable-<sourceId>`. */
 export const sourceUnreachableAlarmName = (sourceId: string) => `SourceUnreachable-${sourceId}`;
+/** One per destination: `<stackName>-DestinationUnavailable-<destinationId>`. */
+export const destinationUnavailableAlarmName = (destinationId: string) =>
+  `DestinationUnavailable-${destinationId}`;
 
 /** The period of the dashboard's graphs and of the alarms that do not set their own. */
 const PERIOD = Duration.minutes(5);
@@ -65,6 +68,11 @@ const PERIOD = Duration.minutes(5);
 const SUSTAINED_PERIODS = 3;
 /** The forwarder's duration alarm: p99 above this share of its timeout. */
 const NEAR_TIMEOUT_PERCENT = 80;
+/**
+ * DestinationUnavailable's window: a study waiting for a destination comes back at least every 15
+ * minutes (SQS's longest delay), so a fault that goes on has a data point in every window.
+ */
+const DESTINATION_FAULT_PERIOD = Duration.minutes(15);
 
 export interface ForwarderMonitoringProps {
   readonly forwarder: OrthancForwarder;
@@ -76,7 +84,7 @@ export class ForwarderMonitoring extends Construct {
   readonly alarmTopic: Topic;
   readonly alarmTopicKey: Key;
   readonly dashboard: Dashboard;
-  /** The alarms by their name (ALARM_NAMES, sourceUnreachableAlarmName). */
+  /** The alarms by their name (ALARM_NAMES, sourceUnreachableAlarmName, destinationUnavailableAlarmName). */
   readonly alarms: ReadonlyMap<string, AlarmBase>;
 
   constructor(scope: Construct, id: string, props: ForwarderMonitoringProps) {
@@ -123,13 +131,16 @@ export class ForwarderMonitoring extends Construct {
     }
 
     // --- Metrics -------------------------------------------------------------------------------
-    /** An EMF metric of the handlers: all sources (`service` only) or one (`service`, `SourceId`). */
-    const emf = (name: MetricName, statistic: string, label: string, sourceId?: string) =>
+    /**
+     * An EMF metric of the handlers: all sources (`service` only) or one (`service`, `SourceId`),
+     * or one destination (`service`, `DestinationId`) for the destinations' metrics.
+     */
+    const emf = (name: MetricName, statistic: string, label: string, id?: string) =>
       new Metric({
         namespace: METRICS_NAMESPACE,
         metricName: name,
         dimensionsMap:
-          sourceId === undefined ? { service: SERVICE_NAME } : { service: SERVICE_NAME, SourceId: sourceId },
+          id === undefined ? { service: SERVICE_NAME } : { service: SERVICE_NAME, [dimensionOf(name)]: id },
         statistic,
         period: PERIOD,
         label,
@@ -244,6 +255,27 @@ export class ForwarderMonitoring extends Construct {
         {
           title: 'Retries and dead letters',
           metrics: [emf('Retries', 'Sum', 'Retries'), emf('DeadLettered', 'Sum', 'Dead-lettered')],
+        },
+        {
+          title: 'Studies waiting for a destination that refuses the forwarder (credentials, TLS, URL)',
+          metrics: config.destinations.map((destination) => ({
+            metric: emf('DestinationUnavailable', 'Sum', destination.id, destination.id).with({
+              period: DESTINATION_FAULT_PERIOD,
+            }),
+            alarmFriendlyName: destinationUnavailableAlarmName(destination.id),
+            addAlarm: {
+              Critical: {
+                ...alarm(
+                  destinationUnavailableAlarmName(destination.id),
+                  `The destination ${destination.id} refuses the forwarder as a whole (credentials, TLS, URL): the studies routed to it wait, none is dead-lettered. ${runbook('DestinationUnavailable')}`,
+                ),
+                threshold: 0,
+                comparisonOperator: ComparisonOperator.GREATER_THAN_THRESHOLD,
+                treatMissingDataOverride: TreatMissingData.NOT_BREACHING,
+                period: DESTINATION_FAULT_PERIOD,
+              },
+            },
+          })),
         },
         {
           title: 'Work items in flight (being moved, or waiting out a retry delay)',

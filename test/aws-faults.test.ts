@@ -358,12 +358,13 @@ describe('the AWS handlers under faults, on DynamoDB Local, fauxqs and real Orth
       atDestination: 0,
       destinationCounts: [0],
     });
+    const none = { studies: 0, instances: 0, bytes: 0 };
     expect(await runtime.ledger.totals()).toEqual({
-      studies: 0,
-      instances: 0,
-      bytes: 0,
+      moved: none,
+      copied: none,
       deleted: 0,
       rejected: 0,
+      sources: {},
     });
 
     // Back after the backoff (not the queue's 600 s visibility), once the proxy passes again.
@@ -378,8 +379,7 @@ describe('the AWS handlers under faults, on DynamoDB Local, fauxqs and real Orth
       { result: 'moved', sent: 6, alreadyPresent: 0, deleted: 6 },
     ]);
     expect(await runtime.ledger.totals()).toMatchObject({
-      studies: 1,
-      instances: 6,
+      moved: { studies: 1, instances: 6 },
       deleted: 6,
       rejected: 0,
     });
@@ -496,7 +496,10 @@ describe('the AWS handlers under faults, on DynamoDB Local, fauxqs and real Orth
     expect(deliveries.reduce((sum, delivery) => sum + delivery.failed, 0)).toBe(0);
     await endWatch(pipeline, watch);
     await expectComplete(pipeline);
-    expect(await runtime.ledger.totals()).toMatchObject({ studies: 2, instances: 12, deleted: 12 });
+    expect(await runtime.ledger.totals()).toMatchObject({
+      moved: { studies: 2, instances: 12 },
+      deleted: 12,
+    });
   });
 
   describe('an invocation that dies mid-move', () => {
@@ -602,8 +605,7 @@ describe('the AWS handlers under faults, on DynamoDB Local, fauxqs and real Orth
         expect(sourceProxy.counted(BULK_DELETE)).toBe(1);
         expect(await outcomesOf(dynamo, pipeline.tableName, studyId)).toEqual([outcome]);
         expect(await runtime.ledger.totals()).toMatchObject({
-          studies: outcome.result === 'moved' ? 1 : 0,
-          instances: 0,
+          moved: { studies: outcome.result === 'moved' ? 1 : 0, instances: outcome.deleted },
           deleted: outcome.deleted,
         });
         // Released by the worker that completed.
@@ -685,6 +687,6 @@ describe('the AWS handlers under faults, on DynamoDB Local, fauxqs and real Orth
       atDestination: 0,
       destinationCounts: [0],
     });
-    expect(await pipeline.runtime.ledger.totals()).toMatchObject({ studies: 0, deleted: 0 });
+    expect(await pipeline.runtime.ledger.totals()).toMatchObject({ moved: { studies: 0 }, deleted: 0 });
   });
 });

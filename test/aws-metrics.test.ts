@@ -2,9 +2,10 @@
  * The metrics the Lambdas emit, as CloudWatch receives them: the real poller and forwarder
  * handlers run on DynamoDB Local, fauxqs and real Orthancs while stdout is captured, and every
  * EMF record is checked against the dimension sets the stack's alarms and dashboard name
- * (lib/forwarder-monitoring.ts): `service` alone, or `service` and `SourceId`. No record, and no
- * log line, carries PHI. A proxy in front of the destination hides the QIDO-RS answers for a
- * while, so that a move fails its verification.
+ * (lib/forwarder-monitoring.ts): `service` alone, or `service` and `SourceId` (`DestinationId` for
+ * DestinationUnavailable). No record, and no log line, carries PHI. A proxy in front of the
+ * destination hides the QIDO-RS answers for a while, so that a move fails its verification, and
+ * then refuses the credentials for a while, so that a study waits for the destination.
  */
 import { createServer, request, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -40,6 +41,7 @@ const METRIC_NAMES: readonly MetricName[] = [
   'InstancesDeleted',
   'Retries',
   'DeadLettered',
+  'DestinationUnavailable',
 ];
 const POLL_METRICS = ['ChangesRead', 'StudiesQueued', 'StudiesWaiting', 'CursorLag', 'SourceUnreachable'];
 const OUTCOME_METRICS = [
@@ -80,9 +82,20 @@ const valuesOf = (records: readonly EmfRecord[], name: string, dimensions: Recor
     });
 const sum = (values: readonly number[]) => values.reduce((total, value) => total + value, 0);
 
-/** A pass-through proxy to the destination that, while `hideQido` is set, answers every QIDO-RS listing with 204. */
-const startProxy = async (target: OrthancServer, state: { hideQido: boolean }): Promise<Server> => {
+/**
+ * A pass-through proxy to the destination that, while `hideQido` is set, answers every QIDO-RS
+ * listing with 204, and while `refuse` is set, answers every request with 401.
+ */
+const startProxy = async (
+  target: OrthancServer,
+  state: { hideQido: boolean; refuse: boolean },
+): Promise<Server> => {
   const server = createServer((incoming, outgoing) => {
+    if (state.refuse) {
+      outgoing.writeHead(401, { 'content-type': 'text/plain' }).end('Unauthorized');
+      incoming.resume();
+      return;
+    }
     if (
       state.hideQido &&
       incoming.method === 'GET' &&
@@ -114,7 +127,7 @@ const startProxy = async (target: OrthancServer, state: { hideQido: boolean }): 
 
 describe('EMF records of a forwarder run', () => {
   const fleet = new OrthancFleet();
-  const proxyState = { hideQido: false };
+  const proxyState = { hideQido: false, refuse: false };
   let dynamo: DynamoDbLocal;
   let sqs: SqsEmulator;
   let source: OrthancServer;
@@ -224,6 +237,13 @@ describe('EMF records of a forwarder run', () => {
       expect(await deliver()).toEqual({ received: 1, failed: 1 });
       proxyState.hideQido = false;
       expect(await drain()).toBe(0);
+      // A study that waits once for a destination refusing the credentials, then moved.
+      await upload('emf-c');
+      await pollUntilQueued(1);
+      proxyState.refuse = true;
+      expect(await deliver()).toEqual({ received: 1, failed: 0 });
+      proxyState.refuse = false;
+      expect(await drain()).toBe(0);
     } finally {
       stdout.mockRestore();
       stderr.mockRestore();
@@ -250,25 +270,26 @@ describe('EMF records of a forwarder run', () => {
     );
   });
 
-  it('writes only EMF records of the namespace, with service alone or service and SourceId', () => {
+  it('writes only EMF records of the namespace, with service alone or service and SourceId or DestinationId', () => {
     expect(records.length).toBeGreaterThan(10);
     for (const record of records) {
       const [directive, ...more] = record._aws.CloudWatchMetrics;
       expect(more).toEqual([]);
       expect(directive?.Namespace).toBe(METRICS_NAMESPACE);
-      expect([[['service']], [['service', 'SourceId']]]).toContainEqual(directive?.Dimensions);
+      expect([[['service']], [['service', 'SourceId']], [['service', 'DestinationId']]]).toContainEqual(
+        directive?.Dimensions,
+      );
       expect(record.service).toBe(SERVICE_NAME);
       const names = directive?.Metrics.map((metric) => metric.Name) ?? [];
       for (const name of names) expect(METRIC_NAMES).toContain(name);
       // Nothing else in a record: no metadata, no property that could carry a tag value.
-      const perSource = directive?.Dimensions[0]?.length === 2;
+      const dimension = directive?.Dimensions[0]?.[1];
       expect(Object.keys(record).sort()).toEqual(
-        ['_aws', 'service', ...(perSource ? ['SourceId'] : []), ...names].sort(),
+        ['_aws', 'service', ...(dimension === undefined ? [] : [dimension]), ...names].sort(),
       );
-      if (perSource) {
-        expect(['site-0', 'site-down']).toContain(record.SourceId);
-        expect(names).toHaveLength(1);
-      }
+      if (dimension === 'SourceId') expect(['site-0', 'site-down']).toContain(record.SourceId);
+      if (dimension === 'DestinationId') expect(record.DestinationId).toBe('destination');
+      if (dimension !== undefined) expect(names).toHaveLength(1);
       for (const metric of directive?.Metrics ?? []) {
         expect(metric.Unit).toBe(
           metric.Name === 'BytesMoved' ? 'Bytes' : metric.Name === 'MoveDuration' ? 'Milliseconds' : 'Count',
@@ -281,7 +302,7 @@ describe('EMF records of a forwarder run', () => {
     const site = { service: SERVICE_NAME, SourceId: 'site-0' };
     for (const name of POLL_METRICS) expect(valuesOf(records, name, site).length, name).toBeGreaterThan(0);
     expect(new Set(valuesOf(records, 'SourceUnreachable', site))).toEqual(new Set([0]));
-    expect(sum(valuesOf(records, 'StudiesQueued', site))).toBe(2);
+    expect(sum(valuesOf(records, 'StudiesQueued', site))).toBe(3);
     expect(sum(valuesOf(records, 'ChangesRead', site))).toBeGreaterThan(0);
     for (const value of valuesOf(records, 'CursorLag', site)) expect(value).toBeGreaterThanOrEqual(0);
 
@@ -301,12 +322,14 @@ describe('EMF records of a forwarder run', () => {
       );
     }
     const instances = sets.flatMap((set) => set.instances);
-    expect(sum(valuesOf(records, 'StudiesMoved', site))).toBe(2);
-    expect(valuesOf(records, 'MoveDuration', site)).toHaveLength(2);
+    expect(sum(valuesOf(records, 'StudiesMoved', site))).toBe(3);
+    expect(valuesOf(records, 'MoveDuration', site)).toHaveLength(3);
     expect(sum(valuesOf(records, 'InstancesDeleted', site))).toBe(instances.length);
     // The second study's instances were sent by the attempt that failed its verification; the
-    // retry found them at the destination and sent nothing.
-    expect(sum(valuesOf(records, 'InstancesMoved', site))).toBe(sets[0]?.instances.length);
+    // retry found them at the destination and sent nothing. The third's first attempt sent nothing.
+    expect(sum(valuesOf(records, 'InstancesMoved', site))).toBe(
+      (sets[0]?.instances.length ?? 0) + (sets[2]?.instances.length ?? 0),
+    );
     expect(sum(valuesOf(records, 'BytesMoved', site))).toBeGreaterThan(0);
     expect(sum(valuesOf(records, 'InstancesRejected', site))).toBe(0);
     expect(sum(valuesOf(records, 'Conflicts', site))).toBe(0);
@@ -323,6 +346,27 @@ describe('EMF records of a forwarder run', () => {
         name,
       ).toEqual([]);
     }
+  });
+
+  it('counts a study waiting for a destination that refuses the credentials per destination, as no retry', () => {
+    const all = { service: SERVICE_NAME };
+    expect(sum(valuesOf(records, 'DestinationUnavailable', { ...all, DestinationId: 'destination' }))).toBe(
+      1,
+    );
+    expect(sum(valuesOf(records, 'DestinationUnavailable', all))).toBe(1);
+    expect(records.filter((r) => 'DestinationUnavailable' in r && 'SourceId' in r)).toEqual([]);
+    // Logged once, naming the setting to fix; the wait is no failed attempt.
+    const unavailable = capturedErrors
+      .join('')
+      .split('\n')
+      .filter((line) => line.includes('destination unavailable'))
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(unavailable).toHaveLength(1);
+    expect(unavailable[0]).toMatchObject({
+      field: 'destination.secretId',
+      fault: 'credentials',
+      status: 401,
+    });
   });
 
   it('prints no PHI: no patient value, no DICOM UID, in any record or log line', () => {

@@ -13,14 +13,16 @@ import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import {
   ChangeMessageVisibilityCommand,
   CreateQueueCommand,
+  DeleteMessageBatchCommand,
   GetQueueAttributesCommand,
+  PurgeQueueCommand,
   ReceiveMessageCommand,
   SendMessageCommand,
   SQSClient,
 } from '@aws-sdk/client-sqs';
 import { createSqsServer } from 'local-aws-sqs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { formatAwsStatus } from '../bin/format.ts';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { formatStatus } from '../bin/format.ts';
 import { DynamoFeedStore } from '../lambdas/aws/dynamo-feed-store.ts';
 import { DynamoLedger } from '../lambdas/aws/dynamo-ledger.ts';
 import {
@@ -30,11 +32,13 @@ import {
   queueStats,
   reachSources,
   redrive,
+  redriveMatching,
   redriveProgress,
 } from '../lambdas/aws/operations.ts';
 import { SqsDeadLetters } from '../lambdas/aws/sqs-dead-letters.ts';
 import { type ForwarderConfig, parseConfig } from '../lambdas/core/config.ts';
-import { formatDeadLetters } from '../lambdas/core/dead-letters.ts';
+import { errorGroup, formatDeadLetters } from '../lambdas/core/dead-letters.ts';
+import type { SourceStatus } from '../lambdas/core/status.ts';
 import { encodeWorkItem } from '../lambdas/core/work-item.ts';
 import { openState } from '../lambdas/local/sqlite-state.ts';
 import { type DynamoDbLocal, startDynamoDbLocal } from '../testbed/dynamodb-local.ts';
@@ -45,6 +49,7 @@ import {
   type SqsEmulator,
   startSqsEmulator,
 } from '../testbed/sqs-emulator.ts';
+import { collect, until } from './support/fixtures.ts';
 import { cli } from './support/processes.ts';
 
 const MAX_RECEIVES = 2;
@@ -160,55 +165,73 @@ describe('status and dlq list on fauxqs and DynamoDB Local', () => {
     expect(await queueStats(sqs.client, resources)).toEqual({ waiting: 2, inFlight: 1, deadLetters: 3 });
   });
 
-  it('reports each source’s cursor and studies waiting, and says the lag is unknown when the sources were not asked', async () => {
+  it('reports per source the ledger’s counts, the cursor and studies waiting, and that the sources were not asked', async () => {
     const report = await gatherAwsStatus(config, { sqs: sqs.client, dynamodb: dynamo.client }, resources);
+    const none = { studies: 0, instances: 0, bytes: 0 };
+    const nothingYet = {
+      atSource: undefined,
+      moved: none,
+      copied: none,
+      deletedUnrouted: 0,
+      openConflicts: 0,
+    };
     expect(report.sources).toEqual([
       {
         id: 'site-a',
-        cursor: 120,
-        last: undefined,
-        lag: undefined,
+        ...nothingYet,
+        rejected: 1,
         waitingToBecomeStable: 2,
+        feed: { cursor: 120, last: undefined, lag: undefined },
         unknown: expect.stringMatching(/^not asked: --reach-sources/),
       },
       {
         id: 'site-b',
-        cursor: undefined,
-        last: undefined,
-        lag: undefined,
+        ...nothingYet,
+        rejected: 0,
         waitingToBecomeStable: 0,
+        feed: { cursor: undefined, last: undefined, lag: undefined },
         unknown: expect.stringMatching(/^not asked/),
       },
     ]);
     expect(report.queue).toEqual({ waiting: 2, inFlight: 1, deadLetters: 3 });
+    // Counted, not read: reading them would hide them from a redrive meanwhile.
+    expect(report.deadLetterGroups).toBeUndefined();
     expect(report.rejected.map((r) => r.studyId)).toEqual([study(7)]);
     expect(report.totals.rejected).toBe(1);
-    const text = formatAwsStatus(report);
-    expect(text).toMatch(/^SOURCE\tCURSOR\tLAST\tLAG\tWAITING\tSTATE\nsite-a\t120\t-\t-\t2\tnot asked/);
+    const text = formatStatus(report);
+    expect(text).toMatch(/^SOURCE +AT SOURCE +MOVED +COPIED +REJECTED +CONFLICTS +WAITING +STATE\n/);
+    expect(text).toMatch(/\nsite-a +\? +0 \/ 0 \/ 0 B +0 \/ 0 \/ 0 B +1 +0 +2 +not asked/);
     expect(text).toContain('queue: 2 waiting, 1 in flight');
-    expect(text).toContain('3 dead letters');
-    expect(text).toContain('see them with `dlq list`');
-    expect(text).toContain(`site-a study ${study(7)} instance 11111111-22222222-33333333-44444444-55555555`);
+    expect(text).toContain('3 dead letters\n  group them with `dlq list --group-by error`');
+    expect(text).toContain('rejected instances: 1');
+    expect(text).toMatch(/\n {2}1 × the destination refused it \(0xA700\) \(newest \d{4}-/);
     expect(text).not.toContain('1.2.3.4.5');
   });
 
-  it('shows the lag of a source it reaches, and why not for one it cannot', async () => {
+  it('shows what a source it reaches holds and its lag, and why not for one it cannot', async () => {
     const report = await gatherAwsStatus(config, { sqs: sqs.client, dynamodb: dynamo.client }, resources, {
-      lastChange: async (source) => {
-        if (source.id === 'site-b') throw new Error('connect ETIMEDOUT 10.0.0.2:8042');
-        return 150;
-      },
+      ask: async (source) =>
+        source.id === 'site-b'
+          ? { unknown: 'unreachable: connect ETIMEDOUT 10.0.0.2:8042' }
+          : { last: 150, holds: { studies: 3, instances: 30, bytes: 3 * 1024 * 1024 } },
     });
-    expect(report.sources.map(({ id, last, lag, unknown }) => ({ id, last, lag, unknown }))).toEqual([
-      { id: 'site-a', last: 150, lag: 30, unknown: undefined },
+    expect(
+      report.sources.map(({ id, atSource, feed, unknown }) => ({ id, atSource, feed, unknown })),
+    ).toEqual([
+      {
+        id: 'site-a',
+        atSource: { studies: 3, instances: 30, bytes: 3 * 1024 * 1024 },
+        feed: { cursor: 120, last: 150, lag: 30 },
+        unknown: undefined,
+      },
       {
         id: 'site-b',
-        last: undefined,
-        lag: undefined,
+        atSource: undefined,
+        feed: { cursor: undefined, last: undefined, lag: undefined },
         unknown: 'unreachable: connect ETIMEDOUT 10.0.0.2:8042',
       },
     ]);
-    expect(formatAwsStatus(report)).toMatch(/\nsite-a\t120\t150\t30\t2\treachable\n/);
+    expect(formatStatus(report)).toMatch(/\nsite-a +3 \/ 30 \/ 3\.0 MB +0 \/ 0 \/ 0 B .* reachable\n/);
   });
 
   it('reaches a source with the credentials of its secret', async () => {
@@ -216,7 +239,13 @@ describe('status and dlq list on fauxqs and DynamoDB Local', () => {
     const orthanc: Server = createServer((request, response) => {
       authorization = request.headers.authorization;
       response.setHeader('content-type', 'application/json');
-      response.end(JSON.stringify({ Changes: [], Done: true, Last: 4242 }));
+      response.end(
+        JSON.stringify(
+          request.url === '/statistics'
+            ? { CountStudies: 2, CountInstances: 12, TotalDiskSize: '206592', TotalDiskSizeMB: 0 }
+            : { Changes: [], Done: true, Last: 4242 },
+        ),
+      );
     });
     await new Promise<void>((resolve) => orthanc.listen(0, '127.0.0.1', resolve));
     try {
@@ -230,9 +259,13 @@ describe('status and dlq list on fauxqs and DynamoDB Local', () => {
         },
       } as unknown as SecretsManagerClient;
       const report = await gatherAwsStatus(reached, { sqs: sqs.client, dynamodb: dynamo.client }, resources, {
-        lastChange: reachSources(reached, secrets),
+        ask: reachSources(reached, secrets),
       });
-      expect(report.sources[0]).toMatchObject({ id: 'site-a', cursor: 120, last: 4242, lag: 4122 });
+      expect(report.sources[0]).toMatchObject({
+        id: 'site-a',
+        atSource: { studies: 2, instances: 12, bytes: 206_592 },
+        feed: { cursor: 120, last: 4242, lag: 4122 },
+      });
       expect(secretIds).toEqual(['orthanc-forwarder/site-a']);
       expect(authorization).toBe(`Basic ${Buffer.from('forwarder:s3cret').toString('base64')}`);
     } finally {
@@ -391,6 +424,61 @@ describe('redrive on local-aws-sqs (StartMessageMoveTask, ListMessageMoveTasks)'
       rmSync(work, { recursive: true, force: true });
     }
   });
+  it('runs from the CLI: dlq list --group-by error and a selective dlq redrive --aws', async () => {
+    const work = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-ops-'));
+    try {
+      for (let i = 0; i < 50 && (await redriveProgress(sqs, resources))?.status === 'RUNNING'; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      const file = join(work, 'forwarder.json');
+      writeFileSync(file, JSON.stringify({ ...config, aws: undefined }));
+      const deadLetters = new SqsDeadLetters(sqs, resources);
+      await deadLetters.deadLetter(
+        item('site-a', 600),
+        'STOW-RS at http://127.0.0.1:8043 answered 503: 3 of 6',
+        8,
+      );
+      await deadLetters.deadLetter(
+        item('site-b', 601),
+        'STOW-RS at http://127.0.0.1:8043 answered 503: 1 of 2',
+        8,
+      );
+      await deadLetters.deadLetter(item('site-b', 602), 'site-b: 401 Unauthorized', 1);
+      const env = {
+        PATH: process.env.PATH,
+        HOME: work,
+        ...emulatorEnv({ sqs: endpoint }),
+        DLQ_URL: resources.deadLetterQueueUrl,
+        QUEUE_URL: resources.queueUrl,
+      };
+      const grouped = await cli(
+        ['dlq', 'list', '--aws', '--config', file, '--group-by', 'error', '--limit', '1'],
+        env,
+      );
+      expect(grouped.stderr).toBe('');
+      expect(grouped.code).toBe(0);
+      const rows = grouped.stdout.trim().split('\n');
+      expect(rows[0]).toMatch(/^3 dead letter\(s\) in 2 group\(s\) by error/);
+      expect(rows[2]).toMatch(/^2\t\S+\tSTOW-RS at http:\/\/127\.0\.0\.1:8043 answered 503: N of N$/);
+      expect(rows[3]).toBe('and 1 more group(s): raise --limit');
+
+      const refused = await cli(
+        ['dlq', 'redrive', '--aws', '--config', file, '--source', 'site-b', '--no-wait'],
+        env,
+      );
+      expect(refused.code).toBe(2);
+      const moved = await cli(['dlq', 'redrive', '--aws', '--config', file, '--source', 'site-b'], env);
+      expect(moved.stderr).toBe('');
+      expect(moved.code).toBe(0);
+      expect(moved.stdout).toBe('redrove 2 message(s); 1 left in the dead-letter queue\n');
+      expect((await receiveAll(sqs, resources.queueUrl)).sort()).toEqual(
+        [item('site-b', 601), item('site-b', 602)].sort(),
+      );
+      expect(await receiveAll(sqs, resources.deadLetterQueueUrl)).toEqual([item('site-a', 600)]);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('status --aws from the CLI', () => {
@@ -429,7 +517,7 @@ describe('status --aws from the CLI', () => {
     expect(run.stderr).toBe('');
     expect(run.code).toBe(0);
     const report = JSON.parse(run.stdout);
-    expect(report.sources.map((s: { id: string; cursor?: number }) => [s.id, s.cursor ?? null])).toEqual([
+    expect(report.sources.map((s: SourceStatus) => [s.id, s.feed.cursor ?? null])).toEqual([
       ['site-a', null],
       ['site-b', 77],
     ]);
@@ -437,7 +525,7 @@ describe('status --aws from the CLI', () => {
 
     const text = await cli(args, { ...env, STATE_TABLE: dynamo.tableName });
     expect(text.code).toBe(0);
-    expect(text.stdout).toMatch(/\nsite-b\t77\t-\t-\t0\tnot asked/);
+    expect(text.stdout).toMatch(/\nsite-b +\? +0 \/ 0 \/ 0 B .* not asked/);
 
     const missing = await cli(['status', '--aws', '--config', file], env);
     expect(missing.code).toBe(2);
@@ -447,7 +535,31 @@ describe('status --aws from the CLI', () => {
   });
 });
 
-describe('dlq list in local mode', () => {
+describe('dead letters grouped by error', () => {
+  it('reads alike the same failure of other studies, and keeps apart what differs', () => {
+    const id = '0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d';
+    expect(errorGroup(`3 of 12 instances of ${id} not verified at the destination yet`)).toBe(
+      'N of N instances of <id> not verified at the destination yet',
+    );
+    expect(errorGroup('STOW-RS at https://pacs.example.org:8443 answered 503: busy after 2.5s')).toBe(
+      'STOW-RS at https://pacs.example.org:8443 answered 503: busy after Ns',
+    );
+    expect(errorGroup('QIDO-RS at http://10.0.0.2:8042: ECONNREFUSED')).toBe(
+      'QIDO-RS at http://10.0.0.2:8042: ECONNREFUSED',
+    );
+    expect(errorGroup('instance 1.2.826.0.1.3680043.2.1143.77 refused (0xA700), 4096 bytes')).toBe(
+      'instance <uid> refused (0xA700), N bytes',
+    );
+    expect(errorGroup("work item names an unknown source 'site-2'")).toBe(
+      "work item names an unknown source 'site-2'",
+    );
+    expect(errorGroup('request 9f1c2e4a-1b2c-4d5e-8f90-0a1b2c3d4e5f timed out')).toBe(
+      'request <id> timed out',
+    );
+  });
+});
+
+describe('dlq list and redrive in local mode', () => {
   it('lists the state file’s dead letters the same way', async () => {
     const work = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-ops-'));
     try {
@@ -481,5 +593,179 @@ describe('dlq list in local mode', () => {
     } finally {
       rmSync(work, { recursive: true, force: true });
     }
+  });
+
+  it('groups the dead letters by error with --group-by error, caps the rows with --limit, and redrives only those selected', async () => {
+    const work = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-ops-'));
+    try {
+      const file = join(work, 'forwarder.json');
+      writeFileSync(file, JSON.stringify({ ...config, aws: undefined }));
+      const failures: [string, number, string][] = [
+        ['site-a', 1, 'STOW-RS at http://127.0.0.1:8043 answered 503: 3 of 6 instances not stored'],
+        ['site-a', 2, 'STOW-RS at http://127.0.0.1:8043 answered 503: 1 of 4 instances not stored'],
+        ['site-b', 3, 'STOW-RS at http://127.0.0.1:8043 answered 503: 2 of 2 instances not stored'],
+        ['site-b', 4, 'reading the change feed at http://127.0.0.1:8042: ECONNREFUSED'],
+        ['site-a', 5, 'credentials refused (401)'],
+      ];
+      const state = openState(join(work, 'forwarder.state.sqlite'));
+      try {
+        await state.queue.enqueue(
+          failures.map(([sourceId, n]) => ({ sourceId, studyId: study(n), reason: 'stable' })),
+        );
+        const received = await state.queue.receive(failures.length, 60_000);
+        for (const [index, message] of received.entries()) {
+          await state.queue.deadLetter(message.handle, failures[index]?.[2] ?? '');
+        }
+      } finally {
+        state.close();
+      }
+      const env = { PATH: process.env.PATH, HOME: work };
+      const run = async (args: string[], code = 0) => {
+        const result = await cli([...args, '--config', file], env);
+        expect(result.stderr).toBe('');
+        expect(result.code).toBe(code);
+        return result.stdout;
+      };
+
+      const grouped = await run(['dlq', 'list', '--group-by', 'error']);
+      const rows = grouped.trim().split('\n');
+      expect(rows[0]).toBe(
+        '5 dead letter(s) in 3 group(s) by error (numbers as N, Orthanc IDs as <id>, DICOM UIDs as <uid>):',
+      );
+      expect(rows[1]).toBe('COUNT\tNEWEST\tERROR');
+      expect(rows[2]).toMatch(
+        /^3\t\d{4}-\d\d-\d\dT[\d:.]+Z\tSTOW-RS at http:\/\/127\.0\.0\.1:8043 answered 503: N of N instances not stored$/,
+      );
+      expect(rows.slice(3).map((row) => row.split('\t')[0])).toEqual(['1', '1']);
+      const limited = await run(['dlq', 'list', '--group-by', 'error', '--limit', '1']);
+      expect(limited.trim().split('\n').slice(2)).toEqual([rows[2], 'and 2 more group(s): raise --limit']);
+      const json = JSON.parse(await run(['dlq', 'list', '--group-by', 'error', '--limit', '2', '--json']));
+      expect(json).toMatchObject([
+        { error: 'STOW-RS at http://127.0.0.1:8043 answered 503: N of N instances not stored', count: 3 },
+        { count: 1 },
+      ]);
+      expect(json[0].newestAt).toEqual(expect.any(Number));
+      const firstTwo = await run(['dlq', 'list', '--limit', '2']);
+      expect(firstTwo).toContain('the first 2 dead letter(s):');
+      expect(firstTwo).toContain('and more: raise --limit, or group them with --group-by error');
+      expect(JSON.parse(await run(['dlq', 'list', '--limit', '2', '--json']))).toHaveLength(2);
+
+      // A source's, then an error's as the groups show it, then both; the others stay.
+      expect(await run(['dlq', 'redrive', '--source', 'site-b'])).toBe(
+        'redrove 2 message(s); 3 left in the dead-letter queue\n',
+      );
+      expect(await run(['dlq', 'redrive', '--error', 'answered 503: N of N instances'])).toBe(
+        'redrove 2 message(s); 1 left in the dead-letter queue\n',
+      );
+      expect(await run(['redrive', '--error', 'no such error'], 1)).toBe(
+        'redrove 0 message(s); 1 left in the dead-letter queue\n',
+      );
+      const refused = await cli(
+        ['dlq', 'redrive', '--config', file, '--source', 'site-a', '--rate', '5'],
+        env,
+      );
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toContain('--no-wait and --rate are for a redrive of every dead letter');
+      const after = openState(join(work, 'forwarder.state.sqlite'));
+      try {
+        expect(await after.queue.stats()).toEqual({ waiting: 4, inFlight: 0, deadLetters: 1 });
+        expect((await collect(after.queue.deadLetters())).map((d) => d.lastError)).toEqual([
+          'credentials refused (401)',
+        ]);
+      } finally {
+        after.close();
+      }
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('selective redrive on fauxqs', () => {
+  let sqs: SqsEmulator;
+  let resources: Pick<AwsResources, 'queueUrl' | 'deadLetterQueueUrl'>;
+
+  beforeAll(async () => {
+    sqs = await startSqsEmulator({ maxReceiveCount: MAX_RECEIVES, visibilityTimeoutSeconds: 30 });
+    resources = { queueUrl: sqs.queueUrl, deadLetterQueueUrl: sqs.deadLetterQueueUrl };
+  });
+
+  afterAll(async () => {
+    await sqs?.stop();
+  });
+
+  beforeEach(async () => {
+    for (const QueueUrl of [sqs.queueUrl, sqs.deadLetterQueueUrl]) {
+      await sqs.client.send(new PurgeQueueCommand({ QueueUrl }));
+    }
+  });
+
+  const visible = async (queueUrl: string) =>
+    Number(
+      (
+        await sqs.client.send(
+          new GetQueueAttributesCommand({
+            QueueUrl: queueUrl,
+            AttributeNames: ['ApproximateNumberOfMessages'],
+          }),
+        )
+      ).Attributes?.ApproximateNumberOfMessages,
+    );
+
+  it('puts back only the dead letters of a source or an error, and leaves the others visible in the DLQ', async () => {
+    const deadLetters = new SqsDeadLetters(sqs.client, resources);
+    // More than one receive's worth: a batch of 10 at most.
+    const bodies = Array.from({ length: 23 }, (_, n) => item(n % 3 === 0 ? 'site-b' : 'site-a', 400 + n));
+    for (const [n, body] of bodies.entries()) {
+      await deadLetters.deadLetter(
+        body,
+        n % 2 === 0 ? `QIDO-RS at http://10.0.0.2:8042: ECONNREFUSED` : `${n} instances not verified`,
+        8,
+      );
+    }
+    await deadLetters.deadLetter(MALFORMED_BODY, 'malformed work item: not JSON', 1);
+    const siteB = bodies.filter((_, n) => n % 3 === 0);
+
+    expect(await redriveMatching(sqs.client, resources, { sourceId: 'site-b' })).toEqual({
+      redriven: siteB.length,
+      left: bodies.length + 1 - siteB.length,
+    });
+    expect((await receiveAll(sqs.client, sqs.queueUrl)).sort()).toEqual([...siteB].sort());
+    expect(await visible(sqs.deadLetterQueueUrl)).toBe(bodies.length + 1 - siteB.length);
+
+    // As grouped: the number differs from one dead letter to the next.
+    const unverified = bodies.filter((_, n) => n % 3 !== 0 && n % 2 === 1);
+    expect(await redriveMatching(sqs.client, resources, { error: 'N instances NOT verified' })).toEqual({
+      redriven: unverified.length,
+      left: bodies.length + 1 - siteB.length - unverified.length,
+    });
+    expect((await receiveAll(sqs.client, sqs.queueUrl)).sort()).toEqual([...unverified].sort());
+    expect(await redriveMatching(sqs.client, resources, { error: 'nothing like it' })).toMatchObject({
+      redriven: 0,
+    });
+    expect(await visible(sqs.deadLetterQueueUrl)).toBe(bodies.length + 1 - siteB.length - unverified.length);
+  });
+
+  it('loses nothing when it stops between sending a dead letter and deleting it: it is then in both queues', async () => {
+    await new SqsDeadLetters(sqs.client, resources).deadLetter(item('site-a', 500), 'boom', 8);
+    await new SqsDeadLetters(sqs.client, resources).deadLetter(item('site-b', 501), 'other', 8);
+    // What a real queue cannot be made to do on purpose: fail the delete after the send.
+    const failing = {
+      send: (command: unknown) =>
+        command instanceof DeleteMessageBatchCommand
+          ? Promise.reject(new Error('connection reset'))
+          : sqs.client.send(command as ReceiveMessageCommand),
+    } as unknown as SQSClient;
+    await expect(redriveMatching(failing, resources, { error: 'boom' }, { holdSeconds: 1 })).rejects.toThrow(
+      'connection reset',
+    );
+    expect(await receiveAll(sqs.client, sqs.queueUrl)).toEqual([item('site-a', 500)]);
+    // The other one made visible at once; the sent one back once its hold is over.
+    const inDeadLetterQueue = new Set<string>();
+    await until(async () => {
+      for (const body of await receiveAll(sqs.client, sqs.deadLetterQueueUrl)) inDeadLetterQueue.add(body);
+      return inDeadLetterQueue.size === 2;
+    });
+    expect([...inDeadLetterQueue].sort()).toEqual([item('site-a', 500), item('site-b', 501)].sort());
   });
 });

@@ -23,7 +23,8 @@ import { deliverOnce, lambdaContext } from '../testbed/event-source-mapping.ts';
 import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
 import { emulatorEnv, type SqsEmulator, startSqsEmulator } from '../testbed/sqs-emulator.ts';
 import { uploadToOrthanc } from '../testbed/upload.ts';
-import { drainQueue, queueDepth as sqsQueueDepth } from './support/aws-emulators.ts';
+import { deliverNext, drainQueue, queueDepth as sqsQueueDepth } from './support/aws-emulators.ts';
+import { shape } from './support/fixtures.ts';
 
 const MAX_RECEIVES = 3;
 
@@ -58,6 +59,8 @@ describe('AWS pipeline on emulators and real Orthancs', () => {
   let poller: ReturnType<typeof createPollerHandler>;
   let forwarder: (event: SQSEvent, context: Context) => Promise<SQSBatchResponse>;
   const sets: GeneratedSet[] = [];
+  /** The destination's password as its secret holds it: a test makes it wrong, as a bad rotation would. */
+  let destinationPassword = 'orthanc';
 
   const queueDepth = (queueUrl: string) => sqsQueueDepth(sqs.client, queueUrl);
 
@@ -99,7 +102,8 @@ describe('AWS pipeline on emulators and real Orthancs', () => {
         QUEUE_URL: sqs.queueUrl,
         DLQ_URL: sqs.deadLetterQueueUrl,
       },
-      async () => credentials,
+      async (secretId) =>
+        secretId === 'destination' ? { ...credentials, password: destinationPassword } : credentials,
     );
     poller = createPollerHandler(async () => runtime);
     forwarder = createForwarderHandler(async () => runtime);
@@ -144,7 +148,12 @@ describe('AWS pipeline on emulators and real Orthancs', () => {
       expect(await destinationMd5(destination, instance.sopInstanceUid)).toBe(await md5(instance.stream()));
     }
     const totals = await runtime.ledger.totals();
-    expect(totals).toMatchObject({ studies: 4, instances: all.length, deleted: all.length, rejected: 0 });
+    expect(totals).toMatchObject({
+      moved: { studies: 4, instances: all.length, bytes: all.reduce((sum, i) => sum + i.byteLength, 0) },
+      copied: { studies: 0 },
+      deleted: all.length,
+      rejected: 0,
+    });
   });
 
   it('does no duplicate work for a message delivered twice, or redelivered after a timeout', async () => {
@@ -295,5 +304,78 @@ describe('AWS pipeline on emulators and real Orthancs', () => {
     );
     await runtime.ledger.forgetRejected(await runtime.ledger.rejected('site-0', 'a-study'));
     await source.rest('DELETE', `/instances/${held}`);
+  });
+  /** Uploads one generated study to the source; returns its instances. */
+  const uploadStudy = async (server: OrthancServer, seed: string): Promise<readonly GeneratedInstance[]> => {
+    const { instances } = generateStudies(shape(seed, { patients: 1, seriesPerStudy: 1 }));
+    expect((await uploadToOrthanc(server, instances)).every((result) => result.status === 200)).toBe(true);
+    return instances;
+  };
+
+  /** Polls as EventBridge would until the source's studies were queued (bounded, never timed). */
+  const pollUntilQueued = async (sourceId: string, count: number): Promise<void> => {
+    let queued = 0;
+    for (let round = 0; round < 60 && queued < count; round++) {
+      const result = await poll();
+      queued += result.sources.find((source) => source.sourceId === sourceId)?.report?.queued ?? 0;
+      if (queued < count) await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+    expect(queued).toBe(count);
+  };
+
+  /** Delivers the one queued work item `times` times: each time it is handed back, uncounted. */
+  const expectHandedBack = async (times: number): Promise<void> => {
+    const deadLetters = await queueDepth(sqs.deadLetterQueueUrl);
+    for (let delivery = 0; delivery < times; delivery++) {
+      const mapping = { sqs: sqs.client, queueUrl: sqs.queueUrl, handler: forwarder };
+      expect(await deliverNext(mapping)).toEqual({ received: 1, failed: 0 });
+      expect(await queueDepth(sqs.queueUrl)).toBe(1);
+    }
+    expect(await queueDepth(sqs.deadLetterQueueUrl)).toBe(deadLetters);
+  };
+
+  it('a paused source: the poller leaves it alone and the forwarder hands its items back uncounted; resumed, everything moves', async () => {
+    const source = sources[0] as OrthancServer;
+    const queued = await uploadStudy(source, 'aws-paused');
+    await pollUntilQueued('site-0', 1);
+    expect(await runtime.feed.pause('site-0', Date.now())).toBe(true);
+    const cursor = await runtime.feed.getCursor('site-0');
+    const late = await uploadStudy(source, 'aws-paused-late');
+
+    // More deliveries than maxReceiveCount allows: none dead-letters it, none moves it.
+    await expectHandedBack(MAX_RECEIVES + 1);
+    const paused = (await poll()).sources.find((result) => result.sourceId === 'site-0');
+    expect(paused?.report).toMatchObject({ paused: true, queued: 0, changesRead: 0 });
+    expect(await runtime.feed.getCursor('site-0')).toBe(cursor);
+    expect(await instanceCount(source)).toBe(queued.length + late.length);
+
+    // Resumed: the queued study moves, and the feed, read on from the cursor, brings the late one.
+    expect(await runtime.feed.resume('site-0')).toBe(true);
+    await drain();
+    await pollUntilQueued('site-0', 1);
+    await drain();
+    expect(await instanceCount(source)).toBe(0);
+    for (const instance of [...queued, ...late]) {
+      expect(await destinationMd5(destination, instance.sopInstanceUid)).toBe(await md5(instance.stream()));
+    }
+  });
+
+  it('a destination refusing the credentials: its studies wait, nothing is dead-lettered; once its secret is right, they move', async () => {
+    const source = sources[1] as OrthancServer;
+    const instances = await uploadStudy(source, 'aws-destination-refuses');
+    await pollUntilQueued('site-1', 1);
+    destinationPassword = 'not-the-password';
+    try {
+      await expectHandedBack(MAX_RECEIVES + 1);
+      expect(await instanceCount(source)).toBe(instances.length);
+    } finally {
+      destinationPassword = 'orthanc';
+    }
+    // The secret read afresh at the next request: the study moves, with no redrive.
+    await drain();
+    expect(await instanceCount(source)).toBe(0);
+    for (const instance of instances) {
+      expect(await destinationMd5(destination, instance.sopInstanceUid)).toBe(await md5(instance.stream()));
+    }
   });
 });

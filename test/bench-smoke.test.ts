@@ -104,9 +104,10 @@ describe('benchmark', () => {
     ]);
 
     // The poller run: every study queued once, and the forwarder's AWS requests per study as the
-    // README's cost estimate counts them (lease put, conflicts and refused-instances queries, the
-    // last deletion intent's read, the new intent's put, outcome transaction, the intent's
-    // completion, lease release; receive and delete by the event source mapping).
+    // README's cost estimate counts them (the source's pause flag read, lease put, conflicts and
+    // refused-instances queries, the deletion intents' query, the new intent's put, the audit
+    // record of the deletion, outcome transaction, the intent's completion, lease release;
+    // receive and delete by the event source mapping).
     expect(result.poller).toMatchObject({
       studies: 6,
       instances: 24,
@@ -117,6 +118,7 @@ describe('benchmark', () => {
     expect(result.poller.poller.aws['sqs:SendMessageBatch']).toMatchObject({ requests: 1, items: 6 });
     expect(result.poller.forwarder.studies).toBe(3);
     expect(Object.keys(result.poller.forwarder.aws).sort()).toEqual([
+      'dynamodb:BatchWriteItem',
       'dynamodb:DeleteItem',
       'dynamodb:GetItem',
       'dynamodb:PutItem',
@@ -124,9 +126,11 @@ describe('benchmark', () => {
       'dynamodb:TransactWriteItems',
       'dynamodb:UpdateItem',
     ]);
+    // The audit record: one batch write of one item (1 WRU) per study that deletes.
+    expect(result.poller.forwarder.aws['dynamodb:BatchWriteItem']).toMatchObject({ requests: 3, items: 3 });
     expect(result.poller.forwarder.perStudy).toMatchObject({
-      dynamodbRequests: 8,
-      writeRequestUnits: 8,
+      dynamodbRequests: 10,
+      writeRequestUnits: 9,
       sqsRequests: 2,
     });
 

@@ -87,7 +87,7 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
   };
   /** The alarm's only metric, or (for math) the expression and its metrics by id. */
   const metricsOf = (alarm: Record<string, Json>) => alarm.Metrics as AlarmMetric[];
-  const emf = (name: string, stat: string, period: number, sourceId?: string) => ({
+  const emf = (name: string, stat: string, period: number, sourceId?: string, dimension = 'SourceId') => ({
     Metric: {
       Namespace: 'OrthancForwarder',
       MetricName: name,
@@ -95,7 +95,7 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
         sourceId === undefined
           ? [{ Name: 'service', Value: 'orthanc-forwarder' }]
           : [
-              { Name: 'SourceId', Value: sourceId },
+              { Name: dimension, Value: sourceId },
               { Name: 'service', Value: 'orthanc-forwarder' },
             ],
     },
@@ -175,7 +175,7 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
     };
   });
 
-  it('has exactly the alarms of the runbook: ten, and one per source', () => {
+  it('has exactly the alarms of the runbook: ten, one per source and one per destination', () => {
     const names = Object.values(resources)
       .filter((r) => r.Type === 'AWS::CloudWatch::Alarm')
       .map((r) => r.Properties.AlarmName);
@@ -193,6 +193,7 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
         'ForwarderDurationNearTimeout',
         'SourceUnreachable-site-a',
         'SourceUnreachable-site-b',
+        'DestinationUnavailable-destination',
       ]
         .map((name) => `OrthancForwarder-${name}`)
         .sort(),
@@ -289,6 +290,16 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
       threshold: 0,
       comparison: 'GreaterThanThreshold',
       // Moves that find no conflict publish 0s; periods without moves must not hold the alarm.
+      missing: 'notBreaching',
+    });
+  });
+
+  it('destination unavailable: per destination, any study that waited for it over 15 minutes', () => {
+    expectAlarm('DestinationUnavailable-destination', {
+      metric: emf('DestinationUnavailable', 'Sum', 15 * 60, 'destination', 'DestinationId'),
+      threshold: 0,
+      comparison: 'GreaterThanThreshold',
+      // A destination that serves again publishes nothing: the alarm turns OK.
       missing: 'notBreaching',
     });
   });
@@ -415,6 +426,10 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
       `OrthancForwarder/VerificationFailures/${all}`,
     );
     has(/^Conflicts/, `OrthancForwarder/Conflicts/${all}`);
+    has(
+      /^Studies waiting for a destination/,
+      `OrthancForwarder/DestinationUnavailable/DestinationId=destination/${all}`,
+    );
     for (const source of ['site-a', 'site-b']) {
       const dims = `SourceId=${source}/${all}`;
       has(/^Cursor lag/, `OrthancForwarder/CursorLag/${dims}`);

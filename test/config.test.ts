@@ -60,7 +60,7 @@ describe('configuration', () => {
       retry: { maxAttempts: 8, baseDelayMs: 2000, maxDelayMs: 300_000 },
       timeouts: { connectMs: 10_000, headersMs: 300_000, bodyMs: 60_000 },
       deleteAfterForward: true,
-      retention: { outcomeDays: 90, refusalDays: 90 },
+      retention: { outcomeDays: 90, refusalDays: 90, auditDays: 2190 },
     });
   });
 

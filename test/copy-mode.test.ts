@@ -60,7 +60,15 @@ describe('copy mode', () => {
       expect(await heldUids(source)).toEqual(uidsOf(early));
       expect(await instanceCount(destination)).toBe(early.length);
       await expectAllAtDestination(destination, early);
-      expect(await state.ledger.totals()).toMatchObject({ studies: 2, instances: early.length, deleted: 0 });
+      expect(await state.ledger.totals()).toMatchObject({
+        moved: { studies: 0, instances: 0, bytes: 0 },
+        copied: {
+          studies: 2,
+          instances: early.length,
+          bytes: early.reduce((sum, i) => sum + i.byteLength, 0),
+        },
+        deleted: 0,
+      });
       const studyIds = await source.rest<string[]>('GET', '/studies');
       for (const studyId of studyIds) {
         expect(await state.ledger.settled('site-a', studyId, '')).toMatchObject({
@@ -88,7 +96,7 @@ describe('copy mode', () => {
         );
         expect(again).toMatchObject({ result: 'unchanged', sent: 0, deleted: 0 });
       }
-      expect((await state.ledger.totals()).studies).toBe(2);
+      expect((await state.ledger.totals()).copied.studies).toBe(2);
 
       // A study that changed is copied again, sending only what the destination lacks.
       await destination.start();

@@ -61,7 +61,7 @@ describe('several destinations', () => {
       expect(await heldUids(source)).toEqual(uidsOf(set.instances));
       await expectAllAtDestination(cloud, set.instances);
       expect(await newInstanceChanges(cloud)).toBe(set.instances.length);
-      for (const letter of await state.queue.deadLetters()) expect(letter.lastError).toMatch(/ECONNREFUSED/);
+      for await (const letter of state.queue.deadLetters()) expect(letter.lastError).toMatch(/ECONNREFUSED/);
 
       // Back up: the retries send to the archive only, then delete.
       await archive.start();
@@ -76,7 +76,10 @@ describe('several destinations', () => {
       expect(moved).toHaveLength(2);
       // Each study: 6 instances sent to the archive, the cloud's 6 already there.
       for (const outcome of moved) expect(outcome).toMatchObject({ instances: 6, sent: 6, deleted: 6 });
-      expect(await state.ledger.totals()).toMatchObject({ studies: 2, deleted: set.instances.length });
+      expect(await state.ledger.totals()).toMatchObject({
+        moved: { studies: 2, instances: set.instances.length },
+        deleted: set.instances.length,
+      });
     } finally {
       state.close();
     }

@@ -3,6 +3,7 @@ import {
   type BatchWriteItemCommandOutput,
   type DynamoDBClient,
   GetItemCommand,
+  PutItemCommand,
   QueryCommand,
   TransactionCanceledException,
   TransactWriteItemsCommand,
@@ -13,7 +14,7 @@ import { DynamoLedger } from '../lambdas/aws/dynamo-ledger.ts';
 import type { DynamoStateOptions } from '../lambdas/aws/dynamo-table.ts';
 import { ForwarderError } from '../lambdas/core/errors.ts';
 import { type DynamoDbLocal, localClient, startDynamoDbLocal } from '../testbed/dynamodb-local.ts';
-import { conflict, intent, outcome, rejection, stateContract } from './support/port-contract.ts';
+import { conflict, deletion, intent, outcome, rejection, stateContract } from './support/port-contract.ts';
 
 let local: DynamoDbLocal | undefined;
 let tables = 0;
@@ -104,6 +105,7 @@ describe('DynamoDB state: table layout and failures', () => {
       rejected: 0,
       conflicts: 1,
       bytes: 200,
+      deletedBytes: 300,
       durationMs: 10,
       finishedAt: 2_000_000_000_000,
     });
@@ -142,17 +144,25 @@ describe('DynamoDB state: table layout and failures', () => {
       sent: { N: '2' },
       alreadyPresent: { N: '1' },
       conflicts: { N: '1' },
+      deletedBytes: { N: '300' },
       finishedAt: { N: '2000000000000' },
       ttl: { N: String(2_000_000_000 + 90 * 86_400) },
     });
     expect(await raw(tableName, 'totals', 'totals')).toEqual({
       pk: { S: 'totals' },
       sk: { S: 'totals' },
-      studies: { N: '1' },
-      instances: { N: '2' },
-      bytes: { N: '200' },
-      deleted: { N: '3' },
       rejected: { N: '1' },
+    });
+    expect(await raw(tableName, 'totals', 'source#a')).toEqual({
+      pk: { S: 'totals' },
+      sk: { S: 'source#a' },
+      movedStudies: { N: '1' },
+      movedInstances: { N: '3' },
+      movedBytes: { N: '300' },
+      copiedStudies: { N: '0' },
+      copiedInstances: { N: '0' },
+      copiedBytes: { N: '0' },
+      deleted: { N: '3' },
     });
     expect(await raw(tableName, 'rejected', 'a#s1#i1')).toEqual({
       pk: { S: 'rejected' },
@@ -217,6 +227,36 @@ describe('DynamoDB state: table layout and failures', () => {
     expect((await raw(tableName, 'source#a', 'watch#s1'))?.lastUpdate).toBeUndefined();
   });
 
+  it('reads the totals a stack kept before it kept them per source as the source ""', async () => {
+    await dynamo().client.send(
+      new PutItemCommand({
+        TableName: tableName,
+        Item: {
+          pk: { S: 'totals' },
+          sk: { S: 'totals' },
+          studies: { N: '4' },
+          instances: { N: '20' },
+          bytes: { N: '2000' },
+          deleted: { N: '18' },
+          rejected: { N: '2' },
+        },
+      }),
+    );
+    const ledger = new DynamoLedger(dynamo().client, tableName);
+    await ledger.record(outcome({ result: 'moved', sent: 1, bytes: 10, deleted: 1, deletedBytes: 10 }));
+    const none = { studies: 0, instances: 0, bytes: 0 };
+    expect(await ledger.totals()).toEqual({
+      moved: { studies: 5, instances: 19, bytes: 2010 },
+      copied: none,
+      deleted: 19,
+      rejected: 2,
+      sources: {
+        '': { moved: { studies: 4, instances: 18, bytes: 2000 }, copied: none, deleted: 18 },
+        a: { moved: { studies: 1, instances: 1, bytes: 10 }, copied: none, deleted: 1 },
+      },
+    });
+  });
+
   it('resends the deletes DynamoDB leaves unprocessed', async () => {
     const seen: number[] = [];
     const client = intercepting((command) => {
@@ -274,19 +314,24 @@ describe('DynamoDB state: table layout and failures', () => {
     expect((await ledger.totals()).rejected).toBe(1);
   });
 
-  it('keeps an outcome retention.outcomeDays through its TTL', async () => {
+  it('keeps an outcome retention.outcomeDays and an audited deletion retention.auditDays through their TTLs', async () => {
     const tableName = await freshTable();
-    await new DynamoLedger(dynamo().client, tableName, { outcomeDays: 7 }).record(
-      outcome({ finishedAt: 2_000_000_000_000 }),
-    );
-    const outcomes = await dynamo().client.send(
-      new QueryCommand({
-        TableName: tableName,
-        KeyConditionExpression: 'pk = :pk',
-        ExpressionAttributeValues: { ':pk': { S: 'outcome#a#s1' } },
-      }),
-    );
-    expect(outcomes.Items?.map((item) => item.ttl)).toEqual([{ N: String(2_000_000_000 + 7 * 86_400) }]);
+    const ledger = new DynamoLedger(dynamo().client, tableName, { outcomeDays: 7, auditDays: 30 });
+    await ledger.record(outcome({ finishedAt: 2_000_000_000_000 }));
+    await ledger.recordDeletion(deletion({ at: 2_000_000_000_000 }));
+    const ttlsOf = async (pk: string) =>
+      (
+        await dynamo().client.send(
+          new QueryCommand({
+            TableName: tableName,
+            KeyConditionExpression: 'pk = :pk',
+            ExpressionAttributeValues: { ':pk': { S: pk } },
+          }),
+        )
+      ).Items?.map((item) => item.ttl);
+    expect(await ttlsOf('outcome#a#s1')).toEqual([{ N: String(2_000_000_000 + 7 * 86_400) }]);
+    // In the partition of its day (UTC), which the export queries.
+    expect(await ttlsOf('audit#2033-05-18')).toEqual([{ N: String(2_000_000_000 + 30 * 86_400) }]);
   });
 
   it('lets throttling and other errors propagate instead of answering false', async () => {

@@ -1,7 +1,8 @@
 /**
  * Ledger retention against a real source: a local run prunes outcomes older than
- * `retention.outcomeDays`, and forgets an old refusal only once its source no longer holds the
- * instance; a refusal of an instance still at the source stays, so the instance is never sent again.
+ * `retention.outcomeDays` and the audit trail's deletions older than `retention.auditDays`, and
+ * forgets an old refusal only once its source no longer holds the instance; a refusal of an
+ * instance still at the source stays, so the instance is never sent again.
  */
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
@@ -21,12 +22,12 @@ import {
   uidsOf,
   useTestbed,
 } from './support/harness.ts';
-import { outcome, rejection } from './support/port-contract.ts';
+import { deletion, outcome, rejection } from './support/port-contract.ts';
 
 describe('ledger retention', () => {
   const { fleet, workPath } = useTestbed('retention');
 
-  it('a run prunes old outcomes and forgets old refusals of instances gone from the source, and only those', async () => {
+  it('a run prunes old outcomes and audited deletions, and forgets old refusals of instances gone from the source, and only those', async () => {
     const [destination, source] = await startServers(fleet, ['destination', 'site-a']);
     const set = generateStudies(
       shape('retention', { patients: 1, seriesPerStudy: 1, instancesPerSeries: 1 }),
@@ -61,22 +62,27 @@ describe('ledger retention', () => {
         outcome({ sourceId: 'site-a', finishedAt: now - DAY_MS, sent: 1, bytes: 10 }),
       );
       await state.ledger.recordRejected(Object.values(refusals));
+      const deletions = [old, now - DAY_MS].map((at) => deletion({ sourceId: 'site-a', at }));
+      for (const each of deletions) await state.ledger.recordDeletion(each);
       const totals = await state.ledger.totals();
 
       const config = parseConfig({
         ...configFor([{ id: 'site-a', server: source }], destination),
-        retention: { outcomeDays: 30, refusalDays: 30 },
+        retention: { outcomeDays: 30, refusalDays: 30, auditDays: 30 },
       });
       const { log, entries } = captureLog();
       await runUntilIdle(config, state, log);
 
       expect(entries.filter((entry) => entry.message === 'ledger pruned')).toEqual([
-        expect.objectContaining({ outcomes: 1, forgotten: 1, unchecked: 1 }),
+        expect.objectContaining({ outcomes: 1, deletionParts: 1, forgotten: 1, unchecked: 1 }),
       ]);
+      // The audit trail keeps what is younger than retention.auditDays.
+      const kept = await state.ledger.deletions({ since: 0, until: now }, { limit: 10 });
+      expect(kept.deletions.map((d) => d.at)).toEqual([now - DAY_MS]);
       expect((await state.ledger.rejected()).map((r) => r.instanceId).sort()).toEqual(
         [refusals.held, refusals.recent, refusals.unknown].map((r) => r.instanceId).sort(),
       );
-      expect(await state.ledger.totals()).toMatchObject({ studies: totals.studies, bytes: totals.bytes });
+      expect(await state.ledger.totals()).toMatchObject({ moved: totals.moved, copied: totals.copied });
       // The refused instance stayed at the source, not sent again.
       expect(await heldUids(source)).toEqual(uidsOf(set.instances));
       expect(await heldUids(destination)).toEqual([]);

@@ -9,8 +9,8 @@ import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../lambdas/core/config.ts';
 import { createLog } from '../lambdas/core/log.ts';
 import type { MoveStep } from '../lambdas/core/move-study.ts';
+import type { StatusReport } from '../lambdas/core/status.ts';
 import { openState } from '../lambdas/local/sqlite-state.ts';
-import type { StatusReport } from '../lambdas/local/status.ts';
 import {
   type GeneratedInstance,
   generateStudies,
@@ -19,6 +19,7 @@ import {
 } from '../testbed/dicom-generator.ts';
 import {
   cli,
+  collect,
   configFor,
   expectAllAtDestination,
   findInstance,
@@ -46,6 +47,19 @@ const statusOf = async (configPath: string, statePath: string): Promise<StatusRe
 };
 
 const ORTHANC_ID = /^[0-9a-f]{8}(-[0-9a-f]{8}){4}$/;
+
+/** The state file's dead letters, bodies included (what `dlq list` never prints). */
+const deadLettersIn = async (statePath: string) => {
+  const state = openState(statePath);
+  try {
+    return await collect(state.queue.deadLetters());
+  } finally {
+    state.close();
+  }
+};
+
+const sizeOf = (instances: readonly GeneratedInstance[]) =>
+  instances.reduce((sum, instance) => sum + instance.byteLength, 0);
 
 // ---------------------------------------------------------------------------------------------
 
@@ -90,20 +104,27 @@ describe('local mode', () => {
 
     const status = await statusOf(configPath, statePath);
     expect(status.queue).toEqual({ waiting: 0, inFlight: 0, deadLetters: 0 });
-    expect(status.deadLetters).toEqual([]);
+    expect(status.deadLetterGroups).toEqual([]);
     expect(status.rejected).toEqual([]);
+    const none = { studies: 0, instances: 0, bytes: 0 };
+    const movedFrom = (set: { instances: readonly GeneratedInstance[] }) => ({
+      moved: { studies: 2, instances: set.instances.length, bytes: sizeOf(set.instances) },
+      copied: none,
+      deleted: set.instances.length,
+    });
     expect(status.totals).toEqual({
-      studies: 4,
-      instances: all.length,
-      bytes: all.reduce((sum, instance) => sum + instance.byteLength, 0),
+      moved: { studies: 4, instances: all.length, bytes: sizeOf(all) },
+      copied: none,
       deleted: all.length,
       rejected: 0,
+      sources: { 'site-a': movedFrom(setA), 'site-b': movedFrom(setB) },
     });
     expect(status.sources.map((source) => source.id)).toEqual(['site-a', 'site-b']);
     for (const source of status.sources) {
-      expect(source.error).toBeUndefined();
-      expect(source.lag).toBe(0);
+      expect(source.unknown).toBeUndefined();
+      expect(source.feed.lag).toBe(0);
       expect(source.waitingToBecomeStable).toBe(0);
+      expect(source.atSource).toEqual(none);
     }
 
     const again = await cli(['run', '--config', configPath, '--state', statePath, '--until-idle']);
@@ -330,32 +351,33 @@ describe('local mode', () => {
 
     const status = await statusOf(configPath, statePath);
     expect(status.queue).toEqual({ waiting: 0, inFlight: 0, deadLetters: 3 });
-    expect(status.deadLetters.map((letter) => letter.body)).toEqual(poison);
-    expect(status.deadLetters.map((letter) => letter.receiveCount)).toEqual([1, 1, 1]);
-    expect(status.deadLetters.map((letter) => letter.lastError)).toEqual([
+    const deadLetters = await deadLettersIn(statePath);
+    expect(deadLetters.map((letter) => letter.body)).toEqual(poison);
+    expect(deadLetters.map((letter) => letter.receiveCount)).toEqual([1, 1, 1]);
+    expect(deadLetters.map((letter) => letter.lastError)).toEqual([
       'malformed work item: not JSON',
       expect.stringMatching(/^malformed work item: (sourceId|studyId|reason)/),
       'malformed work item: studyId: must be an Orthanc ID',
     ]);
+    expect(status.deadLetterGroups?.map((group) => group.count)).toEqual([1, 1, 1]);
     const deadLettered = logLines(`${run.stdout}\n${run.stderr}`).filter(
       (line) => line.message === 'work item dead-lettered',
     );
     expect(deadLettered).toHaveLength(3);
     for (const line of deadLettered) expect(line).toMatchObject({ kind: 'permanent', receiveCount: 1 });
-    expect(status.totals.studies).toBe(2);
+    expect(status.totals.moved.studies).toBe(2);
 
     const redrive = await cli(['redrive', '--config', configPath, '--state', statePath]);
     expect(redrive.code).toBe(0);
     expect(redrive.stdout).toBe('redrove 3 message(s)\n');
     const redriven = await statusOf(configPath, statePath);
     expect(redriven.queue).toEqual({ waiting: 3, inFlight: 0, deadLetters: 0 });
-    expect(redriven.deadLetters).toEqual([]);
+    expect(redriven.deadLetterGroups).toEqual([]);
 
     // Back on the queue with a fresh receive count: dead-lettered again on the first receive.
     const rerun = await cli(['run', '--config', configPath, '--state', statePath, '--until-idle']);
     expect(rerun.code, rerun.stderr).toBe(1);
-    const after = await statusOf(configPath, statePath);
-    expect(after.deadLetters.map((letter) => [letter.body, letter.receiveCount])).toEqual(
+    expect((await deadLettersIn(statePath)).map((letter) => [letter.body, letter.receiveCount])).toEqual(
       poison.map((body) => [body, 1]),
     );
     expectNoPhi([run.stdout, run.stderr, rerun.stdout, rerun.stderr].join('\n'), [set]);

@@ -13,6 +13,7 @@ import { generateStudies } from '../testbed/dicom-generator.ts';
 import type { OrthancServer } from '../testbed/orthanc.ts';
 import {
   captureLog,
+  collect,
   configFor,
   expectAllAtDestination,
   heldUids,
@@ -123,7 +124,7 @@ describe('push mode', () => {
       expect(failed.deadLettered).toBe(1);
       expect(await heldUids(source)).toEqual(uidsOf(set.instances));
       expect(await instanceCount(destination)).toBe(0);
-      const [letter] = await state.queue.deadLetters();
+      const [letter] = await collect(state.queue.deadLetters());
       expect(letter?.receiveCount).toBe(2);
       // Orthanc's own words for the failure (the plugin's "network protocol" error, code 9).
       expect(letter?.lastError).toMatch(
@@ -163,7 +164,7 @@ describe('push mode', () => {
         untilIdle: true,
       });
       expect(run.deadLettered).toBe(1);
-      const [letter] = await state.queue.deadLetters();
+      const [letter] = await collect(state.queue.deadLetters());
       expect(letter?.receiveCount).toBe(1);
       expect(letter?.lastError).toMatch(/declares no DicomWeb server 'nowhere' \(pushServerName\)/);
       expect(await heldUids(source)).toEqual(uidsOf(set.instances));

@@ -14,7 +14,7 @@ import type { Conflict } from '../lambdas/core/ports.ts';
 import { openState } from '../lambdas/local/sqlite-state.ts';
 import type { OrthancServer } from '../testbed/orthanc.ts';
 import { uploadToOrthanc } from '../testbed/upload.ts';
-import { configFor, runUntilIdle, startServers, storedMd5, useTestbed } from './support/harness.ts';
+import { collect, configFor, runUntilIdle, startServers, storedMd5, useTestbed } from './support/harness.ts';
 import { instanceIdsOf } from './support/invariant.ts';
 
 /** The corpus as the package installed it, wherever its Python version put it. */
@@ -126,7 +126,7 @@ describe('the pydicom corpus', () => {
       expect.soft(described, `conflicts in a clean corpus:\n${described.join('\n')}`).toEqual([]);
       const conflicted = new Set(conflicts.map((c) => c.instanceId));
 
-      expect(await state.queue.deadLetters()).toEqual([]);
+      expect(await collect(state.queue.deadLetters())).toEqual([]);
       expect((await state.queue.stats()).deadLetters).toBe(0);
 
       const rejected = new Set((await state.ledger.rejected()).map((r) => r.instanceId));

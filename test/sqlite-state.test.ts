@@ -12,7 +12,16 @@ import {
   SCHEMA_VERSION,
   type StateOptions,
 } from '../lambdas/local/sqlite-state.ts';
-import { CLOCK, conflict, intent, outcome, rejection, stateContract } from './support/port-contract.ts';
+import { collect } from './support/fixtures.ts';
+import {
+  CLOCK,
+  conflict,
+  deletion,
+  intent,
+  outcome,
+  rejection,
+  stateContract,
+} from './support/port-contract.ts';
 
 const STATE_MODULE = fileURLToPath(new URL('../lambdas/local/sqlite-state.ts', import.meta.url));
 
@@ -48,6 +57,8 @@ afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+const none = { studies: 0, instances: 0, bytes: 0 };
+
 const item = (studyId: string, sourceId = 'a', reason: WorkItem['reason'] = 'stable'): WorkItem => ({
   sourceId,
   studyId,
@@ -73,6 +84,10 @@ describe('state file', () => {
   });
 
   describe('migration', () => {
+    /** What version 5 added to a file in the current form. */
+    const WITHOUT_VERSION_5 = `DROP TABLE source_controls; DROP TABLE pruned_source_totals;
+      ALTER TABLE study_outcomes DROP COLUMN deleted_bytes; DROP TABLE deletion_parts;`;
+
     /** An older file as the forwarder wrote it: only the outcomes table differed, in these ways. */
     const writeOldFile = (version: number, results: string) => {
       const raw = new DatabaseSync(file);
@@ -98,7 +113,9 @@ describe('state file', () => {
           indexes: raw
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'study_outcomes'")
             .all(),
-          outcomes: raw.prepare('SELECT study_id, result, conflicts FROM study_outcomes ORDER BY id').all(),
+          outcomes: raw
+            .prepare('SELECT study_id, result, conflicts, deleted_bytes FROM study_outcomes ORDER BY id')
+            .all(),
         };
       } finally {
         raw.close();
@@ -108,10 +125,15 @@ describe('state file', () => {
     /** The same tables as a file made new, with the old outcome kept and new ones recorded in full. */
     const expectMigrated = async () => {
       const state = open();
-      expect(await state.ledger.totals()).toMatchObject({ studies: 1, instances: 5, deleted: 5 });
-      await state.ledger.record(outcome({ result: 'skipped', studyId: 's2', instances: 2, deleted: 2 }));
+      // The old outcome kept no size of what it deleted: what it sent stands for it.
+      const moved = { studies: 1, instances: 5, bytes: 500 };
+      const ofA = async () => (await state.ledger.totals()).sources.a;
+      expect(await ofA()).toMatchObject({ moved, deleted: 5 });
+      await state.ledger.record(
+        outcome({ result: 'skipped', studyId: 's2', instances: 2, deleted: 2, deletedBytes: 20 }),
+      );
       await state.ledger.record(outcome({ result: 'partial', studyId: 's3', instances: 2, conflicts: 2 }));
-      expect(await state.ledger.totals()).toMatchObject({ studies: 1, instances: 5, deleted: 7 });
+      expect(await ofA()).toMatchObject({ moved, deleted: 7 });
       await state.ledger.recordConflicts([conflict({ studyId: 's3' })]);
       expect(await state.ledger.conflicts()).toEqual([conflict({ studyId: 's3' })]);
       await state.ledger.recordIntent(intent({ studyId: 's3' }));
@@ -125,9 +147,9 @@ describe('state file', () => {
         version: { user_version: SCHEMA_VERSION },
         indexes: [{ name: 'study_outcomes_study' }],
         outcomes: [
-          { study_id: 's1', result: 'moved', conflicts: 0 },
-          { study_id: 's2', result: 'skipped', conflicts: 0 },
-          { study_id: 's3', result: 'partial', conflicts: 2 },
+          { study_id: 's1', result: 'moved', conflicts: 0, deleted_bytes: null },
+          { study_id: 's2', result: 'skipped', conflicts: 0, deleted_bytes: 20 },
+          { study_id: 's3', result: 'partial', conflicts: 2, deleted_bytes: 0 },
         ],
       });
       expect(migrated.columns).toEqual(inspect(fresh).columns);
@@ -150,10 +172,37 @@ describe('state file', () => {
       openState(file).close();
       const raw = new DatabaseSync(file);
       raw.exec(`DROP TABLE deletion_intents;
+        ${WITHOUT_VERSION_5}
         INSERT INTO study_outcomes VALUES (1, 'a', 's1', 'moved', 5, 5, 0, 5, 0, 500, 10, 1, 0);
         PRAGMA user_version = 3;`);
       raw.close();
       await expectMigrated();
+    });
+
+    it('from version 4: the outcomes stay, and the source controls of version 5 are kept', async () => {
+      // Version 4 is the current form without what version 5 added.
+      openState(file).close();
+      const raw = new DatabaseSync(file);
+      raw.exec(`${WITHOUT_VERSION_5}
+        INSERT INTO study_outcomes VALUES (1, 'a', 's1', 'moved', 5, 5, 0, 5, 0, 500, 10, 1, 0);
+        INSERT INTO pruned_totals VALUES (1, 2, 9, 900, 8, 1);
+        PRAGMA user_version = 4;`);
+      raw.close();
+      await expectMigrated();
+      const state = open();
+      expect(await state.feed.pause('a', clock)).toBe(true);
+      expect(await state.feed.control('a')).toEqual({ pausedAt: clock });
+      await state.ledger.recordDeletion(deletion({}));
+      expect(
+        (await state.ledger.deletions({ since: CLOCK, until: CLOCK + 1 }, { limit: 10 })).deletions,
+      ).toEqual([{ ...deletion({}), part: 0, status: 'deleted' }]);
+      // What version 4 had pruned cannot be told apart by source, nor copies from moves.
+      const none = { studies: 0, instances: 0, bytes: 0 };
+      expect(await state.ledger.totals()).toMatchObject({
+        moved: { studies: 3, instances: 13, bytes: 1400 },
+        rejected: 1,
+        sources: { '': { moved: { studies: 2, instances: 8, bytes: 900 }, copied: none, deleted: 8 } },
+      });
     });
   });
 
@@ -172,7 +221,7 @@ describe('state file', () => {
     const [doomed, inFlight] = await first.queue.receive(2, 60_000);
     await first.queue.deadLetter(doomed?.handle ?? '', 'refused for good');
     await first.ledger.acquireLease('study#a#s9', 'w1', 60_000, clock);
-    await first.ledger.record(outcome({ sent: 3, bytes: 300, deleted: 3 }));
+    await first.ledger.record(outcome({ sent: 3, bytes: 300, deleted: 3, deletedBytes: 300 }));
     await first.ledger.recordRejected([rejection({})]);
     await first.ledger.recordIntent(intent({}));
     first.close();
@@ -183,20 +232,15 @@ describe('state file', () => {
       { studyId: 'w1', lastUpdate: undefined, lastUpdateSeenAt: clock },
     ]);
     expect(await second.queue.stats()).toEqual({ waiting: 1, inFlight: 1, deadLetters: 1 });
-    expect(await second.queue.deadLetters()).toMatchObject([
+    expect(await collect(second.queue.deadLetters())).toMatchObject([
       { body: JSON.stringify(item('s1')), lastError: 'refused for good', receiveCount: 1 },
     ]);
     // The in-flight message's handle still works after the reopen.
     await second.queue.ack(inFlight?.handle ?? '');
     expect((await second.queue.stats()).inFlight).toBe(0);
     expect(await second.ledger.acquireLease('study#a#s9', 'w2', 60_000, clock + 1)).toBe(false);
-    expect(await second.ledger.totals()).toEqual({
-      studies: 1,
-      instances: 3,
-      bytes: 300,
-      deleted: 3,
-      rejected: 1,
-    });
+    const moved = { moved: { studies: 1, instances: 3, bytes: 300 }, copied: none, deleted: 3 };
+    expect(await second.ledger.totals()).toEqual({ ...moved, rejected: 1, sources: { a: moved } });
     expect(await second.ledger.rejected('a', 's1')).toEqual([rejection({})]);
     expect(await second.ledger.intents('a', 's1')).toEqual([intent({})]);
   });
@@ -326,7 +370,9 @@ describe('work queue', () => {
     expect(third?.receiveCount).toBe(3);
     clock += 60_000;
     expect(await queue.receive(1, 60_000)).toEqual([]);
-    expect(await queue.deadLetters()).toMatchObject([{ lastError: 'server restarting', receiveCount: 3 }]);
+    expect(await collect(queue.deadLetters())).toMatchObject([
+      { lastError: 'server restarting', receiveCount: 3 },
+    ]);
   });
 
   it('dead-letters a message released after maxReceives receives', async () => {
@@ -338,7 +384,7 @@ describe('work queue', () => {
       await queue.release(message?.handle ?? '', `failure ${attempt}`, 0);
     }
     expect(await queue.stats()).toEqual({ waiting: 0, inFlight: 0, deadLetters: 1 });
-    expect(await queue.deadLetters()).toEqual([
+    expect(await collect(queue.deadLetters())).toEqual([
       {
         id: expect.any(String),
         body: JSON.stringify(item('s1')),
@@ -361,7 +407,7 @@ describe('work queue', () => {
     // s1 is dead-lettered and the receive goes on to s2.
     const [next] = await queue.receive(1, 1_000);
     expect(next?.body).toBe(JSON.stringify(item('s2')));
-    expect(await queue.deadLetters()).toMatchObject([
+    expect(await collect(queue.deadLetters())).toMatchObject([
       { body: JSON.stringify(item('s1')), receiveCount: 3, lastError: 'not acked after 3 receives' },
     ]);
   });
@@ -373,11 +419,11 @@ describe('work queue', () => {
     await queue.deadLetter(m2?.handle ?? '', 'second');
     clock += 1;
     await queue.deadLetter(m1?.handle ?? '', 'first');
-    expect((await queue.deadLetters()).map((d) => d.lastError)).toEqual(['second', 'first']);
+    expect((await collect(queue.deadLetters())).map((d) => d.lastError)).toEqual(['second', 'first']);
     expect(await queue.stats()).toEqual({ waiting: 1, inFlight: 0, deadLetters: 2 });
 
     expect(await queue.redrive()).toBe(2);
-    expect(await queue.deadLetters()).toEqual([]);
+    expect(await collect(queue.deadLetters())).toEqual([]);
     expect(await queue.redrive()).toBe(0);
     const received = await queue.receive(10, 60_000);
     // Redriven messages go behind s3, in the order they were first queued.
@@ -399,6 +445,56 @@ describe('work queue', () => {
       JSON.stringify(item('s1', 'a', 'quiet')),
       'poison',
     ]);
+  });
+
+  it('redrives only the dead letters of a source or an error, as recorded or as grouped, and leaves the others', async () => {
+    const { queue } = open();
+    await queue.enqueue([item('s1'), item('s2'), item('s3', 'b'), item('s4')]);
+    await queue.enqueueRaw('poison');
+    const errors = [
+      'destination at http://127.0.0.1:8043 answered 503: busy',
+      'reading the source at http://127.0.0.1:8042: ECONNREFUSED',
+      'destination at http://127.0.0.1:8043 answered 503: busy',
+      '3 of 12 instances not verified at the destination yet',
+      'malformed work item: not JSON',
+    ];
+    const received = await queue.receive(5, 60_000);
+    for (const [index, message] of received.entries())
+      await queue.deadLetter(message.handle, errors[index] ?? '');
+    const left = async () => (await collect(queue.deadLetters())).map((d) => d.body);
+
+    expect(await queue.redrive({ sourceId: 'b' })).toBe(1);
+    expect(await queue.redrive({ error: 'ANSWERED 503' })).toBe(1);
+    expect(await queue.redrive({ sourceId: 'a', error: 'econnrefused' })).toBe(1);
+    // As `dlq list --group-by error` shows it: the numbers of another study's failure differ.
+    expect(await queue.redrive({ error: 'N of N instances not verified' })).toBe(1);
+    expect(await queue.redrive({ error: 'nothing like it' })).toBe(0);
+    // A body that is not a work item has no source: only an error filter selects it.
+    expect(await queue.redrive({ sourceId: 'a' })).toBe(0);
+    expect(await left()).toEqual(['poison']);
+    expect((await queue.receive(10, 60_000)).map((m) => JSON.parse(m.body).studyId)).toEqual([
+      's3',
+      's1',
+      's2',
+      's4',
+    ]);
+  });
+
+  it('lists and redrives more dead letters than a page holds, in the order they were dead-lettered', async () => {
+    const { queue } = open();
+    const studies = Array.from({ length: 1_050 }, (_, n) => `s${String(n).padStart(4, '0')}`);
+    await queue.enqueue(studies.map((studyId, n) => item(studyId, n % 2 === 0 ? 'a' : 'b')));
+    // Dead-lettered in the reverse order of their ids, one millisecond apart.
+    for (const message of (await queue.receive(studies.length, 60_000)).reverse()) {
+      clock += 1;
+      await queue.deadLetter(message.handle, 'x');
+    }
+    const listed = (await collect(queue.deadLetters())).map((d) => JSON.parse(d.body).studyId);
+    expect(listed).toEqual([...studies].reverse());
+    expect(await queue.redrive({ sourceId: 'b' })).toBe(525);
+    expect((await queue.stats()).deadLetters).toBe(525);
+    expect(await queue.redrive()).toBe(525);
+    expect(await queue.stats()).toEqual({ waiting: 1_050, inFlight: 0, deadLetters: 0 });
   });
 
   it('de-duplicates a study that is waiting, but not one that is in flight', async () => {
@@ -499,13 +595,14 @@ describe('ledger retention', () => {
     const state = open();
     for (const finishedAt of [10, 20, 30]) {
       await state.ledger.record(
-        outcome({ studyId: `s${finishedAt}`, finishedAt, sent: 1, bytes: 10, deleted: 1 }),
+        outcome({ studyId: `s${finishedAt}`, finishedAt, sent: 1, bytes: 10, deleted: 1, deletedBytes: 10 }),
       );
     }
     // Recorded after a newer one (a slower worker): kept until everything before it is old too.
     await state.ledger.record(outcome({ studyId: 'late', finishedAt: 15, result: 'partial', sent: 1 }));
     const totals = await state.ledger.totals();
-    expect(totals).toEqual({ studies: 3, instances: 4, bytes: 30, deleted: 3, rejected: 0 });
+    const a = { moved: { studies: 3, instances: 3, bytes: 30 }, copied: none, deleted: 3 };
+    expect(totals).toEqual({ ...a, rejected: 0, sources: { a } });
 
     expect(state.ledger.pruneOutcomes(25)).toBe(2);
     expect(state.ledger.pruneOutcomes(25)).toBe(0);
@@ -519,8 +616,24 @@ describe('ledger retention', () => {
 
     expect(state.ledger.pruneOutcomes(Number.MAX_SAFE_INTEGER)).toBe(2);
     expect(await state.ledger.totals()).toEqual(totals);
-    await state.ledger.record(outcome({ studyId: 'next', finishedAt: 40, sent: 2 }));
-    expect(await state.ledger.totals()).toEqual({ ...totals, studies: 4, instances: 6 });
+    await state.ledger.record(
+      outcome({ studyId: 'next', finishedAt: 40, sent: 2, deleted: 2, deletedBytes: 20 }),
+    );
+    await state.ledger.record(
+      outcome({ sourceId: 'b', finishedAt: 50, result: 'copied', sent: 1, bytes: 5 }),
+    );
+    const after = { moved: { studies: 4, instances: 5, bytes: 50 }, copied: none, deleted: 5 };
+    const b = { moved: none, copied: { studies: 1, instances: 1, bytes: 5 }, deleted: 0 };
+    expect(await state.ledger.totals()).toEqual({
+      moved: after.moved,
+      copied: b.copied,
+      deleted: 5,
+      rejected: 0,
+      sources: { a: after, b },
+    });
+    // Pruned per source too.
+    expect(state.ledger.pruneOutcomes(Number.MAX_SAFE_INTEGER)).toBe(2);
+    expect((await state.ledger.totals()).sources).toEqual({ a: after, b });
   });
 });
 

@@ -3,7 +3,8 @@
  * in partition `source#<sourceId>`: the cursor (sk `cursor`, `seq`), the progress (sk
  * `progress`: `version`, `watchAfter`, `sweepBelow` during a sweep, `sweepStartedAt`,
  * `settings`) and one item per watched study (sk `watch#<studyId>`, `lastUpdate` when known,
- * `lastUpdateSeenAt` in epoch ms). A study queued whole is remembered in a partition of its own,
+ * `lastUpdateSeenAt` in epoch ms), and what an operator asked of it (sk `control`: `pausedAt`,
+ * `sweepRequestedAt`, each while it holds). A study queued whole is remembered in a partition of its own,
  * so that a sweep's reads spread over the table: pk `queued#<sourceId>#<studyId>`, sk `queued`,
  * `lastUpdate`, `settings`, `queuedAt`, and `ttl` when the memory ends.
  */
@@ -14,6 +15,7 @@ import {
   type FeedStateStore,
   QUEUED_MEMORY_MS,
   type QueuedStudy,
+  type SourceControl,
   type StoredProgress,
   type WatchedStudy,
 } from '../core/ports.ts';
@@ -33,6 +35,7 @@ const CURSOR = 'cursor';
 const PROGRESS = 'progress';
 const WATCH = 'watch#';
 const QUEUED = 'queued';
+const CONTROL = 'control';
 
 const sourcePk = (sourceId: string) => `source#${sourceId}`;
 const watchKey = (sourceId: string, studyId: string) => key(sourcePk(sourceId), WATCH + studyId);
@@ -176,6 +179,45 @@ export class DynamoFeedStore implements FeedStateStore {
 
   async forgetQueued(sourceId: string, studyIds: readonly string[]): Promise<void> {
     await this.#table.deleteAll([...new Set(studyIds)].map((studyId) => queuedKey(sourceId, studyId)));
+  }
+
+  async control(sourceId: string): Promise<SourceControl> {
+    const item = await this.#table.get(key(sourcePk(sourceId), CONTROL));
+    const pausedAt = item === undefined ? undefined : readNum(item, 'pausedAt');
+    const sweepRequestedAt = item === undefined ? undefined : readNum(item, 'sweepRequestedAt');
+    return {
+      ...(pausedAt === undefined ? {} : { pausedAt }),
+      ...(sweepRequestedAt === undefined ? {} : { sweepRequestedAt }),
+    };
+  }
+
+  /** Each sets its attribute only where it is not set yet: the first pause, the pending request, stand. */
+  async pause(sourceId: string, at: number): Promise<boolean> {
+    return this.#setOnce(sourceId, 'pausedAt', at);
+  }
+
+  async resume(sourceId: string): Promise<boolean> {
+    return this.#table.updateIf(key(sourcePk(sourceId), CONTROL), 'REMOVE pausedAt', {
+      expression: 'attribute_exists(pausedAt)',
+    });
+  }
+
+  async requestSweep(sourceId: string, at: number): Promise<boolean> {
+    return this.#setOnce(sourceId, 'sweepRequestedAt', at);
+  }
+
+  async clearSweepRequest(sourceId: string, at: number): Promise<void> {
+    await this.#table.updateIf(key(sourcePk(sourceId), CONTROL), 'REMOVE sweepRequestedAt', {
+      expression: 'sweepRequestedAt = :at',
+      values: { ':at': num(at) },
+    });
+  }
+
+  #setOnce(sourceId: string, attribute: 'pausedAt' | 'sweepRequestedAt', at: number): Promise<boolean> {
+    return this.#table.updateIf(key(sourcePk(sourceId), CONTROL), `SET ${attribute} = :at`, {
+      expression: `attribute_not_exists(${attribute})`,
+      values: { ':at': num(at) },
+    });
   }
 
   /** A batch read refuses the same key twice in one call, hence the de-duplication. */

@@ -3,8 +3,10 @@
  * - lease: pk `lease#<key>`, sk `lease`: owner, expiresAt (epoch ms), ttl;
  * - outcome: pk `outcome#<sourceId>#<studyId>`, sk `<finishedAt, 16 digits>#<uuid>`: the
  *   outcome's fields, ttl `retention.outcomeDays` (90 by default) after finishedAt;
- * - totals: pk `totals`, sk `totals`: studies, instances, bytes, deleted, rejected, kept by ADD
- *   in the same transaction as the write they count, since there is no table to count over;
+ * - totals, kept by ADD in the same transaction as the write they count, since there is no table
+ *   to count over: pk `totals`, sk `source#<sourceId>`: movedStudies, movedInstances, movedBytes,
+ *   copiedStudies, copiedInstances, copiedBytes, deleted (core/totals.ts); sk `totals`: rejected,
+ *   and from stacks before the totals were kept per source studies, instances, bytes, deleted;
  * - rejected instance: pk `rejected`, sk `<sourceId>#<studyId>#<instanceId>`: its fields. No
  *   TTL: a refusal forgotten while its instance is at the source would have it sent again, so
  *   one is forgotten (forgetRejected) only once its instance is gone;
@@ -16,7 +18,8 @@
  * - deletion intent: pk `intent#<sourceId>#<studyId>`, sk `study` or `series#<seriesId>`: the
  *   last one recorded, its fields, verifiedBy as a list of maps {destinationId, verify},
  *   completedAt once completed. No TTL: an open one tells the next move what a crashed worker
- *   deleted, and a completed one where the study was routed.
+ *   deleted, and a completed one where the study was routed;
+ * - the audit trail of deletions: dynamo-deletions.ts.
  */
 
 import { randomUUID } from 'node:crypto';
@@ -29,12 +32,19 @@ import {
   type ConflictKey,
   type ConflictResolution,
   type DeletionIntent,
+  type DeletionKey,
+  type DeletionPage,
+  type DeletionQuery,
+  type DeletionRecord,
   type Ledger,
   type RejectedInstance,
   type SettledStudy,
+  type SourceTotals,
   type StudyOutcome,
   type Totals,
 } from '../core/ports.ts';
+import { NO_TOTALS, outcomeTotals, sumTotals } from '../core/totals.ts';
+import { DynamoDeletions } from './dynamo-deletions.ts';
 import {
   type DynamoStateOptions,
   epochSeconds,
@@ -52,20 +62,49 @@ const DAY_S = 24 * 60 * 60;
 const LEASE_TTL_GRACE_S = DAY_S;
 /** `retention.outcomeDays`' default. */
 const OUTCOME_DAYS = 90;
-const TOTALS_KEY = key('totals', 'totals');
+/** `retention.auditDays`' default. */
+const AUDIT_DAYS = 2190;
+const TOTALS_PK = 'totals';
+const TOTALS_KEY = key(TOTALS_PK, 'totals');
+const SOURCE_TOTALS = 'source#';
 const REJECTED_PK = 'rejected';
 const CONFLICT_PK = 'conflict';
 const SETTLED = 'settled';
 const INTENT = 'intent';
 /** New refusals per transaction, with the totals update as the 100th action at most. */
 const REJECTED_PER_TRANSACTION = 50;
-/** Aliases for totals' attribute names, some of which are DynamoDB reserved words. */
-const TOTALS_NAMES = {
-  '#studies': 'studies',
-  '#instances': 'instances',
-  '#bytes': 'bytes',
-  '#deleted': 'deleted',
-  '#rejected': 'rejected',
+
+/** A source's totals as the attributes of its totals item. */
+const sourceCounts = (totals: SourceTotals): Record<string, number> => ({
+  movedStudies: totals.moved.studies,
+  movedInstances: totals.moved.instances,
+  movedBytes: totals.moved.bytes,
+  copiedStudies: totals.copied.studies,
+  copiedInstances: totals.copied.instances,
+  copiedBytes: totals.copied.bytes,
+  deleted: totals.deleted,
+});
+
+const toSourceTotals = (item: Item): SourceTotals => {
+  const count = (name: string) => readNum(item, name) ?? 0;
+  return {
+    moved: { studies: count('movedStudies'), instances: count('movedInstances'), bytes: count('movedBytes') },
+    copied: {
+      studies: count('copiedStudies'),
+      instances: count('copiedInstances'),
+      bytes: count('copiedBytes'),
+    },
+    deleted: count('deleted'),
+  };
+};
+
+/** What the totals item of a stack before the per-source totals counted: Totals.sources[''] says how. */
+const legacyTotals = (item: Item): SourceTotals | undefined => {
+  const [studies, instances, bytes, deleted] = ['studies', 'instances', 'bytes', 'deleted'].map(
+    (name) => readNum(item, name) ?? 0,
+  ) as [number, number, number, number];
+  if (studies + instances + bytes + deleted === 0) return undefined;
+  return { ...NO_TOTALS, moved: { studies, instances: deleted, bytes }, deleted };
 };
 
 const leaseKey = (leaseName: string) => key(`lease#${leaseName}`, 'lease');
@@ -88,6 +127,7 @@ const outcomeItem = (outcome: StudyOutcome, retentionDays: number): Item => ({
   rejected: num(outcome.rejected),
   conflicts: num(outcome.conflicts),
   bytes: num(outcome.bytes),
+  deletedBytes: num(outcome.deletedBytes),
   durationMs: num(outcome.durationMs),
   finishedAt: num(outcome.finishedAt),
   ttl: num(epochSeconds(outcome.finishedAt) + retentionDays * DAY_S),
@@ -243,14 +283,20 @@ const chunks = <T>(items: readonly T[], size: number): T[][] =>
 export class DynamoLedger implements Ledger {
   readonly #table: StateTable;
   readonly #outcomeDays: number;
+  readonly #deletions: DynamoDeletions;
 
   constructor(
     client: DynamoDBClient,
     tableName: string,
-    options: DynamoStateOptions & { readonly outcomeDays?: number } = {},
+    options: DynamoStateOptions & { readonly outcomeDays?: number; readonly auditDays?: number } = {},
   ) {
     this.#table = new StateTable(client, tableName, options);
     this.#outcomeDays = options.outcomeDays ?? OUTCOME_DAYS;
+    this.#deletions = new DynamoDeletions(
+      this.#table,
+      options.auditDays ?? AUDIT_DAYS,
+      (sourceId, studyId, seriesId) => seriesKey(INTENT, sourceId, studyId, seriesId),
+    );
   }
 
   /**
@@ -282,17 +328,14 @@ export class DynamoLedger implements Ledger {
     });
   }
 
-  /** The outcome and what it adds to the totals, in one transaction: SqliteLedger's totals() rules. */
+  /** The outcome and what it adds to its source's totals, in one transaction. */
   async record(outcome: StudyOutcome): Promise<void> {
-    const wholeMove = outcome.result === 'moved' || outcome.result === 'copied';
     await this.#table.transact([
       { Put: { TableName: this.#table.name, Item: outcomeItem(outcome, this.#outcomeDays) } },
-      this.#addToTotals('ADD #studies :studies, #instances :sent, #bytes :bytes, #deleted :deleted', {
-        ':studies': num(wholeMove ? 1 : 0),
-        ':sent': num(outcome.sent),
-        ':bytes': num(outcome.bytes),
-        ':deleted': num(outcome.deleted),
-      }),
+      this.#addTo(
+        key(TOTALS_PK, `${SOURCE_TOTALS}${outcome.sourceId}`),
+        sourceCounts(outcomeTotals(outcome)),
+      ),
     ]);
   }
 
@@ -329,7 +372,7 @@ export class DynamoLedger implements Ledger {
           ConditionExpression: 'attribute_not_exists(sk)',
         },
       }));
-      const totals = this.#addToTotals('ADD #rejected :count', { ':count': num(pending.length) });
+      const totals = this.#addTo(TOTALS_KEY, { rejected: pending.length });
       const failed = new Set(await this.#table.transact([...inserts, totals]));
       if (failed.size === 0) break;
       repeated.push(...pending.filter((_, index) => failed.has(index)));
@@ -338,17 +381,18 @@ export class DynamoLedger implements Ledger {
     return repeated;
   }
 
-  #addToTotals(update: string, values: Item): TransactWriteItem {
-    const names = Object.fromEntries(
-      Object.entries(TOTALS_NAMES).filter(([alias]) => update.includes(alias)),
-    );
+  /** Adds the counts to a totals item's attributes; every name aliased, some are reserved words. */
+  #addTo(itemKey: Item, counts: Record<string, number>): TransactWriteItem {
+    const names = Object.keys(counts);
     return {
       Update: {
         TableName: this.#table.name,
-        Key: TOTALS_KEY,
-        UpdateExpression: update,
-        ExpressionAttributeNames: names,
-        ExpressionAttributeValues: values,
+        Key: itemKey,
+        UpdateExpression: `ADD ${names.map((name) => `#${name} :${name}`).join(', ')}`,
+        ExpressionAttributeNames: Object.fromEntries(names.map((name) => [`#${name}`, name])),
+        ExpressionAttributeValues: Object.fromEntries(
+          names.map((name) => [`:${name}`, num(counts[name] ?? 0)]),
+        ),
       },
     };
   }
@@ -475,14 +519,34 @@ export class DynamoLedger implements Ledger {
     return item === undefined ? undefined : toSettled(item);
   }
 
+  /** One query: the sources' totals items and the one of the whole table. */
   async totals(): Promise<Totals> {
-    const item = (await this.#table.get(TOTALS_KEY)) ?? {};
-    return {
-      studies: readNum(item, 'studies') ?? 0,
-      instances: readNum(item, 'instances') ?? 0,
-      bytes: readNum(item, 'bytes') ?? 0,
-      deleted: readNum(item, 'deleted') ?? 0,
-      rejected: readNum(item, 'rejected') ?? 0,
-    };
+    const items = await this.#table.query(TOTALS_PK);
+    const sources: Record<string, SourceTotals> = {};
+    let rejected = 0;
+    for (const item of items) {
+      const sk = readStr(item, 'sk') ?? '';
+      if (sk.startsWith(SOURCE_TOTALS)) sources[sk.slice(SOURCE_TOTALS.length)] = toSourceTotals(item);
+      if (sk !== 'totals') continue;
+      rejected = readNum(item, 'rejected') ?? 0;
+      const legacy = legacyTotals(item);
+      if (legacy !== undefined) sources[''] = legacy;
+    }
+    return sumTotals(sources, rejected);
+  }
+
+  async recordDeletion(deletion: DeletionRecord): Promise<void> {
+    await this.#deletions.record(deletion);
+  }
+
+  async confirmDeletion(key: DeletionKey, stillAtSource: ReadonlySet<string>): Promise<void> {
+    await this.#deletions.confirm(key, stillAtSource);
+  }
+
+  async deletions(
+    query: DeletionQuery,
+    page: { readonly after?: string | undefined; readonly limit: number },
+  ): Promise<DeletionPage> {
+    return this.#deletions.page(query, page);
   }
 }

@@ -17,6 +17,7 @@ import {
   GetItemCommand,
   PutItemCommand,
   QueryCommand,
+  type QueryCommandInput,
   type TransactWriteItem,
   TransactWriteItemsCommand,
   UpdateItemCommand,
@@ -168,20 +169,53 @@ export class StateTable {
    * `prefix + after` (all of them when `after` is ''), in sort key order.
    */
   async queryAfter(pk: string, prefix: string, after: string, limit: number): Promise<Item[]> {
-    const items: Item[] = [];
     // Any key may start a Query, whether or not its item exists.
-    let start: Item | undefined = after === '' ? undefined : key(pk, prefix + after);
+    return this.#queryUpTo(
+      this.#startingWith(pk, prefix),
+      after === '' ? undefined : key(pk, prefix + after),
+      limit,
+    );
+  }
+
+  /**
+   * At most `limit` items of the partition whose sort keys lie between `low` and `high` (both
+   * included) and, given `after`, sort after it; in sort key order.
+   */
+  async queryBetween(
+    pk: string,
+    low: string,
+    high: string,
+    after: string | undefined,
+    limit: number,
+  ): Promise<Item[]> {
+    const query = {
+      TableName: this.name,
+      KeyConditionExpression: 'pk = :pk AND sk BETWEEN :low AND :high',
+      ExpressionAttributeValues: { ':pk': str(pk), ':low': str(low), ':high': str(high) },
+      ConsistentRead: true,
+    };
+    return this.#queryUpTo(query, after === undefined ? undefined : key(pk, after), limit);
+  }
+
+  /** At most `limit` items of a Query, from after the key `start` (from the first without). */
+  async #queryUpTo(
+    query: Omit<QueryCommandInput, 'Limit' | 'ExclusiveStartKey'>,
+    start: Item | undefined,
+    limit: number,
+  ): Promise<Item[]> {
+    const items: Item[] = [];
+    let next = start;
     do {
       const page = await this.client.send(
         new QueryCommand({
-          ...this.#startingWith(pk, prefix),
+          ...query,
           Limit: Math.min(limit - items.length, this.#pageSize ?? limit),
-          ExclusiveStartKey: start,
+          ExclusiveStartKey: next,
         }),
       );
       items.push(...(page.Items ?? []));
-      start = page.LastEvaluatedKey;
-    } while (start !== undefined && items.length < limit);
+      next = page.LastEvaluatedKey;
+    } while (next !== undefined && items.length < limit);
     return items;
   }
 

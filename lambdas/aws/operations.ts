@@ -1,14 +1,16 @@
 /**
  * What an operator does to the AWS pipeline from the CLI (docs/operations.md): `status` (the
- * queues, and each source's cursor and the ledger from the state table; bin/format.ts prints it),
+ * queues, and each source's cursor and the ledger from the state table, core/status.ts's report),
  * `dlq list` (the dead letters with their last error) and `redrive` (an SQS message move task
- * from the DLQ back to the work queue, followed to its end). Everything it reports is PHI-free:
- * work items carry Orthanc IDs only, and a body that is not a work item is never shown.
+ * from the DLQ back to the work queue, followed to its end; or, for some dead letters only, the
+ * DLQ read through). Everything it reports is PHI-free: work items carry Orthanc IDs only, and a
+ * body that is not a work item is never shown.
  */
 import type { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { GetSecretValueCommand, type SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import {
   ChangeMessageVisibilityBatchCommand,
+  DeleteMessageBatchCommand,
   GetQueueAttributesCommand,
   ListMessageMoveTasksCommand,
   type ListMessageMoveTasksResultEntry,
@@ -19,13 +21,20 @@ import {
 } from '@aws-sdk/client-sqs';
 import { z } from 'zod';
 import type { ForwarderConfig, SourceConfig } from '../core/config.ts';
-import { type DeadLetterEntry, deadLetterEntry } from '../core/dead-letters.ts';
-import { describe } from '../core/errors.ts';
+import { type DeadLetterEntry, deadLetterEntry, matchesDeadLetter } from '../core/dead-letters.ts';
 import { createEndpoint } from '../core/http.ts';
 import { OrthancClient } from '../core/orthanc-client.ts';
-import type { Conflict, RejectedInstance, Totals } from '../core/ports.ts';
+import type { DeadLetterFilter } from '../core/ports.ts';
+import {
+  askSource,
+  assembleStatus,
+  type SourceAnswer,
+  type SourceProbe,
+  type StatusReport,
+} from '../core/status.ts';
 import { DynamoFeedStore } from './dynamo-feed-store.ts';
 import { DynamoLedger } from './dynamo-ledger.ts';
+import { SqsWorkSink } from './sqs-work-sink.ts';
 
 /** The deployed resources the CLI works on: the stack's outputs QueueUrl, DeadLetterQueueUrl, StateTableName. */
 export interface AwsResources {
@@ -44,31 +53,12 @@ export interface AwsQueueStats {
   readonly deadLetters: number;
 }
 
-/** Where the poller stands on a source, as local mode's `status` reports it (bin/format.ts prints both). */
-export interface AwsSourceReport {
-  readonly id: string;
-  readonly cursor: number | undefined;
-  /** The source's newest change, when it was asked and answered. */
-  readonly last: number | undefined;
-  readonly lag: number | undefined;
-  readonly waitingToBecomeStable: number;
-  /** Why `last` and `lag` are unknown. */
-  readonly unknown?: string;
-}
+/** Asks a source what it holds and its newest change; absent: the sources are not asked. */
+export type AskSource = (source: SourceConfig) => Promise<SourceAnswer>;
 
-export interface AwsStatusReport {
-  readonly sources: readonly AwsSourceReport[];
-  readonly queue: AwsQueueStats;
-  readonly rejected: readonly RejectedInstance[];
-  /** The open ones. */
-  readonly conflicts: readonly Conflict[];
-  readonly totals: Totals;
-}
-
-/** Reads a source's newest change (`GET /changes?last`); absent: the sources are not asked. */
-export type LastChange = (source: SourceConfig) => Promise<number>;
-
-const NOT_ASKED = 'not asked: --reach-sources from a machine that reaches it, or the CursorLag metric';
+const NOT_ASKED: SourceAnswer = {
+  unknown: 'not asked: --reach-sources from a machine that reaches it, or the CursorLag metric',
+};
 
 const attributeCount = (attributes: Record<string, string> | undefined, name: string): number =>
   Number(attributes?.[name] ?? 0);
@@ -96,68 +86,71 @@ export const queueStats = async (sqs: SQSClient, resources: AwsResources): Promi
   };
 };
 
-const sourceReport = async (
+const probe = async (
   feed: DynamoFeedStore,
   source: SourceConfig,
-  lastChange: LastChange | undefined,
-): Promise<AwsSourceReport> => {
-  const [cursor, watched] = await Promise.all([feed.getCursor(source.id), feed.watched(source.id)]);
-  const base = { id: source.id, cursor, waitingToBecomeStable: watched.length };
-  if (lastChange === undefined) return { ...base, last: undefined, lag: undefined, unknown: NOT_ASKED };
-  try {
-    const last = await lastChange(source);
-    return { ...base, last, lag: Math.max(0, last - (cursor ?? 0)) };
-  } catch (error) {
-    return { ...base, last: undefined, lag: undefined, unknown: `unreachable: ${describe(error)}` };
-  }
+  ask: AskSource | undefined,
+): Promise<SourceProbe> => {
+  const [control, cursor, waitingToBecomeStable, answer] = await Promise.all([
+    feed.control(source.id),
+    feed.getCursor(source.id),
+    feed.watchedCount(source.id),
+    ask === undefined ? NOT_ASKED : ask(source),
+  ]);
+  return { control, cursor, waitingToBecomeStable, answer };
 };
 
+/**
+ * The report of core/status.ts from the queues and the state table. The dead letters are counted,
+ * not read: reading one hides it from a redrive running meanwhile (`dlq list --group-by error`).
+ */
 export const gatherAwsStatus = async (
   config: ForwarderConfig,
   clients: { readonly sqs: SQSClient; readonly dynamodb: DynamoDBClient },
   resources: AwsResources,
-  options: { readonly lastChange?: LastChange } = {},
-): Promise<AwsStatusReport> => {
+  options: { readonly ask?: AskSource } = {},
+): Promise<StatusReport> => {
   const feed = new DynamoFeedStore(clients.dynamodb, resources.tableName);
   const ledger = new DynamoLedger(clients.dynamodb, resources.tableName);
-  const [sources, queue, rejected, conflicts, totals] = await Promise.all([
-    Promise.all(config.sources.map((source) => sourceReport(feed, source, options.lastChange))),
+  const [probes, queue, rejected, conflicts, totals] = await Promise.all([
+    Promise.all(config.sources.map((source) => probe(feed, source, options.ask))),
     queueStats(clients.sqs, resources),
     ledger.rejected(),
     ledger.conflicts({ openOnly: true }),
     ledger.totals(),
   ]);
-  return { sources, queue, rejected, conflicts, totals };
+  return assembleStatus(config, { probes, queue, rejected, conflicts, totals });
 };
 
 const secretSchema = z.object({ username: z.string().min(1).optional(), password: z.string() });
 
 /**
- * Asks a source for its newest change the way the Lambdas do, its credentials read from Secrets
- * Manager (`secretId`) with the operator's own AWS credentials, with short timeouts: from a
- * laptop the sources are usually out of reach, and that is an answer too.
+ * Asks a source what it holds and its newest change the way the Lambdas reach it, its
+ * credentials read from Secrets Manager (`secretId`) with the operator's own AWS credentials, with
+ * short timeouts: from a laptop the sources are usually out of reach, and that is an answer too.
  */
 export const reachSources = (
   config: ForwarderConfig,
   secrets: SecretsManagerClient,
   timeoutMs = 5_000,
-): LastChange => {
+): AskSource => {
   const timeouts = { ...config.timeouts, connectMs: timeoutMs, headersMs: timeoutMs, bodyMs: timeoutMs };
-  return async (source) => {
-    let server = source;
-    if (source.secretId !== undefined) {
-      const answer = await secrets.send(new GetSecretValueCommand({ SecretId: source.secretId }));
-      const parsed = secretSchema.safeParse(JSON.parse(answer.SecretString ?? 'null'));
-      if (!parsed.success) throw new Error('its secret is not JSON {"username": …, "password": …}');
-      server = {
-        ...source,
-        secretId: undefined,
-        username: parsed.data.username ?? source.username,
-        password: parsed.data.password,
-      };
-    }
-    return new OrthancClient(createEndpoint(server, timeouts)).lastChange();
-  };
+  return (source) =>
+    askSource(async () => {
+      let server = source;
+      if (source.secretId !== undefined) {
+        const answer = await secrets.send(new GetSecretValueCommand({ SecretId: source.secretId }));
+        const parsed = secretSchema.safeParse(JSON.parse(answer.SecretString ?? 'null'));
+        if (!parsed.success) throw new Error('its secret is not JSON {"username": …, "password": …}');
+        server = {
+          ...source,
+          secretId: undefined,
+          username: parsed.data.username ?? source.username,
+          password: parsed.data.password,
+        };
+      }
+      return new OrthancClient(createEndpoint(server, timeouts));
+    });
 };
 
 // --- dlq list ----------------------------------------------------------------------------------
@@ -189,18 +182,7 @@ export const listDeadLetters = async (
   const received: Message[] = [];
   try {
     while (received.length < max) {
-      const answer = await sqs.send(
-        new ReceiveMessageCommand({
-          QueueUrl: deadLetterQueueUrl,
-          MaxNumberOfMessages: Math.min(10, max - received.length),
-          VisibilityTimeout: options.holdSeconds ?? 60,
-          // Long polling asks every SQS server, so an empty answer means the queue is drained.
-          WaitTimeSeconds: options.waitSeconds ?? 1,
-          MessageAttributeNames: ['lastError', 'receiveCount'],
-          MessageSystemAttributeNames: ['SentTimestamp'],
-        }),
-      );
-      const messages = answer.Messages ?? [];
+      const messages = await receiveDeadLetters(sqs, deadLetterQueueUrl, max - received.length, options);
       if (messages.length === 0) break;
       received.push(...messages);
     }
@@ -209,6 +191,27 @@ export const listDeadLetters = async (
   }
   return received.map(toEntry).sort((a, b) => (a.sentAt ?? 0) - (b.sentAt ?? 0));
 };
+
+/** Up to `max` (10 at most) dead letters with what describes them, each hidden for `holdSeconds`. */
+const receiveDeadLetters = async (
+  sqs: SQSClient,
+  deadLetterQueueUrl: string,
+  max: number,
+  options: { readonly holdSeconds?: number; readonly waitSeconds?: number },
+): Promise<Message[]> =>
+  (
+    await sqs.send(
+      new ReceiveMessageCommand({
+        QueueUrl: deadLetterQueueUrl,
+        MaxNumberOfMessages: Math.min(10, max),
+        VisibilityTimeout: options.holdSeconds ?? 60,
+        // Long polling asks every SQS server, so an empty answer means the queue is drained.
+        WaitTimeSeconds: options.waitSeconds ?? 1,
+        MessageAttributeNames: ['lastError', 'receiveCount'],
+        MessageSystemAttributeNames: ['SentTimestamp'],
+      }),
+    )
+  ).Messages ?? [];
 
 const releaseAll = async (sqs: SQSClient, queueUrl: string, messages: readonly Message[]) => {
   for (let index = 0; index < messages.length; index += 10) {
@@ -306,6 +309,68 @@ export const redrive = async (
     if (options.wait === false || FINISHED.has(progress.status) || Date.now() >= deadline) return progress;
     await new Promise((resolve) => setTimeout(resolve, options.pollMs ?? 2_000));
   }
+};
+
+/** What a selective redrive did: dead letters sent back to the work queue, and those it left. */
+export interface SelectiveRedrive {
+  readonly redriven: number;
+  readonly left: number;
+}
+
+/**
+ * Puts back on the work queue only the dead letters the filter matches. A move task cannot
+ * choose, so the DLQ is read through: each batch received (hidden for `holdSeconds`), the
+ * matching ones sent to the work queue and only then deleted from the DLQ, the others kept hidden
+ * until every dead letter was looked at, then made visible again. Interrupted, it loses nothing:
+ * a dead letter is deleted only once sent, and one sent but not deleted yet is a duplicate, which
+ * the forwarder's idempotent move makes harmless; what it held comes back after `holdSeconds`.
+ * The redriven ones are new messages, with a fresh receive count.
+ */
+export const redriveMatching = async (
+  sqs: SQSClient,
+  resources: Pick<AwsResources, 'queueUrl' | 'deadLetterQueueUrl'>,
+  filter: DeadLetterFilter,
+  options: { readonly holdSeconds?: number; readonly waitSeconds?: number } = {},
+): Promise<SelectiveRedrive> => {
+  const { queueUrl, deadLetterQueueUrl } = resources;
+  const sink = new SqsWorkSink(sqs, queueUrl);
+  // By message ID: one received again (its hold ran out) is held under its new receipt handle.
+  const kept = new Map<string, Message>();
+  let redriven = 0;
+  try {
+    for (;;) {
+      const messages = await receiveDeadLetters(sqs, deadLetterQueueUrl, 10, {
+        ...options,
+        holdSeconds: options.holdSeconds ?? 300,
+      });
+      // Nothing visible, or only what was looked at already: every dead letter was.
+      if (messages.every((message) => kept.has(message.MessageId ?? ''))) {
+        for (const message of messages) kept.set(message.MessageId ?? '', message);
+        break;
+      }
+      const matching = messages.filter((message) => {
+        const entry = toEntry(message);
+        return matchesDeadLetter(filter, { sourceId: entry.item?.sourceId, lastError: entry.lastError });
+      });
+      for (const message of messages)
+        if (!matching.includes(message)) kept.set(message.MessageId ?? '', message);
+      if (matching.length === 0) continue;
+      await sink.enqueueBodies(matching.map((message) => message.Body ?? ''));
+      await sqs.send(
+        new DeleteMessageBatchCommand({
+          QueueUrl: deadLetterQueueUrl,
+          Entries: matching.map((message, index) => ({
+            Id: String(index),
+            ReceiptHandle: message.ReceiptHandle ?? '',
+          })),
+        }),
+      );
+      redriven += matching.length;
+    }
+  } finally {
+    await releaseAll(sqs, deadLetterQueueUrl, [...kept.values()]);
+  }
+  return { redriven, left: kept.size };
 };
 
 export const formatRedriveProgress = (progress: RedriveProgress): string => {

@@ -1,6 +1,6 @@
 /** The engine's metrics as CloudWatch EMF records, through Powertools Metrics. */
 import { MetricUnit, Metrics as PowertoolsMetrics } from '@aws-lambda-powertools/metrics';
-import type { Metrics } from '../core/metrics.ts';
+import { dimensionOf, type Metrics } from '../core/metrics.ts';
 
 const UNITS = {
   Count: MetricUnit.Count,
@@ -11,8 +11,9 @@ const UNITS = {
 /**
  * Every data point lands in the invocation's one record, whose only dimension is Powertools'
  * `service` (POWERTOOLS_SERVICE_NAME): the all-sources series that alarms and totals use (an
- * alarm cannot sum a SEARCH over sources). A per-source data point is also written at once as
- * its own record with the dimensions `service` and `SourceId`, so the two sets never mix.
+ * alarm cannot sum a SEARCH over sources). A per-source (or per-destination) data point is also
+ * written at once as its own record with the dimensions `service` and `SourceId` (or
+ * `DestinationId`), so the sets never mix.
  * lib/forwarder-monitoring.ts names these exact dimension sets.
  */
 export const createPowertoolsMetrics = (): { metrics: Metrics; publish: () => void } => {
@@ -21,11 +22,11 @@ export const createPowertoolsMetrics = (): { metrics: Metrics; publish: () => vo
   });
   return {
     metrics: {
-      add(name, value, unit, sourceId) {
+      add(name, value, unit, id) {
         powertools.addMetric(name, UNITS[unit], value);
-        if (sourceId === undefined) return;
+        if (id === undefined) return;
         const single = powertools.singleMetric();
-        single.addDimension('SourceId', sourceId);
+        single.addDimension(dimensionOf(name), id);
         single.addMetric(name, UNITS[unit], value);
       },
     },

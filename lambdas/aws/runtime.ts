@@ -97,7 +97,10 @@ export const createRuntime = async (
     // The endpoint comes from the region (or AWS_ENDPOINT_URL_SQS), not from each queue URL.
     sqs: tracer.captureAWSv3Client(new SQSClient({ useQueueUrlAsEndpoint: false })),
     feed: new DynamoFeedStore(dynamodb, tableName),
-    ledger: new DynamoLedger(dynamodb, tableName, { outcomeDays: config.retention.outcomeDays }),
+    ledger: new DynamoLedger(dynamodb, tableName, {
+      outcomeDays: config.retention.outcomeDays,
+      auditDays: config.retention.auditDays,
+    }),
     queueUrl: requiredEnv(env, 'QUEUE_URL'),
     deadLetterQueueUrl: requiredEnv(env, 'DLQ_URL'),
   };

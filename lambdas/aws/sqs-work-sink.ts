@@ -48,7 +48,12 @@ export class SqsWorkSink implements WorkSink {
   }
 
   async enqueue(items: readonly WorkItem[]): Promise<void> {
-    for (const batch of batchEntries(items.map(encodeWorkItem))) await this.sendBatch(batch);
+    await this.enqueueBodies(items.map(encodeWorkItem));
+  }
+
+  /** Queues message bodies as they are: dead letters put back (operations.ts). */
+  async enqueueBodies(bodies: readonly string[]): Promise<void> {
+    for (const batch of batchEntries(bodies)) await this.sendBatch(batch);
   }
 
   private async sendBatch(entries: SendMessageBatchRequestEntry[]): Promise<void> {

@@ -51,6 +51,8 @@ export interface PollReport {
   readonly swept: number;
   /** Lookups the source answered with an error, each logged and left for later. */
   readonly lookupFailures: number;
+  /** The source is paused (`orthanc-forwarder pause`): it was not asked anything. */
+  readonly paused: boolean;
 }
 
 interface ReadReport {
@@ -280,15 +282,41 @@ const halfOfWhatIsLeft = (ctx: FeedContext): number | undefined =>
   ctx.deadline === undefined ? undefined : (clock(ctx) + ctx.deadline) / 2;
 
 /**
+ * A paused source is not read at all: its cursor stays where it is, so that the poll after it is
+ * resumed reads every change made meanwhile, and nothing is asked of a server an operator may be
+ * working on.
+ */
+const pausedReport = async (ctx: FeedContext): Promise<PollReport> => {
+  const cursor = (await ctx.store.getCursor(ctx.sourceId)) ?? 0;
+  return {
+    changesRead: 0,
+    queued: 0,
+    waiting: await ctx.store.watchedCount(ctx.sourceId),
+    reset: false,
+    cursor,
+    last: cursor,
+    raced: false,
+    outOfTime: false,
+    sweeping: false,
+    swept: 0,
+    lookupFailures: 0,
+    paused: true,
+  };
+};
+
+/**
  * One poll of one source: the feed, the watch list, then the sweep, each until it is done or its
  * share of the time ends (half of what is left for the first two, the rest for the sweep); what
- * time is left then goes to the feed and the watch list, if they did not finish. `sweepNow`
- * starts a sweep that is not due yet.
+ * time is left then goes to the feed and the watch list, if they did not finish. `sweepNow`, or
+ * an operator's request in the store (`orthanc-forwarder sweep`), starts a sweep that is not due
+ * yet; a request is cleared once its sweep started.
  */
 export const pollSource = async (
   ctx: FeedContext,
   options: { sweepNow?: boolean } = {},
 ): Promise<PollReport> => {
+  const control = await ctx.store.control(ctx.sourceId);
+  if (control.pausedAt !== undefined) return pausedReport(ctx);
   const tally: Tally = { queued: 0, lookupFailures: 0 };
   let read = await readChanges(ctx, tally, halfOfWhatIsLeft(ctx));
   const report = async (
@@ -300,12 +328,19 @@ export const pollSource = async (
     ...tally,
     outOfTime: read.outOfTime || !watchDone,
     waiting: await ctx.store.watchedCount(ctx.sourceId),
+    paused: false,
   });
   // Another reader is at it: the rest is its to do.
   if (read.raced) return report({ sweeping: false, swept: 0 }, true);
   const progress = await loadProgress(ctx);
   let watch = await lookAtWatched(ctx, tally, progress, halfOfWhatIsLeft(ctx));
-  const sweep = await sweepSome(ctx, tally, progress, ctx.deadline, options.sweepNow === true);
+  const requested = control.sweepRequestedAt;
+  const sweepNow = options.sweepNow === true || requested !== undefined;
+  const sweep = await sweepSome(ctx, tally, progress, ctx.deadline, sweepNow);
+  if (requested !== undefined && sweep.started) {
+    ctx.log.info('the sweep an operator asked for started', { sourceId: ctx.sourceId });
+    await ctx.store.clearSweepRequest(ctx.sourceId, requested);
+  }
   if (read.outOfTime) read = followedBy(read, await readChanges(ctx, tally, ctx.deadline));
   if (!watch.done) watch = await lookAtWatched(ctx, tally, progress, ctx.deadline);
   return report({ sweeping: progress.current.sweepBelow !== undefined, swept: sweep.listed }, watch.done);

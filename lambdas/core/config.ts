@@ -445,6 +445,11 @@ const configObject = z.strictObject({
        * it sent and refused again.
        */
       refusalDays: positiveInt.max(3650).default(90),
+      /**
+       * Days the audit trail of deletions is kept (`audit export`): six years by default, the
+       * retention HIPAA asks of the documentation of safeguards.
+       */
+      auditDays: positiveInt.max(3650).default(2190),
     })
     .prefault({}),
   /** The AWS pipeline's settings; local mode ignores them. */

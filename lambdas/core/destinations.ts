@@ -10,7 +10,7 @@ import {
   type StudyFilter,
   type VerifyLevel,
 } from './config.ts';
-import { ForwarderError } from './errors.ts';
+import { ForwarderError, type ServerFault } from './errors.ts';
 import { createEndpoint, type EndpointOptions } from './http.ts';
 import { OrthancClient } from './orthanc-client.ts';
 import { QidoClient } from './qido-client.ts';
@@ -31,6 +31,10 @@ export interface DestinationServer {
   readonly orthanc?: OrthancClient | undefined;
   /** Its name in the sources' `DicomWeb.Servers`, for `push`. */
   readonly pushServerName?: string | undefined;
+  /** The origins of its endpoints: a ServerFault of one of them is this server's. */
+  readonly origins: ReadonlySet<string>;
+  /** The setting to look at for each fault of the server as a whole, e.g. `destinations[0].password`. */
+  readonly faultFields: Readonly<Record<ServerFault['kind'], string>>;
 }
 
 export interface Destination {
@@ -43,9 +47,18 @@ export interface Destination {
   readonly alternate?: { readonly server: DestinationServer; readonly afterMs: number } | undefined;
   /**
    * Since when (epoch ms) the primary has been unreachable, as this process saw it; undefined
-   * while it answers. Shared by every worker of the process that holds this object.
+   * while it answers. Shared by every worker of the process that holds this object. `faults`:
+   * the moves in a row that found it refusing us as a whole (destination-faults.ts).
    */
-  readonly health: { unreachableSince: number | undefined };
+  readonly health: { unreachableSince: number | undefined; faults: DestinationFaults | undefined };
+}
+
+/** A destination refusing us as a whole, as this process has seen it since the last move it served. */
+export interface DestinationFaults {
+  /** Moves in a row that met the fault: the backoff of the studies grows with it. */
+  count: number;
+  /** When the fault was last logged (epoch ms): it is logged once per period, not per study. */
+  reportedAt: number;
 }
 
 /**
@@ -57,26 +70,50 @@ export const isUnreachable = (error: unknown): boolean =>
   error.kind === 'transient' &&
   (error.status === undefined ? error.cause !== undefined : error.status >= 500);
 
+/**
+ * The settings each fault points at. Credentials: the one giving the password, or `username` when
+ * none is configured. TLS: the CA to trust (on AWS its secret: a server with secrets is on AWS).
+ */
+const faultFields = (server: DestinationConfig | AlternateConfig, field: string) => {
+  const onAws = server.secretId !== undefined || server.caSecretId !== undefined;
+  const password =
+    server.secretId !== undefined
+      ? 'secretId'
+      : server.passwordEnv !== undefined
+        ? 'passwordEnv'
+        : server.password !== undefined
+          ? 'password'
+          : 'username';
+  return {
+    credentials: `${field}.${password}`,
+    tls: `${field}.${onAws ? 'caSecretId' : 'caFile'}`,
+    root: `${field}.url`,
+  };
+};
+
 const buildServer = (
   server: DestinationConfig | AlternateConfig,
   config: ForwarderConfig,
-  options: EndpointOptions,
+  options: EndpointOptions & { readonly field: string },
 ): DestinationServer => {
   const endpoint = createEndpoint(server, config.timeouts, {
     ...options,
     connections: config.concurrency * config.stow.parallel + 4,
   });
   const { orthancUrl } = server;
+  const orthanc =
+    orthancUrl === undefined
+      ? undefined
+      : new OrthancClient(createEndpoint({ ...server, url: orthancUrl }, config.timeouts, options));
   return {
     label: endpoint.label,
     stow: new StowClient(endpoint),
     qido: new QidoClient(endpoint, config.qidoPageSize),
     wado: new WadoClient(endpoint),
-    orthanc:
-      orthancUrl === undefined
-        ? undefined
-        : new OrthancClient(createEndpoint({ ...server, url: orthancUrl }, config.timeouts, options)),
+    orthanc,
     pushServerName: server.pushServerName,
+    origins: new Set([endpoint.label, ...(orthancUrl === undefined ? [] : [new URL(orthancUrl).origin])]),
+    faultFields: faultFields(server, options.field),
   };
 };
 
@@ -97,5 +134,5 @@ export const buildDestinations = (config: ForwarderConfig, options: EndpointOpti
             }),
             afterMs: destination.alternate.afterSeconds * 1000,
           },
-    health: { unreachableSince: undefined },
+    health: { unreachableSince: undefined, faults: undefined },
   }));

@@ -5,6 +5,19 @@
  */
 export type FailureKind = 'transient' | 'permanent';
 
+/**
+ * A fault of a server as a whole, not of one request: it refuses our credentials (401 or 403,
+ * after a rotated secret was read again), its certificate fails verification (`tls`), or its
+ * DICOMweb root is not there (STOW-RS answered 404: `root`). Every request to it fails alike
+ * until an operator fixes a setting, so at a destination it pauses the work instead of failing
+ * each study (destination-faults.ts).
+ */
+export interface ServerFault {
+  readonly kind: 'credentials' | 'tls' | 'root';
+  /** The server's origin (its endpoint's label): a move tells its destinations' faults from its source's. */
+  readonly server: string;
+}
+
 export interface ErrorOptions {
   readonly cause?: unknown;
   readonly status?: number;
@@ -13,6 +26,7 @@ export interface ErrorOptions {
    * or it never started (its source's moves were all taken).
    */
   readonly uncounted?: boolean;
+  readonly serverFault?: ServerFault;
 }
 
 export class ForwarderError extends Error {
@@ -20,6 +34,7 @@ export class ForwarderError extends Error {
   /** HTTP status, when the failure is an answer from a server. */
   readonly status: number | undefined;
   readonly uncounted: boolean;
+  readonly serverFault: ServerFault | undefined;
 
   constructor(kind: FailureKind, message: string, options?: ErrorOptions) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
@@ -27,6 +42,57 @@ export class ForwarderError extends Error {
     this.kind = kind;
     this.status = options?.status;
     this.uncounted = options?.uncounted === true;
+    this.serverFault = options?.serverFault;
+  }
+}
+
+export const serverFaultOf = (error: unknown): ServerFault | undefined =>
+  error instanceof ForwarderError ? error.serverFault : undefined;
+
+/**
+ * Not a failure of the study: it waits for something an operator controls, without using up an
+ * attempt, and is looked at again after the backoff of `waits` failures in a row (capped by
+ * retry.maxDelayMs). Reported once where it is found, not per study.
+ */
+export class WaitError extends ForwarderError {
+  readonly waits: number;
+
+  constructor(message: string, waits: number, options?: Pick<ErrorOptions, 'cause'>) {
+    super('transient', message, { ...options, uncounted: true });
+    this.waits = waits;
+  }
+}
+
+/**
+ * The study's source is paused (`orthanc-forwarder pause`): its work items wait, as long as
+ * retry.maxDelayMs allows between looks, until it is resumed.
+ */
+export class SourcePausedError extends WaitError {
+  constructor(sourceId: string) {
+    super(`source '${sourceId}' is paused: the study waits until it is resumed`, Number.POSITIVE_INFINITY);
+  }
+}
+
+/**
+ * A destination refuses us as a whole (a ServerFault): every study routed to it waits, its
+ * backoff growing with the faults seen in a row, until the setting named by `field` is fixed.
+ */
+export class DestinationUnavailableError extends WaitError {
+  readonly destinationId: string;
+  readonly field: string;
+
+  constructor(
+    destination: { readonly id: string; readonly field: string },
+    waits: number,
+    cause: ForwarderError,
+  ) {
+    super(
+      `destination '${destination.id}' is unavailable (${cause.serverFault?.kind}: check ${destination.field}): ${cause.message}`,
+      waits,
+      { cause },
+    );
+    this.destinationId = destination.id;
+    this.field = destination.field;
   }
 }
 
@@ -53,7 +119,7 @@ export class NotVerifiedError extends ForwarderError {
  * attempt moves something, so this cannot go on for ever.
  */
 export const withProgress = (error: unknown): unknown => {
-  if (failureKind(error) === 'permanent') return error;
+  if (failureKind(error) === 'permanent' || error instanceof WaitError) return error;
   if (error instanceof NotVerifiedError) return new NotVerifiedError(error.message, { uncounted: true });
   const status = error instanceof ForwarderError ? error.status : undefined;
   return transient(describe(error), {

@@ -2,7 +2,7 @@
  * What to do with a work item whose attempt failed, the same in local mode and on AWS: retry a
  * transient failure later, with backoff; dead-letter a permanent one, or one out of attempts.
  */
-import { failureKind, isUncounted } from './errors.ts';
+import { failureKind, isUncounted, WaitError } from './errors.ts';
 import { backoffDelay } from './retry.ts';
 
 export type FailureDecision =
@@ -16,6 +16,8 @@ export const decideOnFailure = (
   retry: { readonly maxAttempts: number; readonly baseDelayMs: number; readonly maxDelayMs: number },
 ): FailureDecision => {
   if (failureKind(error) === 'permanent') return { action: 'dead-letter', why: 'permanent' };
+  if (error instanceof WaitError)
+    return { action: 'retry', delayMs: backoffDelay(error.waits, retry), counted: false };
   if (isUncounted(error)) return { action: 'retry', delayMs: backoffDelay(1, retry), counted: false };
   if (receiveCount >= retry.maxAttempts) return { action: 'dead-letter', why: 'attempts used up' };
   return { action: 'retry', delayMs: backoffDelay(receiveCount, retry), counted: true };

@@ -39,16 +39,21 @@ const sweepPage = async (ctx: FeedContext, tally: Tally, studies: readonly Liste
 
 /**
  * Starts a sweep when one is due and none is under way, or when the settings changed (then
- * even over one under way: it looked under the old ones). False when none is to go on.
+ * even over one under way: it looked under the old ones). `force` makes one due, once the one
+ * under way (if any) has ended. `goesOn`: a sweep is to go on; `started`: this call started it.
  */
-const startIfDue = async (ctx: FeedContext, progress: ProgressRef, force: boolean): Promise<boolean> => {
+const startIfDue = async (
+  ctx: FeedContext,
+  progress: ProgressRef,
+  force: boolean,
+): Promise<{ goesOn: boolean; started: boolean }> => {
   const { current } = progress;
   const settingsChanged = current.settings !== ctx.settings;
   const due =
     settingsChanged ||
     (current.sweepBelow === undefined &&
       (force || clock(ctx) - current.sweepStartedAt >= ctx.sweepIntervalMs));
-  if (!due) return current.sweepBelow !== undefined;
+  if (!due) return { goesOn: current.sweepBelow !== undefined, started: false };
   if (settingsChanged) {
     ctx.log.info('the settings changed: every study of the source is looked at again', {
       sourceId: ctx.sourceId,
@@ -56,19 +61,25 @@ const startIfDue = async (ctx: FeedContext, progress: ProgressRef, force: boolea
   }
   const count = await ctx.source.studyCount();
   const next = { ...current, sweepStartedAt: clock(ctx), settings: ctx.settings };
-  return progress.save({ ...next, sweepBelow: count === 0 ? undefined : count });
+  const started = await progress.save({ ...next, sweepBelow: count === 0 ? undefined : count });
+  return { goesOn: started, started };
 };
 
-/** Goes on with the sweep under way (or starts a due one) until it ends or the deadline. */
+/**
+ * Goes on with the sweep under way (or starts a due one) until it ends or the deadline; `started`
+ * when this call started one.
+ */
 export const sweepSome = async (
   ctx: FeedContext,
   tally: Tally,
   progress: ProgressRef,
   deadline: number | undefined,
   force: boolean,
-): Promise<{ listed: number }> => {
+): Promise<{ listed: number; started: boolean }> => {
   let listed = 0;
-  if (pastDeadline(ctx, deadline) || !(await startIfDue(ctx, progress, force))) return { listed };
+  if (pastDeadline(ctx, deadline)) return { listed, started: false };
+  const { goesOn, started } = await startIfDue(ctx, progress, force);
+  if (!goesOn) return { listed, started };
   for (let below = progress.current.sweepBelow; below !== undefined; below = progress.current.sweepBelow) {
     if (pastDeadline(ctx, deadline)) break;
     const since = Math.max(0, below - ctx.listPageSize);
@@ -78,5 +89,5 @@ export const sweepSome = async (
     // Another poll saved first: the sweep is its to go on with.
     if (!(await progress.save({ ...progress.current, sweepBelow: since === 0 ? undefined : since }))) break;
   }
-  return { listed };
+  return { listed, started };
 };

@@ -3,8 +3,9 @@
  * validate it, take the study's lease, run the move protocol, record and log the outcome, and
  * watch the study again if instances arrived during the move.
  */
+import { confirmOpenDeletion } from './audit.ts';
 import type { Destination } from './destinations.ts';
-import { describe, permanent, transient } from './errors.ts';
+import { describe, permanent, SourcePausedError, transient } from './errors.ts';
 import type { Log } from './log.ts';
 import { type MoveContext, type MoveOptions, moveStudy } from './move-study.ts';
 import type { OrthancClient } from './orthanc-client.ts';
@@ -126,12 +127,19 @@ const takeSlot = async (engine: Engine, sourceId: string): Promise<string | unde
 
 /**
  * The outcome to record. A previous attempt that died between its deletion and its outcome left
- * its deletion open; finding the study gone now, this attempt records that deletion, not `gone`.
+ * its deletion open; finding the study gone now, this attempt records that deletion, not `gone`
+ * (without its size, which the intent does not keep: the totals' moved bytes miss it).
  */
 const outcomeToRecord = (outcome: StudyOutcome, open: DeletionIntent | undefined): StudyOutcome =>
   open === undefined || open.completedAt !== undefined || outcome.result !== 'gone'
     ? outcome
-    : { ...outcome, result: 'moved', instances: open.instances, deleted: open.instances };
+    : {
+        ...outcome,
+        // A deletion as unrouted (no destination verified it) is a skip, as its move would have said.
+        result: open.verifiedBy.length === 0 ? 'skipped' : 'moved',
+        instances: open.instances,
+        deleted: open.instances,
+      };
 
 export const forwardWorkItem = async (
   engine: Engine,
@@ -149,6 +157,9 @@ export const forwardWorkItem = async (
   const item = decodeWorkItem(body);
   const source = engine.sources.get(item.sourceId);
   if (source === undefined) throw permanent(`work item names an unknown source '${item.sourceId}'`);
+  // Asked at every item, so that a pause takes effect without a restart; a move under way finishes.
+  if ((await engine.feed?.control(item.sourceId))?.pausedAt !== undefined)
+    throw new SourcePausedError(item.sourceId);
   const now = engine.now ?? Date.now;
   const slot = await takeSlot(engine, item.sourceId);
   if (slot === undefined) {
@@ -169,6 +180,8 @@ export const forwardWorkItem = async (
   try {
     const seriesId = item.seriesId ?? '';
     const intents = await engine.ledger.intents(item.sourceId, item.studyId);
+    const last = intents.find((intent) => intent.seriesId === seriesId);
+    if (last !== undefined) await confirmOpenDeletion(engine.ledger, source, last);
     const context: MoveContext = {
       sourceId: item.sourceId,
       source,
@@ -186,10 +199,7 @@ export const forwardWorkItem = async (
       intents,
       signal: limits.signal === undefined ? lost.signal : AbortSignal.any([limits.signal, lost.signal]),
     };
-    const outcome = outcomeToRecord(
-      await moveStudy(context, item.studyId, item.seriesId),
-      intents.find((intent) => intent.seriesId === seriesId),
-    );
+    const outcome = outcomeToRecord(await moveStudy(context, item.studyId, item.seriesId), last);
     // An unchanged study was looked at and left as it was: there is nothing to record.
     if (outcome.result !== 'unchanged') await engine.ledger.record(outcome);
     await engine.ledger.completeIntent(item.sourceId, item.studyId, seriesId, now());

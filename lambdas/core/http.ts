@@ -22,7 +22,7 @@ import {
   secretTlsMaterial,
   type TlsMaterial,
 } from './credentials.ts';
-import { describe, type ForwarderError, permanent, transient } from './errors.ts';
+import { describe, type ForwarderError, permanent, type ServerFault, transient } from './errors.ts';
 import type { Log } from './log.ts';
 
 export interface Endpoint {
@@ -186,7 +186,10 @@ export const networkError = (endpoint: Endpoint, what: string, error: unknown): 
   const message = `${what} at ${endpoint.label}: ${code}`;
   // A certificate we refuse will be refused again: retrying only delays the alarm.
   if (typeof code === 'string' && TLS_CODES.test(code))
-    return permanent(`${message} (TLS)`, { cause: error });
+    return permanent(`${message} (TLS)`, {
+      cause: error,
+      serverFault: { kind: 'tls', server: endpoint.label },
+    });
   // Refused, reset, timed out, aborted: the server or the network may be back next time.
   return transient(message, { cause: error });
 };
@@ -302,14 +305,25 @@ const safeDetail = async (response: Dispatcher.ResponseData): Promise<string> =>
 export const isTransientStatus = (status: number): boolean =>
   status >= 500 || status === 408 || status === 429;
 
+/**
+ * A 401 or 403 that reaches here is one `call` did not overcome by reading a rotated secret: the
+ * server refuses our credentials as a whole. `fault` marks another answer that says as much of
+ * the server (a missing root).
+ */
 export const statusError = async (
   endpoint: Endpoint,
   what: string,
   response: Dispatcher.ResponseData,
+  fault?: ServerFault['kind'],
 ): Promise<ForwarderError> => {
   const status = response.statusCode;
   const message = `${what} at ${endpoint.label} answered ${status}${await safeDetail(response)}`;
-  return isTransientStatus(status) ? transient(message, { status }) : permanent(message, { status });
+  if (isTransientStatus(status)) return transient(message, { status });
+  const kind = status === 401 || status === 403 ? 'credentials' : fault;
+  return permanent(message, {
+    status,
+    ...(kind === undefined ? {} : { serverFault: { kind, server: endpoint.label } }),
+  });
 };
 
 /** Reads a JSON answer, refusing anything that is not JSON with a clear error. */

@@ -18,14 +18,19 @@ export type MetricName =
   | 'VerificationFailures'
   | 'InstancesDeleted'
   | 'Retries'
-  | 'DeadLettered';
+  | 'DeadLettered'
+  | 'DestinationUnavailable';
 
 export type MetricUnit = 'Count' | 'Bytes' | 'Milliseconds';
 
 export interface Metrics {
-  /** Adds a data point; `sourceId`, when given, becomes the `SourceId` dimension. */
-  add(name: MetricName, value: number, unit: MetricUnit, sourceId?: string): void;
+  /** Adds a data point; `id`, when given, becomes its dimension (dimensionOf). */
+  add(name: MetricName, value: number, unit: MetricUnit, id?: string): void;
 }
+
+/** What a metric's per-id data points are keyed by: the destination's for DestinationUnavailable, else the source's. */
+export const dimensionOf = (name: MetricName): 'SourceId' | 'DestinationId' =>
+  name === 'DestinationUnavailable' ? 'DestinationId' : 'SourceId';
 
 export const noMetrics: Metrics = { add: () => undefined };
 
@@ -65,8 +70,11 @@ export const recordPoll = (
     cursor: number;
     last: number;
     reset: boolean;
+    paused: boolean;
   },
 ): void => {
+  // A paused source was not asked anything: there is nothing to tell of it.
+  if (poll.paused) return;
   metrics.add('ChangesRead', poll.changesRead, 'Count', sourceId);
   metrics.add('StudiesQueued', poll.queued, 'Count', sourceId);
   metrics.add('StudiesWaiting', poll.waiting, 'Count', sourceId);

@@ -9,6 +9,7 @@
 import type { Readable } from 'node:stream';
 import { runBounded } from './concurrency.ts';
 import type { VerifyLevel } from './config.ts';
+import { destinationServed, destinationUnavailable, isDestinationFault } from './destination-faults.ts';
 import { type Destination, type DestinationServer, isUnreachable } from './destinations.ts';
 import { describe, ForwarderError, NotVerifiedError, permanent, transient, withProgress } from './errors.ts';
 import { unknownAttributes } from './identity.ts';
@@ -278,12 +279,27 @@ const fail = (ctx: MoveContext, delivery: Delivery, error: unknown): void => {
   if (!delivery.viaAlternate && isUnreachable(error)) {
     delivery.destination.health.unreachableSince ??= (ctx.now ?? Date.now)();
   }
+  // A fault of the destination as a whole is logged once per period, not per study.
+  if (isDestinationFault(delivery.destination, error)) return;
   ctx.log.warn('destination failed in this move', {
     sourceId: ctx.sourceId,
     destinationId: delivery.destination.id,
     server: delivery.server?.label ?? delivery.destination.primary.label,
     error: describe(error),
   });
+};
+
+/**
+ * Notes, per destination, whether it served this move or refused us as a whole; returns the wait
+ * the move ends in if one did.
+ */
+const destinationWait = (ctx: MoveContext, deliveries: readonly Delivery[]) => {
+  const context = { log: ctx.log, now: ctx.now ?? Date.now, sourceId: ctx.sourceId };
+  const waits = deliveries.map((delivery) => {
+    if (delivery.failure === undefined) destinationServed(ctx.log, delivery.destination);
+    return destinationUnavailable(context, delivery.destination, delivery.failure);
+  });
+  return waits.find((wait) => wait !== undefined);
 };
 
 /** What the study's move knows besides its deliveries. */
@@ -613,11 +629,54 @@ const stillTheSame = async (
  * still configured: what is left of a study, a series item included, goes where the rest went.
  */
 const rememberedRoute = (ctx: MoveContext): Destination[] | undefined => {
-  const current = (ctx.intents ?? []).filter((intent) => intent.routing === ctx.options.routing);
+  // A deletion as unrouted went nowhere: what is left of that study is routed anew.
+  const current = (ctx.intents ?? []).filter(
+    (intent) => intent.routing === ctx.options.routing && intent.verifiedBy.length > 0,
+  );
   if (current.length === 0) return undefined;
   const ids = new Set(current.flatMap((intent) => intent.verifiedBy.map((v) => v.destinationId)));
   const remembered = ctx.destinations.filter((d) => ids.has(d.id));
   return remembered.length === ids.size ? remembered : undefined;
+};
+
+/** Their size at the source. */
+const sizeOf = (instances: readonly SourceInstance[]): number =>
+  instances.reduce((sum, instance) => sum + instance.fileSize, 0);
+
+/**
+ * Makes a deletion durable before the source is asked for it: its intent, then its audit record
+ * (audit.ts) at the same time. `verifiedBy` is empty for a study deleted as unrouted.
+ */
+const recordDeletion = async (
+  ctx: MoveContext,
+  study: { readonly id: string; readonly seriesId: string | undefined; readonly studyInstanceUid: string },
+  instances: readonly SourceInstance[],
+  verifiedBy: DeletionIntent['verifiedBy'],
+  accepted: (instance: SourceInstance) => boolean = () => false,
+): Promise<void> => {
+  const key = {
+    sourceId: ctx.sourceId,
+    studyId: study.id,
+    seriesId: study.seriesId ?? '',
+    at: (ctx.now ?? Date.now)(),
+  };
+  await ctx.ledger.recordIntent({
+    ...key,
+    instances: instances.length,
+    verifiedBy,
+    routing: ctx.options.routing,
+  });
+  await ctx.ledger.recordDeletion({
+    ...key,
+    studyInstanceUid: study.studyInstanceUid,
+    verifiedBy,
+    instances: instances.map((instance) => ({
+      seriesId: instance.seriesId,
+      instanceId: instance.id,
+      sopInstanceUid: instance.sopInstanceUid,
+      accepted: accepted(instance),
+    })),
+  });
 };
 
 export const moveStudy = async (
@@ -638,6 +697,7 @@ export const moveStudy = async (
     rejected: 0,
     conflicts: 0,
     bytes: 0,
+    deletedBytes: 0,
     ...counts,
     durationMs: now() - started,
     finishedAt: now(),
@@ -703,9 +763,19 @@ export const moveStudy = async (
       await settle('skipped');
       return outcome('skipped', { instances: snapshot.length });
     }
+    await recordDeletion(
+      ctx,
+      { id: studyId, seriesId, studyInstanceUid: info.studyInstanceUid },
+      snapshot,
+      [],
+    );
     await ctx.source.deleteInstances(snapshot.map((i) => i.id));
     await ctx.onStep?.('deleted', studyId);
-    return outcome('skipped', { instances: snapshot.length, deleted: snapshot.length });
+    return outcome('skipped', {
+      instances: snapshot.length,
+      deleted: snapshot.length,
+      deletedBytes: sizeOf(snapshot),
+    });
   }
 
   // 4. Send each destination what it lacks, and what it holds as another instance (it may take
@@ -738,6 +808,7 @@ export const moveStudy = async (
   const any = (instance: SourceInstance, wanted: Standing) =>
     (standings.get(instance.id) ?? []).includes(wanted);
   const verifiedInstances = snapshot.filter((instance) => all(instance, 'held'));
+  const destinationUnavailableWait = destinationWait(ctx, deliveries);
   await ctx.onStep?.('verified', studyId);
 
   // 6. Record conflicts and refusals before deleting anything, so that a crash cannot lose them.
@@ -793,15 +864,14 @@ export const moveStudy = async (
     : { same: [], changed: [] };
   if (ctx.options.deleteAfterForward) {
     if (deleted.length > 0) {
-      await ctx.ledger.recordIntent({
-        sourceId: ctx.sourceId,
-        studyId,
-        seriesId: seriesId ?? '',
-        instances: deleted.length,
-        verifiedBy: deliveries.map((d) => ({ destinationId: d.destination.id, verify: d.level })),
-        routing: ctx.options.routing,
-        at: now(),
-      });
+      await recordDeletion(
+        ctx,
+        { id: studyId, seriesId, studyInstanceUid: info.studyInstanceUid },
+        deleted,
+        deliveries.map((d) => ({ destinationId: d.destination.id, verify: d.level })),
+        (instance) =>
+          deliveries.some((d) => recordedConflict(study, instance, d)?.resolution === 'accept-destination'),
+      );
     }
     await ctx.source.deleteInstances(
       deleted.map((i) => i.id),
@@ -831,6 +901,8 @@ export const moveStudy = async (
       [...d.verdicts].some(([id, v]) => v.kind === 'held' && !d.heldBefore.has(id)),
     );
     const progress = (error: unknown) => (gained || deleted.length > 0 ? withProgress(error) : error);
+    // A destination that refuses us as a whole holds the study up whatever the others did: it waits.
+    if (destinationUnavailableWait !== undefined) throw destinationUnavailableWait;
     const failure = deliveries.find((d) => d.failure !== undefined)?.failure;
     if (failure !== undefined) throw progress(failure);
     if (changed.length > 0) {
@@ -860,6 +932,7 @@ export const moveStudy = async (
     rejected,
     conflicts,
     bytes: deliveries.reduce((sum, d) => sum + d.sent.bytes, 0),
+    deletedBytes: sizeOf(deleted),
   };
   const whole = rejected === 0 && snapshot.every((i) => !held(i));
   const result: MoveResult = !whole ? 'partial' : ctx.options.deleteAfterForward ? 'moved' : 'copied';

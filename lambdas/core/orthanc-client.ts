@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { ForwarderError, transient } from './errors.ts';
 import { call, callJson, type Endpoint, statusError } from './http.ts';
 import { type Identity, identityFromOrthancTags } from './identity.ts';
+import type { Tally } from './ports.ts';
 
 /**
  * Orthanc keeps 64-bit sequence numbers but writes them into its JSON as a C `int`: past 2^31
@@ -47,6 +48,11 @@ const listedStudySchema = z.object({
 });
 
 const statisticsSchema = z.object({ CountStudies: z.number().int().nonnegative() });
+/** TotalDiskSize is a string of bytes: TotalDiskSizeMB is rounded down to whole megabytes. */
+const holdingsSchema = statisticsSchema.extend({
+  CountInstances: z.number().int().nonnegative(),
+  TotalDiskSize: z.string().regex(/^\d+$/),
+});
 
 const seriesSchema = z.object({
   ID: z.string(),
@@ -287,6 +293,18 @@ export class OrthancClient {
     const what = 'counting studies';
     return parse(statisticsSchema, await callJson(this.endpoint, '/statistics', what), what, this.endpoint)
       .CountStudies;
+  }
+
+  /** What the server holds, in one cheap request: studies, instances, and their size on disk. */
+  async holdings(): Promise<Tally> {
+    const what = 'reading the statistics';
+    const raw = parse(
+      holdingsSchema,
+      await callJson(this.endpoint, '/statistics', what),
+      what,
+      this.endpoint,
+    );
+    return { studies: raw.CountStudies, instances: raw.CountInstances, bytes: Number(raw.TotalDiskSize) };
   }
 
   /**

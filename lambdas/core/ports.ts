@@ -68,6 +68,17 @@ export interface StoredProgress {
   readonly progress: FeedProgress;
 }
 
+/**
+ * What an operator asked of a source (`orthanc-forwarder pause`, `resume`, `sweep`), read by every
+ * poll and every move, so that it takes effect without a restart or a redeploy.
+ */
+export interface SourceControl {
+  /** Since when (epoch ms) the source is paused: not polled, its work items wait. Absent otherwise. */
+  readonly pausedAt?: number | undefined;
+  /** When a sweep was asked for that has not started yet (epoch ms). */
+  readonly sweepRequestedAt?: number | undefined;
+}
+
 export interface FeedStateStore {
   /** The last change sequence number read and queued for a source, or undefined before the first read. */
   getCursor(sourceId: string): Promise<number | undefined>;
@@ -102,6 +113,19 @@ export interface FeedStateStore {
    * their state: for work queued outside the feed (an operator's decision) that may not arrive.
    */
   forgetQueued(sourceId: string, studyIds: readonly string[]): Promise<void>;
+  /** What an operator asked of the source; nothing for one never asked anything. */
+  control(sourceId: string): Promise<SourceControl>;
+  /** Pauses the source from `at`; false when it was paused already (it stays paused since then). */
+  pause(sourceId: string, at: number): Promise<boolean>;
+  /** False when it was not paused. */
+  resume(sourceId: string): Promise<boolean>;
+  /**
+   * Asks for a sweep at `at`; false when one asked for earlier has not started yet (that one
+   * stands: the sweep it starts serves both).
+   */
+  requestSweep(sourceId: string, at: number): Promise<boolean>;
+  /** Clears the request made at `at`, once its sweep started; one made since stays. */
+  clearSweepRequest(sourceId: string, at: number): Promise<void>;
 }
 
 /** A message taken from a queue, invisible to other consumers until acked or released. */
@@ -147,10 +171,22 @@ export interface WorkQueue extends WorkSink {
   ): Promise<void>;
   /** Failed for good: dead-letter it now. */
   deadLetter(handle: string, error: string): Promise<void>;
-  deadLetters(): Promise<DeadLetter[]>;
-  /** Puts every dead letter back on the queue with a fresh receive count; returns how many. */
-  redrive(): Promise<number>;
+  /** Every dead letter, in the order they were dead-lettered, read page by page: memory stays bounded. */
+  deadLetters(): AsyncIterable<DeadLetter>;
+  /**
+   * Puts the dead letters the filter matches (every one without a filter) back on the queue with
+   * a fresh receive count, leaving the others; returns how many.
+   */
+  redrive(filter?: DeadLetterFilter): Promise<number>;
   stats(): Promise<QueueStats>;
+}
+
+/** Which dead letters a selective redrive takes: all of those given must match. */
+export interface DeadLetterFilter {
+  /** The source of the work item. */
+  readonly sourceId?: string | undefined;
+  /** A case-insensitive substring of the last error, as recorded or as `dlq list --group-by error` shows it. */
+  readonly error?: string | undefined;
 }
 
 /** An instance the destination refused for good: it stays at the source and is not sent again. */
@@ -229,17 +265,44 @@ export interface StudyOutcome {
   readonly rejected: number;
   /** Instances held at the source by an open conflict at some destination. */
   readonly conflicts: number;
+  /** Bytes sent, summed over the destinations. */
   readonly bytes: number;
+  /** The size at the source of the instances deleted there. */
+  readonly deletedBytes: number;
   readonly durationMs: number;
   readonly finishedAt: number;
 }
 
-export interface Totals {
+/** Studies, instances and bytes. */
+export interface Tally {
   readonly studies: number;
   readonly instances: number;
   readonly bytes: number;
+}
+
+/** What the ledger counted of one source's outcomes; they keep counting once the outcomes are pruned. */
+export interface SourceTotals {
+  /**
+   * What left the source: studies moved whole (one moved again after new instances arrived counts
+   * again: that was another move); the instances deleted there once every destination verified
+   * them, a partly moved study's included, and their size at the source.
+   */
+  readonly moved: Tally;
+  /** Copy mode: studies copied whole; the instances and bytes the copies sent (once per destination). */
+  readonly copied: Tally;
+  /** Instances deleted at the source: the moved ones, and the unrouted ones under `unrouted: "delete"`. */
   readonly deleted: number;
+}
+
+export interface Totals extends SourceTotals {
+  /** Distinct instances refused for good, those forgotten since (gone from their source) included. */
   readonly rejected: number;
+  /**
+   * Per source ID, sources no longer configured included. '' holds what a ledger counted before
+   * it counted per source (state schema 4, or an AWS stack before this version): its studies as
+   * moved, its instances as the deleted ones and its bytes as those sent.
+   */
+  readonly sources: Readonly<Record<string, SourceTotals>>;
 }
 
 /**
@@ -327,4 +390,86 @@ export interface Ledger {
   /** What was remembered of the study (or of one series of it, seriesId '' for the whole study). */
   settled(sourceId: string, studyId: string, seriesId: string): Promise<SettledStudy | undefined>;
   totals(): Promise<Totals>;
+  /**
+   * Keeps the audit trail of a deletion, with its intent and before the source is asked to delete
+   * (same `at`), in parts of DELETION_PART_SIZE instances, for `retention.auditDays`.
+   */
+  recordDeletion(deletion: DeletionRecord): Promise<void>;
+  /**
+   * Confirms a recorded deletion whose move stopped before its outcome (its intent is open): only
+   * the instances gone from the source stay in it. A confirmed one, or none, is left as it is.
+   */
+  confirmDeletion(key: DeletionKey, stillAtSource: ReadonlySet<string>): Promise<void>;
+  /**
+   * One page of the recorded deletions of the period, parts in the order of time, source, study,
+   * series and part; `after` is the `next` of the previous page, at most `limit` parts a page.
+   */
+  deletions(
+    query: DeletionQuery,
+    page: { readonly after?: string | undefined; readonly limit: number },
+  ): Promise<DeletionPage>;
+}
+
+/** Names one recorded deletion: the deletion intent's key and time. */
+export interface DeletionKey {
+  readonly sourceId: string;
+  readonly studyId: string;
+  /** The series of a series work item; '' for the whole study. */
+  readonly seriesId: string;
+  /** The intent's `at` (epoch ms): when the forwarder set out to delete. */
+  readonly at: number;
+}
+
+/** An instance a deletion removed from its source: Orthanc IDs and its SOPInstanceUID, no tag value. */
+export interface DeletedInstance {
+  readonly seriesId: string;
+  readonly instanceId: string;
+  readonly sopInstanceUid: string;
+  /**
+   * Deleted on the operator's `accept-destination` decision: the destination holds another
+   * instance under this SOPInstanceUID, which the operator let stand.
+   */
+  readonly accepted: boolean;
+}
+
+/**
+ * The audit trail of one deletion at a source: which instances, and which destinations verified
+ * them at which level (none: deleted as unrouted). UIDs, so that an instance can be found at the
+ * destination; never a patient value.
+ */
+export interface DeletionRecord extends DeletionKey {
+  readonly studyInstanceUid: string;
+  readonly verifiedBy: DeletionIntent['verifiedBy'];
+  readonly instances: readonly DeletedInstance[];
+}
+
+/** Instances per stored part of a deletion: a DynamoDB item of them stays far below 400 KB. */
+export const DELETION_PART_SIZE = 1000;
+
+/**
+ * `deleted`: its move recorded its outcome, or a later move confirmed it; `deleting`: its intent is
+ * still open (the move failed or stopped after asking the source to delete): the study's next
+ * move confirms it.
+ */
+export type DeletionStatus = 'deleted' | 'deleting';
+
+/** One part of a recorded deletion, as the audit reads it. */
+export interface AuditedDeletion extends DeletionRecord {
+  /** 0 for the first DELETION_PART_SIZE instances of the deletion, 1 for the next, … */
+  readonly part: number;
+  readonly status: DeletionStatus;
+}
+
+export interface DeletionQuery {
+  /** From (epoch ms, inclusive) … */
+  readonly since: number;
+  /** … to (epoch ms, exclusive). */
+  readonly until: number;
+  readonly sourceId?: string | undefined;
+}
+
+export interface DeletionPage {
+  readonly deletions: AuditedDeletion[];
+  /** Where the next page starts; absent after the last. */
+  readonly next?: string | undefined;
 }

@@ -222,7 +222,9 @@ export class StowClient {
       isTransientStatus(response.statusCode) ||
       [401, 403, 404, 405, 413, 415].includes(response.statusCode)
     ) {
-      throw await statusError(this.endpoint, what, response);
+      // STOW-RS has one resource, the root's /studies: a 404 says the root is wrong, not the batch.
+      const fault = response.statusCode === 404 ? 'root' : undefined;
+      throw await statusError(this.endpoint, what, response, fault);
     }
     if (progress.sent.length === 0) {
       await response.body.dump();

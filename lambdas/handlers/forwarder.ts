@@ -9,7 +9,13 @@ import { type AwsRuntime, createRuntime } from '../aws/runtime.ts';
 import { SqsDeadLetters } from '../aws/sqs-dead-letters.ts';
 import { cachedUntilRejected } from '../core/concurrency.ts';
 import { buildEngine } from '../core/engine.ts';
-import { describe, failureKind, NotVerifiedError } from '../core/errors.ts';
+import {
+  DestinationUnavailableError,
+  describe,
+  failureKind,
+  NotVerifiedError,
+  WaitError,
+} from '../core/errors.ts';
 import { decideOnFailure } from '../core/failure-policy.ts';
 import { type Engine, forwardWorkItem } from '../core/forward-work-item.ts';
 import { type Metrics, recordOutcome } from '../core/metrics.ts';
@@ -85,12 +91,20 @@ const processRecord = async (
       invocation.metrics.add('DeadLettered', 1, 'Count');
       return; // Reported as processed: the event source mapping deletes it from the work queue.
     }
-    runtime.log.warn('work item failed, will retry', {
-      ...attributes,
-      delayMs: decision.delayMs,
-      counted: decision.counted,
-    });
-    invocation.metrics.add('Retries', 1, 'Count');
+    if (error instanceof DestinationUnavailableError) {
+      invocation.metrics.add('DestinationUnavailable', 1, 'Count', error.destinationId);
+    }
+    // A wait is no failed attempt (ForwarderErrorRate), and is logged once where it is found.
+    if (error instanceof WaitError) {
+      runtime.log.debug('work item waits', { ...attributes, delayMs: decision.delayMs });
+    } else {
+      runtime.log.warn('work item failed, will retry', {
+        ...attributes,
+        delayMs: decision.delayMs,
+        counted: decision.counted,
+      });
+      invocation.metrics.add('Retries', 1, 'Count');
+    }
     if (!decision.counted) {
       await deadLetters.requeue(record.body, decision.delayMs);
       return; // Reported as processed: the copy just queued carries on, with its own receive count.

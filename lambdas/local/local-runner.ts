@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { type FeedContext, type PollReport, pollSource } from '../core/changes-feed.ts';
 import type { ForwarderConfig } from '../core/config.ts';
 import { buildEngine, feedSettings } from '../core/engine.ts';
-import { describe, failureKind } from '../core/errors.ts';
+import { DestinationUnavailableError, describe, failureKind, WaitError } from '../core/errors.ts';
 import { decideOnFailure } from '../core/failure-policy.ts';
 import { type Engine, forwardWorkItem } from '../core/forward-work-item.ts';
 import { warnOfPlainHttpAuth } from '../core/http.ts';
@@ -46,6 +46,10 @@ export interface RunSummary {
   readonly rejected: number;
   readonly deadLettered: number;
   readonly failedSources: readonly string[];
+  /** Sources paused when the run ended: their studies wait in the state file for a later run. */
+  readonly pausedSources: readonly string[];
+  /** Destinations refusing the forwarder as a whole when the run ended: the studies routed to them wait. */
+  readonly unavailableDestinations: readonly string[];
   readonly durationMs: number;
 }
 
@@ -82,6 +86,11 @@ export class LocalRunner {
   };
   private active = 0;
   private engine: Engine | undefined;
+  /**
+   * The work items (bodies, with their source) whose last attempt ended waiting for a destination
+   * that refuses us: `--until-idle` does not wait for them, since nothing in this run fixes that.
+   */
+  private readonly destinationWaits = new Map<string, string | undefined>();
 
   private readonly onStep: MoveContext['onStep'];
 
@@ -138,6 +147,10 @@ export class LocalRunner {
     return {
       ...this.totals,
       failedSources: [...this.sources].filter(([, s]) => s.consecutiveFailures > 0).map(([id]) => id),
+      pausedSources: this.pausedSources(),
+      unavailableDestinations: this.engine.destinations
+        .filter((destination) => destination.health.faults !== undefined)
+        .map((destination) => destination.id),
       durationMs: Date.now() - started,
     };
   }
@@ -191,8 +204,15 @@ export class LocalRunner {
     const context = this.feedContext(sourceId, this.engineFor(this.owner));
     while (!signal.aborted) {
       try {
+        const wasPaused = status.lastPoll?.paused === true;
         status.lastPoll = await pollSource({ ...context, deadline: Date.now() + POLL_BUDGET_MS });
         status.polls++;
+        if (status.lastPoll.paused !== wasPaused) {
+          const change = status.lastPoll.paused
+            ? 'source paused: not polled, its studies wait'
+            : 'source resumed';
+          this.log.info(change, { sourceId });
+        }
         if (status.consecutiveFailures > 0) this.log.info('source reachable again', { sourceId });
         status.consecutiveFailures = 0;
         status.lastError = undefined;
@@ -228,14 +248,15 @@ export class LocalRunner {
   }
 
   private async prune(): Promise<void> {
-    const { outcomeDays, refusalDays } = this.config.retention;
+    const { outcomeDays, refusalDays, auditDays } = this.config.retention;
     const now = Date.now();
     try {
       const outcomes = this.state.ledger.pruneOutcomes(now - outcomeDays * DAY_MS);
+      const deletions = this.state.ledger.pruneDeletions(now - auditDays * DAY_MS);
       const sources = this.engineFor(this.owner).sources;
       const refusals = await forgetGoneRefusals(this.state.ledger, sources, now - refusalDays * DAY_MS);
-      if (outcomes > 0 || refusals.forgotten > 0 || refusals.unchecked > 0) {
-        this.log.info('ledger pruned', { outcomes, ...refusals });
+      if (outcomes > 0 || deletions > 0 || refusals.forgotten > 0 || refusals.unchecked > 0) {
+        this.log.info('ledger pruned', { outcomes, deletionParts: deletions, ...refusals });
       }
     } catch (error) {
       this.log.warn('pruning the ledger failed; the next run or day tries again', { error: describe(error) });
@@ -254,6 +275,7 @@ export class LocalRunner {
       try {
         const outcome = await forwardWorkItem(engine, message.body, { attempt: message.receiveCount });
         await this.state.queue.ack(message.handle);
+        this.destinationWaits.delete(message.body);
         this.count(outcome);
         options.onOutcome?.(outcome);
       } catch (error) {
@@ -267,15 +289,22 @@ export class LocalRunner {
   private async fail(message: { handle: string; body: string; receiveCount: number }, error: unknown) {
     const reason = describe(error);
     const decision = decideOnFailure(error, message.receiveCount, this.config.retry);
-    this.log.error(
-      decision.action === 'dead-letter' ? 'work item dead-lettered' : 'work item failed, will retry',
-      {
-        error: reason,
-        kind: failureKind(error),
-        receiveCount: message.receiveCount,
-        ...safeIds(message.body),
-      },
-    );
+    if (error instanceof DestinationUnavailableError)
+      this.destinationWaits.set(message.body, safeIds(message.body).sourceId);
+    else this.destinationWaits.delete(message.body);
+    const attributes = {
+      error: reason,
+      kind: failureKind(error),
+      receiveCount: message.receiveCount,
+      ...safeIds(message.body),
+    };
+    // A wait (a paused source, a destination refusing us) is logged once where it is found.
+    if (error instanceof WaitError) this.log.debug('work item waits', attributes);
+    else
+      this.log.error(
+        decision.action === 'dead-letter' ? 'work item dead-lettered' : 'work item failed, will retry',
+        attributes,
+      );
     if (decision.action === 'dead-letter') {
       await this.state.queue.deadLetter(message.handle, reason);
       this.totals.deadLettered++;
@@ -293,9 +322,15 @@ export class LocalRunner {
     this.totals.rejected += outcome.rejected;
   }
 
+  /** The sources the last poll found paused. */
+  private pausedSources(): string[] {
+    return [...this.sources].filter(([, s]) => s.lastPoll?.paused === true).map(([id]) => id);
+  }
+
   /**
-   * Idle: every source read to Done with nothing waiting and no sweep under way (or given up on),
-   * and no work queued or running.
+   * Idle: every source read to Done with nothing waiting and no sweep under way (or given up on,
+   * or paused), and no work queued or running but what waits for an operator: a paused source's
+   * (until its resume), and what waits for a destination that refuses us (until it is fixed).
    */
   private async isIdle(): Promise<boolean> {
     for (const status of this.sources.values()) {
@@ -303,12 +338,15 @@ export class LocalRunner {
       const drained =
         status.consecutiveFailures === 0 &&
         status.lastPoll !== undefined &&
-        status.lastPoll.waiting === 0 &&
-        !unfinished(status.lastPoll);
+        (status.lastPoll.paused || (status.lastPoll.waiting === 0 && !unfinished(status.lastPoll)));
       if (!givenUp && !drained) return false;
     }
-    const stats = await this.state.queue.stats();
-    return stats.waiting === 0 && stats.inFlight === 0 && this.active === 0;
+    const paused = this.pausedSources();
+    const stats = await this.state.queue.stats({ exceptSources: paused });
+    const waitingForDestinations = [...this.destinationWaits.values()].filter(
+      (sourceId) => sourceId === undefined || !paused.includes(sourceId),
+    ).length;
+    return stats.waiting + stats.inFlight <= waitingForDestinations && this.active === 0;
   }
 
   private pollCounts(): number[] {

@@ -7,12 +7,22 @@ import {
   type FeedStateStore,
   QUEUED_MEMORY_MS,
   type QueuedStudy,
+  type SourceControl,
   type StoredProgress,
   type WatchedStudy,
 } from '../core/ports.ts';
 import type { StateDb } from './sqlite-state.ts';
 
-export const FEED_SCHEMA = `
+/** What an operator asked of each source (schema version 5). */
+export const SOURCE_CONTROLS_SCHEMA = `
+  CREATE TABLE IF NOT EXISTS source_controls (
+    source_id TEXT PRIMARY KEY,
+    paused_at INTEGER,
+    sweep_requested_at INTEGER
+  ) STRICT;
+`;
+
+export const FEED_SCHEMA = `${SOURCE_CONTROLS_SCHEMA}
   CREATE TABLE IF NOT EXISTS feed_cursors (
     source_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
@@ -111,6 +121,22 @@ const statements = (db: StateDb) => ({
   queued: db.prepare(
     `SELECT study_id, last_update, settings, queued_at FROM queued_studies
      WHERE source_id = ? AND study_id IN (SELECT value FROM json_each(?))`,
+  ),
+  control: db.prepare('SELECT paused_at, sweep_requested_at FROM source_controls WHERE source_id = ?'),
+  // Each sets its column only where it is not set yet: the first pause, the pending request, stand.
+  pause: db.prepare(
+    `INSERT INTO source_controls (source_id, paused_at) VALUES (?1, ?2)
+     ON CONFLICT (source_id) DO UPDATE SET paused_at = ?2 WHERE paused_at IS NULL`,
+  ),
+  resume: db.prepare(
+    'UPDATE source_controls SET paused_at = NULL WHERE source_id = ? AND paused_at IS NOT NULL',
+  ),
+  requestSweep: db.prepare(
+    `INSERT INTO source_controls (source_id, sweep_requested_at) VALUES (?1, ?2)
+     ON CONFLICT (source_id) DO UPDATE SET sweep_requested_at = ?2 WHERE sweep_requested_at IS NULL`,
+  ),
+  clearSweepRequest: db.prepare(
+    'UPDATE source_controls SET sweep_requested_at = NULL WHERE source_id = ? AND sweep_requested_at = ?',
   ),
 });
 
@@ -218,6 +244,34 @@ export class SqliteFeedStore implements FeedStateStore {
     this.#db.write(() => {
       for (const studyId of studyIds) this.#sql.forgetQueued.run(sourceId, studyId);
     });
+  }
+
+  async control(sourceId: string): Promise<SourceControl> {
+    const row = this.#sql.control.get(sourceId) as
+      | { paused_at: number | null; sweep_requested_at: number | null }
+      | undefined;
+    const pausedAt = row?.paused_at ?? undefined;
+    const sweepRequestedAt = row?.sweep_requested_at ?? undefined;
+    return {
+      ...(pausedAt === undefined ? {} : { pausedAt }),
+      ...(sweepRequestedAt === undefined ? {} : { sweepRequestedAt }),
+    };
+  }
+
+  async pause(sourceId: string, at: number): Promise<boolean> {
+    return Number(this.#sql.pause.run(sourceId, at).changes) === 1;
+  }
+
+  async resume(sourceId: string): Promise<boolean> {
+    return Number(this.#sql.resume.run(sourceId).changes) === 1;
+  }
+
+  async requestSweep(sourceId: string, at: number): Promise<boolean> {
+    return Number(this.#sql.requestSweep.run(sourceId, at).changes) === 1;
+  }
+
+  async clearSweepRequest(sourceId: string, at: number): Promise<void> {
+    this.#sql.clearSweepRequest.run(sourceId, at);
   }
 
   async queued(sourceId: string, studyIds: readonly string[]): Promise<QueuedStudy[]> {

@@ -6,12 +6,18 @@ import {
   type ConflictKey,
   type ConflictResolution,
   type DeletionIntent,
+  type DeletionKey,
+  type DeletionPage,
+  type DeletionQuery,
+  type DeletionRecord,
   type Ledger,
   type RejectedInstance,
   type SettledStudy,
   type StudyOutcome,
   type Totals,
 } from '../core/ports.ts';
+import { sumTotals } from '../core/totals.ts';
+import { DELETIONS_SCHEMA, SqliteDeletions } from './sqlite-deletions.ts';
 import type { StateDb } from './sqlite-state.ts';
 
 const outcomesTable = (name: string) => `
@@ -29,8 +35,10 @@ const outcomesTable = (name: string) => `
     bytes INTEGER NOT NULL,
     duration_ms INTEGER NOT NULL,
     finished_at INTEGER NOT NULL,
-    -- Last, where ALTER TABLE put it in older files, so that every file has the same columns.
-    conflicts INTEGER NOT NULL DEFAULT 0
+    -- Last, where ALTER TABLE put them in older files, so that every file has the same columns.
+    conflicts INTEGER NOT NULL DEFAULT 0,
+    -- NULL in the outcomes of version 4 and older.
+    deleted_bytes INTEGER
   ) STRICT;
   CREATE INDEX IF NOT EXISTS ${name}_study ON ${name} (source_id, study_id);
 `;
@@ -56,18 +64,46 @@ export const LEDGER_MIGRATION_FROM_2 = `
   ALTER TABLE study_outcomes ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
 `;
 
-/*
- * What the totals count of outcomes. studies: runs that moved (or copied) a whole study. A
- * 'partial' run left refused instances behind and a 'gone' run found nothing, so neither counts;
- * a study moved again after new instances arrived counts twice, since that was two moves.
- * instances, bytes: what this forwarder sent; instances the destination already held do not count.
- */
-const OUTCOME_SUMS = `count(*) FILTER (WHERE result IN ('moved', 'copied')) AS studies,
-  coalesce(sum(sent), 0) AS instances, coalesce(sum(bytes), 0) AS bytes, coalesce(sum(deleted), 0) AS deleted`;
+/** Schema version 5 keeps the size of what each run deleted at the source. */
+export const LEDGER_COLUMNS_OF_5 = [
+  { table: 'study_outcomes', column: 'deleted_bytes', definition: 'INTEGER' },
+];
 
-const ADD_TO_PRUNED = `ON CONFLICT (id) DO UPDATE SET studies = studies + excluded.studies,
-  instances = instances + excluded.instances, bytes = bytes + excluded.bytes,
-  deleted = deleted + excluded.deleted, rejected = rejected + excluded.rejected`;
+/**
+ * Schema version 5 counts pruned outcomes per source, copies apart from moves. What an older file
+ * had pruned cannot be told apart: it goes to the source '' (Totals.sources says how it counts).
+ */
+export const LEDGER_MIGRATION_TO_5 = `
+  INSERT INTO pruned_source_totals (source_id, moved_studies, moved_instances, moved_bytes,
+    copied_studies, copied_instances, copied_bytes, deleted)
+  SELECT '', studies, deleted, bytes, 0, 0, 0, deleted FROM pruned_totals
+  WHERE id = 1 AND studies + instances + bytes + deleted > 0
+  ON CONFLICT (source_id) DO NOTHING;
+  UPDATE pruned_totals SET studies = 0, instances = 0, bytes = 0, deleted = 0;
+`;
+
+const SOURCE_TOTALS = [
+  'moved_studies',
+  'moved_instances',
+  'moved_bytes',
+  'copied_studies',
+  'copied_instances',
+  'copied_bytes',
+  'deleted',
+] as const;
+
+/*
+ * What the totals count of outcomes, per source: core/totals.ts's outcomeTotals(), summed. An
+ * outcome of version 4 or older has no deleted_bytes: what it sent stands for it.
+ */
+const OUTCOME_SUMS = `count(*) FILTER (WHERE result = 'moved') AS moved_studies,
+  coalesce(sum(deleted) FILTER (WHERE result <> 'skipped'), 0) AS moved_instances,
+  coalesce(sum(coalesce(deleted_bytes, CASE WHEN deleted > 0 THEN bytes ELSE 0 END))
+    FILTER (WHERE result <> 'skipped'), 0) AS moved_bytes,
+  count(*) FILTER (WHERE result = 'copied') AS copied_studies,
+  coalesce(sum(sent) FILTER (WHERE result = 'copied'), 0) AS copied_instances,
+  coalesce(sum(bytes) FILTER (WHERE result = 'copied'), 0) AS copied_bytes,
+  coalesce(sum(deleted), 0) AS deleted`;
 
 const SQL_RESOLUTIONS = CONFLICT_RESOLUTIONS.map((resolution) => `'${resolution}'`).join(', ');
 
@@ -114,7 +150,12 @@ export const LEDGER_SCHEMA = `
     PRIMARY KEY (source_id, instance_id, destination_id)
   ) STRICT, WITHOUT ROWID;
   CREATE INDEX IF NOT EXISTS conflicts_study ON conflicts (source_id, study_id);
-  -- What pruned outcomes and forgotten refusals counted: the totals do not shrink with the rows.
+  -- What pruned outcomes counted, per source: the totals do not shrink with the rows.
+  CREATE TABLE IF NOT EXISTS pruned_source_totals (
+    source_id TEXT PRIMARY KEY,
+    ${SOURCE_TOTALS.map((column) => `${column} INTEGER NOT NULL`).join(',\n    ')}
+  ) STRICT, WITHOUT ROWID;
+  -- What forgotten refusals counted (and, before version 5, pruned outcomes).
   CREATE TABLE IF NOT EXISTS pruned_totals (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     studies INTEGER NOT NULL,
@@ -136,6 +177,7 @@ export const LEDGER_SCHEMA = `
     completed_at INTEGER,
     PRIMARY KEY (source_id, study_id, series_id)
   ) STRICT, WITHOUT ROWID;
+  ${DELETIONS_SCHEMA}
 `;
 
 /** The columns of a table kept per study and per series of it: settled studies, deletion intents. */
@@ -181,6 +223,8 @@ interface ConflictRow {
   resolved_at: number;
 }
 
+type SourceTotalsRow = { source_id: string } & Record<(typeof SOURCE_TOTALS)[number], number>;
+
 interface IntentRow extends SeriesRow {
   instances: number;
   verified_by: string;
@@ -213,9 +257,9 @@ const statements = (db: StateDb) => ({
   dropLease: db.prepare('DELETE FROM leases WHERE key = ? AND owner = ?'),
   record: db.prepare(
     `INSERT INTO study_outcomes (source_id, study_id, result, instances, sent, already_present,
-       deleted, rejected, conflicts, bytes, duration_ms, finished_at)
+       deleted, rejected, conflicts, bytes, deleted_bytes, duration_ms, finished_at)
      VALUES (:sourceId, :studyId, :result, :instances, :sent, :alreadyPresent,
-       :deleted, :rejected, :conflicts, :bytes, :durationMs, :finishedAt)`,
+       :deleted, :rejected, :conflicts, :bytes, :deletedBytes, :durationMs, :finishedAt)`,
   ),
   // The newest refusal wins, whatever order two workers write theirs in.
   recordRejected: db.prepare(
@@ -286,9 +330,10 @@ const statements = (db: StateDb) => ({
        (SELECT max(id) + 1 FROM study_outcomes)) AS id`,
   ),
   foldOutcomes: db.prepare(
-    `INSERT INTO pruned_totals (id, studies, instances, bytes, deleted, rejected)
-     SELECT 1, ${OUTCOME_SUMS}, 0 FROM study_outcomes WHERE id < ?
-     ${ADD_TO_PRUNED}`,
+    `INSERT INTO pruned_source_totals (source_id, ${SOURCE_TOTALS.join(', ')})
+     SELECT source_id, ${OUTCOME_SUMS} FROM study_outcomes WHERE id < ? GROUP BY source_id
+     ON CONFLICT (source_id) DO UPDATE SET
+       ${SOURCE_TOTALS.map((column) => `${column} = ${column} + excluded.${column}`).join(', ')}`,
   ),
   pruneOutcomes: db.prepare('DELETE FROM study_outcomes WHERE id < ?'),
   // Only the refusal that was judged gone: one recorded since is about a new arrival.
@@ -297,31 +342,34 @@ const statements = (db: StateDb) => ({
   ),
   foldRejected: db.prepare(
     `INSERT INTO pruned_totals (id, studies, instances, bytes, deleted, rejected) VALUES (1, 0, 0, 0, 0, ?)
-     ${ADD_TO_PRUNED}`,
+     ON CONFLICT (id) DO UPDATE SET rejected = rejected + excluded.rejected`,
+  ),
+  sourceTotals: db.prepare(
+    `SELECT source_id, ${SOURCE_TOTALS.map((column) => `sum(${column}) AS ${column}`).join(', ')} FROM (
+       SELECT source_id, ${OUTCOME_SUMS} FROM study_outcomes GROUP BY source_id
+       UNION ALL
+       SELECT source_id, ${SOURCE_TOTALS.join(', ')} FROM pruned_source_totals
+     ) GROUP BY source_id ORDER BY source_id`,
   ),
   /*
-   * rejected: distinct instances refused for good, from their own table, because every later
-   * run of the same study reports its earlier refusals again in its outcome. Pruned rows count
-   * through pruned_totals.
+   * Distinct instances refused for good, from their own table, because every later run of the
+   * same study reports its earlier refusals again in its outcome; forgotten ones through pruned_totals.
    */
-  totals: db.prepare(
-    `SELECT live.studies + coalesce(pruned.studies, 0) AS studies,
-            live.instances + coalesce(pruned.instances, 0) AS instances,
-            live.bytes + coalesce(pruned.bytes, 0) AS bytes,
-            live.deleted + coalesce(pruned.deleted, 0) AS deleted,
-            (SELECT count(*) FROM rejected_instances) + coalesce(pruned.rejected, 0) AS rejected
-     FROM (SELECT ${OUTCOME_SUMS} FROM study_outcomes) AS live
-     LEFT JOIN pruned_totals AS pruned ON pruned.id = 1`,
+  rejectedTotal: db.prepare(
+    `SELECT (SELECT count(*) FROM rejected_instances)
+       + coalesce((SELECT rejected FROM pruned_totals WHERE id = 1), 0) AS rejected`,
   ),
 });
 
 export class SqliteLedger implements Ledger {
   readonly #db: StateDb;
   readonly #sql: ReturnType<typeof statements>;
+  readonly #deletions: SqliteDeletions;
 
   constructor(db: StateDb) {
     this.#db = db;
     this.#sql = statements(db);
+    this.#deletions = new SqliteDeletions(db);
   }
 
   /** The lease is free when nobody holds it, its holder let it expire, or the caller holds it (a renewal). */
@@ -353,7 +401,7 @@ export class SqliteLedger implements Ledger {
 
   async record(outcome: StudyOutcome): Promise<void> {
     const { sourceId, studyId, result, instances, sent, alreadyPresent, deleted, rejected, bytes } = outcome;
-    const { conflicts, durationMs, finishedAt } = outcome;
+    const { conflicts, deletedBytes, durationMs, finishedAt } = outcome;
     this.#sql.record.run({
       sourceId,
       studyId,
@@ -365,6 +413,7 @@ export class SqliteLedger implements Ledger {
       rejected,
       conflicts,
       bytes,
+      deletedBytes,
       durationMs,
       finishedAt,
     });
@@ -507,13 +556,43 @@ export class SqliteLedger implements Ledger {
   }
 
   async totals(): Promise<Totals> {
-    const row = this.#sql.totals.get() as unknown as Totals;
-    return {
-      studies: row.studies,
-      instances: row.instances,
-      bytes: row.bytes,
-      deleted: row.deleted,
-      rejected: row.rejected,
-    };
+    const rows = this.#sql.sourceTotals.all() as unknown as SourceTotalsRow[];
+    const { rejected } = this.#sql.rejectedTotal.get() as { rejected: number };
+    return sumTotals(
+      Object.fromEntries(
+        rows.map((row) => [
+          row.source_id,
+          {
+            moved: { studies: row.moved_studies, instances: row.moved_instances, bytes: row.moved_bytes },
+            copied: { studies: row.copied_studies, instances: row.copied_instances, bytes: row.copied_bytes },
+            deleted: row.deleted,
+          },
+        ]),
+      ),
+      rejected,
+    );
+  }
+
+  async recordDeletion(deletion: DeletionRecord): Promise<void> {
+    this.#deletions.record(deletion);
+  }
+
+  async confirmDeletion(key: DeletionKey, stillAtSource: ReadonlySet<string>): Promise<void> {
+    this.#deletions.confirm(key, stillAtSource);
+  }
+
+  async deletions(
+    query: DeletionQuery,
+    page: { readonly after?: string | undefined; readonly limit: number },
+  ): Promise<DeletionPage> {
+    return this.#deletions.page(query, page);
+  }
+
+  /**
+   * Forgets the deletions recorded before `before` (epoch ms): `retention.auditDays`. Returns how
+   * many parts. DynamoDB's TTL does the same there.
+   */
+  pruneDeletions(before: number): number {
+    return this.#deletions.prune(before);
   }
 }

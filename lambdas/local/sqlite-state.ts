@@ -2,11 +2,16 @@
  * Local mode keeps all its state (cursors, watch lists, the work queue and its dead letters, the
  * ledger) in one SQLite file, through node:sqlite so that no native addon has to be built.
  */
+import { statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
-import { FEED_SCHEMA, SqliteFeedStore } from './sqlite-feed-store.ts';
+import { DELETIONS_SCHEMA } from './sqlite-deletions.ts';
+import { FEED_SCHEMA, SOURCE_CONTROLS_SCHEMA, SqliteFeedStore } from './sqlite-feed-store.ts';
 import {
+  LEDGER_COLUMNS_OF_5,
   LEDGER_MIGRATION_FROM_1,
   LEDGER_MIGRATION_FROM_2,
+  LEDGER_MIGRATION_TO_5,
   LEDGER_SCHEMA,
   SqliteLedger,
 } from './sqlite-ledger.ts';
@@ -16,7 +21,7 @@ import { QUEUE_SCHEMA, SqliteWorkQueue } from './sqlite-work-queue.ts';
  * Kept in PRAGMA user_version. Bump it with every change to a table and migrate from the old
  * value; a file written by a newer forwarder is refused rather than misread.
  */
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
 
 /** The default of the configuration's retry.maxAttempts, which is what the caller should pass. */
 export const DEFAULT_MAX_RECEIVES = 8;
@@ -75,12 +80,31 @@ const writer =
     }
   };
 
+/**
+ * From version 4 (or older) to 5, on a file that existed before: what version 5 added, as
+ * `CREATE TABLE IF NOT EXISTS` and `ALTER TABLE … ADD COLUMN` statements. A new file gets it with
+ * each store's full schema instead. Version 5: per-source operator controls (pause, sweep
+ * requests); the ledger's totals per source, copies apart from moves, and the size of what was
+ * deleted (a new column: COLUMNS_OF_5, added before these run); the audit trail of deletions.
+ */
+const MIGRATION_TO_5 = [SOURCE_CONTROLS_SCHEMA, LEDGER_MIGRATION_TO_5, DELETIONS_SCHEMA];
+/** Added only where missing: a version 1 file's outcomes were just made anew, in the current form. */
+const COLUMNS_OF_5 = [...LEDGER_COLUMNS_OF_5];
+
+const addMissingColumns = (db: DatabaseSync, columns: typeof COLUMNS_OF_5): void => {
+  const has = db.prepare('SELECT 1 FROM pragma_table_info(?) WHERE name = ?');
+  for (const { table, column, definition } of columns) {
+    if (has.get(table, column) === undefined)
+      db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${definition}`);
+  }
+};
+
 const migrate = (db: DatabaseSync, write: StateDb['write']): void => {
   write(() => {
     const row = db.prepare('PRAGMA user_version').get() as { user_version: number };
     if (row.user_version > SCHEMA_VERSION) {
-      throw new Error(
-        `the state file has schema version ${row.user_version}, newer than this forwarder's ${SCHEMA_VERSION}`,
+      throw new StateFileError(
+        `the state file has schema version ${row.user_version}, newer than this forwarder's ${SCHEMA_VERSION}: use the forwarder that wrote it, or a newer one`,
       );
     }
     // IF NOT EXISTS everywhere, so that opening an existing file (or two processes opening a
@@ -91,13 +115,67 @@ const migrate = (db: DatabaseSync, write: StateDb['write']): void => {
     // so a version 3 file has nothing more to do.
     if (row.user_version === 1) db.exec(LEDGER_MIGRATION_FROM_1);
     if (row.user_version === 2) db.exec(LEDGER_MIGRATION_FROM_2);
+    if (row.user_version > 0 && row.user_version < 5) {
+      addMissingColumns(db, COLUMNS_OF_5);
+      for (const sql of MIGRATION_TO_5) db.exec(sql);
+    }
     if (row.user_version < SCHEMA_VERSION) db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
   });
 };
 
+/** A state file that cannot be used, told so that an operator can fix it (no stack trace). */
+export class StateFileError extends Error {
+  override name = 'StateFileError';
+}
+
+const isFolder = (path: string): boolean => statSync(path, { throwIfNoEntry: false })?.isDirectory() === true;
+
+/** SQLite's primary result codes (the low byte of an extended one) that the file chosen explains. */
+const SQLITE_PERM = 3;
+const SQLITE_READONLY = 8;
+const SQLITE_CANTOPEN = 14;
+const SQLITE_NOTADB = 26;
+
+/** What SQLite's refusal of a file means to an operator, or the error itself when it is something else. */
+const explained = (path: string, error: unknown): unknown => {
+  const code = (error as { errcode?: unknown }).errcode;
+  if (typeof code !== 'number') return error;
+  const file = `the state file ${path}`;
+  const folder = dirname(path);
+  switch (code & 0xff) {
+    case SQLITE_CANTOPEN:
+      return new StateFileError(
+        isFolder(folder)
+          ? `${file} cannot be opened or created: this user must be able to write it and its folder ${folder} (SQLite writes -wal and -shm files beside it); or give --state another file`
+          : `${file} cannot be created: ${folder} is not an existing folder; create it, or give --state another file`,
+      );
+    case SQLITE_NOTADB:
+      return new StateFileError(
+        `${file} is not a SQLite database: give --state the forwarder's own state file, or a new file`,
+      );
+    case SQLITE_READONLY:
+    case SQLITE_PERM:
+      return new StateFileError(
+        `${file} cannot be written: this user must be able to write it and its folder ${folder}; or give --state another file`,
+      );
+    default:
+      return error;
+  }
+};
+
 /** Opens (creating if needed) a state file, or ':memory:', with the schema in place. */
 export const openDatabase = (path: string, busyTimeoutMs = 10_000): { db: DatabaseSync; state: StateDb } => {
-  const db = new DatabaseSync(path, { timeout: busyTimeoutMs });
+  if (isFolder(path)) {
+    throw new StateFileError(
+      `the state file ${path} is a folder: give --state a file, e.g. ${join(path, 'forwarder.state.sqlite')}`,
+    );
+  }
+  let db: DatabaseSync;
+  try {
+    db = new DatabaseSync(path, { timeout: busyTimeoutMs });
+  } catch (error) {
+    throw explained(path, error);
+  }
   try {
     configure(db);
     const write = writer(db);
@@ -105,7 +183,7 @@ export const openDatabase = (path: string, busyTimeoutMs = 10_000): { db: Databa
     return { db, state: { prepare: (sql) => db.prepare(sql), write } };
   } catch (error) {
     db.close();
-    throw error;
+    throw explained(path, error);
   }
 };
 

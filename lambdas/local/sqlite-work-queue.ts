@@ -3,7 +3,15 @@
  * behaves the same on one machine as on AWS.
  */
 import { randomUUID } from 'node:crypto';
-import type { DeadLetter, QueueStats, ReceivedMessage, WorkItem, WorkQueue } from '../core/ports.ts';
+import { matchesDeadLetter } from '../core/dead-letters.ts';
+import type {
+  DeadLetter,
+  DeadLetterFilter,
+  QueueStats,
+  ReceivedMessage,
+  WorkItem,
+  WorkQueue,
+} from '../core/ports.ts';
 import { encodeWorkItem } from '../core/work-item.ts';
 import type { StateDb } from './sqlite-state.ts';
 
@@ -40,6 +48,9 @@ export const QUEUE_SCHEMA = `
     dead_lettered_at INTEGER NOT NULL
   ) STRICT;
 `;
+
+/** Dead letters read at a time: listing, grouping or redriving them keeps this many in memory. */
+const DEAD_LETTER_PAGE = 500;
 
 export interface WorkQueueOptions {
   /** Receives after which a message goes to the dead letters (SQS's maxReceiveCount). */
@@ -97,12 +108,15 @@ const statements = (db: StateDb) => ({
      SELECT id, body, source_id, study_id, receive_count, ?, ? FROM queue_messages WHERE id = ?`,
   ),
   deleteById: db.prepare('DELETE FROM queue_messages WHERE id = ?'),
+  // Keyset pages: (dead_lettered_at, id) after the last row of the page before.
   deadLetters: db.prepare(
     `SELECT id, body, source_id, study_id, receive_count, last_error, dead_lettered_at
-     FROM dead_letters ORDER BY dead_lettered_at, id`,
+     FROM dead_letters WHERE (dead_lettered_at, id) > (?, ?) ORDER BY dead_lettered_at, id LIMIT ?`,
   ),
-  redriveOrder: db.prepare('SELECT id, body, source_id, study_id FROM dead_letters ORDER BY id'),
-  clearDead: db.prepare('DELETE FROM dead_letters'),
+  redriveOrder: db.prepare(
+    `SELECT id, body, source_id, study_id, last_error FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?`,
+  ),
+  deleteDead: db.prepare('DELETE FROM dead_letters WHERE id = ?'),
   reclaim: db.prepare(
     'UPDATE queue_messages SET visible_at = ?1, handle = NULL WHERE handle IS NOT NULL AND visible_at > ?1',
   ),
@@ -110,7 +124,8 @@ const statements = (db: StateDb) => ({
     `SELECT count(*) FILTER (WHERE visible_at <= ?1) AS waiting,
             count(*) FILTER (WHERE visible_at > ?1) AS in_flight,
             (SELECT count(*) FROM dead_letters) AS dead_letters
-     FROM queue_messages`,
+     FROM queue_messages
+     WHERE source_id IS NULL OR source_id NOT IN (SELECT value FROM json_each(?2))`,
   ),
 });
 
@@ -221,40 +236,65 @@ export class SqliteWorkQueue implements WorkQueue {
     });
   }
 
-  async deadLetters(): Promise<DeadLetter[]> {
-    return (this.#sql.deadLetters.all() as unknown as DeadLetterRow[]).map((row) => ({
-      id: String(row.id),
-      body: row.body,
-      receiveCount: row.receive_count,
-      lastError: row.last_error,
-      deadLetteredAt: row.dead_lettered_at,
-    }));
+  async *deadLetters(): AsyncGenerator<DeadLetter> {
+    let after = { at: Number.MIN_SAFE_INTEGER, id: 0 };
+    for (;;) {
+      const rows = this.#sql.deadLetters.all(
+        after.at,
+        after.id,
+        DEAD_LETTER_PAGE,
+      ) as unknown as DeadLetterRow[];
+      for (const row of rows) {
+        yield {
+          id: String(row.id),
+          body: row.body,
+          receiveCount: row.receive_count,
+          lastError: row.last_error,
+          deadLetteredAt: row.dead_lettered_at,
+        };
+      }
+      const last = rows.at(-1);
+      if (last === undefined || rows.length < DEAD_LETTER_PAGE) return;
+      after = { at: last.dead_lettered_at, id: last.id };
+    }
   }
 
   /**
-   * Dead letters go to the back of the queue as new messages (new ids), in the order they were
-   * first queued. The de-duplication of enqueue applies: a study already waiting is not queued
-   * twice. Returns how many dead letters were taken off the dead-letter list.
+   * The dead letters the filter matches go to the back of the queue as new messages (new ids),
+   * in the order they were first queued; the others stay. The de-duplication of enqueue applies:
+   * a study already waiting is not queued twice. A page at a time, each in its own transaction:
+   * one interrupted leaves every dead letter either queued again or still dead. Returns how many
+   * dead letters were taken off the dead-letter list.
    */
-  async redrive(): Promise<number> {
-    return this.#db.write(() => {
-      const now = this.#now();
-      const rows = this.#sql.redriveOrder.all() as unknown as DeadLetterRow[];
-      for (const row of rows) {
-        const duplicate =
-          row.source_id !== null &&
-          row.study_id !== null &&
-          this.#waiting(row.source_id, row.study_id, seriesOf(row.body), now);
-        if (!duplicate) this.#sql.insert.run(row.body, row.source_id, row.study_id, now, now);
-      }
-      this.#sql.clearDead.run();
-      return rows.length;
-    });
+  async redrive(filter: DeadLetterFilter = {}): Promise<number> {
+    let redriven = 0;
+    for (let after = 0, more = true; more; ) {
+      ({ after, more } = this.#db.write(() => {
+        const now = this.#now();
+        const rows = this.#sql.redriveOrder.all(after, DEAD_LETTER_PAGE) as unknown as DeadLetterRow[];
+        for (const row of rows) {
+          if (!matchesDeadLetter(filter, { sourceId: row.source_id ?? undefined, lastError: row.last_error }))
+            continue;
+          const duplicate =
+            row.source_id !== null &&
+            row.study_id !== null &&
+            this.#waiting(row.source_id, row.study_id, seriesOf(row.body), now);
+          if (!duplicate) this.#sql.insert.run(row.body, row.source_id, row.study_id, now, now);
+          this.#sql.deleteDead.run(row.id);
+          redriven++;
+        }
+        return { after: rows.at(-1)?.id ?? after, more: rows.length === DEAD_LETTER_PAGE };
+      }));
+    }
+    return redriven;
   }
 
-  /** `inFlight` counts every invisible message: those being worked on and those waiting for a retry. */
-  async stats(): Promise<QueueStats> {
-    const row = this.#sql.stats.get(this.#now()) as {
+  /**
+   * `inFlight` counts every invisible message: those being worked on and those waiting for a retry.
+   * Messages of the sources in `exceptSources` (paused ones) are left out of both.
+   */
+  async stats(options: { readonly exceptSources?: readonly string[] } = {}): Promise<QueueStats> {
+    const row = this.#sql.stats.get(this.#now(), JSON.stringify(options.exceptSources ?? [])) as {
       waiting: number;
       in_flight: number;
       dead_letters: number;

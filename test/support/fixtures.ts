@@ -35,3 +35,10 @@ export const shape = (seed: string, overrides: Partial<StudyShape> = {}): StudyS
 export const until = async (condition: () => Promise<boolean>): Promise<void> => {
   while (!(await condition())) await sleep(100);
 };
+
+/** Everything an async iterable yields, in order (Array.fromAsync, which the type library lacks). */
+export const collect = async <T>(items: AsyncIterable<T>): Promise<T[]> => {
+  const all: T[] = [];
+  for await (const item of items) all.push(item);
+  return all;
+};

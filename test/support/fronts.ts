@@ -6,11 +6,12 @@
  *   page, truncated JSON, a wrong content type, a STOW answer without its sequences).
  * - `TlsFront`, a TLS terminator that pipes each connection to the Orthanc's plain HTTP port, with
  *   a certificate of the test's own CA, optionally demanding a client certificate.
- * - `testPki`, a throwaway CA and certificates made with the `openssl` command.
+ * - `testPki`, a throwaway CA and certificates made with the `openssl` command; `useTestPki`, one
+ *   for a test file.
  */
 import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import {
   createServer as createHttpServer,
   request as httpRequest,
@@ -20,8 +21,10 @@ import {
   type ServerResponse,
 } from 'node:http';
 import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer as createTlsServer, type TLSSocket, type Server as TlsServer } from 'node:tls';
+import { afterAll, beforeAll } from 'vitest';
 
 /** Headers that describe one hop, not the message: never copied across the proxy. */
 const HOP_BY_HOP = ['connection', 'keep-alive', 'transfer-encoding', 'proxy-connection', 'upgrade', 'te'];
@@ -354,4 +357,18 @@ export const testPki = (dir: string): TestPki => {
     clientKeyFile: join(dir, 'client.key'),
     otherCaFile: join(dir, 'other-ca.pem'),
   };
+};
+
+/** A throwaway PKI for the test file: made before its tests (its fields are set then), removed after them. */
+export const useTestPki = (): TestPki => {
+  const pki = {} as TestPki;
+  let dir = '';
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'orthanc-forwarder-pki-'));
+    Object.assign(pki, testPki(dir));
+  });
+  afterAll(() => {
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return pki;
 };

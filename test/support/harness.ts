@@ -18,11 +18,12 @@ import { type LocalState, openState } from '../../lambdas/local/sqlite-state.ts'
 import type { GeneratedInstance } from '../../testbed/dicom-generator.ts';
 import { OrthancFleet, type OrthancOptions, type OrthancServer } from '../../testbed/orthanc.ts';
 import { uploadToOrthanc } from '../../testbed/upload.ts';
+import { until } from './fixtures.ts';
 import { findInstance, heldUids, md5Of } from './invariant.ts';
 import { killChildren } from './processes.ts';
 
 export { instanceCount } from '../../testbed/forwarder-config.ts';
-export { configFor, shape, until } from './fixtures.ts';
+export { collect, configFor, shape, until } from './fixtures.ts';
 export { findInstance, heldUids, md5Of, uidsOf } from './invariant.ts';
 export {
   BIN,
@@ -48,6 +49,12 @@ export const newInstanceChanges = async (server: OrthancServer): Promise<number>
   (
     await server.rest<{ Changes: { ChangeType: string }[] }>('GET', '/changes?since=0&limit=100000')
   ).Changes.filter((change) => change.ChangeType === 'NewInstance').length;
+
+/** Waits until the server calls every study it holds stable (StableAge after its last instance). */
+export const untilStudiesStable = (server: OrthancServer): Promise<void> =>
+  until(async () =>
+    (await server.rest<{ IsStable: boolean }[]>('GET', '/studies?expand')).every((study) => study.IsStable),
+  );
 
 /**
  * One poll of a source on the given state, with a sweep of all its studies unless told

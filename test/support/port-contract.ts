@@ -3,14 +3,18 @@
  * implementation (SQLite, DynamoDB), so that the engine cannot tell them apart.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type {
-  Conflict,
-  DeletionIntent,
-  FeedStateStore,
-  Ledger,
-  RejectedInstance,
-  SettledStudy,
-  StudyOutcome,
+import {
+  type AuditedDeletion,
+  type Conflict,
+  DELETION_PART_SIZE,
+  type DeletionIntent,
+  type DeletionQuery,
+  type DeletionRecord,
+  type FeedStateStore,
+  type Ledger,
+  type RejectedInstance,
+  type SettledStudy,
+  type StudyOutcome,
 } from '../../lambdas/core/ports.ts';
 
 export interface StateHandles {
@@ -42,10 +46,14 @@ export const outcome = (overrides: Partial<StudyOutcome>): StudyOutcome => ({
   rejected: 0,
   conflicts: 0,
   bytes: 0,
+  deletedBytes: 0,
   durationMs: 10,
   finishedAt: CLOCK,
   ...overrides,
 });
+
+/** Studies, instances, bytes. */
+const tally = (studies: number, instances: number, bytes: number) => ({ studies, instances, bytes });
 
 export const rejection = (overrides: Partial<RejectedInstance>): RejectedInstance => ({
   sourceId: 'a',
@@ -96,6 +104,54 @@ export const intent = (overrides: Partial<DeletionIntent>): DeletionIntent => ({
   at: CLOCK,
   ...overrides,
 });
+
+/** `count` instances over three series; the second one deleted on the operator's decision. */
+const deletedInstances = (count: number, prefix = 'i') =>
+  Array.from({ length: count }, (_, index) => ({
+    seriesId: `r${index % 3}`,
+    instanceId: `${prefix}${String(index).padStart(5, '0')}`,
+    sopInstanceUid: `1.2.826.0.1.${index}`,
+    accepted: index === 1,
+  }));
+
+export const deletion = (overrides: Partial<DeletionRecord>): DeletionRecord => ({
+  sourceId: 'a',
+  studyId: 's1',
+  seriesId: '',
+  at: CLOCK,
+  studyInstanceUid: '1.2.826.0.2',
+  verifiedBy: [
+    { destinationId: 'd1', verify: 'identity' },
+    { destinationId: 'd2', verify: 'qido' },
+  ],
+  instances: deletedInstances(3),
+  ...overrides,
+});
+
+/** Every part of the period, page by page; and how many pages that took. */
+const allDeletions = async (ledger: Ledger, query: DeletionQuery, limit: number) => {
+  const parts: AuditedDeletion[] = [];
+  let pages = 0;
+  let after: string | undefined;
+  do {
+    const page = await ledger.deletions(query, { after, limit });
+    expect(page.deletions.length).toBeLessThanOrEqual(limit);
+    parts.push(...page.deletions);
+    pages++;
+    after = page.next;
+  } while (after !== undefined);
+  return { parts, pages };
+};
+
+/** A part as the store should give it back. */
+const part = (record: DeletionRecord, index: number, status: AuditedDeletion['status']): AuditedDeletion => ({
+  ...record,
+  part: index,
+  status,
+  instances: record.instances.slice(index * DELETION_PART_SIZE, (index + 1) * DELETION_PART_SIZE),
+});
+
+const DAY_MS = 24 * 60 * 60 * 1000;
 
 /** Zero-padded, so that their sort order is their numeric order whatever the store sorts by. */
 const ids = (prefix: string, count: number) =>
@@ -314,6 +370,42 @@ export const stateContract = (name: string, fresh: () => Promise<StateUnderTest>
         expect(await one.feed.queued('b', ['s000'])).toEqual([queued('s000')]);
         await one.feed.forgetQueued('a', []);
       });
+
+      it('keeps what an operator asked of a source: the first pause until a resume, a pending sweep until its start', async () => {
+        const one = open();
+        const two = open();
+        expect(await one.feed.control('a')).toEqual({});
+        expect(await one.feed.resume('a')).toBe(false);
+
+        // Paused once, from the first pause, for every handle, until resumed; per source.
+        expect(await one.feed.pause('a', CLOCK)).toBe(true);
+        expect(await two.feed.pause('a', CLOCK + 5)).toBe(false);
+        expect(await two.feed.control('a')).toEqual({ pausedAt: CLOCK });
+        expect(await two.feed.control('b')).toEqual({});
+        expect(await two.feed.resume('a')).toBe(true);
+        expect(await one.feed.resume('a')).toBe(false);
+        expect(await one.feed.control('a')).toEqual({});
+        expect(await one.feed.pause('a', CLOCK + 10)).toBe(true);
+
+        // A sweep asked for twice before it starts is one request, the first; clearing it takes a
+        // request made since only if it is that one.
+        expect(await one.feed.requestSweep('a', CLOCK + 20)).toBe(true);
+        expect(await two.feed.requestSweep('a', CLOCK + 30)).toBe(false);
+        expect(await one.feed.control('a')).toEqual({ pausedAt: CLOCK + 10, sweepRequestedAt: CLOCK + 20 });
+        await two.feed.clearSweepRequest('a', CLOCK + 30);
+        expect((await one.feed.control('a')).sweepRequestedAt).toBe(CLOCK + 20);
+        await two.feed.clearSweepRequest('a', CLOCK + 20);
+        expect(await one.feed.control('a')).toEqual({ pausedAt: CLOCK + 10 });
+        expect(await two.feed.requestSweep('a', CLOCK + 40)).toBe(true);
+        expect(await one.feed.resume('a')).toBe(true);
+        expect(await two.feed.control('a')).toEqual({ sweepRequestedAt: CLOCK + 40 });
+
+        // None of it shows in the source's other state.
+        expect(await one.feed.watched('a')).toEqual([]);
+        expect(await one.feed.watchedCount('a')).toBe(0);
+        expect(await one.feed.getCursor('a')).toBeUndefined();
+        expect(await one.feed.progress('a')).toBeUndefined();
+      });
     });
 
     describe('ledger', () => {
@@ -357,17 +449,25 @@ export const stateContract = (name: string, fresh: () => Promise<StateUnderTest>
         expect(afterExpiry.sort()).toEqual([false, true]);
       });
 
-      it('totals count whole moves, sent instances, bytes, deletions and distinct refusals', async () => {
+      it('totals count per source what left it and, apart, what was copied; deletions and distinct refusals', async () => {
         const { ledger } = open();
         expect(await ledger.totals()).toEqual({
-          studies: 0,
-          instances: 0,
-          bytes: 0,
+          moved: tally(0, 0, 0),
+          copied: tally(0, 0, 0),
           deleted: 0,
           rejected: 0,
+          sources: {},
         });
         await ledger.record(
-          outcome({ result: 'moved', instances: 5, sent: 4, alreadyPresent: 1, deleted: 5, bytes: 400 }),
+          outcome({
+            result: 'moved',
+            instances: 5,
+            sent: 4,
+            alreadyPresent: 1,
+            deleted: 5,
+            bytes: 400,
+            deletedBytes: 500,
+          }),
         );
         await ledger.record(outcome({ result: 'copied', studyId: 's2', instances: 2, sent: 2, bytes: 200 }));
         await ledger.record(
@@ -379,6 +479,7 @@ export const stateContract = (name: string, fresh: () => Promise<StateUnderTest>
             deleted: 2,
             rejected: 1,
             bytes: 100,
+            deletedBytes: 150,
           }),
         );
         await ledger.record(outcome({ result: 'gone', studyId: 's4' }));
@@ -386,21 +487,31 @@ export const stateContract = (name: string, fresh: () => Promise<StateUnderTest>
         // A later run of s3 reports the same refusal again.
         await ledger.record(outcome({ result: 'partial', studyId: 's3', instances: 1, rejected: 1 }));
         await ledger.recordRejected([rejection({ studyId: 's3', instanceId: 'i1', rejectedAt: CLOCK + 1 })]);
+        // Copied, then moved once the configuration said so: the move sends nothing and deletes
+        // what the copy sent. One copy and one move, not two studies moved.
+        const study = { sourceId: 'b', studyId: 's5', instances: 3 };
+        await ledger.record(outcome({ ...study, result: 'copied', sent: 3, bytes: 300 }));
+        await ledger.record(
+          outcome({ ...study, result: 'moved', alreadyPresent: 3, deleted: 3, deletedBytes: 300 }),
+        );
         expect(await ledger.totals()).toEqual({
-          studies: 2,
-          instances: 8,
-          bytes: 700,
-          deleted: 7,
+          moved: tally(2, 10, 950),
+          copied: tally(2, 5, 500),
+          deleted: 10,
           rejected: 1,
+          sources: {
+            a: { moved: tally(1, 7, 650), copied: tally(1, 2, 200), deleted: 7 },
+            b: { moved: tally(1, 3, 300), copied: tally(1, 3, 300), deleted: 3 },
+          },
         });
       });
 
       it('counts the same outcome twice when it is recorded twice, even in the same millisecond', async () => {
         const one = open();
         const two = open();
-        const moved = outcome({ sent: 1, bytes: 10 });
+        const moved = outcome({ sent: 1, bytes: 10, deleted: 1, deletedBytes: 12 });
         await Promise.all([one.ledger.record(moved), two.ledger.record(moved), one.ledger.record(moved)]);
-        expect(await two.ledger.totals()).toMatchObject({ studies: 3, instances: 3, bytes: 30 });
+        expect(await two.ledger.totals()).toMatchObject({ moved: tally(3, 3, 36), deleted: 3 });
       });
 
       it('keeps the newest reason for a rejected instance and lists by source and study', async () => {
@@ -739,15 +850,143 @@ export const stateContract = (name: string, fresh: () => Promise<StateUnderTest>
       it('records skipped and unchanged outcomes without counting them as studies moved', async () => {
         const { ledger } = open();
         await ledger.record(outcome({ result: 'skipped', instances: 3 }));
-        await ledger.record(outcome({ result: 'skipped', studyId: 's2', instances: 2, deleted: 2 }));
+        await ledger.record(
+          outcome({ result: 'skipped', studyId: 's2', instances: 2, deleted: 2, deletedBytes: 20 }),
+        );
         await ledger.record(outcome({ result: 'unchanged', studyId: 's3', instances: 4 }));
+        // Deleted as unrouted: gone from the source, but not moved anywhere.
+        const none = { moved: tally(0, 0, 0), copied: tally(0, 0, 0) };
         expect(await ledger.totals()).toEqual({
-          studies: 0,
-          instances: 0,
-          bytes: 0,
+          ...none,
           deleted: 2,
           rejected: 0,
+          sources: { a: { ...none, deleted: 2 } },
         });
+      });
+    });
+
+    describe('audit trail of deletions', () => {
+      it('keeps a deletion in parts and lists a period in order of time, source, study, series and part, page by page', async () => {
+        const one = open();
+        const two = open();
+        const big = deletion({
+          studyId: 's2',
+          at: CLOCK + 1,
+          instances: deletedInstances(2 * DELETION_PART_SIZE + 5),
+        });
+        const first = deletion({});
+        const otherSource = deletion({ sourceId: 'ab' });
+        const series = deletion({
+          studyId: 's2',
+          seriesId: 'r1',
+          at: CLOCK + 1,
+          instances: deletedInstances(1, 'j'),
+        });
+        // Two days later, an empty day between: deleted as unrouted, no destination.
+        const unrouted = deletion({ at: CLOCK + 2 * DAY_MS, verifiedBy: [] });
+        const before = deletion({ at: CLOCK - 1 });
+        const atTheEnd = deletion({ at: CLOCK + 3 * DAY_MS });
+        for (const record of [atTheEnd, unrouted, series, big, before, otherSource, first]) {
+          await one.ledger.recordDeletion(record);
+        }
+
+        const period = { since: CLOCK, until: CLOCK + 3 * DAY_MS };
+        const { parts, pages } = await allDeletions(two.ledger, period, 2);
+        // No intent was recorded for them, so nothing says a deletion is still under way.
+        expect(parts).toEqual([
+          part(first, 0, 'deleted'),
+          part(otherSource, 0, 'deleted'),
+          part(big, 0, 'deleted'),
+          part(big, 1, 'deleted'),
+          part(big, 2, 'deleted'),
+          part(series, 0, 'deleted'),
+          part(unrouted, 0, 'deleted'),
+        ]);
+        expect(pages).toBeGreaterThanOrEqual(4);
+        expect(
+          parts.filter((p) => p.studyId === 's2' && p.seriesId === '').flatMap((p) => p.instances),
+        ).toEqual(big.instances);
+        expect((await allDeletions(two.ledger, { ...period, sourceId: 'ab' }, 5)).parts).toEqual([
+          part(otherSource, 0, 'deleted'),
+        ]);
+        expect(
+          (await allDeletions(two.ledger, { since: CLOCK + 2, until: CLOCK + 2 * DAY_MS }, 10)).parts,
+        ).toEqual([]);
+        // One page holds them all: no next page.
+        expect((await two.ledger.deletions(period, { limit: 100 })).next).toBeUndefined();
+      });
+
+      it('reads a deletion as deleting while its intent is open, deleted once completed, confirmed or followed', async () => {
+        const one = open();
+        const two = open();
+        const status = async () =>
+          (await allDeletions(two.ledger, { since: CLOCK, until: CLOCK + DAY_MS }, 10)).parts.map(
+            (p) => `${p.seriesId || 'study'}@${p.at - CLOCK}:${p.status}`,
+          );
+        await one.ledger.recordIntent(intent({}));
+        await one.ledger.recordDeletion(deletion({}));
+        await one.ledger.recordIntent(intent({ seriesId: 'r1', at: CLOCK + 5 }));
+        await one.ledger.recordDeletion(deletion({ seriesId: 'r1', at: CLOCK + 5 }));
+        expect(await status()).toEqual(['study@0:deleting', 'r1@5:deleting']);
+
+        await two.ledger.completeIntent('a', 's1', '', CLOCK + 1);
+        expect(await status()).toEqual(['study@0:deleted', 'r1@5:deleting']);
+
+        // The study's next deletion: the first stays deleted, the new one is under way.
+        await one.ledger.recordIntent(intent({ at: CLOCK + 10 }));
+        await one.ledger.recordDeletion(deletion({ at: CLOCK + 10 }));
+        expect(await status()).toEqual(['study@0:deleted', 'r1@5:deleting', 'study@10:deleting']);
+
+        // Confirmed by a later move, whose own deletion then replaces the intent.
+        await one.ledger.confirmDeletion(
+          { sourceId: 'a', studyId: 's1', seriesId: 'r1', at: CLOCK + 5 },
+          new Set(),
+        );
+        expect(await status()).toEqual(['study@0:deleted', 'r1@5:deleted', 'study@10:deleting']);
+        await one.ledger.recordIntent(intent({ at: CLOCK + 20 }));
+        expect(await status()).toEqual(['study@0:deleted', 'r1@5:deleted', 'study@10:deleted']);
+      });
+
+      it('confirms a deletion once: only the instances gone from the source stay, and a part left empty goes', async () => {
+        const one = open();
+        const two = open();
+        const record = deletion({ instances: deletedInstances(2 * DELETION_PART_SIZE + 5) });
+        const untouched = deletion({ studyId: 's2' });
+        await one.ledger.recordIntent(intent({}));
+        await one.ledger.recordDeletion(record);
+        await one.ledger.recordDeletion(untouched);
+        const key = { sourceId: 'a', studyId: 's1', seriesId: '', at: CLOCK };
+        // Still at the source: the second part whole, and the first part's first ten.
+        const still = new Set([
+          ...record.instances.slice(0, 10).map((i) => i.instanceId),
+          ...record.instances.slice(DELETION_PART_SIZE, 2 * DELETION_PART_SIZE).map((i) => i.instanceId),
+        ]);
+        // A key that names no recorded deletion changes nothing.
+        await one.ledger.confirmDeletion({ ...key, at: CLOCK + 1 }, still);
+        await one.ledger.confirmDeletion(key, still);
+        const period = { since: CLOCK, until: CLOCK + 1_000 };
+        const confirmed = [
+          { ...part(record, 0, 'deleted'), instances: record.instances.slice(10, DELETION_PART_SIZE) },
+          part(record, 2, 'deleted'),
+        ];
+        expect((await allDeletions(two.ledger, period, 10)).parts).toEqual([
+          ...confirmed,
+          part(untouched, 0, 'deleted'),
+        ]);
+
+        // Once: a confirmed deletion is left as it is, whatever is said of it later.
+        await two.ledger.confirmDeletion(key, new Set(record.instances.map((i) => i.instanceId)));
+        expect((await allDeletions(one.ledger, period, 10)).parts).toEqual([
+          ...confirmed,
+          part(untouched, 0, 'deleted'),
+        ]);
+
+        // Nothing of it gone: the whole record goes.
+        await one.ledger.confirmDeletion(
+          { ...key, studyId: 's2' },
+          new Set(untouched.instances.map((i) => i.instanceId)),
+        );
+        expect((await allDeletions(two.ledger, period, 10)).parts).toEqual(confirmed);
       });
     });
   });
