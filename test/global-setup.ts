@@ -6,7 +6,7 @@ import { sweepLeftovers, TESTBED_MARKER } from '../testbed/orthanc.ts';
 
 /**
  * The CLI is built first, so that the tests that run bin/orthanc-forwarder run the bundle that
- * ships (or, for a source edited during the run, the sources: see the wrapper).
+ * ships (or, for a source edited during the run, the sources: see bin/orthanc-forwarder.mjs).
  *
  * One folder for every server this test run starts, so that teardown can find and kill any
  * Orthanc a crashed worker left behind, and delete all their storage.

@@ -147,7 +147,7 @@ export const DEFAULT_OPTIONS: BenchOptions = {
   pollerOnly: false,
   // As bin/orthanc-forwarder runs local mode: the bundle, with V8 told to favour memory.
   relayRun: { runtime: 'bundle', nodeFlags: ['--optimize-for-size'] },
-  // What the wrapper falls back to when the sources are newer than the bundle.
+  // What the entry (bin/orthanc-forwarder.mjs) falls back to when the sources are newer than the bundle.
   bigVariants: [{ runtime: 'ts', nodeFlags: ['--optimize-for-size'] }],
 };
 

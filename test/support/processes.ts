@@ -7,7 +7,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-export const BIN = fileURLToPath(new URL('../../bin/orthanc-forwarder', import.meta.url));
+export const BIN = fileURLToPath(new URL('../../bin/orthanc-forwarder.mjs', import.meta.url));
 /** The forwarder that SIGKILLs itself at a chosen step (see crash-at.ts). */
 export const CRASH_AT = fileURLToPath(new URL('./crash-at.ts', import.meta.url));
 /** The steps crash-at.ts can die at: two of the change-feed reader's, then the move protocol's. */
@@ -120,7 +120,7 @@ export const runProcess = (
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<ProcessResult> => startProcess(command, args, { env }).done;
 
-/** Runs bin/orthanc-forwarder to its end. */
+/** Runs the CLI's entry (bin/orthanc-forwarder.mjs) to its end. */
 export const cli = (args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<ProcessResult> =>
   runProcess(BIN, args, env);
 
