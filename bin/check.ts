@@ -27,9 +27,9 @@ export const check = async (
 export const checkAtStart = async (
   config: ForwarderConfig,
   log: Log,
-  options: { readonly untilIdle: boolean },
+  options: { readonly untilIdle: boolean; readonly paused: ReadonlySet<string> },
 ): Promise<number | undefined> => {
-  const report = await preflight(config);
+  const report = await preflight(config, { skipSources: options.paused });
   const problems = report.servers.flatMap((server) => server.problems);
   const mistaken = problems.some((problem) => problem.kind === 'mistake');
   if (mistaken || (options.untilIdle && problems.length > 0)) {

@@ -80,6 +80,16 @@ const withAwsOptions = (command: Command): Command =>
       'AWS: the region (default: aws.region of the configuration, else the SDK’s)',
     );
 
+/** The sources an operator paused: the run neither reads them nor checks them at start. */
+const pausedSources = async (config: ForwarderConfig, feed: FeedStateStore): Promise<Set<string>> => {
+  const paused = await Promise.all(
+    config.sources.map(async (source) =>
+      (await feed.control(source.id))?.pausedAt === undefined ? [] : [source.id],
+    ),
+  );
+  return new Set(paused.flat());
+};
+
 /** Ends the run cleanly on the first SIGINT or SIGTERM; a second one exits at once. */
 const stopSignal = (): AbortSignal => {
   const controller = new AbortController();
@@ -121,7 +131,10 @@ program
     const log = createLog({ level: options.logLevel });
     await withState(options, config, async (state) => {
       const stop = options.check
-        ? await checkAtStart(config, log, { untilIdle: options.untilIdle === true })
+        ? await checkAtStart(config, log, {
+            untilIdle: options.untilIdle === true,
+            paused: await pausedSources(config, state.feed),
+          })
         : undefined;
       if (stop !== undefined) {
         process.exitCode = stop;

@@ -288,6 +288,22 @@ describe('check, and the check at the start of run', () => {
     service.child.kill('SIGTERM');
     const stopped = await service.done;
     expect(stopped.code, stopped.stderr).toBe(0);
+
+    // Paused, they are neither checked at start nor read: the one-shot run has nothing to wait for.
+    for (const source of ['site-a', 'site-b']) {
+      const paused = await cli([
+        'pause',
+        source,
+        '--config',
+        writeConfig(raw),
+        '--state',
+        workPath('state.sqlite'),
+      ]);
+      expect(paused.code, paused.stderr).toBe(0);
+    }
+    const whilePaused = await runUntilIdle(raw);
+    expect(whilePaused.code, whilePaused.stderr).toBe(0);
+    expect(whilePaused.stderr).not.toContain('orthanc-forwarder: sources[');
   });
 
   it('--aws reads the secrets as the stack does: a wrong password, a secret missing, one malformed', async () => {

@@ -61,6 +61,8 @@ export interface PreflightOptions {
   readonly secrets?: SecretReader;
   /** Longest wait for a connection, and for an answer: an unreachable server is told in seconds. */
   readonly timeoutMs?: number;
+  /** Sources not to ask (paused ones, at the start of `run`: nobody should be bothered there). */
+  readonly skipSources?: ReadonlySet<string>;
 }
 
 const DEFAULT_TIMEOUT_MS = 5_000;
@@ -559,7 +561,9 @@ export const preflight = async (
   options: PreflightOptions = {},
 ): Promise<PreflightReport> => {
   const servers = await Promise.all([
-    ...config.sources.map((_, index) => checkSource(config, index, options)),
+    ...config.sources.flatMap((source, index) =>
+      options.skipSources?.has(source.id) === true ? [] : [checkSource(config, index, options)],
+    ),
     ...config.destinations.flatMap((destination, index) => {
       const field = destinationField(config, index);
       return [
