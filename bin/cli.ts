@@ -129,6 +129,8 @@ program
   .action(async (options: StateOptions & { untilIdle?: boolean; check: boolean; logLevel: LogLevel }) => {
     const config = loadConfigFile(options.config);
     const log = createLog({ level: options.logLevel });
+    // Before anything else: a SIGTERM during the start-up check ends the run as cleanly as later.
+    const signal = stopSignal();
     await withState(options, config, async (state) => {
       const stop = options.check
         ? await checkAtStart(config, log, {
@@ -142,7 +144,7 @@ program
       }
       const summary = await new LocalRunner(config, state, log).run({
         untilIdle: options.untilIdle === true,
-        signal: stopSignal(),
+        signal,
       });
       const stats = await state.queue.stats();
       const rejected = (await state.ledger.rejected()).length;
