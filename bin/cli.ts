@@ -28,7 +28,17 @@ import {
   resolveSelected,
 } from './conflicts.ts';
 import { formatConflicts, formatStatus } from './format.ts';
+import { plan } from './plan.ts';
+import { ProgressLines, showProgress } from './progress-line.ts';
 import { controlSource, SOURCE_ACTIONS, type SourceAction } from './source-control.ts';
+
+interface RunFlags {
+  untilIdle?: boolean;
+  check: boolean;
+  /** --progress, --no-progress; undefined: neither given. */
+  progress?: boolean;
+  logLevel: LogLevel;
+}
 
 const logLevelOption = () =>
   new Option('--log-level <level>', 'log level')
@@ -125,8 +135,10 @@ program
   .option('-s, --state <file>', 'state file (default: beside the configuration file)')
   .option('--until-idle', 'exit once every source is drained and the queue is empty')
   .option('--no-check', 'skip the check of every server at start (see `check`)')
+  .option('--progress', 'a line per source on stderr: moved, left, rate, ETA (default: at a terminal)')
+  .option('--no-progress', 'no progress lines, even at a terminal')
   .addOption(logLevelOption())
-  .action(async (options: StateOptions & { untilIdle?: boolean; check: boolean; logLevel: LogLevel }) => {
+  .action(async (options: StateOptions & RunFlags) => {
     const config = loadConfigFile(options.config);
     const log = createLog({ level: options.logLevel });
     // Before anything else: a SIGTERM during the start-up check ends the run as cleanly as later.
@@ -142,10 +154,14 @@ program
         process.exitCode = stop;
         return;
       }
-      const summary = await new LocalRunner(config, state, log).run({
-        untilIdle: options.untilIdle === true,
-        signal,
-      });
+      const lines = showProgress(options.progress, process.stdout.isTTY)
+        ? new ProgressLines({ config, ledger: state.ledger })
+        : undefined;
+      // The run does not wait for the first drawing: a source slow to answer holds up nothing.
+      void lines?.start();
+      const summary = await new LocalRunner(config, state, log)
+        .run({ untilIdle: options.untilIdle === true, signal, onOutcome: lines?.onOutcome })
+        .finally(() => lines?.stop());
       const stats = await state.queue.stats();
       const rejected = (await state.ledger.rejected()).length;
       const openConflicts = (await state.ledger.conflicts({ openOnly: true })).length;
@@ -208,6 +224,27 @@ const positiveInteger = (value: string): number => {
   if (!Number.isInteger(count) || count < 1) throw new InvalidArgumentError('must be a positive integer');
   return count;
 };
+
+program
+  .command('plan')
+  .description(
+    'what a run would move from each source now, per destination after the filters: lists and counts, moves nothing',
+  )
+  .requiredOption('-c, --config <file>', 'configuration file (JSON)')
+  .option('--json', 'print one JSON object')
+  .addOption(
+    new Option('--limit <count>', 'look at the first studies of each source only').argParser(positiveInteger),
+  )
+  .option('--source <id>', 'only this source')
+  .option('--aws', 'read the sources’ secrets from Secrets Manager, as the deployed stack does')
+  .option('--region <region>', 'AWS: the region (default: aws.region of the configuration, else the SDK’s)')
+  .action(
+    async (options: AwsCliOptions & { config: string; json?: boolean; limit?: number; source?: string }) => {
+      const config = loadConfigFile(options.config);
+      const secrets = options.aws ? (await awsCommands()).awsSecrets(options, config) : undefined;
+      process.exitCode = await plan(config, { ...options, secrets });
+    },
+  );
 
 const dlq = program.command('dlq').description('the dead letters');
 withAwsOptions(

@@ -4,8 +4,10 @@
  * attribute names only: a conflict records which attributes differ, never their values.
  */
 import type { ErrorGroup } from '../lambdas/core/dead-letters.ts';
+import type { SourcePlan } from '../lambdas/core/plan.ts';
 import type { Conflict, ConflictResolution, Tally } from '../lambdas/core/ports.ts';
 import type { PreflightProblem, PreflightReport } from '../lambdas/core/preflight.ts';
+import type { SourceProgress } from '../lambdas/core/progress.ts';
 import type { SourceStatus, StatusReport } from '../lambdas/core/status.ts';
 
 /** How many open conflicts `status` lists; `conflicts list` shows them all. */
@@ -46,6 +48,30 @@ const table = (rows: readonly (readonly string[])[]): string[] => {
 const tally = (t: Tally | undefined): string =>
   t === undefined ? '?' : `${t.studies} / ${t.instances} / ${formatSize(t.bytes)}`;
 
+/** A duration as people read it, to the minute: `12 min`, `3 h 5 min`, `4 d 2 h`. */
+export const formatDuration = (ms: number): string => {
+  const minutes = Math.round(ms / 60_000);
+  if (minutes < 1) return 'under a minute';
+  if (minutes < 60) return `${minutes} min`;
+  const hours = Math.floor(minutes / 60);
+  if (hours < 24) return `${hours} h ${minutes % 60} min`;
+  return `${Math.floor(hours / 24)} d ${hours % 24} h`;
+};
+
+/** What left per hour the windows were open: `1.2 GB/h`; `-` when nothing left lately. */
+export const formatRate = (p: SourceProgress): string =>
+  p.rate === undefined ? '-' : `${formatSize(Math.round(p.rate.bytesPerHour))}/h`;
+
+/**
+ * When the source would hold nothing more at that rate: `in 3 d 4 h`; `done` when it holds
+ * nothing; `-` without a rate (or further than one can say); `?` when what it holds is unknown.
+ */
+export const formatEta = (p: SourceProgress, now: number): string => {
+  if (p.left === undefined) return '?';
+  if (p.left.instances === 0) return 'done';
+  return p.finishAt === undefined ? '-' : `in ${formatDuration(p.finishAt - now)}`;
+};
+
 /** What an operator asked of a source, before its state: `paused since …`, `sweep requested at …`. */
 const controlOf = (s: SourceStatus): string[] => [
   ...(s.pausedAt === undefined ? [] : [`paused since ${iso(s.pausedAt)}`]),
@@ -53,10 +79,14 @@ const controlOf = (s: SourceStatus): string[] => [
 ];
 
 /** The columns of the sources' table: a header and a cell of each source. */
-const SOURCE_COLUMNS: readonly (readonly [string, (s: SourceStatus) => string])[] = [
+const SOURCE_COLUMNS: readonly (readonly [string, (s: SourceStatus, at: number) => string])[] = [
   ['SOURCE', (s) => s.id],
   ['AT SOURCE', (s) => tally(s.atSource)],
   ['MOVED', (s) => tally(s.moved)],
+  ['LAST HOUR', (s) => tally(s.progress.lastHour)],
+  ['LAST DAY', (s) => tally(s.progress.lastDay)],
+  ['RATE', (s) => formatRate(s.progress)],
+  ['ETA', (s, at) => formatEta(s.progress, at)],
   ['COPIED', (s) => tally(s.copied)],
   ['REJECTED', (s) => String(s.rejected)],
   ['CONFLICTS', (s) => String(s.openConflicts)],
@@ -64,12 +94,12 @@ const SOURCE_COLUMNS: readonly (readonly [string, (s: SourceStatus) => string])[
   ['STATE', (s) => [...controlOf(s), s.unknown ?? 'reachable'].join('; ')],
 ];
 
-const sourceLines = (sources: readonly SourceStatus[]): string[] => [
+const sourceLines = (report: StatusReport): string[] => [
   ...table([
     SOURCE_COLUMNS.map(([header]) => header),
-    ...sources.map((s) => SOURCE_COLUMNS.map(([, cell]) => cell(s))),
+    ...report.sources.map((s) => SOURCE_COLUMNS.map(([, cell]) => cell(s, report.at))),
   ]),
-  '(studies / instances / size; AT SOURCE: what the source holds now; MOVED: what left it, verified at every destination; WAITING: studies not stable yet)',
+  '(studies / instances / size; AT SOURCE: what the source holds now; MOVED: what left it, verified at every destination; LAST HOUR, LAST DAY: what left it lately; RATE: per hour its windows were open; ETA: when the rest would be gone at that rate, inside its windows; WAITING: studies not stable yet)',
 ];
 
 /** The largest groups of dead letters or refusals, one line each, and what else there is. */
@@ -124,7 +154,7 @@ const totalsLine = (report: StatusReport): string => {
 
 export const formatStatus = (report: StatusReport): string =>
   [
-    ...sourceLines(report.sources),
+    ...sourceLines(report),
     '',
     ...deadLetterLines(report),
     report.rejected.length === 0
@@ -189,5 +219,49 @@ export const formatCheck = (report: PreflightReport): string => {
     ...(problems.length === 0
       ? ['all good']
       : [`${problems.length} problem(s):`, ...problems.map((p) => `  ${formatProblem(p)}`)]),
+  ].join('\n');
+};
+
+/** A source's plan, or why it has none. */
+export type PlanResult = SourcePlan | { readonly sourceId: string; readonly unreachable: string };
+
+/** What `plan --json` prints: the plans, and what decides what the destinations' rows mean. */
+export interface PlanReport {
+  readonly at: number;
+  /** False: copy mode, nothing leaves the sources. */
+  readonly deleteAfterForward: boolean;
+  /** What becomes of the unrouted studies: kept, or deleted (never in copy mode). */
+  readonly unrouted: 'keep' | 'delete';
+  readonly sources: readonly PlanResult[];
+}
+
+const planNotes = (p: PlanResult, at: number): string => {
+  if ('unreachable' in p) return `${p.sourceId}: no plan: ${p.unreachable}`;
+  const windows = p.windowOpen
+    ? 'its windows are open now'
+    : `its windows open ${p.opensAt === undefined ? 'never' : `in ${formatDuration(p.opensAt - at)}`}`;
+  return `${p.sourceId}: looked at ${p.listed} of its ${p.studies} studies; not yet: ${p.notStable} not stable, ${p.tooYoung} younger than the minimum age; ${windows}`;
+};
+
+/** `plan`: per source and destination what a run would send there, then what would wait. */
+export const formatPlan = (report: PlanReport): string => {
+  const deletes = report.deleteAfterForward && report.unrouted === 'delete';
+  const unrouted = `unrouted (${deletes ? 'deleted at the source' : 'kept at the source'})`;
+  const rows = report.sources.flatMap((p) =>
+    'unreachable' in p
+      ? [[p.sourceId, '?', '?', '?', '?']]
+      : [...p.destinations, { id: unrouted, ...p.unrouted }].map((d) => [
+          p.sourceId,
+          d.id,
+          String(d.studies),
+          String(d.instances),
+          formatSize(d.bytes),
+        ]),
+  );
+  return [
+    `what a run would ${report.deleteAfterForward ? 'move' : 'copy'} now, per destination (nothing was moved; a study several destinations take counts in each):`,
+    ...table([['SOURCE', 'DESTINATION', 'STUDIES', 'INSTANCES', 'SIZE'], ...rows]),
+    '',
+    ...report.sources.map((p) => planNotes(p, report.at)),
   ].join('\n');
 };

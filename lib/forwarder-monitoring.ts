@@ -353,6 +353,23 @@ export class ForwarderMonitoring extends Construct {
       ],
     });
 
+    facade.monitorCustom({
+      alarmFriendlyName: 'Progress',
+      humanReadableName: 'Progress: what each source still holds, the move rate, the estimated time left',
+      metricGroups: [
+        { title: 'Bytes left at the source', metrics: perSource('BytesLeft', 'Minimum') },
+        { title: 'Instances left at the source', metrics: perSource('InstancesLeft', 'Minimum') },
+        {
+          title: 'Move rate inside the transfer windows (bytes/s, over the last hour or day)',
+          metrics: perSource('MoveRate', 'Average'),
+        },
+        {
+          title: 'Estimated time until the source holds nothing more (s)',
+          metrics: perSource('SecondsToFinish', 'Minimum'),
+        },
+      ],
+    });
+
     facade.monitorSqsQueueWithDlq({
       queue: forwarder.queue,
       deadLetterQueue: forwarder.deadLetterQueue,
@@ -376,6 +393,13 @@ export class ForwarderMonitoring extends Construct {
           maxMessageCount: 0,
         },
       },
+    });
+
+    // No age alarm: the backlog waits behind new studies, and outside the transfer windows, by design.
+    facade.monitorSqsQueue({
+      queue: forwarder.backlogQueue,
+      alarmFriendlyName: 'BacklogQueue',
+      humanReadableName: 'Backlog queue (studies found by the sweep or the first read of a source)',
     });
 
     facade.monitorLambdaFunction({

@@ -36,8 +36,12 @@ export class ForwarderStack extends Stack {
 
     // What the CLI's AWS mode needs (docs/operations.md): copy CliOptions, or export the three
     // variables the Lambdas themselves read.
-    const { queue, deadLetterQueue, table } = this.forwarder;
+    const { queue, backlogQueue, deadLetterQueue, table } = this.forwarder;
     new CfnOutput(this, 'QueueUrl', { description: 'Work queue (QUEUE_URL)', value: queue.queueUrl });
+    new CfnOutput(this, 'BacklogQueueUrl', {
+      description: 'Backlog queue (BACKLOG_QUEUE_URL)',
+      value: backlogQueue.queueUrl,
+    });
     new CfnOutput(this, 'DeadLetterQueueUrl', {
       description: 'Dead-letter queue (DLQ_URL)',
       value: deadLetterQueue.queueUrl,

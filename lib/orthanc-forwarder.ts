@@ -1,6 +1,9 @@
 /**
- * The AWS pipeline as one reusable construct: a state table, a work queue with its dead-letter
- * queue, the scheduled poller and the SQS-triggered forwarder, in the configured VPC.
+ * The AWS pipeline as one reusable construct: a state table, a work queue and a backlog queue
+ * with their dead-letter queue, the scheduled poller and the SQS-triggered forwarder, in the
+ * configured VPC. New studies go to the work queue, the backlog (what the sweep and the first read
+ * of a source's history find) to the backlog queue: each has an event source mapping with its own
+ * maximum concurrency, so that new studies never wait behind the backlog.
  *
  * Encryption at rest uses AWS managed keys (the table: the `aws/dynamodb` KMS key; the queues:
  * SQS-managed SSE; the logs: CloudWatch Logs' own encryption), not a customer KMS key. What
@@ -71,6 +74,7 @@ export const ENV = {
   config: 'FORWARDER_CONFIG',
   table: 'STATE_TABLE',
   queueUrl: 'QUEUE_URL',
+  backlogQueueUrl: 'BACKLOG_QUEUE_URL',
   deadLetterQueueUrl: 'DLQ_URL',
 } as const;
 export const SERVICE_NAME = 'orthanc-forwarder';
@@ -250,8 +254,10 @@ const secretPolicyArn = (secret: ISecret): string => secret.secretFullArn ?? `${
 export class OrthancForwarder extends Construct {
   /** Cursors, watch lists, leases and the ledger: one table, `pk`/`sk`, TTL on `ttl`. */
   readonly table: Table;
-  /** Study work items, consumed by the forwarder. */
+  /** Work items of new studies, consumed by the forwarder first. */
   readonly queue: Queue;
+  /** Work items of the backlog, consumed by the forwarder besides, at their own concurrency. */
+  readonly backlogQueue: Queue;
   /** Work items that failed `retry.maxAttempts` times, or could not be parsed. */
   readonly deadLetterQueue: Queue;
   readonly pollerFunction: NodejsFunction;
@@ -308,37 +314,43 @@ export class OrthancForwarder extends Construct {
         'Point-in-time recovery keeps 35 days of continuous backups, and deletion protection and the retain policy keep the table; a plan of AWS Backup (vault, schedule, retention) is the account owner’s to choose, and can select the table by the tags of aws.tags.',
     });
 
-    // Named, so that the DLQ's redrive allow policy can give its ARN: a reference would make each
-    // queue depend on the other.
-    const workQueueName = `${Names.uniqueResourceName(this, { maxLength: 70, separator: '-' })}-work`;
+    // Named, so that the DLQ's redrive allow policy can give their ARNs: a reference would make
+    // each queue depend on the other.
+    const queuePrefix = Names.uniqueResourceName(this, { maxLength: 70, separator: '-' });
+    const workQueueName = `${queuePrefix}-work`;
+    const backlogQueueName = `${queuePrefix}-backlog`;
     this.deadLetterQueue = new Queue(this, 'DeadLetterQueue', {
       encryption: QueueEncryption.SQS_MANAGED,
       enforceSSL: true,
       retentionPeriod: MAX_RETENTION,
       // Its dead letters are the work a failed move left undone: they outlive the stack.
       removalPolicy: RemovalPolicy.RETAIN,
-      // Only the work queue may dead-letter here.
+      // Only the work and backlog queues may dead-letter here.
       redriveAllowPolicy: {
         redrivePermission: RedrivePermission.BY_QUEUE,
-        sourceQueues: [
-          Queue.fromQueueArn(
-            this,
-            'WorkQueueArn',
-            Stack.of(this).formatArn({ service: 'sqs', resource: workQueueName }),
-          ),
-        ],
+        sourceQueues: (
+          [
+            ['WorkQueueArn', workQueueName],
+            ['BacklogQueueArn', backlogQueueName],
+          ] as const
+        ).map(([id, name]) =>
+          Queue.fromQueueArn(this, id, Stack.of(this).formatArn({ service: 'sqs', resource: name })),
+        ),
       },
     });
-    this.queue = new Queue(this, 'WorkQueue', {
-      queueName: workQueueName,
-      encryption: QueueEncryption.SQS_MANAGED,
-      enforceSSL: true,
-      // A study must not fall off the queue while the destination is down for a few days.
-      retentionPeriod: WORK_RETENTION,
-      // A message comes back only after the invocation that holds it has certainly ended.
-      visibilityTimeout: Duration.seconds(6 * aws.forwarder.timeoutSeconds),
-      deadLetterQueue: { queue: this.deadLetterQueue, maxReceiveCount: config.retry.maxAttempts },
-    });
+    const workQueue = (id: string, queueName: string) =>
+      new Queue(this, id, {
+        queueName,
+        encryption: QueueEncryption.SQS_MANAGED,
+        enforceSSL: true,
+        // A study must not fall off the queue while the destination is down for a few days.
+        retentionPeriod: WORK_RETENTION,
+        // A message comes back only after the invocation that holds it has certainly ended.
+        visibilityTimeout: Duration.seconds(6 * aws.forwarder.timeoutSeconds),
+        deadLetterQueue: { queue: this.deadLetterQueue, maxReceiveCount: config.retry.maxAttempts },
+      });
+    this.queue = workQueue('WorkQueue', workQueueName);
+    this.backlogQueue = workQueue('BacklogQueue', backlogQueueName);
 
     this.secrets = new Map(
       [...new Set(configuredServers(config).flatMap(({ server }) => secretIdsOf(server)))].map(
@@ -351,6 +363,7 @@ export class OrthancForwarder extends Construct {
         [ENV.config]: lambdaConfigJson(config, name),
         [ENV.table]: this.table.tableName,
         [ENV.queueUrl]: this.queue.queueUrl,
+        [ENV.backlogQueueUrl]: this.backlogQueue.queueUrl,
         [ENV.deadLetterQueueUrl]: this.deadLetterQueue.queueUrl,
         POWERTOOLS_SERVICE_NAME: SERVICE_NAME,
         POWERTOOLS_METRICS_NAMESPACE: METRICS_NAMESPACE,
@@ -449,7 +462,7 @@ export class OrthancForwarder extends Construct {
         Validations.of(fn).acknowledge({
           id: 'HIPAA.Security-LambdaConcurrency',
           reason:
-            'The SQS event source mapping’s MaximumConcurrency (aws.forwarder.maxConcurrency) bounds its concurrency; reserving as much would take it from the account’s unreserved pool and bound nothing more. The ForwarderThrottles alarm reports an account that runs out.',
+            'The SQS event source mappings’ MaximumConcurrency (aws.forwarder.maxConcurrency for the work queue, aws.forwarder.backlogMaxConcurrency for the backlog queue) bound its concurrency; reserving as much would take it from the account’s unreserved pool and bound nothing more. The ForwarderThrottles alarm reports an account that runs out.',
         });
       }
       this.table.grant(fn, ...STATE_TABLE_ACTIONS);
@@ -464,20 +477,24 @@ export class OrthancForwarder extends Construct {
     this.forwarderFunction = forwarder.fn;
     this.forwarderLogGroup = forwarder.logGroup;
 
-    // The poller queues study work items (SendMessageBatch).
-    this.queue.grant(this.pollerFunction, 'sqs:SendMessage');
-    // The forwarder dead-letters, queues a retry that made headway afresh, and sets a retry's
-    // backoff as the message's visibility (lambdas/aws/sqs-dead-letters.ts).
+    // The poller queues study work items (SendMessageBatch), each on its priority's queue. The
+    // forwarder dead-letters, queues a retry that made headway afresh, and sets a retry's backoff
+    // as the message's visibility (lambdas/aws/sqs-dead-letters.ts), on the queue it came from.
     this.deadLetterQueue.grant(this.forwarderFunction, 'sqs:SendMessage');
-    this.queue.grant(this.forwarderFunction, 'sqs:SendMessage', 'sqs:ChangeMessageVisibility');
-
-    this.forwarderFunction.addEventSource(
-      new SqsEventSource(this.queue, {
-        batchSize: aws.forwarder.batchSize,
-        maxConcurrency: aws.forwarder.maxConcurrency,
-        reportBatchItemFailures: true,
-      }),
-    );
+    for (const [queue, maxConcurrency] of [
+      [this.queue, aws.forwarder.maxConcurrency],
+      [this.backlogQueue, aws.forwarder.backlogMaxConcurrency],
+    ] as const) {
+      queue.grant(this.pollerFunction, 'sqs:SendMessage');
+      queue.grant(this.forwarderFunction, 'sqs:SendMessage', 'sqs:ChangeMessageVisibility');
+      this.forwarderFunction.addEventSource(
+        new SqsEventSource(queue, {
+          batchSize: aws.forwarder.batchSize,
+          maxConcurrency,
+          reportBatchItemFailures: true,
+        }),
+      );
+    }
 
     // A missed or failed tick is not retried: the next one comes within pollScheduleMinutes.
     const tickAge = Duration.seconds(Math.max(60, aws.pollScheduleMinutes * 60));

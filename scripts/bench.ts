@@ -71,6 +71,7 @@ interface CliOptions {
   concurrency: number;
   verify: VerifyLevel;
   orthancUrl?: boolean;
+  rateCap: boolean;
   verifyModes: boolean;
   verifyModesOnly?: boolean;
   verifyRepetitions: number;
@@ -118,6 +119,7 @@ const program = new Command('bench')
     DEFAULT_OPTIONS.relay.verify,
   )
   .option('--orthanc-url', "give the relay the destination's orthancUrl: checksum reads Orthanc's MD5s")
+  .option('--no-rate-cap', 'skip the relay with a read rate cap on the default set')
   .option('--no-verify-modes', 'skip the relay at each verification mode on the default set')
   .option('--verify-modes-only', 'only: the relay at each verification mode on the default set')
   .option(
@@ -190,6 +192,7 @@ const toOptions = (cli: CliOptions, onProgress: ((line: string) => void) | undef
   bigGb: cli.big ? cli.bigGb : undefined,
   sweep: cli.sweep === true,
   wado: cli.wado === true,
+  rateCap: cli.rateCap,
   verifyRepetitions: cli.verifyModes || cli.verifyModesOnly === true ? cli.verifyRepetitions : undefined,
   verifyModesOnly: cli.verifyModesOnly === true,
   poller:

@@ -674,8 +674,14 @@ describe('the AWS handlers under faults, on DynamoDB Local, fauxqs and real Orth
         )
       ).Messages ?? [];
     expect(more).toEqual([]);
+    // Queued by the first read of the source's feed: its history, the backlog.
     expect(dead?.Body).toBe(
-      encodeWorkItem({ sourceId: SOURCE_ID, studyId: pipeline.studyIds[0] as string, reason: 'stable' }),
+      encodeWorkItem({
+        sourceId: SOURCE_ID,
+        studyId: pipeline.studyIds[0] as string,
+        reason: 'stable',
+        priority: 'backlog',
+      }),
     );
     expect(dead?.MessageAttributes?.receiveCount?.StringValue).toBe(String(MAX_RECEIVES));
     expect(dead?.MessageAttributes?.lastError?.StringValue).toContain(destinationProxy.url);

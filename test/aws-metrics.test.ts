@@ -42,7 +42,19 @@ const METRIC_NAMES: readonly MetricName[] = [
   'Retries',
   'DeadLettered',
   'DestinationUnavailable',
+  'StudiesLeft',
+  'InstancesLeft',
+  'BytesLeft',
+  'MoveRate',
+  'SecondsToFinish',
 ];
+const UNITS: Partial<Record<MetricName, string>> = {
+  BytesMoved: 'Bytes',
+  MoveDuration: 'Milliseconds',
+  BytesLeft: 'Bytes',
+  MoveRate: 'Bytes/Second',
+  SecondsToFinish: 'Seconds',
+};
 const POLL_METRICS = ['ChangesRead', 'StudiesQueued', 'StudiesWaiting', 'CursorLag', 'SourceUnreachable'];
 const OUTCOME_METRICS = [
   'StudiesMoved',
@@ -291,9 +303,7 @@ describe('EMF records of a forwarder run', () => {
       if (dimension === 'DestinationId') expect(record.DestinationId).toBe('destination');
       if (dimension !== undefined) expect(names).toHaveLength(1);
       for (const metric of directive?.Metrics ?? []) {
-        expect(metric.Unit).toBe(
-          metric.Name === 'BytesMoved' ? 'Bytes' : metric.Name === 'MoveDuration' ? 'Milliseconds' : 'Count',
-        );
+        expect(metric.Unit).toBe(UNITS[metric.Name as MetricName] ?? 'Count');
       }
     }
   });
@@ -311,6 +321,32 @@ describe('EMF records of a forwarder run', () => {
     expect(unreachable.length).toBeGreaterThan(0);
     expect(new Set(unreachable)).toEqual(new Set([1]));
     expect(valuesOf(records, 'ChangesRead', down)).toEqual([]);
+  });
+
+  it('emits the Progress set per source at each poll: what it holds by its own statistics, the rate once studies left it', async () => {
+    const site = { service: SERVICE_NAME, SourceId: 'site-0' };
+    // Every poll found the one study just uploaded: each upload was moved before the next.
+    const polls = valuesOf(records, 'ChangesRead', site).length;
+    expect(valuesOf(records, 'StudiesLeft', site)).toEqual(Array(polls).fill(1));
+    expect(valuesOf(records, 'InstancesLeft', site)).toEqual(Array(polls).fill(3));
+    for (const bytes of valuesOf(records, 'BytesLeft', site)) expect(bytes).toBeGreaterThan(3 * 4 * 1024);
+    // Nothing had left the source at the first poll; the last came after two moves.
+    const rates = valuesOf(records, 'MoveRate', site);
+    expect(rates).toHaveLength(polls);
+    expect(rates[0]).toBe(0);
+    expect(rates.at(-1)).toBeGreaterThan(0);
+    // Estimated once there is a rate: at the last poll the source held one study of 3 instances,
+    // and 2 such studies had left it within the hour (their size on disk counts more than their files).
+    const toFinish = valuesOf(records, 'SecondsToFinish', site);
+    expect(toFinish.length).toBeGreaterThan(0);
+    for (const seconds of toFinish) expect(seconds).toBeGreaterThanOrEqual(0);
+    expect(toFinish.at(-1)).toBeLessThanOrEqual(2 * 3_600);
+    // Now empty: the statistics say so.
+    expect((await source.rest<{ CountStudies: number }>('GET', '/statistics')).CountStudies).toBe(0);
+    // Of a source that could not be reached, nothing.
+    const down = { service: SERVICE_NAME, SourceId: 'site-down' };
+    for (const name of ['StudiesLeft', 'InstancesLeft', 'BytesLeft', 'MoveRate', 'SecondsToFinish'])
+      expect(valuesOf(records, name, down), name).toEqual([]);
   });
 
   it('emits the outcome metrics per source, and every per-source metric for all sources too', () => {

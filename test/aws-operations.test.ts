@@ -38,7 +38,9 @@ import {
 import { SqsDeadLetters } from '../lambdas/aws/sqs-dead-letters.ts';
 import { type ForwarderConfig, parseConfig } from '../lambdas/core/config.ts';
 import { errorGroup, formatDeadLetters } from '../lambdas/core/dead-letters.ts';
+import { HOUR_MS } from '../lambdas/core/progress.ts';
 import type { SourceStatus } from '../lambdas/core/status.ts';
+import { movedBucketStart } from '../lambdas/core/totals.ts';
 import { encodeWorkItem } from '../lambdas/core/work-item.ts';
 import { openState } from '../lambdas/local/sqlite-state.ts';
 import { type DynamoDbLocal, startDynamoDbLocal } from '../testbed/dynamodb-local.ts';
@@ -172,6 +174,7 @@ describe('status and dlq list on fauxqs and DynamoDB Local', () => {
       atSource: undefined,
       moved: none,
       copied: none,
+      progress: { left: undefined, lastHour: none, lastDay: none },
       deletedUnrouted: 0,
       openConflicts: 0,
     };
@@ -199,8 +202,11 @@ describe('status and dlq list on fauxqs and DynamoDB Local', () => {
     expect(report.rejected.map((r) => r.studyId)).toEqual([study(7)]);
     expect(report.totals.rejected).toBe(1);
     const text = formatStatus(report);
-    expect(text).toMatch(/^SOURCE +AT SOURCE +MOVED +COPIED +REJECTED +CONFLICTS +WAITING +STATE\n/);
-    expect(text).toMatch(/\nsite-a +\? +0 \/ 0 \/ 0 B +0 \/ 0 \/ 0 B +1 +0 +2 +not asked/);
+    expect(text).toMatch(
+      /^SOURCE +AT SOURCE +MOVED +LAST HOUR +LAST DAY +RATE +ETA +COPIED +REJECTED +CONFLICTS +WAITING +STATE\n/,
+    );
+    // Nothing left it lately: no rate; what it holds was not asked: no estimate.
+    expect(text).toMatch(/\nsite-a +\? +(0 \/ 0 \/ 0 B +){3}- +\? +0 \/ 0 \/ 0 B +1 +0 +2 +not asked/);
     expect(text).toContain('queue: 2 waiting, 1 in flight');
     expect(text).toContain('3 dead letters\n  group them with `dlq list --group-by error`');
     expect(text).toContain('rejected instances: 1');
@@ -232,6 +238,46 @@ describe('status and dlq list on fauxqs and DynamoDB Local', () => {
       },
     ]);
     expect(formatStatus(report)).toMatch(/\nsite-a +3 \/ 30 \/ 3\.0 MB +0 \/ 0 \/ 0 B .* reachable\n/);
+  });
+
+  it('says from the ledger what left a source lately, and with what it holds when the rest may be gone', async () => {
+    const now = Date.now();
+    const MB = 1024 * 1024;
+    await new DynamoLedger(dynamo.client, resources.tableName).record({
+      sourceId: 'site-a',
+      studyId: study(9),
+      result: 'moved',
+      instances: 10,
+      sent: 10,
+      alreadyPresent: 0,
+      deleted: 10,
+      rejected: 0,
+      conflicts: 0,
+      bytes: MB,
+      deletedBytes: MB,
+      durationMs: 1_000,
+      finishedAt: now - 60_000,
+    });
+    const holds = { studies: 3, instances: 30, bytes: 3 * MB };
+    const report = await gatherAwsStatus(config, { sqs: sqs.client, dynamodb: dynamo.client }, resources, {
+      now,
+      ask: async () => ({ last: 150, holds }),
+    });
+    const moved = { studies: 1, instances: 10, bytes: MB };
+    const [site, other] = report.sources;
+    expect(site?.progress).toMatchObject({
+      left: holds,
+      lastHour: moved,
+      lastDay: moved,
+      rate: { over: 'hour' },
+    });
+    // 1 MB in the hour since the start of its 5 minutes: 3 MB in three such hours, windows always open.
+    const hour = now - movedBucketStart(now - HOUR_MS);
+    expect(site?.progress.finishAt).toBeCloseTo(now + 3 * hour, -1);
+    expect(other?.progress).toMatchObject({ lastHour: { studies: 0 }, rate: undefined });
+    expect(formatStatus(report)).toMatch(
+      /\nsite-a +3 \/ 30 \/ 3\.0 MB +(1 \/ 10 \/ 1\.0 MB +){3}\d+ KB\/h +in 3 h \d+ min +0 \/ 0 \/ 0 B /,
+    );
   });
 
   it('reaches a source with the credentials of its secret', async () => {

@@ -21,9 +21,9 @@ import { type GeneratedInstance, type GeneratedSet, generateStudies } from '../t
 import { type DynamoDbLocal, startDynamoDbLocal } from '../testbed/dynamodb-local.ts';
 import { deliverOnce, lambdaContext } from '../testbed/event-source-mapping.ts';
 import { OrthancFleet, type OrthancServer } from '../testbed/orthanc.ts';
-import { emulatorEnv, type SqsEmulator, startSqsEmulator } from '../testbed/sqs-emulator.ts';
+import { type SqsEmulator, startSqsEmulator } from '../testbed/sqs-emulator.ts';
 import { uploadToOrthanc } from '../testbed/upload.ts';
-import { deliverNext, drainQueue, queueDepth as sqsQueueDepth } from './support/aws-emulators.ts';
+import { deliverNext, drainQueue, handlerEnv, queueDepth as sqsQueueDepth } from './support/aws-emulators.ts';
 import { shape } from './support/fixtures.ts';
 
 const MAX_RECEIVES = 3;
@@ -78,12 +78,7 @@ describe('AWS pipeline on emulators and real Orthancs', () => {
       fleet.start({ name: 'site-b', stableAge: 1 }),
     ]);
     const credentials = { username: 'orthanc', password: 'orthanc' };
-    const env = {
-      ...emulatorEnv({ dynamodb: dynamo.endpoint, sqs: sqs.endpoint }),
-      AWS_LAMBDA_FUNCTION_NAME: 'orthanc-forwarder-test',
-      POWERTOOLS_METRICS_NAMESPACE: 'OrthancForwarderTest',
-      POWERTOOLS_LOG_LEVEL: 'WARN',
-    };
+    const env = handlerEnv({ dynamodb: dynamo.endpoint, sqs: sqs.endpoint });
     Object.assign(process.env, env);
     runtime = await createRuntime(
       {

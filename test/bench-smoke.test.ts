@@ -55,6 +55,17 @@ describe('benchmark', () => {
     expect(result.ceiling.trials[0].counts).toMatchObject({ success: 20, alreadyStored: 0, failed: 0 });
     expect(result.ratios).toEqual({ relayVsPush: expect.any(Number), relayVsCeiling: expect.any(Number) });
 
+    // The relay once more, capped at half its speed: everything moves, the ratio is reported.
+    expect(result.rateCap).toMatchObject({
+      capMBps: expect.any(Number),
+      achievedMBps: expect.any(Number),
+      ratio: expect.any(Number),
+      sendingMBps: expect.any(Number),
+      sendingRatio: expect.any(Number),
+      allMoved: true,
+    });
+    expect(result.rateCap.capMBps).toBeCloseTo(result.relay.mbPerSecond / 2, 0);
+
     expect(result.bigStudy).toMatchObject({
       bytes: expect.any(Number),
       peakRssMb: expect.any(Number),

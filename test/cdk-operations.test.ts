@@ -383,7 +383,7 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
     });
   });
 
-  it('draws one dashboard with throughput, conflicts, per-source lag and reachability, the queues, both functions and the table', () => {
+  it('draws one dashboard with throughput, conflicts, per-source lag, reachability and progress, the queues, both functions and the table', () => {
     const dashboards = Object.values(resources).filter((r) => r.Type === 'AWS::CloudWatch::Dashboard');
     expect(dashboards).toHaveLength(1);
     const dashboard = dashboards[0] as Resource;
@@ -435,6 +435,10 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
       has(/^Cursor lag/, `OrthancForwarder/CursorLag/${dims}`);
       has(/^Source unreachable/, `OrthancForwarder/SourceUnreachable/${dims}`);
       has(/^Studies waiting/, `OrthancForwarder/StudiesWaiting/${dims}`);
+      has(/^Bytes left/, `OrthancForwarder/BytesLeft/${dims}`);
+      has(/^Instances left/, `OrthancForwarder/InstancesLeft/${dims}`);
+      has(/^Move rate/, `OrthancForwarder/MoveRate/${dims}`);
+      has(/^Estimated time/, `OrthancForwarder/SecondsToFinish/${dims}`);
     }
     has(/in flight/, `AWS/SQS/ApproximateNumberOfMessagesNotVisible/QueueName=getatt:${ids.queue}.QueueName`);
     has(
@@ -470,6 +474,9 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
   it('outputs what the CLI needs, the topic and dashboard, and the functions’ and log groups’ names', () => {
     const outputs = template.toJSON().Outputs as Record<string, { Value: Json }>;
     expect(render(outputs.QueueUrl?.Value)).toBe(`ref:${ids.queue}`);
+    expect(render(outputs.BacklogQueueUrl?.Value)).toBe(
+      `ref:${logicalId(stack, stack.forwarder.backlogQueue)}`,
+    );
     expect(render(outputs.DeadLetterQueueUrl?.Value)).toBe(`ref:${ids.dlq}`);
     expect(render(outputs.StateTableName?.Value)).toBe(`ref:${logicalId(stack, stack.forwarder.table)}`);
     expect(render(outputs.AlarmTopicArn?.Value)).toBe(`ref:${ids.topic}`);

@@ -148,7 +148,8 @@ const idOf = (type: string, predicate: (resource: Resource) => boolean = () => t
 const logicalId = (fn: NodejsFunction, of = stack) => of.getLogicalId(fn.node.defaultChild as CfnElement);
 const ids = () => ({
   table: idOf('AWS::DynamoDB::Table'),
-  queue: idOf('AWS::SQS::Queue', (r) => r.Properties.RedrivePolicy !== undefined),
+  queue: idOf('AWS::SQS::Queue', (r) => String(r.Properties.QueueName).endsWith('-work')),
+  backlog: idOf('AWS::SQS::Queue', (r) => String(r.Properties.QueueName).endsWith('-backlog')),
   dlq: idOf('AWS::SQS::Queue', (r) => r.Properties.RedrivePolicy === undefined),
   poller: logicalId(stack.forwarder.pollerFunction),
   forwarder: logicalId(stack.forwarder.forwarderFunction),
@@ -213,11 +214,12 @@ describe('the stack synthesized from examples/aws-config.json', () => {
   });
 
   it('gives each function the configuration without passwords (the poller’s without the destination’s secret), and the resources’ names', () => {
-    const { poller, forwarder, table, queue, dlq } = ids();
+    const { poller, forwarder, table, queue, backlog, dlq } = ids();
     for (const id of [poller, forwarder]) {
       const variables = variablesOf(resource(id));
       expect(Object.keys(variables).sort()).toEqual(
         [
+          'BACKLOG_QUEUE_URL',
           'DLQ_URL',
           'FORWARDER_CONFIG',
           'NODE_OPTIONS',
@@ -236,6 +238,7 @@ describe('the stack synthesized from examples/aws-config.json', () => {
       expect(JSON.stringify(variables)).not.toMatch(/password/i);
       expect(variables.STATE_TABLE).toEqual({ Ref: table });
       expect(variables.QUEUE_URL).toEqual({ Ref: queue });
+      expect(variables.BACKLOG_QUEUE_URL).toEqual({ Ref: backlog });
       expect(variables.DLQ_URL).toEqual({ Ref: dlq });
       expect(variables.POWERTOOLS_SERVICE_NAME).toBe('orthanc-forwarder');
       expect(variables.POWERTOOLS_METRICS_NAMESPACE).toBe('OrthancForwarder');
@@ -263,19 +266,22 @@ describe('the stack synthesized from examples/aws-config.json', () => {
     expect(table.UpdateReplacePolicy).toBe('Retain');
   });
 
-  it('has an encrypted work queue that redrives to an encrypted, retained DLQ after retry.maxAttempts receives; only it may, and the DLQ keeps messages longer', () => {
-    const { queue, dlq, forwarder } = ids();
+  it('has encrypted work and backlog queues that redrive to an encrypted, retained DLQ after retry.maxAttempts receives; only they may, and the DLQ keeps messages longer', () => {
+    const { queue, backlog, dlq, forwarder } = ids();
     const work = resources[queue] as Resource;
+    const later = resources[backlog] as Resource;
     const dead = resources[dlq] as Resource;
-    expect(work.Properties.RedrivePolicy).toEqual({
-      deadLetterTargetArn: { 'Fn::GetAtt': [dlq, 'Arn'] },
-      maxReceiveCount: config.retry.maxAttempts,
-    });
     const timeout = resource(forwarder).Properties.Timeout as number;
-    expect(work.Properties.VisibilityTimeout).toBeGreaterThanOrEqual(6 * timeout);
-    expect(work.Properties.VisibilityTimeout).toBe(6 * 300);
-    // A message moved to the DLQ keeps the time it was first sent.
-    expect(work.Properties.MessageRetentionPeriod).toBe(7 * 24 * 3600);
+    for (const q of [work, later]) {
+      expect(q.Properties.RedrivePolicy).toEqual({
+        deadLetterTargetArn: { 'Fn::GetAtt': [dlq, 'Arn'] },
+        maxReceiveCount: config.retry.maxAttempts,
+      });
+      expect(q.Properties.VisibilityTimeout).toBeGreaterThanOrEqual(6 * timeout);
+      expect(q.Properties.VisibilityTimeout).toBe(6 * 300);
+      // A message moved to the DLQ keeps the time it was first sent.
+      expect(q.Properties.MessageRetentionPeriod).toBe(7 * 24 * 3600);
+    }
     expect(dead.Properties.MessageRetentionPeriod).toBe(14 * 24 * 3600);
     expect(dead.DeletionPolicy).toBe('Retain');
     const { redrivePermission, sourceQueueArns } = dead.Properties.RedriveAllowPolicy as {
@@ -285,11 +291,13 @@ describe('the stack synthesized from examples/aws-config.json', () => {
     expect(redrivePermission).toBe('byQueue');
     expect(sourceQueueArns.map(render)).toEqual([
       `arn:aws:sqs:eu-west-1:123456789012:${String(work.Properties.QueueName)}`,
+      `arn:aws:sqs:eu-west-1:123456789012:${String(later.Properties.QueueName)}`,
     ]);
-    expect(String(work.Properties.QueueName)).toMatch(/^OrthancForwarder-[A-Za-z0-9-]+$/);
-    for (const q of [work, dead]) expect(q.Properties.SqsManagedSseEnabled).toBe(true);
+    expect(String(work.Properties.QueueName)).toMatch(/^OrthancForwarder-[A-Za-z0-9-]+-work$/);
+    expect(String(later.Properties.QueueName)).toMatch(/^OrthancForwarder-[A-Za-z0-9-]+-backlog$/);
+    for (const q of [work, later, dead]) expect(q.Properties.SqsManagedSseEnabled).toBe(true);
     // enforceSSL: each queue's policy denies every request that is not over TLS.
-    for (const id of [queue, dlq]) {
+    for (const id of [queue, backlog, dlq]) {
       template.hasResourceProperties('AWS::SQS::QueuePolicy', {
         Queues: [{ Ref: id }],
         PolicyDocument: {
@@ -306,16 +314,21 @@ describe('the stack synthesized from examples/aws-config.json', () => {
     }
   });
 
-  it('feeds the forwarder from the work queue with partial batch failures, the batch size and max concurrency', () => {
-    const { queue, forwarder } = ids();
-    template.resourceCountIs('AWS::Lambda::EventSourceMapping', 1);
-    template.hasResourceProperties('AWS::Lambda::EventSourceMapping', {
-      EventSourceArn: { 'Fn::GetAtt': [queue, 'Arn'] },
-      FunctionName: { Ref: forwarder },
-      FunctionResponseTypes: ['ReportBatchItemFailures'],
-      BatchSize: 1,
-      ScalingConfig: { MaximumConcurrency: 4 },
-    });
+  it('feeds the forwarder from the work queue and the backlog queue, each with partial batch failures, the batch size and its own max concurrency', () => {
+    const { queue, backlog, forwarder } = ids();
+    template.resourceCountIs('AWS::Lambda::EventSourceMapping', 2);
+    for (const [id, maximumConcurrency] of [
+      [queue, 4],
+      [backlog, 2],
+    ] as const) {
+      template.hasResourceProperties('AWS::Lambda::EventSourceMapping', {
+        EventSourceArn: { 'Fn::GetAtt': [id, 'Arn'] },
+        FunctionName: { Ref: forwarder },
+        FunctionResponseTypes: ['ReportBatchItemFailures'],
+        BatchSize: 1,
+        ScalingConfig: { MaximumConcurrency: maximumConcurrency },
+      });
+    }
   });
 
   it('runs the poller on an EventBridge rate schedule, without retrying a missed tick', () => {
@@ -413,7 +426,7 @@ describe('the stack synthesized from examples/aws-config.json', () => {
   });
 
   it('gives each function exactly the access its code needs', () => {
-    const { poller, forwarder, table, queue, dlq } = ids();
+    const { poller, forwarder, table, queue, backlog, dlq } = ids();
     const arn = (id: string) => `getatt:${id}.Arn`;
     const pollerGrants = grantsOf(template, poller);
     const forwarderGrants = grantsOf(template, forwarder);
@@ -444,19 +457,22 @@ describe('the stack synthesized from examples/aws-config.json', () => {
       expect(sorted(forwarderGrants.get(secret))).toEqual(['secretsmanager:GetSecretValue']);
     }
     expect(sorted(pollerGrants.get(arn(queue)))).toEqual(['sqs:SendMessage']);
+    expect(sorted(pollerGrants.get(arn(backlog)))).toEqual(['sqs:SendMessage']);
     expect(pollerGrants.has(arn(dlq))).toBe(false);
 
     // The forwarder dead-letters, queues a retry that made headway afresh and delays a retry;
-    // its event source mapping receives and deletes with the function's role.
+    // its event source mappings receive and delete with the function's role.
     expect(sorted(forwarderGrants.get(arn(dlq)))).toEqual(['sqs:SendMessage']);
-    expect(sorted(forwarderGrants.get(arn(queue)))).toEqual([
-      'sqs:ChangeMessageVisibility',
-      'sqs:DeleteMessage',
-      'sqs:GetQueueAttributes',
-      'sqs:GetQueueUrl',
-      'sqs:ReceiveMessage',
-      'sqs:SendMessage',
-    ]);
+    for (const id of [queue, backlog]) {
+      expect(sorted(forwarderGrants.get(arn(id)))).toEqual([
+        'sqs:ChangeMessageVisibility',
+        'sqs:DeleteMessage',
+        'sqs:GetQueueAttributes',
+        'sqs:GetQueueUrl',
+        'sqs:ReceiveMessage',
+        'sqs:SendMessage',
+      ]);
+    }
     for (const grants of [pollerGrants, forwarderGrants]) {
       expect([...grants.keys()].sort()).toEqual(
         [...grants.keys()]

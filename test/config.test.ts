@@ -319,7 +319,86 @@ describe('configuration', () => {
       field: 'unrouted',
       also: 'copy mode never deletes',
     },
+    {
+      what: 'a time zone that is no IANA name',
+      raw: { ...valid, schedule: { timeZone: 'Mars/Olympus', windows: [] } },
+      field: 'schedule.timeZone',
+      also: 'IANA time zone',
+    },
+    {
+      what: "a source's window ending at 24:00",
+      raw: {
+        ...valid,
+        sources: [
+          {
+            ...source,
+            schedule: { timeZone: 'UTC', windows: [{ days: ['mon'], from: '19:00', to: '24:00' }] },
+          },
+        ],
+      },
+      field: 'sources[0].schedule.windows[0].to',
+    },
+    {
+      what: "a window on day 'monday'",
+      raw: {
+        ...valid,
+        schedule: { timeZone: 'UTC', windows: [{ days: ['monday'], from: '19:00', to: '07:00' }] },
+      },
+      field: 'schedule.windows[0].days[0]',
+    },
+    {
+      what: 'a window without days',
+      raw: { ...valid, schedule: { timeZone: 'UTC', windows: [{ days: [], from: '19:00', to: '07:00' }] } },
+      field: 'schedule.windows[0].days',
+    },
+    {
+      what: 'liveHours of 0',
+      raw: { ...valid, schedule: { timeZone: 'UTC', windows: [], liveHours: 0 } },
+      field: 'schedule.liveHours',
+    },
+    {
+      what: "minimumAge by 'arrival'",
+      raw: { ...valid, minimumAge: { hours: 24, by: 'arrival' } },
+      field: 'minimumAge.by',
+    },
+    {
+      what: "a source's negative minimumAge",
+      raw: { ...valid, sources: [{ ...source, minimumAge: { hours: -1 } }] },
+      field: 'sources[0].minimumAge.hours',
+    },
+    { what: 'maxReadMBps of 0', raw: { ...valid, maxReadMBps: 0 }, field: 'maxReadMBps' },
+    {
+      what: "a source's maxReadMBps as text",
+      raw: { ...valid, sources: [{ ...source, maxReadMBps: '50' }] },
+      field: 'sources[0].maxReadMBps',
+    },
   ];
+
+  it('takes transfer windows, a minimum age and a read rate cap, each source its own over the defaults', () => {
+    const schedule = {
+      timeZone: 'Europe/Berlin',
+      windows: [
+        { days: ['mon', 'tue', 'wed', 'thu', 'fri'], from: '19:00', to: '07:00' },
+        { days: ['sat', 'sun'], from: '00:00', to: '00:00' },
+      ],
+      liveHours: 24,
+    };
+    const config = parseConfig({
+      ...valid,
+      sources: [
+        source,
+        { ...source, id: 'site-b', schedule: { timeZone: 'UTC', windows: [] }, maxReadMBps: 5 },
+      ],
+      schedule,
+      minimumAge: { hours: 168 },
+      maxReadMBps: 50,
+    });
+    expect(config.schedule).toEqual(schedule);
+    expect(config.minimumAge).toEqual({ hours: 168, by: 'received' });
+    expect(config.maxReadMBps).toBe(50);
+    expect(config.sources[1]).toMatchObject({ schedule: { timeZone: 'UTC', windows: [] }, maxReadMBps: 5 });
+    expect(parseConfig(config)).toEqual(config);
+  });
 
   it.each(bad)('names the field: $what', ({ raw, field, also }) => {
     const message = messageOf(raw);

@@ -62,6 +62,7 @@ describe('the deployed bundles, on emulators and real Orthancs', () => {
       physicalIds: {
         [stack.table]: dynamo.tableName,
         [stack.queue]: sqs.queueUrl,
+        [stack.backlogQueue]: sqs.backlogQueueUrl,
         [stack.deadLetterQueue]: sqs.deadLetterQueueUrl,
       },
       variables: emulatorEnv({
@@ -176,6 +177,9 @@ describe('the deployed bundles, on emulators and real Orthancs', () => {
       startEnvironment(stack.poller),
       startEnvironment(stack.forwarder),
     ]);
+    // The first poll reads the source's history (none yet): what arrives after it is new, and
+    // goes to the work queue.
+    expect(await poll(poller)).toEqual([expect.objectContaining({ sourceId: SOURCE_ID, ok: true })]);
   }, 180_000);
 
   afterAll(async () => {

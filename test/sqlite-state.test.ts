@@ -86,7 +86,9 @@ describe('state file', () => {
   describe('migration', () => {
     /** What version 5 added to a file in the current form. */
     const WITHOUT_VERSION_5 = `DROP TABLE source_controls; DROP TABLE pruned_source_totals;
-      ALTER TABLE study_outcomes DROP COLUMN deleted_bytes; DROP TABLE deletion_parts;`;
+      ALTER TABLE study_outcomes DROP COLUMN deleted_bytes; DROP TABLE deletion_parts;
+      DROP INDEX queue_messages_priority; ALTER TABLE queue_messages DROP COLUMN priority;
+      ALTER TABLE feed_progress DROP COLUMN backlog_through;`;
 
     /** An older file as the forwarder wrote it: only the outcomes table differed, in these ways. */
     const writeOldFile = (version: number, results: string) => {
@@ -110,6 +112,13 @@ describe('state file', () => {
           version: raw.prepare('PRAGMA user_version').get(),
           tables: raw.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all(),
           columns: raw.prepare('PRAGMA table_info(study_outcomes)').all(),
+          queueColumns: raw.prepare('PRAGMA table_info(queue_messages)').all(),
+          progressColumns: raw.prepare('PRAGMA table_info(feed_progress)').all(),
+          queueIndexes: raw
+            .prepare(
+              "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'queue_messages' ORDER BY name",
+            )
+            .all(),
           indexes: raw
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'study_outcomes'")
             .all(),
@@ -145,15 +154,16 @@ describe('state file', () => {
       const migrated = inspect(file);
       expect(migrated).toMatchObject({
         version: { user_version: SCHEMA_VERSION },
-        indexes: [{ name: 'study_outcomes_study' }],
+        indexes: [{ name: 'study_outcomes_study' }, { name: 'study_outcomes_finished' }],
         outcomes: [
           { study_id: 's1', result: 'moved', conflicts: 0, deleted_bytes: null },
           { study_id: 's2', result: 'skipped', conflicts: 0, deleted_bytes: 20 },
           { study_id: 's3', result: 'partial', conflicts: 2, deleted_bytes: 0 },
         ],
       });
-      expect(migrated.columns).toEqual(inspect(fresh).columns);
-      expect(migrated.tables).toEqual(inspect(fresh).tables);
+      const made = inspect(fresh);
+      for (const part of ['columns', 'tables', 'queueColumns', 'queueIndexes', 'progressColumns'] as const)
+        expect(migrated[part]).toEqual(made[part]);
       open().close();
     };
 
@@ -306,6 +316,44 @@ describe('work queue', () => {
     expect(await queue.receive(10, 1_000)).toEqual([]);
     expect(await queue.receive(0, 1_000)).toEqual([]);
     expect(await queue.stats()).toEqual({ waiting: 0, inFlight: 3, deadLetters: 0 });
+  });
+
+  it('serves new studies before a backlog of 200, each in FIFO order; a waiting backlog study the feed sees as new goes ahead', async () => {
+    const { queue } = open();
+    const backlog = Array.from({ length: 200 }, (_, i) => ({
+      ...item(`b${String(i).padStart(3, '0')}`),
+      priority: 'backlog' as const,
+    }));
+    await queue.enqueue(backlog);
+    await queue.enqueue([item('new1')]);
+    // Seen as new by the feed: the waiting backlog message is raised, not queued twice.
+    await queue.enqueue([item('b150')]);
+    await queue.enqueue([item('new2')]);
+    const order = [];
+    for (
+      let message = await queue.receive(1, 60_000);
+      message.length > 0;
+      message = await queue.receive(1, 60_000)
+    )
+      order.push(JSON.parse(message[0]?.body ?? '{}').studyId);
+    expect(order).toHaveLength(202);
+    expect(order.slice(0, 3)).toEqual(['b150', 'new1', 'new2']);
+    expect(order.slice(3)).toEqual(backlog.map((b) => b.studyId).filter((id) => id !== 'b150'));
+    // A retried backlog message keeps its priority and its place.
+    await queue.enqueue([item('late')]);
+    await queue.enqueue([
+      { ...item('old'), priority: 'backlog' },
+      { ...item('older'), priority: 'backlog' },
+    ]);
+    const [late, old] = await queue.receive(2, 60_000);
+    expect(JSON.parse(late?.body ?? '{}').studyId).toBe('late');
+    await queue.release(old?.handle ?? '', 'waits', 0, { counted: false });
+    await queue.enqueue([item('newest')]);
+    expect((await queue.receive(3, 60_000)).map((m) => JSON.parse(m.body).studyId)).toEqual([
+      'newest',
+      'old',
+      'older',
+    ]);
   });
 
   it('stores a body no consumer can parse', async () => {

@@ -9,38 +9,19 @@ import { describe, expect, it } from 'vitest';
 import { formatSize } from '../bin/format.ts';
 import type { Tally } from '../lambdas/core/ports.ts';
 import type { StatusReport } from '../lambdas/core/status.ts';
-import { type GeneratedInstance, generateStudies } from '../testbed/dicom-generator.ts';
-import type { OrthancServer } from '../testbed/orthanc.ts';
+import { generateStudies } from '../testbed/dicom-generator.ts';
 import {
   cli,
   configFor,
   destinationEntry,
+  holdings,
   shape,
   startServers,
+  tallyOf,
   upload,
   useTestbed,
   withDestinations,
 } from './support/harness.ts';
-
-/** What the server says it holds (GET /statistics), as status reports it. */
-const holdings = async (server: OrthancServer): Promise<Tally> => {
-  const statistics = await server.rest<{
-    CountStudies: number;
-    CountInstances: number;
-    TotalDiskSize: string;
-  }>('GET', '/statistics');
-  return {
-    studies: statistics.CountStudies,
-    instances: statistics.CountInstances,
-    bytes: Number(statistics.TotalDiskSize),
-  };
-};
-
-const tallyOf = (studies: number, instances: readonly GeneratedInstance[]): Tally => ({
-  studies,
-  instances: instances.length,
-  bytes: instances.reduce((sum, instance) => sum + instance.byteLength, 0),
-});
 
 const add = (a: Tally, b: Tally): Tally => ({
   studies: a.studies + b.studies,
@@ -102,13 +83,24 @@ describe('status', () => {
     expect(site?.unknown).toBeUndefined();
     expect(add(site?.atSource ?? none, site?.moved ?? none)).toEqual(before);
     expect(report.totals.moved).toEqual(tallyOf(2, ct.instances));
+    // All of it left within the hour: the rate is the hour's, and the MR study would be gone soon.
+    expect(site?.progress).toMatchObject({
+      left,
+      lastHour: tallyOf(2, ct.instances),
+      lastDay: tallyOf(2, ct.instances),
+      rate: { over: 'hour' },
+    });
+    expect(site?.progress.finishAt).toBeGreaterThan(report.at);
 
     // One row per source, the sizes as people read them; the feed's sequence numbers are not in it.
     const lines = text.split('\n');
-    expect(lines[0]).toMatch(/^SOURCE +AT SOURCE +MOVED +COPIED +REJECTED +CONFLICTS +WAITING +STATE$/);
+    expect(lines[0]).toMatch(
+      /^SOURCE +AT SOURCE +MOVED +LAST HOUR +LAST DAY +RATE +ETA +COPIED +REJECTED +CONFLICTS +WAITING +STATE$/,
+    );
+    const moved = cell(tallyOf(2, ct.instances));
     expect(lines[1]).toMatch(
       new RegExp(
-        `^site-a +${cell(left)} +${cell(tallyOf(2, ct.instances))} +0 / 0 / 0 B +0 +0 +0 +reachable$`,
+        `^site-a +${cell(left)} +${moved} +${moved} +${moved} +\\d+(\\.\\d)? KB/h +in \\d+ (min|h \\d+ min) +0 / 0 / 0 B +0 +0 +0 +reachable$`,
       ),
     );
     expect(formatSize(left.bytes)).toMatch(/^\d+(\.\d)? KB$/);
@@ -129,10 +121,19 @@ describe('status', () => {
 
     const copied = await runAndReport({ ...raw, deleteAfterForward: false });
     expect(copied.report.sources[0]).toMatchObject({ atSource: before, moved: none, copied: all });
+    // A copy takes nothing from the source: no rate, no estimate.
+    expect(copied.report.sources[0]?.progress).toEqual({ left: before, lastHour: none, lastDay: none });
+    expect(copied.text.split('\n')[1]).toMatch(/ +- +- +/);
 
     const moved = await runAndReport(raw);
     expect(await holdings(source)).toEqual(none);
     expect(moved.report.sources[0]).toMatchObject({ atSource: none, moved: all, copied: all });
+    expect(moved.report.sources[0]?.progress).toMatchObject({
+      left: none,
+      lastHour: all,
+      finishAt: moved.report.at,
+    });
+    expect(moved.text.split('\n')[1]).toMatch(/ KB\/h +done +/);
     // Not 4 studies: the copy is a copy, and the move is one move of each.
     expect(moved.report.totals).toMatchObject({ moved: all, copied: all, deleted: set.instances.length });
     expect(moved.text).toContain(

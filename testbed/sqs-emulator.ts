@@ -1,6 +1,7 @@
 /**
- * An SQS emulator (fauxqs) in the calling process (a test or the benchmark), with a work queue
- * and its dead-letter queue set up as the stack sets them up (redrive policy, maxReceiveCount).
+ * An SQS emulator (fauxqs) in the calling process (a test or the benchmark), with a work queue, a
+ * backlog queue and their dead-letter queue set up as the stack sets them up (redrive policy,
+ * maxReceiveCount).
  */
 import { SQSClient } from '@aws-sdk/client-sqs';
 import { startFauxqs } from 'fauxqs';
@@ -32,6 +33,7 @@ export interface SqsEmulator {
   readonly endpoint: string;
   readonly client: SQSClient;
   readonly queueUrl: string;
+  readonly backlogQueueUrl: string;
   readonly deadLetterQueueUrl: string;
   stop(): Promise<void>;
 }
@@ -42,21 +44,25 @@ export const startSqsEmulator = async (options: {
 }): Promise<SqsEmulator> => {
   const server = await startFauxqs({ port: 0, host: '127.0.0.1', logger: false });
   const dlq = server.createQueue('forwarder-dlq');
-  const queue = server.createQueue('forwarder-work', {
-    attributes: {
-      VisibilityTimeout: String(options.visibilityTimeoutSeconds),
-      RedrivePolicy: JSON.stringify({
-        deadLetterTargetArn: dlq.queueArn,
-        maxReceiveCount: String(options.maxReceiveCount),
-      }),
-    },
-  });
+  const workQueue = (name: string) =>
+    server.createQueue(name, {
+      attributes: {
+        VisibilityTimeout: String(options.visibilityTimeoutSeconds),
+        RedrivePolicy: JSON.stringify({
+          deadLetterTargetArn: dlq.queueArn,
+          maxReceiveCount: String(options.maxReceiveCount),
+        }),
+      },
+    });
+  const queue = workQueue('forwarder-work');
+  const backlog = workQueue('forwarder-backlog');
   const endpoint = `http://127.0.0.1:${server.port}`;
   const client = new SQSClient({ endpoint, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS });
   return {
     endpoint,
     client,
     queueUrl: queue.queueUrl,
+    backlogQueueUrl: backlog.queueUrl,
     deadLetterQueueUrl: dlq.queueUrl,
     stop: async () => {
       client.destroy();

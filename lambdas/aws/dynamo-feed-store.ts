@@ -2,7 +2,7 @@
  * The change-feed reader's state on DynamoDB, with the semantics of SqliteFeedStore. Per source,
  * in partition `source#<sourceId>`: the cursor (sk `cursor`, `seq`), the progress (sk
  * `progress`: `version`, `watchAfter`, `sweepBelow` during a sweep, `sweepStartedAt`,
- * `settings`) and one item per watched study (sk `watch#<studyId>`, `lastUpdate` when known,
+ * `settings`, `backlogThrough` once the feed was first read) and one item per watched study (sk `watch#<studyId>`, `lastUpdate` when known,
  * `lastUpdateSeenAt` in epoch ms), and what an operator asked of it (sk `control`: `pausedAt`,
  * `sweepRequestedAt`, each while it holds). A study queued whole is remembered in a partition of its own,
  * so that a sweep's reads spread over the table: pk `queued#<sourceId>#<studyId>`, sk `queued`,
@@ -60,6 +60,7 @@ const toQueued = (item: Item): QueuedStudy => ({
 
 const toProgress = (item: Item): StoredProgress => {
   const sweepBelow = readNum(item, 'sweepBelow');
+  const backlogThrough = readNum(item, 'backlogThrough');
   return {
     version: readNum(item, 'version') ?? 0,
     progress: {
@@ -67,6 +68,7 @@ const toProgress = (item: Item): StoredProgress => {
       ...(sweepBelow === undefined ? {} : { sweepBelow }),
       sweepStartedAt: readNum(item, 'sweepStartedAt') ?? 0,
       settings: readStr(item, 'settings') ?? '',
+      ...(backlogThrough === undefined ? {} : { backlogThrough }),
     },
   };
 };
@@ -163,6 +165,7 @@ export class DynamoFeedStore implements FeedStateStore {
       settings: str(progress.settings),
     };
     if (progress.sweepBelow !== undefined) item.sweepBelow = num(progress.sweepBelow);
+    if (progress.backlogThrough !== undefined) item.backlogThrough = num(progress.backlogThrough);
     return this.#table.putIf(
       item,
       expected === undefined

@@ -7,6 +7,9 @@
  *   to count over: pk `totals`, sk `source#<sourceId>`: movedStudies, movedInstances, movedBytes,
  *   copiedStudies, copiedInstances, copiedBytes, deleted (core/totals.ts); sk `totals`: rejected,
  *   and from stacks before the totals were kept per source studies, instances, bytes, deleted;
+ * - what left a source lately, kept by ADD in the same transaction (movedSince reads it with one
+ *   query): pk `moved#<sourceId>`, sk `<start of its MOVED_BUCKET_MS bucket, 16 digits>`:
+ *   studies, instances, bytes; ttl two days after the bucket, since a rate looks a day back;
  * - rejected instance: pk `rejected`, sk `<sourceId>#<studyId>#<instanceId>`: its fields. No
  *   TTL: a refusal forgotten while its instance is at the source would have it sent again, so
  *   one is forgotten (forgetRejected) only once its instance is gone;
@@ -41,9 +44,10 @@ import {
   type SettledStudy,
   type SourceTotals,
   type StudyOutcome,
+  type Tally,
   type Totals,
 } from '../core/ports.ts';
-import { NO_TOTALS, outcomeTotals, sumTotals } from '../core/totals.ts';
+import { movedBucketStart, NO_TOTALS, outcomeTotals, sumTotals } from '../core/totals.ts';
 import { DynamoDeletions } from './dynamo-deletions.ts';
 import {
   type DynamoStateOptions,
@@ -71,6 +75,9 @@ const REJECTED_PK = 'rejected';
 const CONFLICT_PK = 'conflict';
 const SETTLED = 'settled';
 const INTENT = 'intent';
+const MOVED = 'moved#';
+/** How long a bucket of movedSince is kept: a rate looks back a day at most. */
+const MOVED_BUCKET_TTL_S = 2 * DAY_S;
 /** New refusals per transaction, with the totals update as the 100th action at most. */
 const REJECTED_PER_TRANSACTION = 50;
 
@@ -108,6 +115,8 @@ const legacyTotals = (item: Item): SourceTotals | undefined => {
 };
 
 const leaseKey = (leaseName: string) => key(`lease#${leaseName}`, 'lease');
+/** Padded, so that the buckets sort by time. */
+const movedBucketSk = (at: number) => String(movedBucketStart(at)).padStart(16, '0');
 const rejectedSk = (r: RejectedInstance) => `${r.sourceId}#${r.studyId}#${r.instanceId}`;
 const conflictSk = (c: ConflictKey) => `${c.sourceId}#${c.studyId}#${c.instanceId}#${c.destinationId}`;
 
@@ -328,14 +337,22 @@ export class DynamoLedger implements Ledger {
     });
   }
 
-  /** The outcome and what it adds to its source's totals, in one transaction. */
+  /**
+   * The outcome and what it adds to its source's totals, and to the bucket of movedSince when
+   * something left the source, in one transaction: one request however many items.
+   */
   async record(outcome: StudyOutcome): Promise<void> {
+    const totals = outcomeTotals(outcome);
+    const { moved } = totals;
+    const bucket = this.#addTo(
+      key(`${MOVED}${outcome.sourceId}`, movedBucketSk(outcome.finishedAt)),
+      { studies: moved.studies, instances: moved.instances, bytes: moved.bytes },
+      epochSeconds(movedBucketStart(outcome.finishedAt)) + MOVED_BUCKET_TTL_S,
+    );
     await this.#table.transact([
       { Put: { TableName: this.#table.name, Item: outcomeItem(outcome, this.#outcomeDays) } },
-      this.#addTo(
-        key(TOTALS_PK, `${SOURCE_TOTALS}${outcome.sourceId}`),
-        sourceCounts(outcomeTotals(outcome)),
-      ),
+      this.#addTo(key(TOTALS_PK, `${SOURCE_TOTALS}${outcome.sourceId}`), sourceCounts(totals)),
+      ...(moved.studies + moved.instances + moved.bytes > 0 ? [bucket] : []),
     ]);
   }
 
@@ -381,18 +398,22 @@ export class DynamoLedger implements Ledger {
     return repeated;
   }
 
-  /** Adds the counts to a totals item's attributes; every name aliased, some are reserved words. */
-  #addTo(itemKey: Item, counts: Record<string, number>): TransactWriteItem {
+  /**
+   * Adds the counts to a totals item's attributes, and sets its `ttl` when given; every name
+   * aliased, some are reserved words.
+   */
+  #addTo(itemKey: Item, counts: Record<string, number>, ttl?: number): TransactWriteItem {
     const names = Object.keys(counts);
+    const values = Object.fromEntries(names.map((name) => [`:${name}`, num(counts[name] ?? 0)]));
     return {
       Update: {
         TableName: this.#table.name,
         Key: itemKey,
-        UpdateExpression: `ADD ${names.map((name) => `#${name} :${name}`).join(', ')}`,
-        ExpressionAttributeNames: Object.fromEntries(names.map((name) => [`#${name}`, name])),
-        ExpressionAttributeValues: Object.fromEntries(
-          names.map((name) => [`:${name}`, num(counts[name] ?? 0)]),
+        UpdateExpression: `ADD ${names.map((name) => `#${name} :${name}`).join(', ')}${ttl === undefined ? '' : ' SET #ttl = :ttl'}`,
+        ExpressionAttributeNames: Object.fromEntries(
+          [...names, ...(ttl === undefined ? [] : ['ttl'])].map((name) => [`#${name}`, name]),
         ),
+        ExpressionAttributeValues: ttl === undefined ? values : { ...values, ':ttl': num(ttl) },
       },
     };
   }
@@ -548,5 +569,12 @@ export class DynamoLedger implements Ledger {
     page: { readonly after?: string | undefined; readonly limit: number },
   ): Promise<DeletionPage> {
     return this.#deletions.page(query, page);
+  }
+
+  /** One query of the source's buckets from the one that holds `since`: a day is 289 small items. */
+  async movedSince(sourceId: string, since: number): Promise<Tally> {
+    const buckets = await this.#table.queryFrom(`${MOVED}${sourceId}`, movedBucketSk(since));
+    const sum = (name: string) => buckets.reduce((total, item) => total + (readNum(item, name) ?? 0), 0);
+    return { studies: sum('studies'), instances: sum('instances'), bytes: sum('bytes') };
   }
 }

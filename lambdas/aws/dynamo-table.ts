@@ -144,15 +144,27 @@ export class StateTable {
 
   /** Every item of the partition whose sort key starts with `prefix` (all of them without), in sort key order. */
   async query(pk: string, prefix?: string): Promise<Item[]> {
+    return this.#queryAll(
+      // begins_with refuses an empty string, so the whole partition is asked for without it.
+      prefix ? 'pk = :pk AND begins_with(sk, :prefix)' : 'pk = :pk',
+      prefix ? { ':pk': str(pk), ':prefix': str(prefix) } : { ':pk': str(pk) },
+    );
+  }
+
+  /** Every item of the partition whose sort key sorts at or after `low`, in sort key order. */
+  async queryFrom(pk: string, low: string): Promise<Item[]> {
+    return this.#queryAll('pk = :pk AND sk >= :low', { ':pk': str(pk), ':low': str(low) });
+  }
+
+  async #queryAll(condition: string, values: Item): Promise<Item[]> {
     const items: Item[] = [];
     let start: Item | undefined;
     do {
       const page = await this.client.send(
         new QueryCommand({
           TableName: this.name,
-          // begins_with refuses an empty string, so the whole partition is asked for without it.
-          KeyConditionExpression: prefix ? 'pk = :pk AND begins_with(sk, :prefix)' : 'pk = :pk',
-          ExpressionAttributeValues: prefix ? { ':pk': str(pk), ':prefix': str(prefix) } : { ':pk': str(pk) },
+          KeyConditionExpression: condition,
+          ExpressionAttributeValues: values,
           ConsistentRead: true,
           Limit: this.#pageSize,
           ExclusiveStartKey: start,

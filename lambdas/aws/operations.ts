@@ -24,7 +24,8 @@ import type { ForwarderConfig, SourceConfig } from '../core/config.ts';
 import { type DeadLetterEntry, deadLetterEntry, matchesDeadLetter } from '../core/dead-letters.ts';
 import { createEndpoint } from '../core/http.ts';
 import { OrthancClient } from '../core/orthanc-client.ts';
-import type { DeadLetterFilter } from '../core/ports.ts';
+import type { DeadLetterFilter, Ledger } from '../core/ports.ts';
+import { recentMoves } from '../core/progress.ts';
 import {
   askSource,
   assembleStatus,
@@ -87,17 +88,19 @@ export const queueStats = async (sqs: SQSClient, resources: AwsResources): Promi
 };
 
 const probe = async (
-  feed: DynamoFeedStore,
+  state: { readonly feed: DynamoFeedStore; readonly ledger: Ledger },
   source: SourceConfig,
   ask: AskSource | undefined,
+  now: number,
 ): Promise<SourceProbe> => {
-  const [control, cursor, waitingToBecomeStable, answer] = await Promise.all([
-    feed.control(source.id),
-    feed.getCursor(source.id),
-    feed.watchedCount(source.id),
+  const [control, cursor, waitingToBecomeStable, answer, recent] = await Promise.all([
+    state.feed.control(source.id),
+    state.feed.getCursor(source.id),
+    state.feed.watchedCount(source.id),
     ask === undefined ? NOT_ASKED : ask(source),
+    recentMoves(state.ledger, source.id, now),
   ]);
-  return { control, cursor, waitingToBecomeStable, answer };
+  return { control, cursor, waitingToBecomeStable, answer, recent };
 };
 
 /**
@@ -108,18 +111,19 @@ export const gatherAwsStatus = async (
   config: ForwarderConfig,
   clients: { readonly sqs: SQSClient; readonly dynamodb: DynamoDBClient },
   resources: AwsResources,
-  options: { readonly ask?: AskSource } = {},
+  options: { readonly ask?: AskSource; readonly now?: number } = {},
 ): Promise<StatusReport> => {
   const feed = new DynamoFeedStore(clients.dynamodb, resources.tableName);
   const ledger = new DynamoLedger(clients.dynamodb, resources.tableName);
+  const now = options.now ?? Date.now();
   const [probes, queue, rejected, conflicts, totals] = await Promise.all([
-    Promise.all(config.sources.map((source) => probe(feed, source, options.ask))),
+    Promise.all(config.sources.map((source) => probe({ feed, ledger }, source, options.ask, now))),
     queueStats(clients.sqs, resources),
     ledger.rejected(),
     ledger.conflicts({ openOnly: true }),
     ledger.totals(),
   ]);
-  return assembleStatus(config, { probes, queue, rejected, conflicts, totals });
+  return assembleStatus(config, { probes, queue, rejected, conflicts, totals, now });
 };
 
 const secretSchema = z.object({ username: z.string().min(1).optional(), password: z.string() });

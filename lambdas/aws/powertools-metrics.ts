@@ -6,6 +6,8 @@ const UNITS = {
   Count: MetricUnit.Count,
   Bytes: MetricUnit.Bytes,
   Milliseconds: MetricUnit.Milliseconds,
+  Seconds: MetricUnit.Seconds,
+  BytesPerSecond: MetricUnit.BytesPerSecond,
 } as const;
 
 /**

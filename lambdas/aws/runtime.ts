@@ -26,6 +26,8 @@ export interface AwsRuntime {
   readonly feed: DynamoFeedStore;
   readonly ledger: DynamoLedger;
   readonly queueUrl: string;
+  /** The backlog's queue (BACKLOG_QUEUE_URL); without it, the backlog shares the work queue. */
+  readonly backlogQueueUrl: string | undefined;
   readonly deadLetterQueueUrl: string;
 }
 
@@ -102,6 +104,7 @@ export const createRuntime = async (
       auditDays: config.retention.auditDays,
     }),
     queueUrl: requiredEnv(env, 'QUEUE_URL'),
+    backlogQueueUrl: env.BACKLOG_QUEUE_URL || undefined,
     deadLetterQueueUrl: requiredEnv(env, 'DLQ_URL'),
   };
 };

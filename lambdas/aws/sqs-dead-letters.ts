@@ -5,19 +5,26 @@
  * after an attempt that made progress.
  */
 import { ChangeMessageVisibilityCommand, SendMessageCommand, type SQSClient } from '@aws-sdk/client-sqs';
+import { queueFor } from './sqs-work-sink.ts';
 
 /** SQS caps a visibility timeout at 12 hours, and a message's delay at 15 minutes. */
 const MAX_VISIBILITY_SECONDS = 12 * 60 * 60;
 const MAX_DELAY_SECONDS = 15 * 60;
+/** The longest a requeued message can stay out of sight. */
+export const MAX_REQUEUE_DELAY_MS = MAX_DELAY_SECONDS * 1000;
 
 export class SqsDeadLetters {
   private readonly client: SQSClient;
-  private readonly queueUrl: string;
+  /** The work queue, and the backlog queue when there is one: a retry goes back to its priority's queue. */
+  private readonly queues: { queueUrl: string; backlogQueueUrl?: string | undefined };
   private readonly deadLetterQueueUrl: string;
 
-  constructor(client: SQSClient, urls: { queueUrl: string; deadLetterQueueUrl: string }) {
+  constructor(
+    client: SQSClient,
+    urls: { queueUrl: string; backlogQueueUrl?: string | undefined; deadLetterQueueUrl: string },
+  ) {
     this.client = client;
-    this.queueUrl = urls.queueUrl;
+    this.queues = { queueUrl: urls.queueUrl, backlogQueueUrl: urls.backlogQueueUrl };
     this.deadLetterQueueUrl = urls.deadLetterQueueUrl;
   }
 
@@ -42,15 +49,20 @@ export class SqsDeadLetters {
   async requeue(body: string, delayMs: number): Promise<void> {
     const seconds = Math.min(MAX_DELAY_SECONDS, Math.max(0, Math.round(delayMs / 1000)));
     await this.client.send(
-      new SendMessageCommand({ QueueUrl: this.queueUrl, MessageBody: body, DelaySeconds: seconds }),
+      new SendMessageCommand({
+        QueueUrl: queueFor(body, this.queues),
+        MessageBody: body,
+        DelaySeconds: seconds,
+      }),
     );
   }
 
-  async retryAfter(receiptHandle: string, delayMs: number): Promise<void> {
+  /** Delays a received message: `body` tells which queue it was received from. */
+  async retryAfter(body: string, receiptHandle: string, delayMs: number): Promise<void> {
     const seconds = Math.min(MAX_VISIBILITY_SECONDS, Math.max(0, Math.round(delayMs / 1000)));
     await this.client.send(
       new ChangeMessageVisibilityCommand({
-        QueueUrl: this.queueUrl,
+        QueueUrl: queueFor(body, this.queues),
         ReceiptHandle: receiptHandle,
         VisibilityTimeout: seconds,
       }),

@@ -1,6 +1,8 @@
 /**
  * Queues work items on SQS: SendMessageBatch with at most 10 entries and 256 KiB a call,
- * resending the entries SQS reports as failed. Resolving means every item is on the queue.
+ * resending the entries SQS reports as failed. Resolving means every item is on the queue: a
+ * `backlog` item on the backlog queue, every other on the work queue, each drained by its own
+ * event source mapping, so that new studies never wait behind the backlog.
  */
 
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -12,7 +14,7 @@ import {
 import { transient } from '../core/errors.ts';
 import type { WorkItem, WorkSink } from '../core/ports.ts';
 import { backoffDelay } from '../core/retry.ts';
-import { encodeWorkItem } from '../core/work-item.ts';
+import { encodeWorkItem, priorityOf } from '../core/work-item.ts';
 
 const MAX_ENTRIES = 10;
 const MAX_BATCH_BYTES = 256 * 1024;
@@ -36,14 +38,23 @@ export const batchEntries = (bodies: readonly string[]): SendMessageBatchRequest
   return batches;
 };
 
+/** The queue a body goes to: the backlog queue for a `backlog` item, when there is one. */
+export const queueFor = (body: string, urls: { queueUrl: string; backlogQueueUrl?: string | undefined }) =>
+  priorityOf(body) === 'backlog' ? (urls.backlogQueueUrl ?? urls.queueUrl) : urls.queueUrl;
+
 export class SqsWorkSink implements WorkSink {
   private readonly client: SQSClient;
-  private readonly queueUrl: string;
+  private readonly urls: { queueUrl: string; backlogQueueUrl?: string | undefined };
   private readonly attempts: number;
 
-  constructor(client: SQSClient, queueUrl: string, options: { attempts?: number } = {}) {
+  /** Without `backlogQueueUrl`, the backlog goes to the work queue too. */
+  constructor(
+    client: SQSClient,
+    queueUrl: string,
+    options: { attempts?: number; backlogQueueUrl?: string | undefined } = {},
+  ) {
     this.client = client;
-    this.queueUrl = queueUrl;
+    this.urls = { queueUrl, backlogQueueUrl: options.backlogQueueUrl };
     this.attempts = options.attempts ?? 5;
   }
 
@@ -51,16 +62,19 @@ export class SqsWorkSink implements WorkSink {
     await this.enqueueBodies(items.map(encodeWorkItem));
   }
 
-  /** Queues message bodies as they are: dead letters put back (operations.ts). */
+  /** Queues message bodies as they are (dead letters put back, operations.ts), each on its priority's queue. */
   async enqueueBodies(bodies: readonly string[]): Promise<void> {
-    for (const batch of batchEntries(bodies)) await this.sendBatch(batch);
+    const byQueue = Map.groupBy(bodies, (body) => queueFor(body, this.urls));
+    for (const [queueUrl, ofQueue] of byQueue) {
+      for (const batch of batchEntries(ofQueue)) await this.sendBatch(queueUrl, batch);
+    }
   }
 
-  private async sendBatch(entries: SendMessageBatchRequestEntry[]): Promise<void> {
+  private async sendBatch(queueUrl: string, entries: SendMessageBatchRequestEntry[]): Promise<void> {
     let pending = entries;
     for (let attempt = 1; pending.length > 0; attempt++) {
       const answer = await this.client.send(
-        new SendMessageBatchCommand({ QueueUrl: this.queueUrl, Entries: pending }),
+        new SendMessageBatchCommand({ QueueUrl: queueUrl, Entries: pending }),
       );
       const failed = new Set((answer.Failed ?? []).map((failure) => failure.Id));
       pending = pending.filter((entry) => failed.has(entry.Id));

@@ -10,6 +10,9 @@
  *
  * A poll does the three within its deadline, feed first, each carrying its place across polls,
  * so that each makes headway at every poll however large the source.
+ *
+ * What the feed reads as it happens is queued as `new`; the source's history, read the first time
+ * (or again after a reset), and what the sweep finds are the `backlog`, served after it.
  */
 
 import {
@@ -19,6 +22,8 @@ import {
   loadProgress,
   lookUpAll,
   lookUpEach,
+  mayMoveNow,
+  type ProgressRef,
   pastDeadline,
   queueStudies,
   type Tally,
@@ -27,7 +32,9 @@ import {
 } from './feed-context.ts';
 import { sweepSome } from './feed-sweep.ts';
 import { lookAtWatched } from './feed-watch.ts';
+import { windowOpen } from './move-timing.ts';
 import type { Change, ChangesPage } from './orthanc-client.ts';
+import type { WorkPriority } from './ports.ts';
 
 export type { FeedContext } from './feed-context.ts';
 
@@ -51,6 +58,8 @@ export interface PollReport {
   readonly swept: number;
   /** Lookups the source answered with an error, each logged and left for later. */
   readonly lookupFailures: number;
+  /** Studies (or series) not queued since they may not move yet (transfer window, minimum age). */
+  readonly held: number;
   /** The source is paused (`orthanc-forwarder pause`): it was not asked anything. */
   readonly paused: boolean;
 }
@@ -104,16 +113,30 @@ const idsOf = (changes: readonly Change[], type: string): string[] => [
  * StableStudy changes: each study as it is now, so that the sweep can tell it was queued in this
  * state. One gone is not queued; one that cannot be looked at is queued all the same.
  */
-const stableCandidates = async (ctx: FeedContext, studyIds: readonly string[]): Promise<Candidate[]> => {
+const stableCandidates = async (
+  ctx: FeedContext,
+  studyIds: readonly string[],
+  priorityOf: (id: string) => WorkPriority,
+): Promise<Candidate[]> => {
   const results = await lookUpEach(ctx, studyIds, (id) => ctx.source.study(id));
   return studyIds.flatMap((studyId): Candidate[] => {
+    const priority = priorityOf(studyId);
     const result = results.get(studyId);
     if (result === undefined || !('found' in result))
-      return [{ studyId, lastUpdate: undefined, steady: false, reason: 'stable' }];
+      return [{ studyId, lastUpdate: undefined, steady: false, reason: 'stable', priority }];
     const study = result.found;
     return study === undefined
       ? []
-      : [{ studyId, lastUpdate: study.lastUpdate, steady: study.isStable, reason: 'stable' }];
+      : [
+          {
+            studyId,
+            lastUpdate: study.lastUpdate,
+            studyDate: study.studyDate,
+            steady: study.isStable,
+            reason: 'stable',
+            priority,
+          },
+        ];
   });
 };
 
@@ -122,6 +145,7 @@ const instanceCandidates = async (
   ctx: FeedContext,
   tally: Tally,
   instanceIds: readonly string[],
+  priorityOf: (id: string) => WorkPriority,
 ): Promise<Candidate[]> => {
   const found = await lookUpAll(
     ctx,
@@ -131,13 +155,16 @@ const instanceCandidates = async (
     "an instance's study could not be looked up: the sweep queues it",
   );
   const studies = new Map<string, Candidate>();
-  for (const study of found.values()) {
+  for (const [instanceId, study] of found) {
     if (study !== undefined)
       studies.set(study.id, {
         studyId: study.id,
         lastUpdate: study.lastUpdate,
+        studyDate: study.studyDate,
         steady: study.isStable,
         reason: 'instance',
+        // New as soon as one of its instances is.
+        priority: studies.get(study.id)?.priority === 'new' ? 'new' : priorityOf(instanceId),
       });
   }
   return [...studies.values()];
@@ -149,6 +176,7 @@ const queueSeries = async (
   tally: Tally,
   seriesIds: readonly string[],
   queued: Set<string>,
+  priorityOf: (id: string) => WorkPriority,
 ): Promise<void> => {
   const found = await lookUpAll(
     ctx,
@@ -160,13 +188,34 @@ const queueSeries = async (
   const items = seriesIds.flatMap((seriesId) => {
     const series = found.get(seriesId);
     // Gone already (moved with its study, or deleted), or queued by this read.
-    return series === undefined || queued.has(seriesId)
-      ? []
-      : [workItem(ctx.sourceId, series.studyId, 'stable', seriesId)];
+    if (series === undefined || queued.has(seriesId)) return [];
+    // Held back: the sweep queues its study whole once it may move.
+    if (!mayMoveNow(ctx, series)) {
+      tally.held++;
+      return [];
+    }
+    return [workItem(ctx.sourceId, series.studyId, 'stable', priorityOf(seriesId), seriesId)];
   });
   await ctx.sink.enqueue(items);
   tally.queued += items.length;
   for (const item of items) queued.add(item.seriesId ?? '');
+};
+
+/**
+ * Per resource of the chunk's changes under the trigger: `backlog` when its newest change is of
+ * the source's history (up to `backlogThrough`), `new` otherwise.
+ */
+const prioritiesOf = (
+  changes: readonly Change[],
+  trigger: Trigger,
+  backlogThrough: number | undefined,
+): ((id: string) => WorkPriority) => {
+  const newest = new Map<string, number>();
+  for (const change of changes) {
+    if (change.changeType === TRIGGER_CHANGE[trigger])
+      newest.set(change.id, Math.max(change.seq, newest.get(change.id) ?? 0));
+  }
+  return (id) => ((newest.get(id) ?? Number.POSITIVE_INFINITY) <= (backlogThrough ?? -1) ? 'backlog' : 'new');
 };
 
 /** Queues what a chunk of changes makes under the trigger; `queued` keeps one item per read. */
@@ -175,12 +224,16 @@ const queueChunk = async (
   tally: Tally,
   chunk: readonly Change[],
   queued: Set<string>,
+  backlogThrough: number | undefined,
 ): Promise<void> => {
   const trigger = ctx.trigger ?? 'StableStudy';
   const ids = idsOf(chunk, TRIGGER_CHANGE[trigger]);
-  if (trigger === 'StableSeries') return queueSeries(ctx, tally, ids, queued);
+  const priorityOf = prioritiesOf(chunk, trigger, backlogThrough);
+  if (trigger === 'StableSeries') return queueSeries(ctx, tally, ids, queued, priorityOf);
   const candidates =
-    trigger === 'StableStudy' ? await stableCandidates(ctx, ids) : await instanceCandidates(ctx, tally, ids);
+    trigger === 'StableStudy'
+      ? await stableCandidates(ctx, ids, priorityOf)
+      : await instanceCandidates(ctx, tally, ids, priorityOf);
   for (const studyId of await queueStudies(
     ctx,
     tally,
@@ -190,11 +243,17 @@ const queueChunk = async (
 };
 
 /** Makes a chunk's effects durable: new studies watched, work queued, stable studies unwatched. */
-const applyChunk = async (ctx: FeedContext, tally: Tally, chunk: readonly Change[], queued: Set<string>) => {
+const applyChunk = async (
+  ctx: FeedContext,
+  tally: Tally,
+  chunk: readonly Change[],
+  queued: Set<string>,
+  backlogThrough: number | undefined,
+) => {
   const stable = new Set(idsOf(chunk, 'StableStudy'));
   const created = idsOf(chunk, 'NewStudy').filter((id) => !stable.has(id));
   await ctx.store.watch(ctx.sourceId, created, clock(ctx));
-  await queueChunk(ctx, tally, chunk, queued);
+  await queueChunk(ctx, tally, chunk, queued, backlogThrough);
   // A study Orthanc calls stable needs the watch list no more: under StableStudy it is queued;
   // under the other triggers its series or instances were.
   await ctx.store.unwatch(ctx.sourceId, [...stable]);
@@ -211,13 +270,26 @@ const applyChunk = async (ctx: FeedContext, tally: Tally, chunk: readonly Change
 const resetConfirmed = async (ctx: FeedContext, page: ChangesPage, cursor: number): Promise<boolean> =>
   page.changes.length === 0 && (await ctx.source.lastChange()) < cursor;
 
+/**
+ * Marks the source's history: its changes up to its newest one, when the feed is read from the
+ * start (the first time, or after a reset). Kept in the progress, so that the polls that go on
+ * with the same read still queue their studies as backlog. Another poll that saved first read the
+ * same start and marked it.
+ */
+const markHistory = async (ctx: FeedContext, progress: ProgressRef): Promise<void> => {
+  await progress.save({ ...progress.current, backlogThrough: await ctx.source.lastChange() });
+};
+
 /** Reads the feed from the stored cursor until Orthanc says Done, or the deadline. */
 const readChanges = async (
   ctx: FeedContext,
   tally: Tally,
+  progress: ProgressRef,
   deadline: number | undefined,
 ): Promise<ReadReport> => {
   let expected = await ctx.store.getCursor(ctx.sourceId);
+  // Marked once the first page is in: the feed is read first, at every poll.
+  let fromStart = expected === undefined;
   const report: ReadReport = {
     changesRead: 0,
     reset: false,
@@ -238,6 +310,10 @@ const readChanges = async (
     if (pastDeadline(ctx, deadline)) return { ...report, outOfTime: true };
     const page = await ctx.source.changes(report.cursor, ctx.pageSize);
     report.last = page.last;
+    if (fromStart) {
+      await markHistory(ctx, progress);
+      fromStart = false;
+    }
     if (page.last < report.cursor) {
       const attributes = { sourceId: ctx.sourceId, cursor: report.cursor, last: page.last };
       if (!(await resetConfirmed(ctx, page, report.cursor))) {
@@ -252,11 +328,12 @@ const readChanges = async (
       report.cursor = 0;
       if (!(await ctx.store.advanceCursor(ctx.sourceId, expected, 0))) return { ...report, raced: true };
       expected = 0;
+      fromStart = true;
       continue;
     }
     const chunks = chunksOf(page.changes, ctx.trigger ?? 'StableStudy');
     for (const [index, chunk] of chunks.entries()) {
-      await applyChunk(ctx, tally, chunk, queued);
+      await applyChunk(ctx, tally, chunk, queued, progress.current.backlogThrough);
       report.changesRead += chunk.length;
       const next = Math.max(report.cursor, ...chunk.map((change) => change.seq));
       if (!(await advance(next))) return { ...report, raced: true };
@@ -300,6 +377,7 @@ const pausedReport = async (ctx: FeedContext): Promise<PollReport> => {
     sweeping: false,
     swept: 0,
     lookupFailures: 0,
+    held: 0,
     paused: true,
   };
 };
@@ -317,8 +395,9 @@ export const pollSource = async (
 ): Promise<PollReport> => {
   const control = await ctx.store.control(ctx.sourceId);
   if (control.pausedAt !== undefined) return pausedReport(ctx);
-  const tally: Tally = { queued: 0, lookupFailures: 0 };
-  let read = await readChanges(ctx, tally, halfOfWhatIsLeft(ctx));
+  const tally: Tally = { queued: 0, lookupFailures: 0, held: 0 };
+  const progress = await loadProgress(ctx);
+  let read = await readChanges(ctx, tally, progress, halfOfWhatIsLeft(ctx));
   const report = async (
     extra: Pick<PollReport, 'sweeping' | 'swept'>,
     watchDone: boolean,
@@ -332,7 +411,6 @@ export const pollSource = async (
   });
   // Another reader is at it: the rest is its to do.
   if (read.raced) return report({ sweeping: false, swept: 0 }, true);
-  const progress = await loadProgress(ctx);
   let watch = await lookAtWatched(ctx, tally, progress, halfOfWhatIsLeft(ctx));
   const requested = control.sweepRequestedAt;
   const sweepNow = options.sweepNow === true || requested !== undefined;
@@ -341,7 +419,9 @@ export const pollSource = async (
     ctx.log.info('the sweep an operator asked for started', { sourceId: ctx.sourceId });
     await ctx.store.clearSweepRequest(ctx.sourceId, requested);
   }
-  if (read.outOfTime) read = followedBy(read, await readChanges(ctx, tally, ctx.deadline));
+  if (read.outOfTime) read = followedBy(read, await readChanges(ctx, tally, progress, ctx.deadline));
   if (!watch.done) watch = await lookAtWatched(ctx, tally, progress, ctx.deadline);
-  return report({ sweeping: progress.current.sweepBelow !== undefined, swept: sweep.listed }, watch.done);
+  // A sweep the window stopped goes on once it opens: until then there is nothing to go on with.
+  const sweeping = progress.current.sweepBelow !== undefined && windowOpen(ctx.timing, clock(ctx));
+  return report({ sweeping, swept: sweep.listed }, watch.done);
 };

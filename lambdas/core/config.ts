@@ -3,6 +3,7 @@
  * the sources and the destination has a default, and an error names the field that is wrong.
  */
 import { z } from 'zod';
+import { checkTimeZone, WEEKDAYS } from './transfer-window.ts';
 
 /** Credentials in a URL would reach every log, error and AWS template that shows the URL. */
 const withoutCredentials = (url: string) => {
@@ -96,6 +97,45 @@ const stableId = z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, 'must be 1-64 letters, digits, ".", "_" or "-"');
 
+const isTimeZone = (timeZone: string) => {
+  try {
+    checkTimeZone(timeZone);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * When moves may run (transfer-window.ts): weekly windows of local time in an IANA time zone. No
+ * windows (`[]`) is always open, which is how a source opts out of the top-level schedule.
+ */
+const scheduleSchema = z.strictObject({
+  timeZone: z.string().refine(isTimeZone, 'must be an IANA time zone, e.g. Europe/Berlin'),
+  windows: z.array(
+    z.strictObject({
+      days: z.array(z.enum(WEEKDAYS)).min(1),
+      from: z.string().regex(/^([01]\d|2[0-3]):[0-5]\d$/, 'must be a time HH:MM, 00:00 to 23:59'),
+      /** At or before `from`: the window ends on the next day. */
+      to: z.string().regex(/^([01]\d|2[0-3]):[0-5]\d$/, 'must be a time HH:MM, 00:00 to 23:59'),
+    }),
+  ),
+  /** Studies received at the source in the last liveHours move outside the windows too. */
+  liveHours: z.number().positive().max(8760).optional(),
+});
+
+/**
+ * How old a study must be before it leaves its source: by when the source received it (Orthanc's
+ * LastUpdate) or by its StudyDate. `hours: 0` is no minimum.
+ */
+const minimumAgeSchema = z.strictObject({
+  hours: z.number().nonnegative().max(87_600),
+  by: z.enum(['received', 'studyDate']).default('received'),
+});
+
+/** MB (10^6 bytes) per second read from a source's instance files, by the moves of one process. */
+const readRateSchema = z.number().positive().max(100_000);
+
 export const sourceSchema = z
   .strictObject({
     /** Stable identifier: it keys the cursor, the ledger and the metrics. */
@@ -106,6 +146,12 @@ export const sourceSchema = z
      * workers, Lambda invocations): one slow site cannot take every slot. Unlimited when absent.
      */
     maxConcurrentMoves: z.number().int().positive().max(1000).optional(),
+    /** This source's transfer windows, instead of the top-level `schedule`. */
+    schedule: scheduleSchema.optional(),
+    /** This source's minimum age, instead of the top-level `minimumAge`. */
+    minimumAge: minimumAgeSchema.optional(),
+    /** This source's read rate cap, instead of the top-level `maxReadMBps`. */
+    maxReadMBps: readRateSchema.optional(),
   })
   .refine(exclusivePassword, passwordMessage)
   .refine(usernameWithPassword, usernameMessage)
@@ -306,6 +352,8 @@ export const awsSchema = z
         batchSize: positiveInt.max(10).default(1),
         /** Invocations at once: bounds the load on the sources and the destination. */
         maxConcurrency: positiveInt.min(2).max(1000).default(4),
+        /** Invocations at once for the backlog queue (studies found by the sweep or the first read), besides. */
+        backlogMaxConcurrency: positiveInt.min(2).max(1000).default(2),
       })
       .prefault({}),
     /** Days to keep the Lambdas' logs. */
@@ -401,6 +449,12 @@ const configObject = z.strictObject({
   changesPageSize: positiveInt.max(10_000).default(1000),
   /** Studies moved at the same time. */
   concurrency: positiveInt.max(64).default(4),
+  /** When every source's moves may run, unless it has its own; always when absent. */
+  schedule: scheduleSchema.optional(),
+  /** How old every source's studies must be before they move, unless it has its own. */
+  minimumAge: minimumAgeSchema.optional(),
+  /** Every source's read rate cap, unless it has its own; none when absent. */
+  maxReadMBps: readRateSchema.optional(),
   stow: z
     .strictObject({
       maxInstances: positiveInt.default(50),

@@ -7,8 +7,10 @@ import type { Engine } from './forward-work-item.ts';
 import { createEndpoint } from './http.ts';
 import type { Log } from './log.ts';
 import { type MoveOptions, stillSettled } from './move-study.ts';
+import { moveTiming } from './move-timing.ts';
 import { OrthancClient } from './orthanc-client.ts';
 import type { FeedStateStore, Ledger } from './ports.ts';
+import { ReadRate } from './read-rate.ts';
 import { routingDigest } from './routing.ts';
 
 /** What the move protocol takes from the configuration. */
@@ -75,12 +77,17 @@ export const buildEngine = (
     ...(dependencies.secrets === undefined ? {} : { secrets: dependencies.secrets }),
   };
   const sources = new Map(
-    config.sources.map((source, index) => [
-      source.id,
-      new OrthancClient(
-        createEndpoint(source, config.timeouts, { ...endpoints, field: `sources[${index}]` }),
-      ),
-    ]),
+    config.sources.map((source, index) => {
+      const megabytesPerSecond = source.maxReadMBps ?? config.maxReadMBps;
+      return [
+        source.id,
+        new OrthancClient(
+          createEndpoint(source, config.timeouts, { ...endpoints, field: `sources[${index}]` }),
+          // One bucket per source and process: every worker's moves of the source share it.
+          { readRate: megabytesPerSecond === undefined ? undefined : new ReadRate(megabytesPerSecond) },
+        ),
+      ];
+    }),
   );
   return {
     sources,
@@ -92,6 +99,12 @@ export const buildEngine = (
       config.sources.flatMap((source) =>
         source.maxConcurrentMoves === undefined ? [] : [[source.id, source.maxConcurrentMoves]],
       ),
+    ),
+    timing: new Map(
+      config.sources.flatMap((source) => {
+        const timing = moveTiming(config, source.id);
+        return timing === undefined ? [] : [[source.id, timing]];
+      }),
     ),
     log: dependencies.log,
     owner: dependencies.owner,

@@ -52,14 +52,52 @@ export const serverFaultOf = (error: unknown): ServerFault | undefined =>
 /**
  * Not a failure of the study: it waits for something an operator controls, without using up an
  * attempt, and is looked at again after the backoff of `waits` failures in a row (capped by
- * retry.maxDelayMs). Reported once where it is found, not per study.
+ * retry.maxDelayMs), or after `delayMs` when the wait knows its own end. Reported once where it
+ * is found, not per study.
  */
 export class WaitError extends ForwarderError {
   readonly waits: number;
+  readonly delayMs: number | undefined;
 
-  constructor(message: string, waits: number, options?: Pick<ErrorOptions, 'cause'>) {
+  constructor(
+    message: string,
+    waits: number,
+    options?: Pick<ErrorOptions, 'cause'> & { readonly delayMs?: number },
+  ) {
     super('transient', message, { ...options, uncounted: true });
     this.waits = waits;
+    this.delayMs = options?.delayMs;
+  }
+}
+
+/**
+ * The study may not move yet (move-timing.ts): its source's transfer window is closed, or it is
+ * younger than the minimum age. It waits until `at` (epoch ms), which is no failure at all.
+ */
+export class NotYetError extends WaitError {
+  readonly sourceId: string;
+  readonly studyId: string;
+  readonly waitsFor: 'window' | 'minimumAge';
+  readonly at: number;
+
+  constructor(
+    item: { readonly sourceId: string; readonly studyId: string },
+    waitsFor: 'window' | 'minimumAge',
+    at: number,
+    now: number,
+  ) {
+    super(
+      waitsFor === 'window'
+        ? `source '${item.sourceId}' is outside its transfer window: the study waits until it opens, at ${new Date(at).toISOString()}`
+        : `the study is younger than the minimumAge of source '${item.sourceId}': it waits until ${new Date(at).toISOString()}`,
+      1,
+      // Whole milliseconds: a queue's delay is.
+      { delayMs: Math.ceil(at - now) },
+    );
+    this.sourceId = item.sourceId;
+    this.studyId = item.studyId;
+    this.waitsFor = waitsFor;
+    this.at = at;
   }
 }
 

@@ -16,8 +16,9 @@ export const decideOnFailure = (
   retry: { readonly maxAttempts: number; readonly baseDelayMs: number; readonly maxDelayMs: number },
 ): FailureDecision => {
   if (failureKind(error) === 'permanent') return { action: 'dead-letter', why: 'permanent' };
+  // A wait that knows its end (a transfer window, a minimum age) is not cut short by maxDelayMs.
   if (error instanceof WaitError)
-    return { action: 'retry', delayMs: backoffDelay(error.waits, retry), counted: false };
+    return { action: 'retry', delayMs: error.delayMs ?? backoffDelay(error.waits, retry), counted: false };
   if (isUncounted(error)) return { action: 'retry', delayMs: backoffDelay(1, retry), counted: false };
   if (receiveCount >= retry.maxAttempts) return { action: 'dead-letter', why: 'attempts used up' };
   return { action: 'retry', delayMs: backoffDelay(receiveCount, retry), counted: true };

@@ -1,12 +1,14 @@
 /**
  * What the change-feed reader, the watch list and the sweep share: their context, the poll's
  * clock and deadlines, lookups at the source that one failure does not stop, and the decision
- * to queue a study whole, which remembers what it queued so that nothing queues it twice.
+ * to queue a study whole, which remembers what it queued so that nothing queues it twice, and
+ * holds back what may not move yet (move-timing.ts) for a later sweep to queue.
  */
 import { runBounded } from './concurrency.ts';
 import type { ForwarderConfig } from './config.ts';
 import { describe, ForwarderError } from './errors.ts';
 import type { Log } from './log.ts';
+import { type MoveTiming, type StudyTimes, whenMovable } from './move-timing.ts';
 import type { OrthancClient } from './orthanc-client.ts';
 import {
   type FeedProgress,
@@ -14,6 +16,7 @@ import {
   QUEUED_MEMORY_MS,
   type QueuedStudy,
   type WorkItem,
+  type WorkPriority,
   type WorkSink,
 } from './ports.ts';
 
@@ -42,6 +45,8 @@ export interface FeedContext {
   readonly sweepIntervalMs: number;
   /** The routing digest in force (routing.ts): a study remembered under another one is queued again. */
   readonly settings: string;
+  /** When the source's studies may move (move-timing.ts); absent: at any time. */
+  readonly timing?: MoveTiming | undefined;
   readonly now?: () => number;
   /**
    * Epoch ms after which no further request starts (a Lambda about to time out): each phase
@@ -55,6 +60,8 @@ export interface Tally {
   queued: number;
   /** Lookups the source answered with an error: logged, left for a later poll. */
   lookupFailures: number;
+  /** Studies (or series) not queued since they may not move yet: a later sweep queues them. */
+  held: number;
 }
 
 export const clock = (ctx: FeedContext): number => (ctx.now ?? Date.now)();
@@ -66,13 +73,20 @@ export const workItem = (
   sourceId: string,
   studyId: string,
   reason: WorkItem['reason'],
+  priority: WorkPriority,
   seriesId?: string,
 ): WorkItem => ({
   sourceId,
   studyId,
   ...(seriesId === undefined ? {} : { seriesId }),
   reason,
+  // Absent means new: a message without one (queued by an older version) is served first, as it was.
+  ...(priority === 'backlog' ? { priority } : {}),
 });
+
+/** Whether a study (or series) of this source may move now: one that may not is held back, not queued. */
+export const mayMoveNow = (ctx: FeedContext, study: StudyTimes): boolean =>
+  whenMovable(ctx.timing, study, clock(ctx)).waitsFor === undefined;
 
 /** Lookups a few at a time: each is a few ms at the source. */
 const LOOKUPS_IN_FLIGHT = 8;
@@ -176,7 +190,7 @@ export const loadProgress = async (ctx: FeedContext): Promise<ProgressRef> => {
 };
 
 /** A study the feed would queue whole, as it saw it. */
-export interface Candidate {
+export interface Candidate extends StudyTimes {
   readonly studyId: string;
   readonly lastUpdate: string | undefined;
   /**
@@ -185,6 +199,7 @@ export interface Candidate {
    */
   readonly steady: boolean;
   readonly reason: WorkItem['reason'];
+  readonly priority: WorkPriority;
 }
 
 const remembered = (ctx: FeedContext, memory: QueuedStudy | undefined, candidate: Candidate): boolean =>
@@ -215,8 +230,9 @@ const settledOf = async (ctx: FeedContext, candidates: readonly Candidate[]): Pr
 /**
  * Queues each candidate unless it was queued before in the same state under the same settings
  * (it is then queued, in flight, or done: its outcome followed from that state), or the ledger
- * remembers it left at the source in that state. Remembers what it queued or found settled.
- * Returns the IDs it queued.
+ * remembers it left at the source in that state. One that may not move yet is held back: neither
+ * queued nor remembered, so that a sweep queues it once it may (docs/operations.md). Remembers
+ * what it queued or found settled. Returns the IDs it queued.
  */
 export const queueStudies = async (
   ctx: FeedContext,
@@ -226,14 +242,18 @@ export const queueStudies = async (
   const memory = await recall(ctx, candidates);
   const fresh = candidates.filter((c) => !remembered(ctx, memory.get(c.studyId), c));
   const settled = await settledOf(ctx, fresh);
-  const due = fresh.filter((c) => !settled.has(c.studyId));
-  await ctx.sink.enqueue(due.map((c) => workItem(ctx.sourceId, c.studyId, c.reason)));
+  const held = new Set(
+    fresh.filter((c) => !settled.has(c.studyId) && !mayMoveNow(ctx, c)).map((c) => c.studyId),
+  );
+  const due = fresh.filter((c) => !settled.has(c.studyId) && !held.has(c.studyId));
+  await ctx.sink.enqueue(due.map((c) => workItem(ctx.sourceId, c.studyId, c.reason, c.priority)));
   tally.queued += due.length;
+  tally.held += held.size;
   const queuedAt = clock(ctx);
   await ctx.store.rememberQueued(
     ctx.sourceId,
     fresh.flatMap((c) =>
-      c.steady && c.lastUpdate !== undefined
+      c.steady && c.lastUpdate !== undefined && !held.has(c.studyId)
         ? [{ studyId: c.studyId, lastUpdate: c.lastUpdate, settings: ctx.settings, queuedAt }]
         : [],
     ),

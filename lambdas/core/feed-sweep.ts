@@ -6,6 +6,10 @@
  * stable study is queued unless it was queued (or found settled) in the same state under the
  * same settings; a study still receiving goes on the watch list.
  *
+ * A sweep neither starts nor goes on while the source's transfer window is closed: what it found
+ * could not be queued. The first poll after the window opens starts one, if the window was
+ * closed since the last one started: it queues what was held back meanwhile (feed-context.ts).
+ *
  * The listing is walked from its end to its start. Orthanc pages by position, and a study deleted
  * meanwhile (a move) moves every later one down a place: walking down, that shows a study twice
  * at worst, where walking up would skip one. The database plugins list by ID, where a new study
@@ -21,7 +25,9 @@ import {
   queueStudies,
   type Tally,
 } from './feed-context.ts';
+import { windowOpen } from './move-timing.ts';
 import type { ListedStudy } from './orthanc-client.ts';
+import { openMsBetween } from './transfer-window.ts';
 
 const OVERLAP = 50;
 
@@ -33,7 +39,14 @@ const sweepPage = async (ctx: FeedContext, tally: Tally, studies: readonly Liste
     tally,
     studies
       .filter((study) => study.isStable)
-      .map((study) => ({ studyId: study.id, lastUpdate: study.lastUpdate, steady: true, reason: 'stable' })),
+      .map((study) => ({
+        studyId: study.id,
+        lastUpdate: study.lastUpdate,
+        studyDate: study.studyDate,
+        steady: true,
+        reason: 'stable',
+        priority: 'backlog',
+      })),
   );
 };
 
@@ -49,13 +62,18 @@ const startIfDue = async (
 ): Promise<{ goesOn: boolean; started: boolean }> => {
   const { current } = progress;
   const settingsChanged = current.settings !== ctx.settings;
+  const sinceLast = clock(ctx) - current.sweepStartedAt;
+  const reopened = openMsBetween(ctx.timing?.schedule, current.sweepStartedAt, clock(ctx)) < sinceLast;
   const due =
     settingsChanged ||
-    (current.sweepBelow === undefined &&
-      (force || clock(ctx) - current.sweepStartedAt >= ctx.sweepIntervalMs));
+    (current.sweepBelow === undefined && (force || reopened || sinceLast >= ctx.sweepIntervalMs));
   if (!due) return { goesOn: current.sweepBelow !== undefined, started: false };
   if (settingsChanged) {
     ctx.log.info('the settings changed: every study of the source is looked at again', {
+      sourceId: ctx.sourceId,
+    });
+  } else if (reopened) {
+    ctx.log.info('the transfer window opened: every study of the source is looked at again', {
       sourceId: ctx.sourceId,
     });
   }
@@ -77,7 +95,7 @@ export const sweepSome = async (
   force: boolean,
 ): Promise<{ listed: number; started: boolean }> => {
   let listed = 0;
-  if (pastDeadline(ctx, deadline)) return { listed, started: false };
+  if (pastDeadline(ctx, deadline) || !windowOpen(ctx.timing, clock(ctx))) return { listed, started: false };
   const { goesOn, started } = await startIfDue(ctx, progress, force);
   if (!goesOn) return { listed, started };
   for (let below = progress.current.sweepBelow; below !== undefined; below = progress.current.sweepBelow) {

@@ -3,7 +3,7 @@
  * behind) whose stability Orthanc may never announce, since it forgets it when it restarts. It is
  * looked at in pages, in study ID order, one lap at most per poll and carried across polls: a
  * study is queued once Orthanc calls it stable or its LastUpdate has not changed for the quiet
- * time.
+ * time, as a new study: it was seen arriving.
  */
 
 import {
@@ -46,7 +46,12 @@ const lookAtPage = async (
     const result = results.get(entry.studyId);
     if (result === undefined || !('found' in result)) continue;
     const study = result.found;
-    const candidate = { studyId: entry.studyId, lastUpdate: study?.lastUpdate };
+    const candidate = {
+      studyId: entry.studyId,
+      lastUpdate: study?.lastUpdate,
+      studyDate: study?.studyDate,
+      priority: 'new' as const,
+    };
     if (study === undefined) gone.push(entry.studyId);
     // Under the series and instance triggers their own changes queue the study's parts: a
     // whole-study item then waits for the quiet time, as the safety net it is.

@@ -5,9 +5,10 @@
  */
 import { confirmOpenDeletion } from './audit.ts';
 import type { Destination } from './destinations.ts';
-import { describe, permanent, SourcePausedError, transient } from './errors.ts';
+import { describe, NotYetError, permanent, SourcePausedError, transient } from './errors.ts';
 import type { Log } from './log.ts';
 import { type MoveContext, type MoveOptions, moveStudy } from './move-study.ts';
+import { type MoveTiming, whenMovable, windowOpen } from './move-timing.ts';
 import type { OrthancClient } from './orthanc-client.ts';
 import type { DeletionIntent, FeedStateStore, Ledger, StudyOutcome, WorkItem } from './ports.ts';
 import { decodeWorkItem } from './work-item.ts';
@@ -21,6 +22,8 @@ export interface Engine {
   readonly options: MoveOptions;
   /** Per source, how many of its studies may be moved at once (`maxConcurrentMoves`); absent: any. */
   readonly slots?: ReadonlyMap<string, number>;
+  /** Per source, when its studies may move (transfer windows, minimum age); absent: at any time. */
+  readonly timing?: ReadonlyMap<string, MoveTiming>;
   readonly log: Log;
   /** Who holds leases taken by this worker. */
   readonly owner: string;
@@ -126,6 +129,22 @@ const takeSlot = async (engine: Engine, sourceId: string): Promise<string | unde
 };
 
 /**
+ * A study that may not move yet waits until it may, before it takes a slot. Its source is asked
+ * for its LastUpdate and StudyDate only when they can matter: a minimum age, or a closed window
+ * with perhaps a live exception.
+ */
+const waitForTiming = async (engine: Engine, item: WorkItem, source: OrthancClient): Promise<void> => {
+  const timing = engine.timing?.get(item.sourceId);
+  const now = (engine.now ?? Date.now)();
+  if (timing === undefined || (timing.minimumAge === undefined && windowOpen(timing, now))) return;
+  const study = await source.study(item.studyId);
+  // Gone: the move finds it so, and records what an earlier attempt deleted.
+  if (study === undefined) return;
+  const { at, waitsFor } = whenMovable(timing, study, now);
+  if (waitsFor !== undefined) throw new NotYetError(item, waitsFor, at, now);
+};
+
+/**
  * The outcome to record. A previous attempt that died between its deletion and its outcome left
  * its deletion open; finding the study gone now, this attempt records that deletion, not `gone`
  * (without its size, which the intent does not keep: the totals' moved bytes miss it).
@@ -160,6 +179,7 @@ export const forwardWorkItem = async (
   // Asked at every item, so that a pause takes effect without a restart; a move under way finishes.
   if ((await engine.feed?.control(item.sourceId))?.pausedAt !== undefined)
     throw new SourcePausedError(item.sourceId);
+  await waitForTiming(engine, item, source);
   const now = engine.now ?? Date.now;
   const slot = await takeSlot(engine, item.sourceId);
   if (slot === undefined) {

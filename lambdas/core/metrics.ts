@@ -2,6 +2,8 @@
  * The metrics the engine emits. On AWS they become CloudWatch metrics through Powertools (EMF);
  * local mode keeps no metrics. Names and dimensions are the operations dashboard's contract.
  */
+import type { SourceProgress } from './progress.ts';
+
 export type MetricName =
   | 'ChangesRead'
   | 'StudiesQueued'
@@ -19,9 +21,18 @@ export type MetricName =
   | 'InstancesDeleted'
   | 'Retries'
   | 'DeadLettered'
-  | 'DestinationUnavailable';
+  | 'DestinationUnavailable'
+  | ProgressMetricName;
 
-export type MetricUnit = 'Count' | 'Bytes' | 'Milliseconds';
+/** The Progress set, per source at each poll: what it holds, the move rate, the estimated time left. */
+export type ProgressMetricName =
+  | 'StudiesLeft'
+  | 'InstancesLeft'
+  | 'BytesLeft'
+  | 'MoveRate'
+  | 'SecondsToFinish';
+
+export type MetricUnit = 'Count' | 'Bytes' | 'Milliseconds' | 'Seconds' | 'BytesPerSecond';
 
 export interface Metrics {
   /** Adds a data point; `id`, when given, becomes its dimension (dimensionOf). */
@@ -57,6 +68,25 @@ export const recordOutcome = (
   metrics.add('InstancesRejected', outcome.rejected, 'Count', sourceId);
   metrics.add('Conflicts', outcome.conflicts, 'Count', sourceId);
   metrics.add('InstancesDeleted', outcome.deleted, 'Count', sourceId);
+};
+
+/**
+ * The Progress set of one source: what it still holds, the rate inside its windows (0 when nothing
+ * left it lately), and, when it can be estimated, the time until it holds nothing more.
+ */
+export const recordProgress = (
+  metrics: Metrics,
+  sourceId: string,
+  progress: SourceProgress,
+  now: number,
+): void => {
+  if (progress.left === undefined) return;
+  metrics.add('StudiesLeft', progress.left.studies, 'Count', sourceId);
+  metrics.add('InstancesLeft', progress.left.instances, 'Count', sourceId);
+  metrics.add('BytesLeft', progress.left.bytes, 'Bytes', sourceId);
+  metrics.add('MoveRate', (progress.rate?.bytesPerHour ?? 0) / 3_600, 'BytesPerSecond', sourceId);
+  if (progress.finishAt !== undefined)
+    metrics.add('SecondsToFinish', Math.round((progress.finishAt - now) / 1_000), 'Seconds', sourceId);
 };
 
 /** The metrics of one poll of one source. */

@@ -9,6 +9,7 @@ import { ForwarderError, transient } from './errors.ts';
 import { call, callJson, type Endpoint, statusError } from './http.ts';
 import { type Identity, identityFromOrthancTags } from './identity.ts';
 import type { Tally } from './ports.ts';
+import type { ReadRate } from './read-rate.ts';
 
 /**
  * Orthanc keeps 64-bit sequence numbers but writes them into its JSON as a C `int`: past 2^31
@@ -37,14 +38,19 @@ const studySchema = z.object({
   ID: z.string(),
   IsStable: z.boolean(),
   LastUpdate: z.string().optional(),
-  MainDicomTags: z.object({ StudyInstanceUID: z.string(), StudyDescription: z.string().optional() }),
+  MainDicomTags: z.object({
+    StudyInstanceUID: z.string(),
+    StudyDescription: z.string().optional(),
+    StudyDate: z.string().optional(),
+  }),
 });
 
-/** Only what the sweep needs of an expanded study: its tags stay unread. */
+/** Only what the sweep needs of an expanded study: of its tags, the StudyDate (a minimum age may count from it). */
 const listedStudySchema = z.object({
   ID: z.string(),
   IsStable: z.boolean(),
   LastUpdate: z.string().optional(),
+  MainDicomTags: z.object({ StudyDate: z.string().optional() }).optional(),
 });
 
 const statisticsSchema = z.object({ CountStudies: z.number().int().nonnegative() });
@@ -54,9 +60,15 @@ const holdingsSchema = statisticsSchema.extend({
   TotalDiskSize: z.string().regex(/^\d+$/),
 });
 
+const studyStatisticsSchema = z.object({
+  CountInstances: z.number().int().nonnegative(),
+  DiskSize: z.string().regex(/^\d+$/),
+});
+
 const seriesSchema = z.object({
   ID: z.string(),
   ParentStudy: z.string(),
+  LastUpdate: z.string().optional(),
   MainDicomTags: z.object({ Modality: z.string().optional() }),
 });
 
@@ -107,6 +119,8 @@ export interface StudyInfo {
   readonly lastUpdate: string | undefined;
   /** For routing only: a DICOM tag value, never logged. */
   readonly description: string | undefined;
+  /** For a minimum age only (YYYYMMDD): a DICOM tag value, never logged. */
+  readonly studyDate: string | undefined;
 }
 
 /** A study as a listing shows it: enough to tell whether the feed should look at it again. */
@@ -114,11 +128,15 @@ export interface ListedStudy {
   readonly id: string;
   readonly isStable: boolean;
   readonly lastUpdate: string | undefined;
+  /** For a minimum age only: a DICOM tag value, never logged. */
+  readonly studyDate: string | undefined;
 }
 
 export interface SeriesInfo {
   readonly id: string;
   readonly studyId: string;
+  /** When the source last received an instance of the series (Orthanc's LastUpdate). */
+  readonly lastUpdate: string | undefined;
   /** For routing only: a DICOM tag value, never logged. */
   readonly modality: string | undefined;
 }
@@ -163,19 +181,24 @@ const toStudyInfo = (study: z.output<typeof studySchema>): StudyInfo => ({
   isStable: study.IsStable,
   lastUpdate: study.LastUpdate,
   description: study.MainDicomTags.StudyDescription,
+  studyDate: study.MainDicomTags.StudyDate,
 });
 
 const toSeriesInfo = (series: z.output<typeof seriesSchema>): SeriesInfo => ({
   id: series.ID,
   studyId: series.ParentStudy,
+  lastUpdate: series.LastUpdate,
   modality: series.MainDicomTags.Modality,
 });
 
 export class OrthancClient {
   readonly endpoint: Endpoint;
+  /** The source's read rate cap, shared by every move of this process; none when absent. */
+  readonly #readRate: ReadRate | undefined;
 
-  constructor(endpoint: Endpoint) {
+  constructor(endpoint: Endpoint, options: { readonly readRate?: ReadRate | undefined } = {}) {
     this.endpoint = endpoint;
+    this.#readRate = options.readRate;
   }
 
   /** One page of the change feed after `since` (exclusive). */
@@ -315,19 +338,40 @@ export class OrthancClient {
    * another order.
    */
   async studiesPage(since: number, limit: number): Promise<ListedStudy[]> {
+    return (await this.#listStudies(since, limit, listedStudySchema)).map((study) => ({
+      id: study.ID,
+      isStable: study.IsStable,
+      lastUpdate: study.LastUpdate,
+      studyDate: study.MainDicomTags?.StudyDate,
+    }));
+  }
+
+  /** The same page, with what routing reads of each study: for `plan`. */
+  async studyInfosPage(since: number, limit: number): Promise<StudyInfo[]> {
+    return (await this.#listStudies(since, limit, studySchema)).map(toStudyInfo);
+  }
+
+  async #listStudies<T>(since: number, limit: number, schema: z.ZodType<T>): Promise<T[]> {
     if (!Number.isSafeInteger(since) || since < 0 || !Number.isSafeInteger(limit) || limit < 1) {
       throw new RangeError(`studies: since and limit must be non-negative integers (${since}, ${limit})`);
     }
     const what = 'listing studies';
     const raw = await callJson(this.endpoint, `/studies?expand&since=${since}&limit=${limit}`, what);
-    return parse(z.array(listedStudySchema), raw, what, this.endpoint).map((study) => ({
-      id: study.ID,
-      isStable: study.IsStable,
-      lastUpdate: study.LastUpdate,
-    }));
+    return parse(z.array(schema), raw, what, this.endpoint);
   }
 
-  /** Streams an instance's DICOM file. */
+  /** A study's instances and their size on disk, in one cheap request; undefined when it no longer exists. */
+  async studySize(studyId: string): Promise<{ instances: number; bytes: number } | undefined> {
+    const what = "reading a study's statistics";
+    const raw = await callJson(this.endpoint, `/studies/${segment(studyId)}/statistics`, what, {
+      allow404: true,
+    });
+    if (raw === undefined) return undefined;
+    const statistics = parse(studyStatisticsSchema, raw, what, this.endpoint);
+    return { instances: statistics.CountInstances, bytes: Number(statistics.DiskSize) };
+  }
+
+  /** Streams an instance's DICOM file, no faster than the read rate cap. */
   async openInstance(instanceId: string, signal?: AbortSignal): Promise<Readable> {
     const what = 'reading an instance';
     const response = await call(this.endpoint, `/instances/${segment(instanceId)}/file`, what, {
@@ -344,7 +388,7 @@ export class OrthancClient {
         `${what} at ${this.endpoint.label}: expected DICOM, got ${type === '' ? 'no content type' : type}`,
       );
     }
-    return response.body;
+    return this.#readRate === undefined ? response.body : this.#readRate.throttle(response.body);
   }
 
   /**

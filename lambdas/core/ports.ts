@@ -15,7 +15,14 @@ export interface WorkItem {
    * enough, or a NewInstance change (trigger NewInstance).
    */
   readonly reason: 'stable' | 'quiet' | 'instance';
+  /**
+   * `backlog`: found by the sweep or by the first read of a source's change feed (its history),
+   * served after the `new` ones the feed reads as they happen. Absent: `new`.
+   */
+  readonly priority?: WorkPriority;
 }
+
+export type WorkPriority = 'new' | 'backlog';
 
 /** Where the change-feed reader puts work. Resolving means the items are durably queued. */
 export interface WorkSink {
@@ -60,6 +67,11 @@ export interface FeedProgress {
   readonly sweepStartedAt: number;
   /** The settings digest of the last sweep: under another one, every study is looked at again at once. */
   readonly settings: string;
+  /**
+   * The source's newest change when the feed was first read (or read again after a reset): the
+   * changes up to it are the source's history, and their studies are queued as `backlog`.
+   */
+  readonly backlogThrough?: number | undefined;
 }
 
 /** The progress as stored, with the version a compare-and-set must name. */
@@ -408,7 +420,16 @@ export interface Ledger {
     query: DeletionQuery,
     page: { readonly after?: string | undefined; readonly limit: number },
   ): Promise<DeletionPage>;
+  /**
+   * What left the source (SourceTotals.moved) by the outcomes finished from the start of the
+   * MOVED_BUCKET_MS bucket that holds `since` on: what `status` and the Progress metrics take a
+   * rate from. Counted in buckets so that DynamoDB answers it with one small query.
+   */
+  movedSince(sourceId: string, since: number): Promise<Tally>;
 }
+
+/** The buckets of time `Ledger.movedSince` counts in: a rate's window starts at one's start. */
+export const MOVED_BUCKET_MS = 5 * 60_000;
 
 /** Names one recorded deletion: the deletion intent's key and time. */
 export interface DeletionKey {

@@ -80,12 +80,12 @@ export const filterAccepts = async (filter: StudyFilter | undefined, facts: Stud
   return true;
 };
 
-/** The destinations whose filter accepts the study, in configuration order. */
-export const routeStudy = async (
-  destinations: readonly Destination[],
+/** The destinations whose filter accepts the study, in configuration order (`plan` passes their configuration). */
+export const routeStudy = async <D extends Pick<Destination, 'filter'>>(
+  destinations: readonly D[],
   facts: StudyFacts,
-): Promise<Destination[]> => {
-  const accepted: Destination[] = [];
+): Promise<D[]> => {
+  const accepted: D[] = [];
   for (const destination of destinations) {
     if (await filterAccepts(destination.filter, facts)) accepted.push(destination);
   }

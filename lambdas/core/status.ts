@@ -1,15 +1,17 @@
 /**
  * What `status` reports, the same for the state file and the deployed stack (bin/format.ts prints
  * it): per source what it still holds (its own statistics), what left it and what was copied
- * (the ledger), its refusals and open conflicts, and where the change feed stands; then the work
- * queue, the dead letters grouped by error, and the totals. Counts, sizes, Orthanc IDs and error
- * texts only: no PHI.
+ * (the ledger), what left it lately and when the rest may be gone (progress.ts), its refusals and
+ * open conflicts, and where the change feed stands; then the work queue, the dead letters grouped
+ * by error, and the totals. Counts, sizes, Orthanc IDs and error texts only: no PHI.
  */
 import { ConfigError, type ForwarderConfig } from './config.ts';
 import { type ErrorGroup, groupByError } from './dead-letters.ts';
 import { describe } from './errors.ts';
+import { moveTiming } from './move-timing.ts';
 import type { OrthancClient } from './orthanc-client.ts';
 import type { Conflict, QueueStats, RejectedInstance, SourceControl, Tally, Totals } from './ports.ts';
+import { type RecentMoves, type SourceProgress, sourceProgress } from './progress.ts';
 import { NO_TOTALS } from './totals.ts';
 
 /** How many groups of dead letters, and of refusals, `status` shows: `dlq list --group-by error` has them all. */
@@ -33,6 +35,8 @@ export interface SourceStatus extends SourceControl {
   /** What left it, and what was copied from it (the ledger's totals). */
   readonly moved: Tally;
   readonly copied: Tally;
+  /** What left it in the last hour and day, the rate, and when the rest may be gone at that rate. */
+  readonly progress: SourceProgress;
   /** Instances deleted at it without being sent anywhere: unrouted, under `unrouted: "delete"`. */
   readonly deletedUnrouted: number;
   /** Its instances refused for good and on record: they stay at the source. */
@@ -45,6 +49,8 @@ export interface SourceStatus extends SourceControl {
 }
 
 export interface StatusReport {
+  /** When it was made (epoch ms). */
+  readonly at: number;
   readonly sources: readonly SourceStatus[];
   readonly queue: QueueStats;
   /**
@@ -88,6 +94,7 @@ export interface SourceProbe {
   readonly cursor: number | undefined;
   readonly waitingToBecomeStable: number;
   readonly answer: SourceAnswer;
+  readonly recent: RecentMoves;
 }
 
 const count = <T extends { readonly sourceId: string }>(items: readonly T[], sourceId: string) =>
@@ -103,6 +110,8 @@ export const assembleStatus = async (
     readonly rejected: readonly RejectedInstance[];
     readonly conflicts: readonly Conflict[];
     readonly totals: Totals;
+    /** When the report is made (epoch ms): the progress is estimated from then. */
+    readonly now: number;
   },
 ): Promise<StatusReport> => {
   const sources = config.sources.map((source, index): SourceStatus => {
@@ -116,6 +125,12 @@ export const assembleStatus = async (
       atSource: reached ? answer.holds : undefined,
       moved: totals.moved,
       copied: totals.copied,
+      progress: sourceProgress(
+        reached ? answer.holds : undefined,
+        probe.recent,
+        moveTiming(config, source.id)?.schedule,
+        parts.now,
+      ),
       deletedUnrouted: totals.deleted - totals.moved.instances,
       rejected: count(parts.rejected, source.id),
       openConflicts: count(parts.conflicts, source.id),
@@ -130,6 +145,7 @@ export const assembleStatus = async (
   });
   const largest = (groups: ErrorGroup[]) => groups.slice(0, STATUS_GROUPS);
   return {
+    at: parts.now,
     sources,
     queue: parts.queue,
     ...(parts.deadLetters === undefined

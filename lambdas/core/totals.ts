@@ -2,9 +2,9 @@
  * How the ledger's totals count outcomes (ports.ts, Totals): what one outcome adds to its source's,
  * and the sum of every source's. SqliteLedger sums the same rules in SQL over its outcomes.
  */
-import type { SourceTotals, StudyOutcome, Tally, Totals } from './ports.ts';
+import { MOVED_BUCKET_MS, type SourceTotals, type StudyOutcome, type Tally, type Totals } from './ports.ts';
 
-const NO_TALLY: Tally = { studies: 0, instances: 0, bytes: 0 };
+export const NO_TALLY: Tally = { studies: 0, instances: 0, bytes: 0 };
 
 /** A source's totals before anything was counted of it. */
 export const NO_TOTALS: SourceTotals = { moved: NO_TALLY, copied: NO_TALLY, deleted: 0 };
@@ -46,3 +46,6 @@ export const sumTotals = (sources: Readonly<Record<string, SourceTotals>>, rejec
   );
   return { ...all, rejected, sources };
 };
+
+/** The start of the MOVED_BUCKET_MS bucket that holds `at`: where Ledger.movedSince counts from. */
+export const movedBucketStart = (at: number): number => Math.floor(at / MOVED_BUCKET_MS) * MOVED_BUCKET_MS;

@@ -1,7 +1,7 @@
 /** The message that carries a work item through a queue, and its validation. */
 import { z } from 'zod';
 import { permanent } from './errors.ts';
-import type { WorkItem } from './ports.ts';
+import type { WorkItem, WorkPriority } from './ports.ts';
 
 const orthancId = z.string().regex(/^[0-9a-f]{8}(-[0-9a-f]{8}){4}$/, 'must be an Orthanc ID');
 
@@ -11,7 +11,17 @@ export const workItemSchema = z.strictObject({
   /** Trigger StableSeries: only this series of the study is moved. */
   seriesId: orthancId.optional(),
   reason: z.enum(['stable', 'quiet', 'instance']),
+  priority: z.enum(['new', 'backlog']).optional(),
 });
+
+/** The priority a message carries, or `new` for one without (queued before priorities, or by an operator). */
+export const priorityOf = (body: string): WorkPriority => {
+  try {
+    return (JSON.parse(body) as { priority?: unknown }).priority === 'backlog' ? 'backlog' : 'new';
+  } catch {
+    return 'new';
+  }
+};
 
 export const encodeWorkItem = (item: WorkItem): string => JSON.stringify(item);
 

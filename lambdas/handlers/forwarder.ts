@@ -6,7 +6,7 @@ import { BatchProcessor, EventType, processPartialResponse } from '@aws-lambda-p
 import type { Context, SQSEvent, SQSRecord } from 'aws-lambda';
 import { createPowertoolsMetrics } from '../aws/powertools-metrics.ts';
 import { type AwsRuntime, createRuntime } from '../aws/runtime.ts';
-import { SqsDeadLetters } from '../aws/sqs-dead-letters.ts';
+import { MAX_REQUEUE_DELAY_MS, SqsDeadLetters } from '../aws/sqs-dead-letters.ts';
 import { cachedUntilRejected } from '../core/concurrency.ts';
 import { buildEngine } from '../core/engine.ts';
 import {
@@ -14,6 +14,7 @@ import {
   describe,
   failureKind,
   NotVerifiedError,
+  NotYetError,
   WaitError,
 } from '../core/errors.ts';
 import { decideOnFailure } from '../core/failure-policy.ts';
@@ -55,6 +56,7 @@ const setUp = async (runtime: AwsRuntime): Promise<Forwarder> => {
     },
     deadLetters: new SqsDeadLetters(runtime.sqs, {
       queueUrl: runtime.queueUrl,
+      backlogQueueUrl: runtime.backlogQueueUrl,
       deadLetterQueueUrl: runtime.deadLetterQueueUrl,
     }),
   };
@@ -106,13 +108,22 @@ const processRecord = async (
       invocation.metrics.add('Retries', 1, 'Count');
     }
     if (!decision.counted) {
+      if (error instanceof NotYetError && decision.delayMs > MAX_REQUEUE_DELAY_MS) {
+        // Longer than SQS can delay a message: rather than receive it every 15 minutes until
+        // then, hand it back to the poller, whose sweep queues it once it may move
+        // (docs/operations.md#transfer-windows-and-minimum-age).
+        await runtime.feed.forgetQueued(error.sourceId, [error.studyId]);
+        return; // Reported as processed: deleted from the queue.
+      }
       await deadLetters.requeue(record.body, decision.delayMs);
       return; // Reported as processed: the copy just queued carries on, with its own receive count.
     }
-    await deadLetters.retryAfter(record.receiptHandle, decision.delayMs).catch((visibilityError: unknown) => {
-      // The queue's own visibility timeout then decides when it comes back.
-      runtime.log.warn('could not delay the retry', { error: describe(visibilityError) });
-    });
+    await deadLetters
+      .retryAfter(record.body, record.receiptHandle, decision.delayMs)
+      .catch((visibilityError: unknown) => {
+        // The queue's own visibility timeout then decides when it comes back.
+        runtime.log.warn('could not delay the retry', { error: describe(visibilityError) });
+      });
     throw error;
   }
 };

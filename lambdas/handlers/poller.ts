@@ -13,8 +13,10 @@ import { cachedUntilRejected } from '../core/concurrency.ts';
 import { feedSettings } from '../core/engine.ts';
 import { describe } from '../core/errors.ts';
 import { createEndpoint } from '../core/http.ts';
-import { recordPoll } from '../core/metrics.ts';
+import { type Metrics, recordPoll, recordProgress } from '../core/metrics.ts';
+import { moveTiming } from '../core/move-timing.ts';
 import { OrthancClient } from '../core/orthanc-client.ts';
+import { measureProgress } from '../core/progress.ts';
 import { DAY_MS, forgetGoneRefusals } from '../core/retention.ts';
 
 /** Time kept back to log and publish metrics before the invocation ends. */
@@ -30,9 +32,10 @@ export interface SourcePollResult {
 const setUp = (runtime: AwsRuntime) => ({
   runtime,
   settings: feedSettings(runtime.config, runtime.ledger),
-  sink: new SqsWorkSink(runtime.sqs, runtime.queueUrl),
+  sink: new SqsWorkSink(runtime.sqs, runtime.queueUrl, { backlogQueueUrl: runtime.backlogQueueUrl }),
   sources: runtime.config.sources.map((source) => ({
     id: source.id,
+    timing: moveTiming(runtime.config, source.id),
     client: new OrthancClient(createEndpoint(source, runtime.config.timeouts, { secrets: runtime.secrets })),
   })),
 });
@@ -63,6 +66,26 @@ const pruneRefusals = async (ready: ReturnType<typeof setUp>): Promise<void> => 
   }
 };
 
+/**
+ * Publishes the source's Progress metrics: GET /statistics and two small ledger queries. A failure
+ * only costs this poll's data points of it: the poll itself succeeded.
+ */
+const measureSource = async (
+  ready: ReturnType<typeof setUp>,
+  source: ReturnType<typeof setUp>['sources'][number],
+  metrics: Metrics,
+): Promise<void> => {
+  const { runtime } = ready;
+  const now = Date.now();
+  try {
+    const schedule = moveTiming(runtime.config, source.id)?.schedule;
+    const progress = await measureProgress(source.client, runtime.ledger, source.id, schedule, now);
+    recordProgress(metrics, source.id, progress, now);
+  } catch (error) {
+    runtime.log.warn('progress not measured', { sourceId: source.id, error: describe(error) });
+  }
+};
+
 export const createPollerHandler = (getRuntime: () => Promise<AwsRuntime>) => {
   const poller = cachedUntilRejected(() => getRuntime().then(setUp));
   return async (
@@ -83,11 +106,13 @@ export const createPollerHandler = (getRuntime: () => Promise<AwsRuntime>) => {
         sink,
         log,
         ...settings,
+        timing: source.timing,
         deadline,
       };
       try {
         const report = await pollSource(context);
         recordPoll(metrics, source.id, report);
+        if (!report.paused && Date.now() < deadline) await measureSource(ready, source, metrics);
         log.info('source polled', { sourceId: source.id, ...report });
         return { sourceId: source.id, ok: true, report };
       } catch (error) {

@@ -8,12 +8,19 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { type FeedContext, type PollReport, pollSource } from '../core/changes-feed.ts';
 import type { ForwarderConfig } from '../core/config.ts';
 import { buildEngine, feedSettings } from '../core/engine.ts';
-import { DestinationUnavailableError, describe, failureKind, WaitError } from '../core/errors.ts';
+import {
+  DestinationUnavailableError,
+  describe,
+  failureKind,
+  NotYetError,
+  WaitError,
+} from '../core/errors.ts';
 import { decideOnFailure } from '../core/failure-policy.ts';
 import { type Engine, forwardWorkItem } from '../core/forward-work-item.ts';
 import { warnOfPlainHttpAuth } from '../core/http.ts';
 import type { Log } from '../core/log.ts';
 import type { MoveContext } from '../core/move-study.ts';
+import { moveTiming } from '../core/move-timing.ts';
 import type { StudyOutcome } from '../core/ports.ts';
 import { DAY_MS, forgetGoneRefusals } from '../core/retention.ts';
 import { backoffDelay } from '../core/retry.ts';
@@ -88,9 +95,10 @@ export class LocalRunner {
   private engine: Engine | undefined;
   /**
    * The work items (bodies, with their source) whose last attempt ended waiting for a destination
-   * that refuses us: `--until-idle` does not wait for them, since nothing in this run fixes that.
+   * that refuses us, or for a time (a transfer window, a minimum age): `--until-idle` does not wait
+   * for them, since nothing in this run fixes the one and the other may be hours away.
    */
-  private readonly destinationWaits = new Map<string, string | undefined>();
+  private readonly longWaits = new Map<string, string | undefined>();
 
   private readonly onStep: MoveContext['onStep'];
 
@@ -190,6 +198,7 @@ export class LocalRunner {
       sink: this.state.queue,
       log: this.log,
       ...feedSettings(this.config, this.state.ledger),
+      timing: moveTiming(this.config, sourceId),
     };
   }
 
@@ -275,7 +284,7 @@ export class LocalRunner {
       try {
         const outcome = await forwardWorkItem(engine, message.body, { attempt: message.receiveCount });
         await this.state.queue.ack(message.handle);
-        this.destinationWaits.delete(message.body);
+        this.longWaits.delete(message.body);
         this.count(outcome);
         options.onOutcome?.(outcome);
       } catch (error) {
@@ -289,9 +298,9 @@ export class LocalRunner {
   private async fail(message: { handle: string; body: string; receiveCount: number }, error: unknown) {
     const reason = describe(error);
     const decision = decideOnFailure(error, message.receiveCount, this.config.retry);
-    if (error instanceof DestinationUnavailableError)
-      this.destinationWaits.set(message.body, safeIds(message.body).sourceId);
-    else this.destinationWaits.delete(message.body);
+    if (error instanceof DestinationUnavailableError || error instanceof NotYetError)
+      this.longWaits.set(message.body, safeIds(message.body).sourceId);
+    else this.longWaits.delete(message.body);
     const attributes = {
       error: reason,
       kind: failureKind(error),
@@ -330,7 +339,8 @@ export class LocalRunner {
   /**
    * Idle: every source read to Done with nothing waiting and no sweep under way (or given up on,
    * or paused), and no work queued or running but what waits for an operator: a paused source's
-   * (until its resume), and what waits for a destination that refuses us (until it is fixed).
+   * (until its resume), what waits for a destination that refuses us (until it is fixed), and
+   * what waits for its transfer window or its minimum age.
    */
   private async isIdle(): Promise<boolean> {
     for (const status of this.sources.values()) {
@@ -343,10 +353,10 @@ export class LocalRunner {
     }
     const paused = this.pausedSources();
     const stats = await this.state.queue.stats({ exceptSources: paused });
-    const waitingForDestinations = [...this.destinationWaits.values()].filter(
+    const waitingLong = [...this.longWaits.values()].filter(
       (sourceId) => sourceId === undefined || !paused.includes(sourceId),
     ).length;
-    return stats.waiting + stats.inFlight <= waitingForDestinations && this.active === 0;
+    return stats.waiting + stats.inFlight <= waitingLong && this.active === 0;
   }
 
   private pollCounts(): number[] {

@@ -22,6 +22,11 @@ export const SOURCE_CONTROLS_SCHEMA = `
   ) STRICT;
 `;
 
+/** Columns schema version 5 added to a table of an older file. */
+export const FEED_COLUMNS_OF_5 = [
+  { table: 'feed_progress', column: 'backlog_through', definition: 'INTEGER' },
+];
+
 export const FEED_SCHEMA = `${SOURCE_CONTROLS_SCHEMA}
   CREATE TABLE IF NOT EXISTS feed_cursors (
     source_id TEXT PRIMARY KEY,
@@ -40,7 +45,8 @@ export const FEED_SCHEMA = `${SOURCE_CONTROLS_SCHEMA}
     watch_after TEXT NOT NULL,
     sweep_below INTEGER,
     sweep_started_at INTEGER NOT NULL,
-    settings TEXT NOT NULL
+    settings TEXT NOT NULL,
+    backlog_through INTEGER
   ) STRICT;
   CREATE TABLE IF NOT EXISTS queued_studies (
     source_id TEXT NOT NULL,
@@ -65,6 +71,7 @@ interface ProgressRow {
   sweep_below: number | null;
   sweep_started_at: number;
   settings: string;
+  backlog_through: number | null;
 }
 
 interface QueuedRow {
@@ -97,18 +104,19 @@ const statements = (db: StateDb) => ({
   ),
   unwatch: db.prepare('DELETE FROM watched_studies WHERE source_id = ? AND study_id = ?'),
   progress: db.prepare(
-    `SELECT version, watch_after, sweep_below, sweep_started_at, settings FROM feed_progress
+    `SELECT version, watch_after, sweep_below, sweep_started_at, settings, backlog_through FROM feed_progress
      WHERE source_id = ?`,
   ),
   // The first save must be conditional too: two polls that both saw none may not both win.
   insertProgress: db.prepare(
-    `INSERT INTO feed_progress (source_id, version, watch_after, sweep_below, sweep_started_at, settings)
-     VALUES (:sourceId, 1, :watchAfter, :sweepBelow, :sweepStartedAt, :settings)
+    `INSERT INTO feed_progress
+       (source_id, version, watch_after, sweep_below, sweep_started_at, settings, backlog_through)
+     VALUES (:sourceId, 1, :watchAfter, :sweepBelow, :sweepStartedAt, :settings, :backlogThrough)
      ON CONFLICT (source_id) DO NOTHING`,
   ),
   updateProgress: db.prepare(
     `UPDATE feed_progress SET version = version + 1, watch_after = :watchAfter, sweep_below = :sweepBelow,
-       sweep_started_at = :sweepStartedAt, settings = :settings
+       sweep_started_at = :sweepStartedAt, settings = :settings, backlog_through = :backlogThrough
      WHERE source_id = :sourceId AND version = :expected`,
   ),
   rememberQueued: db.prepare(
@@ -205,6 +213,7 @@ export class SqliteFeedStore implements FeedStateStore {
         ...(row.sweep_below === null ? {} : { sweepBelow: row.sweep_below }),
         sweepStartedAt: row.sweep_started_at,
         settings: row.settings,
+        ...(row.backlog_through === null ? {} : { backlogThrough: row.backlog_through }),
       },
     };
   }
@@ -220,6 +229,7 @@ export class SqliteFeedStore implements FeedStateStore {
       sweepBelow: progress.sweepBelow ?? null,
       sweepStartedAt: progress.sweepStartedAt,
       settings: progress.settings,
+      backlogThrough: progress.backlogThrough ?? null,
     };
     const result =
       expected === undefined

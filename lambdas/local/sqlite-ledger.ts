@@ -14,9 +14,10 @@ import {
   type RejectedInstance,
   type SettledStudy,
   type StudyOutcome,
+  type Tally,
   type Totals,
 } from '../core/ports.ts';
-import { sumTotals } from '../core/totals.ts';
+import { movedBucketStart, sumTotals } from '../core/totals.ts';
 import { DELETIONS_SCHEMA, SqliteDeletions } from './sqlite-deletions.ts';
 import type { StateDb } from './sqlite-state.ts';
 
@@ -41,6 +42,8 @@ const outcomesTable = (name: string) => `
     deleted_bytes INTEGER
   ) STRICT;
   CREATE INDEX IF NOT EXISTS ${name}_study ON ${name} (source_id, study_id);
+  -- What left a source lately (movedSince): the newest rows of the source, not the whole table.
+  CREATE INDEX IF NOT EXISTS ${name}_finished ON ${name} (source_id, finished_at);
 `;
 
 /**
@@ -57,6 +60,8 @@ export const LEDGER_MIGRATION_FROM_1 = `
   ALTER TABLE study_outcomes_v2 RENAME TO study_outcomes;
   DROP INDEX study_outcomes_v2_study;
   CREATE INDEX study_outcomes_study ON study_outcomes (source_id, study_id);
+  DROP INDEX study_outcomes_v2_finished;
+  CREATE INDEX study_outcomes_finished ON study_outcomes (source_id, finished_at);
 `;
 
 /** Schema version 3 counts the instances each run left at the source for a conflict. */
@@ -336,6 +341,9 @@ const statements = (db: StateDb) => ({
        ${SOURCE_TOTALS.map((column) => `${column} = ${column} + excluded.${column}`).join(', ')}`,
   ),
   pruneOutcomes: db.prepare('DELETE FROM study_outcomes WHERE id < ?'),
+  movedSince: db.prepare(
+    `SELECT ${OUTCOME_SUMS} FROM study_outcomes WHERE source_id = ? AND finished_at >= ?`,
+  ),
   // Only the refusal that was judged gone: one recorded since is about a new arrival.
   forgetRejected: db.prepare(
     'DELETE FROM rejected_instances WHERE source_id = ? AND instance_id = ? AND rejected_at = ?',
@@ -594,5 +602,10 @@ export class SqliteLedger implements Ledger {
    */
   pruneDeletions(before: number): number {
     return this.#deletions.prune(before);
+  }
+
+  async movedSince(sourceId: string, since: number): Promise<Tally> {
+    const row = this.#sql.movedSince.get(sourceId, movedBucketStart(since)) as unknown as SourceTotalsRow;
+    return { studies: row.moved_studies, instances: row.moved_instances, bytes: row.moved_bytes };
   }
 }

@@ -6,7 +6,12 @@ import { statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { DELETIONS_SCHEMA } from './sqlite-deletions.ts';
-import { FEED_SCHEMA, SOURCE_CONTROLS_SCHEMA, SqliteFeedStore } from './sqlite-feed-store.ts';
+import {
+  FEED_COLUMNS_OF_5,
+  FEED_SCHEMA,
+  SOURCE_CONTROLS_SCHEMA,
+  SqliteFeedStore,
+} from './sqlite-feed-store.ts';
 import {
   LEDGER_COLUMNS_OF_5,
   LEDGER_MIGRATION_FROM_1,
@@ -15,7 +20,12 @@ import {
   LEDGER_SCHEMA,
   SqliteLedger,
 } from './sqlite-ledger.ts';
-import { QUEUE_SCHEMA, SqliteWorkQueue } from './sqlite-work-queue.ts';
+import {
+  QUEUE_COLUMNS_OF_5,
+  QUEUE_INDEXES_OF_5,
+  QUEUE_SCHEMA,
+  SqliteWorkQueue,
+} from './sqlite-work-queue.ts';
 
 /**
  * Kept in PRAGMA user_version. Bump it with every change to a table and migrate from the old
@@ -85,11 +95,13 @@ const writer =
  * `CREATE TABLE IF NOT EXISTS` and `ALTER TABLE … ADD COLUMN` statements. A new file gets it with
  * each store's full schema instead. Version 5: per-source operator controls (pause, sweep
  * requests); the ledger's totals per source, copies apart from moves, and the size of what was
- * deleted (a new column: COLUMNS_OF_5, added before these run); the audit trail of deletions.
+ * deleted (a new column: COLUMNS_OF_5, added before these run); the audit trail of deletions;
+ * work items' priorities (new studies before the backlog, a column and its index) and where each
+ * source's history ends (a column of the feed's progress).
  */
 const MIGRATION_TO_5 = [SOURCE_CONTROLS_SCHEMA, LEDGER_MIGRATION_TO_5, DELETIONS_SCHEMA];
 /** Added only where missing: a version 1 file's outcomes were just made anew, in the current form. */
-const COLUMNS_OF_5 = [...LEDGER_COLUMNS_OF_5];
+const COLUMNS_OF_5 = [...LEDGER_COLUMNS_OF_5, ...FEED_COLUMNS_OF_5, ...QUEUE_COLUMNS_OF_5];
 
 const addMissingColumns = (db: DatabaseSync, columns: typeof COLUMNS_OF_5): void => {
   const has = db.prepare('SELECT 1 FROM pragma_table_info(?) WHERE name = ?');
@@ -119,6 +131,8 @@ const migrate = (db: DatabaseSync, write: StateDb['write']): void => {
       addMissingColumns(db, COLUMNS_OF_5);
       for (const sql of MIGRATION_TO_5) db.exec(sql);
     }
+    // In a new file too: an index on a column an older file has only once COLUMNS_OF_5 are added.
+    db.exec(QUEUE_INDEXES_OF_5);
     if (row.user_version < SCHEMA_VERSION) db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
   });
 };

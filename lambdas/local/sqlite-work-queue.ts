@@ -10,9 +10,10 @@ import type {
   QueueStats,
   ReceivedMessage,
   WorkItem,
+  WorkPriority,
   WorkQueue,
 } from '../core/ports.ts';
-import { encodeWorkItem } from '../core/work-item.ts';
+import { encodeWorkItem, priorityOf } from '../core/work-item.ts';
 import type { StateDb } from './sqlite-state.ts';
 
 /*
@@ -22,7 +23,8 @@ import type { StateDb } from './sqlite-state.ts';
  * - delayed: handle NULL and visible_at > now; released for a retry later.
  * The handle changes at every receive and is cleared on release, so that a consumer whose
  * visibility timed out cannot ack or release the message out from under the next one.
- * The AUTOINCREMENT id gives the FIFO order and is never reused, so it also names dead letters.
+ * Messages are served by priority (0: new studies, 1: the backlog), each in FIFO order: the
+ * AUTOINCREMENT id gives it and is never reused, so it also names dead letters.
  */
 export const QUEUE_SCHEMA = `
   CREATE TABLE IF NOT EXISTS queue_messages (
@@ -34,7 +36,8 @@ export const QUEUE_SCHEMA = `
     visible_at INTEGER NOT NULL,
     receive_count INTEGER NOT NULL DEFAULT 0,
     handle TEXT UNIQUE,
-    last_error TEXT
+    last_error TEXT,
+    priority INTEGER NOT NULL DEFAULT 0
   ) STRICT;
   CREATE INDEX IF NOT EXISTS queue_messages_visible ON queue_messages (visible_at);
   CREATE INDEX IF NOT EXISTS queue_messages_study ON queue_messages (source_id, study_id);
@@ -49,6 +52,18 @@ export const QUEUE_SCHEMA = `
   ) STRICT;
 `;
 
+/** Columns schema version 5 added to a table of an older file. */
+export const QUEUE_COLUMNS_OF_5 = [
+  { table: 'queue_messages', column: 'priority', definition: 'INTEGER NOT NULL DEFAULT 0' },
+];
+
+/** Made once QUEUE_COLUMNS_OF_5 are there: an older file gets them only after its tables exist. */
+export const QUEUE_INDEXES_OF_5 = `
+  CREATE INDEX IF NOT EXISTS queue_messages_priority ON queue_messages (priority, id);
+`;
+
+const PRIORITY: Readonly<Record<WorkPriority, number>> = { new: 0, backlog: 1 };
+
 /** Dead letters read at a time: listing, grouping or redriving them keeps this many in memory. */
 const DEAD_LETTER_PAGE = 500;
 
@@ -60,6 +75,7 @@ export interface WorkQueueOptions {
 
 interface MessageRow {
   id: number;
+  priority: number;
   receive_count: number;
   last_error: string | null;
 }
@@ -77,21 +93,22 @@ interface DeadLetterRow {
 const statements = (db: StateDb) => ({
   // A waiting whole-study item covers any item of the study; a series item covers its series.
   waitingDuplicate: db.prepare(
-    `SELECT 1 FROM queue_messages
+    `SELECT id, priority FROM queue_messages
      WHERE source_id = :sourceId AND study_id = :studyId AND (handle IS NULL OR visible_at <= :now)
        AND (CASE WHEN json_valid(body) THEN json_extract(body, '$.seriesId') END IS NULL
             OR CASE WHEN json_valid(body) THEN json_extract(body, '$.seriesId') END = :seriesId)
      LIMIT 1`,
   ),
   insert: db.prepare(
-    `INSERT INTO queue_messages (body, source_id, study_id, enqueued_at, visible_at)
-     VALUES (?, ?, ?, ?, ?)`,
+    `INSERT INTO queue_messages (body, source_id, study_id, enqueued_at, visible_at, priority)
+     VALUES (?, ?, ?, ?, ?, ?)`,
   ),
-  // Keyed on the last id seen rather than on visibility, so that a zero visibility timeout
-  // cannot make the loop in receive() pick the same message twice.
+  raisePriority: db.prepare('UPDATE queue_messages SET priority = ? WHERE id = ? AND priority > ?'),
+  // Keyed on the last (priority, id) seen rather than on visibility, so that a zero visibility
+  // timeout cannot make the loop in receive() pick the same message twice.
   nextVisible: db.prepare(
-    `SELECT id, receive_count, last_error FROM queue_messages
-     WHERE visible_at <= ? AND id > ? ORDER BY id LIMIT ?`,
+    `SELECT id, priority, receive_count, last_error FROM queue_messages
+     WHERE visible_at <= ? AND (priority, id) > (?, ?) ORDER BY priority, id LIMIT ?`,
   ),
   markReceived: db.prepare(
     `UPDATE queue_messages SET receive_count = receive_count + 1, visible_at = ?, handle = ?
@@ -151,7 +168,8 @@ export class SqliteWorkQueue implements WorkQueue {
 
   /**
    * A study (or series) already waiting is not queued twice: the waiting message will move it as
-   * it is then. One in flight does not count, since the study may have changed after its
+   * it is then, at the higher of the two priorities (a backlog study the feed now sees as new
+   * goes ahead). One in flight does not count, since the study may have changed after its
    * snapshot was taken.
    */
   async enqueue(items: readonly WorkItem[]): Promise<void> {
@@ -159,22 +177,33 @@ export class SqliteWorkQueue implements WorkQueue {
       const now = this.#now();
       for (const item of items) {
         const { sourceId, studyId } = item;
-        if (this.#waiting(sourceId, studyId, item.seriesId, now)) continue;
-        this.#sql.insert.run(encodeWorkItem(item), sourceId, studyId, now, now);
+        const priority = PRIORITY[item.priority ?? 'new'];
+        if (this.#waiting(sourceId, studyId, item.seriesId, now, priority)) continue;
+        this.#sql.insert.run(encodeWorkItem(item), sourceId, studyId, now, now, priority);
       }
     });
   }
 
-  #waiting(sourceId: string, studyId: string, seriesId: string | undefined, now: number): boolean {
-    return (
-      this.#sql.waitingDuplicate.get({ sourceId, studyId, now, seriesId: seriesId ?? null }) !== undefined
-    );
+  /** Whether the study (or series) waits already; raises the waiting message to `priority` if it was lower. */
+  #waiting(
+    sourceId: string,
+    studyId: string,
+    seriesId: string | undefined,
+    now: number,
+    priority: number,
+  ): boolean {
+    const waiting = this.#sql.waitingDuplicate.get({ sourceId, studyId, now, seriesId: seriesId ?? null }) as
+      | { id: number; priority: number }
+      | undefined;
+    if (waiting === undefined) return false;
+    this.#sql.raisePriority.run(priority, waiting.id, priority);
+    return true;
   }
 
   /** Queues any body, even one no consumer can parse: that is how tests make a poison message. */
   async enqueueRaw(body: string): Promise<void> {
     const now = this.#now();
-    this.#sql.insert.run(body, null, null, now, now);
+    this.#sql.insert.run(body, null, null, now, now, PRIORITY.new);
   }
 
   async receive(max: number, visibilityTimeoutMs: number): Promise<ReceivedMessage[]> {
@@ -183,12 +212,17 @@ export class SqliteWorkQueue implements WorkQueue {
     return this.#db.write(() => {
       const now = this.#now();
       const received: ReceivedMessage[] = [];
-      let lastId = 0;
+      let last = { priority: Number.MIN_SAFE_INTEGER, id: 0 };
       while (received.length < max) {
-        const rows = this.#sql.nextVisible.all(now, lastId, max - received.length) as unknown as MessageRow[];
+        const rows = this.#sql.nextVisible.all(
+          now,
+          last.priority,
+          last.id,
+          max - received.length,
+        ) as unknown as MessageRow[];
         if (rows.length === 0) break;
         for (const row of rows) {
-          lastId = row.id;
+          last = row;
           // Like SQS, a message that has used up its receives (its consumers kept timing out
           // without releasing it) is dead-lettered when it would be received once more.
           if (row.receive_count >= this.#maxReceives) {
@@ -275,11 +309,12 @@ export class SqliteWorkQueue implements WorkQueue {
         for (const row of rows) {
           if (!matchesDeadLetter(filter, { sourceId: row.source_id ?? undefined, lastError: row.last_error }))
             continue;
+          const priority = PRIORITY[priorityOf(row.body)];
           const duplicate =
             row.source_id !== null &&
             row.study_id !== null &&
-            this.#waiting(row.source_id, row.study_id, seriesOf(row.body), now);
-          if (!duplicate) this.#sql.insert.run(row.body, row.source_id, row.study_id, now, now);
+            this.#waiting(row.source_id, row.study_id, seriesOf(row.body), now, priority);
+          if (!duplicate) this.#sql.insert.run(row.body, row.source_id, row.study_id, now, now, priority);
           this.#sql.deleteDead.run(row.id);
           redriven++;
         }

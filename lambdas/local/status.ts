@@ -5,6 +5,7 @@
 import type { ForwarderConfig } from '../core/config.ts';
 import { createEndpoint } from '../core/http.ts';
 import { OrthancClient } from '../core/orthanc-client.ts';
+import { recentMoves } from '../core/progress.ts';
 import { askSource, assembleStatus, type SourceProbe, type StatusReport } from '../core/status.ts';
 import type { LocalState } from './sqlite-state.ts';
 
@@ -12,20 +13,27 @@ const probe = async (
   config: ForwarderConfig,
   state: LocalState,
   source: ForwarderConfig['sources'][number],
+  now: number,
 ): Promise<SourceProbe> => {
   const timeouts = { ...config.timeouts, headersMs: 5_000, bodyMs: 5_000 };
-  const [control, cursor, waitingToBecomeStable, answer] = await Promise.all([
+  const [control, cursor, waitingToBecomeStable, answer, recent] = await Promise.all([
     state.feed.control(source.id),
     state.feed.getCursor(source.id),
     state.feed.watchedCount(source.id),
     askSource(() => new OrthancClient(createEndpoint(source, timeouts))),
+    recentMoves(state.ledger, source.id, now),
   ]);
-  return { control, cursor, waitingToBecomeStable, answer };
+  return { control, cursor, waitingToBecomeStable, answer, recent };
 };
 
-export const gatherStatus = async (config: ForwarderConfig, state: LocalState): Promise<StatusReport> =>
+export const gatherStatus = async (
+  config: ForwarderConfig,
+  state: LocalState,
+  now = Date.now(),
+): Promise<StatusReport> =>
   assembleStatus(config, {
-    probes: await Promise.all(config.sources.map((source) => probe(config, state, source))),
+    now,
+    probes: await Promise.all(config.sources.map((source) => probe(config, state, source, now))),
     queue: await state.queue.stats(),
     deadLetters: state.queue.deadLetters(),
     rejected: await state.ledger.rejected(),

@@ -212,6 +212,7 @@ export class Lab {
       pollIntervalSeconds: 0.2,
       quietSeconds: 3600,
       sweepIntervalSeconds: 3600,
+      ...(settings.maxReadMBps === undefined ? {} : { maxReadMBps: settings.maxReadMBps }),
     });
     const destination = config.destination as Record<string, unknown>;
     const statePath = join(this.work, `relay-${this.jobs}.sqlite`);

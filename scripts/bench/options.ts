@@ -49,6 +49,8 @@ export interface RelaySettings {
    * REST API instead of retrieving every instance with WADO-RS.
    */
   readonly orthancRest: boolean;
+  /** The source's read rate cap, MB/s; none when absent. */
+  readonly maxReadMBps?: number | undefined;
 }
 
 /** The poller run's feed: studies of one series, each its own patient (10 changes a study at 4 instances). */
@@ -78,6 +80,8 @@ export interface BenchOptions {
   readonly sweep: boolean;
   /** Also compare reading a series with one WADO-RS request against one request per instance. */
   readonly wado: boolean;
+  /** Also move the main set once with a read rate cap at half the relay's speed. */
+  readonly rateCap: boolean;
   /** Trials of each verification mode on the main set, or undefined to skip that comparison. */
   readonly verifyRepetitions: number | undefined;
   /** Only the verification modes' comparison. */
@@ -139,6 +143,7 @@ export const DEFAULT_OPTIONS: BenchOptions = {
   bigGb: 2,
   sweep: false,
   wado: false,
+  rateCap: true,
   // Fewer than the other comparisons' 3: five modes of a relay trial each on the default set.
   verifyRepetitions: 2,
   verifyModesOnly: false,

@@ -139,6 +139,16 @@ export const formatReport = (result: BenchResult, repetitions: number): string =
   for (const set of result.sets) lines.push(...setSection(set, repetitions));
   if (result.verify !== undefined)
     lines.push(...verifySection(result.verify, result.sets.length > 0 ? repetitions : undefined));
+  const cap = result.rateCap;
+  if (cap !== undefined) {
+    lines.push(
+      `Read rate cap: the relay on the default set with maxReadMBps ${num(cap.capMBps)} (half its uncapped speed)`,
+      `  achieved ${num(cap.achievedMBps)} MB/s end to end in ${num(cap.seconds, 1)} s: ${num(cap.ratio, 3)} of the cap; ` +
+        `${num(cap.sendingMBps)} MB/s while sending: ${num(cap.sendingRatio, 3)} of the cap` +
+        `${cap.allMoved ? '' : '  (NOT ALL MOVED)'}`,
+      '',
+    );
+  }
   const big = result.bigStudy;
   if (big !== undefined) {
     lines.push(

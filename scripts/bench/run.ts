@@ -1,7 +1,7 @@
 /**
  * The benchmark itself: on each set, the ceiling, the push and the relay, interleaved and
  * repeated on a fresh destination (and a freshly loaded source); on the default set, the relay at
- * each verification mode; then the memory run with one large study; then the poller run on the
+ * each verification mode and with a read rate cap; then the memory run with one large study; then the poller run on the
  * AWS emulators; or, as separate modes, the relay's tuning sweep, the WADO-RS read comparison,
  * the verification modes alone, and the poller run alone.
  */
@@ -21,6 +21,7 @@ import {
 import type { BenchOptions, RelaySettings, SetShape } from './options.ts';
 import { measurePoller, type PollerResult } from './poller.ts';
 import { machineLoad } from './proc.ts';
+import { measureRateCap, type RateCapResult } from './rate-cap.ts';
 import { type MethodFigures, ratio, round, summarise, type TrialFigures } from './stats.ts';
 import { evaluateTargets, type TargetResult } from './targets.ts';
 import {
@@ -68,6 +69,8 @@ export interface BenchResult {
   readonly bigStudy?: BigStudyResult;
   /** The relay at each verification mode on the default set, by the mode's name. */
   readonly verify?: Readonly<Record<string, VerifyModeFigures>>;
+  /** The relay on the default set with maxReadMBps at half its uncapped speed. */
+  readonly rateCap?: RateCapResult;
   readonly sweep?: readonly SettingsPoint[];
   readonly wado?: readonly ReadPoint[];
   readonly poller?: PollerResult;
@@ -144,6 +147,7 @@ export const runBenchmark = async (options: BenchOptions): Promise<BenchResult> 
   const sets: SetResult[] = [];
   let bigStudy: BigStudyResult | undefined;
   let verify: Record<string, VerifyModeFigures> | undefined;
+  let rateCap: RateCapResult | undefined;
   let sweep: SettingsPoint[] | undefined;
   let wado: ReadPoint[] | undefined;
   let poller: PollerResult | undefined;
@@ -160,7 +164,22 @@ export const runBenchmark = async (options: BenchOptions): Promise<BenchResult> 
         if (options.wado) wado = await runReadComparison(lab, options.main, options, progress);
         if (full || options.verifyModesOnly) {
           await withSet(options.main, async (set) => {
-            if (full) sets.push(await compareOnSet(lab, set, options, progress));
+            if (full) {
+              const compared = await compareOnSet(lab, set, options, progress);
+              sets.push(compared);
+              if (options.rateCap) {
+                rateCap = await measureRateCap(
+                  lab,
+                  set,
+                  {
+                    settings: options.relay,
+                    run: options.relayRun,
+                    uncappedMBps: compared.relay.mbPerSecond,
+                  },
+                  progress,
+                );
+              }
+            }
             if (options.verifyRepetitions !== undefined) {
               verify = await compareVerifyModes(lab, set, {
                 repetitions: options.verifyRepetitions,
@@ -204,6 +223,7 @@ export const runBenchmark = async (options: BenchOptions): Promise<BenchResult> 
         : { ceiling: main.ceiling, push: main.push, relay: main.relay, ratios: main.ratios }),
       sets,
       ...(verify === undefined ? {} : { verify }),
+      ...(rateCap === undefined ? {} : { rateCap }),
       ...(bigStudy === undefined ? {} : { bigStudy }),
       ...(sweep === undefined ? {} : { sweep }),
       ...(wado === undefined ? {} : { wado }),

@@ -6,6 +6,15 @@
 import { GetQueueAttributesCommand, type SQSClient } from '@aws-sdk/client-sqs';
 import type { Context, SQSBatchResponse, SQSEvent } from 'aws-lambda';
 import { type DeliveryReport, deliverOnce } from '../../testbed/event-source-mapping.ts';
+import { emulatorEnv } from '../../testbed/sqs-emulator.ts';
+
+/** The environment the handlers run in, in the test's process: the emulators, and what Powertools needs. */
+export const handlerEnv = (endpoints: { readonly dynamodb: string; readonly sqs: string }) => ({
+  ...emulatorEnv(endpoints),
+  AWS_LAMBDA_FUNCTION_NAME: 'orthanc-forwarder-test',
+  POWERTOOLS_METRICS_NAMESPACE: 'OrthancForwarderTest',
+  POWERTOOLS_LOG_LEVEL: 'WARN',
+});
 
 /** Messages on a queue, visible or in flight. */
 export const queueDepth = async (sqs: SQSClient, queueUrl: string): Promise<number> => {

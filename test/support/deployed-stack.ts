@@ -65,6 +65,7 @@ export interface DeployedStack {
   /** Logical IDs of the state table and the queues, which the environments' variables refer to. */
   readonly table: string;
   readonly queue: string;
+  readonly backlogQueue: string;
   readonly deadLetterQueue: string;
   readonly visibilityTimeoutSeconds: number;
   readonly maxReceiveCount: number;
@@ -123,12 +124,13 @@ const assetFolder = (stack: CloudFormationStackArtifact, s3Key: string): string 
 /** Reads the synthesized stack and copies each function's code into `workDir`. */
 export const readStack = (stack: CloudFormationStackArtifact, workDir: string): DeployedStack => {
   const template = stack.template.Resources as Record<string, Resource>;
-  /** The one resource of a type (that has a property), with its properties as the template has them. */
-  const only = <Properties>(type: string, having?: string): [string, Properties] => {
+  /** The one resource of a type (that matches), with its properties as the template has them. */
+  const only = <Properties>(
+    type: string,
+    matches: (properties: Properties) => boolean = () => true,
+  ): [string, Properties] => {
     const found = Object.entries(template).filter(
-      ([, resource]) =>
-        resource.Type === type &&
-        (having === undefined || Object.hasOwn(resource.Properties as object, having)),
+      ([, resource]) => resource.Type === type && matches(resource.Properties as Properties),
     );
     const [first] = found;
     if (first === undefined || found.length > 1)
@@ -144,11 +146,17 @@ export const readStack = (stack: CloudFormationStackArtifact, workDir: string): 
     return { name: `${stack.stackName}-${logicalId}`, properties, taskRoot };
   };
   const [pollRule, rule] = only<{ Targets: [{ Arn: GetAtt }] }>('AWS::Events::Rule');
-  const [, mapping] = only<{ FunctionName: Reference; BatchSize: number }>('AWS::Lambda::EventSourceMapping');
-  const [queue, work] = only<{
+  type QueueProperties = {
+    QueueName: string;
     RedrivePolicy: { deadLetterTargetArn: GetAtt; maxReceiveCount: number };
     VisibilityTimeout: number;
-  }>('AWS::SQS::Queue', 'RedrivePolicy');
+  };
+  const [queue, work] = only<QueueProperties>('AWS::SQS::Queue', (q) => q.QueueName?.endsWith('-work'));
+  const [backlogQueue] = only<QueueProperties>('AWS::SQS::Queue', (q) => q.QueueName?.endsWith('-backlog'));
+  const [, mapping] = only<{ FunctionName: Reference; BatchSize: number; EventSourceArn: GetAtt }>(
+    'AWS::Lambda::EventSourceMapping',
+    (m) => m.EventSourceArn['Fn::GetAtt'][0] === queue,
+  );
   const [table] = only('AWS::DynamoDB::Table');
   return {
     account: stack.environment.account,
@@ -159,6 +167,7 @@ export const readStack = (stack: CloudFormationStackArtifact, workDir: string): 
     batchSize: mapping.BatchSize,
     table,
     queue,
+    backlogQueue,
     deadLetterQueue: work.RedrivePolicy.deadLetterTargetArn['Fn::GetAtt'][0],
     visibilityTimeoutSeconds: work.VisibilityTimeout,
     maxReceiveCount: work.RedrivePolicy.maxReceiveCount,

@@ -56,7 +56,7 @@ export type FaultRule = (request: {
   readonly authorization?: string | undefined;
 }) => Fault | undefined;
 
-const listening = async (server: Server | TlsServer): Promise<number> => {
+export const listening = async (server: Server | TlsServer): Promise<number> => {
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const address = server.address();
@@ -69,13 +69,13 @@ const samePathAt = (origin: string, serverUrl: string): string => {
   return `${origin}${path === '/' ? '' : path}`;
 };
 
-const readAll = async (stream: IncomingMessage): Promise<Buffer> => {
+export const readAll = async (stream: IncomingMessage): Promise<Buffer> => {
   const chunks: Buffer[] = [];
   for await (const chunk of stream) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
 };
 
-const send = (response: ServerResponse, answer: FakeAnswer): void => {
+export const send = (response: ServerResponse, answer: FakeAnswer): void => {
   const body = typeof answer.body === 'string' ? Buffer.from(answer.body) : answer.body;
   response.writeHead(answer.status, { ...answer.headers, 'content-length': String(body.length) });
   response.end(body);

@@ -12,7 +12,8 @@ import { buildEngine, feedSettings } from '../../lambdas/core/engine.ts';
 import { ForwarderError } from '../../lambdas/core/errors.ts';
 import type { Log, LogAttributes } from '../../lambdas/core/log.ts';
 import type { MoveStep } from '../../lambdas/core/move-study.ts';
-import type { StudyOutcome } from '../../lambdas/core/ports.ts';
+import { moveTiming } from '../../lambdas/core/move-timing.ts';
+import type { StudyOutcome, Tally } from '../../lambdas/core/ports.ts';
 import { LocalRunner, type RunSummary } from '../../lambdas/local/local-runner.ts';
 import { type LocalState, openState } from '../../lambdas/local/sqlite-state.ts';
 import type { GeneratedInstance } from '../../testbed/dicom-generator.ts';
@@ -50,6 +51,27 @@ export const newInstanceChanges = async (server: OrthancServer): Promise<number>
     await server.rest<{ Changes: { ChangeType: string }[] }>('GET', '/changes?since=0&limit=100000')
   ).Changes.filter((change) => change.ChangeType === 'NewInstance').length;
 
+/** What the server says it holds (GET /statistics), as `status` reports it. */
+export const holdings = async (server: OrthancServer): Promise<Tally> => {
+  const statistics = await server.rest<{
+    CountStudies: number;
+    CountInstances: number;
+    TotalDiskSize: string;
+  }>('GET', '/statistics');
+  return {
+    studies: statistics.CountStudies,
+    instances: statistics.CountInstances,
+    bytes: Number(statistics.TotalDiskSize),
+  };
+};
+
+/** Generated instances as a tally of `studies` studies: Orthanc stores each file as it came. */
+export const tallyOf = (studies: number, instances: readonly GeneratedInstance[]): Tally => ({
+  studies,
+  instances: instances.length,
+  bytes: instances.reduce((sum, instance) => sum + instance.byteLength, 0),
+});
+
 /** Waits until the server calls every study it holds stable (StableAge after its last instance). */
 export const untilStudiesStable = (server: OrthancServer): Promise<void> =>
   until(async () =>
@@ -77,6 +99,7 @@ export const pollOnce = async (
       sink: state.queue,
       log,
       ...feedSettings(config, state.ledger),
+      timing: moveTiming(config, sourceId),
     },
     { sweepNow: sweep },
   );

@@ -12,10 +12,12 @@ import {
   type DeletionRecord,
   type FeedStateStore,
   type Ledger,
+  MOVED_BUCKET_MS,
   type RejectedInstance,
   type SettledStudy,
   type StudyOutcome,
 } from '../../lambdas/core/ports.ts';
+import { movedBucketStart } from '../../lambdas/core/totals.ts';
 
 export interface StateHandles {
   readonly feed: FeedStateStore;
@@ -326,6 +328,10 @@ export const stateContract = (name: string, fresh: () => Promise<StateUnderTest>
         expect(await two.feed.saveProgress('a', 2, progress)).toBe(true);
         expect(await one.feed.progress('a')).toEqual({ version: 3, progress });
         expect(await one.feed.saveProgress('a', 2, sweeping)).toBe(false);
+        // Where the source's history ends, past 2^31 changes too.
+        const marked = { ...progress, backlogThrough: 3_000_000_000 };
+        expect(await one.feed.saveProgress('a', 3, marked)).toBe(true);
+        expect(await two.feed.progress('a')).toEqual({ version: 4, progress: marked });
         expect(await one.feed.progress('b')).toBeUndefined();
       });
 
@@ -862,6 +868,45 @@ export const stateContract = (name: string, fresh: () => Promise<StateUnderTest>
           rejected: 0,
           sources: { a: { ...none, deleted: 2 } },
         });
+      });
+
+      it('counts what left each source since a time, from the start of the bucket that holds it', async () => {
+        const one = open();
+        const two = open();
+        const bucket = movedBucketStart(CLOCK);
+        const moved = { result: 'moved', deleted: 5, deletedBytes: 500 } as const;
+        await Promise.all([
+          one.ledger.record(outcome({ ...moved, finishedAt: bucket - 1 })),
+          two.ledger.record(outcome({ ...moved, studyId: 's2', finishedAt: bucket + 1_000 })),
+          one.ledger.record(
+            outcome({
+              result: 'partial',
+              studyId: 's3',
+              deleted: 2,
+              deletedBytes: 20,
+              finishedAt: bucket + 2_000,
+            }),
+          ),
+          // Nothing of these left the source as moved: a copy, unrouted instances deleted, nothing found.
+          two.ledger.record(
+            outcome({ result: 'copied', studyId: 's4', sent: 3, bytes: 30, finishedAt: bucket }),
+          ),
+          one.ledger.record(outcome({ result: 'skipped', studyId: 's5', deleted: 1, deletedBytes: 9 })),
+          two.ledger.record(outcome({ result: 'gone', studyId: 's6', finishedAt: bucket })),
+          // Another source, and a source whose ID extends this one's.
+          one.ledger.record(outcome({ ...moved, sourceId: 'b', finishedAt: bucket + 1_000 })),
+          two.ledger.record(outcome({ ...moved, sourceId: 'ab', finishedAt: bucket + 1_000 })),
+          one.ledger.record(
+            outcome({ ...moved, studyId: 's7', finishedAt: bucket + MOVED_BUCKET_MS + 5, deleted: 1 }),
+          ),
+        ]);
+        // From within a bucket: the whole bucket counts.
+        expect(await one.ledger.movedSince('a', bucket + 2_500)).toEqual(tally(2, 8, 1_020));
+        expect(await two.ledger.movedSince('a', bucket - 1)).toEqual(tally(3, 13, 1_520));
+        expect(await one.ledger.movedSince('a', bucket + MOVED_BUCKET_MS)).toEqual(tally(1, 1, 500));
+        expect(await one.ledger.movedSince('a', bucket + 2 * MOVED_BUCKET_MS)).toEqual(tally(0, 0, 0));
+        expect(await two.ledger.movedSince('b', bucket)).toEqual(tally(1, 5, 500));
+        expect(await two.ledger.movedSince('c', bucket - DAY_MS)).toEqual(tally(0, 0, 0));
       });
     });
 
