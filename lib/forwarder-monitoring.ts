@@ -350,6 +350,10 @@ export class ForwarderMonitoring extends Construct {
           title: 'Changes read, studies queued',
           metrics: [emf('ChangesRead', 'Sum', 'Changes read'), emf('StudiesQueued', 'Sum', 'Studies queued')],
         },
+        {
+          title: 'Lookups a source refused (each left for the sweep)',
+          metrics: perSource('LookupFailures', 'Sum'),
+        },
       ],
     });
 

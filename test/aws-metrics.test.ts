@@ -31,6 +31,7 @@ const METRIC_NAMES: readonly MetricName[] = [
   'StudiesWaiting',
   'SourceUnreachable',
   'SourceReset',
+  'LookupFailures',
   'StudiesMoved',
   'InstancesMoved',
   'BytesMoved',
@@ -55,7 +56,14 @@ const UNITS: Partial<Record<MetricName, string>> = {
   MoveRate: 'Bytes/Second',
   SecondsToFinish: 'Seconds',
 };
-const POLL_METRICS = ['ChangesRead', 'StudiesQueued', 'StudiesWaiting', 'CursorLag', 'SourceUnreachable'];
+const POLL_METRICS = [
+  'ChangesRead',
+  'StudiesQueued',
+  'StudiesWaiting',
+  'CursorLag',
+  'SourceUnreachable',
+  'LookupFailures',
+];
 const OUTCOME_METRICS = [
   'StudiesMoved',
   'InstancesMoved',

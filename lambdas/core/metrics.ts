@@ -11,6 +11,7 @@ export type MetricName =
   | 'StudiesWaiting'
   | 'SourceUnreachable'
   | 'SourceReset'
+  | 'LookupFailures'
   | 'StudiesMoved'
   | 'InstancesMoved'
   | 'BytesMoved'
@@ -101,6 +102,7 @@ export const recordPoll = (
     last: number;
     reset: boolean;
     paused: boolean;
+    lookupFailures: number;
   },
 ): void => {
   // A paused source was not asked anything: there is nothing to tell of it.
@@ -111,4 +113,6 @@ export const recordPoll = (
   metrics.add('CursorLag', Math.max(0, poll.last - poll.cursor), 'Count', sourceId);
   metrics.add('SourceUnreachable', 0, 'Count', sourceId);
   if (poll.reset) metrics.add('SourceReset', 1, 'Count', sourceId);
+  // Each one is logged and left for the sweep: many in a row say the source refuses its lookups.
+  metrics.add('LookupFailures', poll.lookupFailures, 'Count', sourceId);
 };
