@@ -33,6 +33,7 @@ import { formatStatus } from './format.ts';
 export interface AwsCliOptions {
   aws?: boolean;
   queueUrl?: string;
+  backlogQueueUrl?: string;
   dlqUrl?: string;
   table?: string;
   region?: string;
@@ -46,9 +47,11 @@ const awsResources = <K extends keyof AwsResources>(
     queueUrl: options.queueUrl ?? '',
     deadLetterQueueUrl: options.dlqUrl ?? '',
     tableName: options.table ?? '',
+    backlogQueueUrl: options.backlogQueueUrl,
   };
-  const flags = {
+  const flags: Record<keyof AwsResources, string> = {
     queueUrl: '--queue-url (QUEUE_URL)',
+    backlogQueueUrl: '--backlog-queue-url (BACKLOG_QUEUE_URL)',
     deadLetterQueueUrl: '--dlq-url (DLQ_URL)',
     tableName: '--table (STATE_TABLE)',
   };

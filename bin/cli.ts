@@ -78,6 +78,12 @@ const withAwsOptions = (command: Command): Command =>
       new Option('--queue-url <url>', 'AWS: the work queue (stack output QueueUrl)').env('QUEUE_URL'),
     )
     .addOption(
+      new Option(
+        '--backlog-queue-url <url>',
+        'AWS: the backlog queue (stack output BacklogQueueUrl), counted with the work queue',
+      ).env('BACKLOG_QUEUE_URL'),
+    )
+    .addOption(
       new Option('--dlq-url <url>', 'AWS: the dead-letter queue (stack output DeadLetterQueueUrl)').env(
         'DLQ_URL',
       ),

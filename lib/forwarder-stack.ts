@@ -71,6 +71,8 @@ export class ForwarderStack extends Stack {
         this.region,
         '--queue-url',
         queue.queueUrl,
+        '--backlog-queue-url',
+        backlogQueue.queueUrl,
         '--dlq-url',
         deadLetterQueue.queueUrl,
         '--table',

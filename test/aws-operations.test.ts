@@ -14,6 +14,7 @@ import {
   ChangeMessageVisibilityCommand,
   CreateQueueCommand,
   DeleteMessageBatchCommand,
+  DeleteMessageCommand,
   GetQueueAttributesCommand,
   PurgeQueueCommand,
   ReceiveMessageCommand,
@@ -163,8 +164,24 @@ describe('status and dlq list on fauxqs and DynamoDB Local', () => {
     await Promise.allSettled([dynamo?.stop(), sqs?.stop()]);
   });
 
-  it('counts the waiting, in-flight and dead-lettered work items', async () => {
+  it('counts the waiting, in-flight and dead-lettered work items, the backlog queue’s with the work queue’s', async () => {
     expect(await queueStats(sqs.client, resources)).toEqual({ waiting: 2, inFlight: 1, deadLetters: 3 });
+    const backlogItem = await sendTo(sqs.backlogQueueUrl, item('site-b', 6));
+    const withBacklog = { ...resources, backlogQueueUrl: sqs.backlogQueueUrl };
+    expect(await queueStats(sqs.client, withBacklog)).toEqual({ waiting: 3, inFlight: 1, deadLetters: 3 });
+    const [received] =
+      (
+        await sqs.client.send(
+          new ReceiveMessageCommand({ QueueUrl: sqs.backlogQueueUrl, WaitTimeSeconds: 1 }),
+        )
+      ).Messages ?? [];
+    expect(received?.MessageId).toBe(backlogItem);
+    await sqs.client.send(
+      new DeleteMessageCommand({
+        QueueUrl: sqs.backlogQueueUrl,
+        ReceiptHandle: received?.ReceiptHandle ?? '',
+      }),
+    );
   });
 
   it('reports per source the ledger’s counts, the cursor and studies waiting, and that the sources were not asked', async () => {

@@ -490,7 +490,7 @@ describe('alarms, topic, dashboard and outputs of the stack from examples/aws-co
       expect(render(outputs[output]?.Value)).toBe(`ref:${logicalId(stack, logGroup)}`);
     }
     expect(render(outputs.CliOptions?.Value)).toBe(
-      `--region eu-west-1 --queue-url ref:${ids.queue} --dlq-url ref:${ids.dlq} --table ref:${logicalId(stack, stack.forwarder.table)}`,
+      `--region eu-west-1 --queue-url ref:${ids.queue} --backlog-queue-url ref:${logicalId(stack, stack.forwarder.backlogQueue)} --dlq-url ref:${ids.dlq} --table ref:${logicalId(stack, stack.forwarder.table)}`,
     );
   });
 

@@ -40,6 +40,8 @@ import { SqsWorkSink } from './sqs-work-sink.ts';
 /** The deployed resources the CLI works on: the stack's outputs QueueUrl, DeadLetterQueueUrl, StateTableName. */
 export interface AwsResources {
   readonly queueUrl: string;
+  /** The backlog's queue (stack output BacklogQueueUrl): counted with the work queue when given. */
+  readonly backlogQueueUrl?: string | undefined;
   readonly deadLetterQueueUrl: string;
   readonly tableName: string;
 }
@@ -74,13 +76,15 @@ export const queueStats = async (sqs: SQSClient, resources: AwsResources): Promi
         }),
       )
     ).Attributes;
-  const [work, dead] = await Promise.all([
+  const [work, backlog, dead] = await Promise.all([
     attributes(resources.queueUrl),
+    resources.backlogQueueUrl === undefined ? undefined : attributes(resources.backlogQueueUrl),
     attributes(resources.deadLetterQueueUrl),
   ]);
+  const both = (name: string) => attributeCount(work, name) + attributeCount(backlog, name);
   return {
-    waiting: attributeCount(work, 'ApproximateNumberOfMessages'),
-    inFlight: attributeCount(work, 'ApproximateNumberOfMessagesNotVisible'),
+    waiting: both('ApproximateNumberOfMessages'),
+    inFlight: both('ApproximateNumberOfMessagesNotVisible'),
     deadLetters:
       attributeCount(dead, 'ApproximateNumberOfMessages') +
       attributeCount(dead, 'ApproximateNumberOfMessagesNotVisible'),
