@@ -47,6 +47,7 @@ import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
 import { type ISecret, Secret } from 'aws-cdk-lib/aws-secretsmanager';
 import { Queue, QueueEncryption, RedrivePermission } from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
+import { type AuthConfig, LOCAL_SECRET_FIELDS } from '../lambdas/core/auth-config.ts';
 import {
   type AwsConfig,
   ConfigError,
@@ -56,6 +57,7 @@ import {
   type ServerConfig,
 } from '../lambdas/core/config.ts';
 import { ESM_BUNDLE } from './bundling.ts';
+import { grantHealthImaging } from './healthimaging-grants.ts';
 
 /** The configuration the pipeline deploys: parsed by `parseConfig`, with its `aws` section. */
 export type DeployableConfig = ForwarderConfig & { readonly aws: AwsConfig };
@@ -165,7 +167,15 @@ export const deployableConfig = (config: ForwarderConfig): DeployableConfig => {
         );
       }
     }
-    if (server.kmsKeyArn !== undefined && server.secretId === undefined) {
+    const auth = 'auth' in server ? server.auth : undefined;
+    for (const key of LOCAL_SECRET_FIELDS) {
+      if (auth !== undefined && key in auth) {
+        problems.push(
+          `${field}.auth.${key}: not allowed on AWS: put the secret in a Secrets Manager secret and give its name or ARN in ${field}.auth.secretId`,
+        );
+      }
+    }
+    if (server.kmsKeyArn !== undefined && secretIdsOf(server).length === 0) {
       problems.push(`${field}.kmsKeyArn: the key of the secret in secretId, which is not given`);
     }
   }
@@ -202,7 +212,7 @@ export const lambdaConfigJson = (config: DeployableConfig, name: LambdaName): st
   const strip = without(passwords);
   const stripDestination = without(
     name === 'Poller'
-      ? [...passwords, 'secretId', 'kmsKeyArn', 'caSecretId', 'clientCertSecretId']
+      ? [...passwords, 'secretId', 'kmsKeyArn', 'caSecretId', 'clientCertSecretId', 'auth']
       : passwords,
   );
   return JSON.stringify({
@@ -228,9 +238,14 @@ const environmentBytes = (environment: Record<string, string>): number =>
  * `Secret.fromSecretNameV2` for a name; for an ARN, a complete one (ending in the six random
  * characters Secrets Manager appends) or else a partial one.
  */
-/** Every secret a server's settings name: its credentials, its CAs, its client certificate. */
-const secretIdsOf = (server: ServerConfig): string[] =>
-  [server.secretId, server.caSecretId, server.clientCertSecretId].filter((id) => id !== undefined);
+/** Every secret a server's settings name: its credentials (or its `auth`'s), its CAs, its client certificate. */
+const secretIdsOf = (server: ServerConfig & { readonly auth?: AuthConfig | undefined }): string[] =>
+  [
+    server.secretId,
+    server.caSecretId,
+    server.clientCertSecretId,
+    server.auth !== undefined && 'secretId' in server.auth ? server.auth.secretId : undefined,
+  ].filter((id) => id !== undefined);
 
 const importSecret = (scope: Construct, id: string, secretId: string): ISecret => {
   if (!secretId.startsWith('arn:')) return Secret.fromSecretNameV2(scope, id, secretId);
@@ -476,6 +491,7 @@ export class OrthancForwarder extends Construct {
     this.pollerLogGroup = poller.logGroup;
     this.forwarderFunction = forwarder.fn;
     this.forwarderLogGroup = forwarder.logGroup;
+    grantHealthImaging(this.forwarderFunction, config);
 
     // The poller queues study work items (SendMessageBatch), each on its priority's queue. The
     // forwarder dead-letters, queues a retry that made headway afresh, and sets a retry's backoff

@@ -19,6 +19,7 @@ import { type ForwarderConfig, parseConfig } from '../lambdas/core/config.ts';
 import { ESM_BUNDLE } from '../lib/bundling.ts';
 import { addForwarder } from '../lib/forwarder-app.ts';
 import type { ForwarderStack } from '../lib/forwarder-stack.ts';
+import { HEALTHIMAGING_ACTIONS } from '../lib/healthimaging-grants.ts';
 import { deployableConfig, NETWORK_INTERFACE_ACTIONS } from '../lib/orthanc-forwarder.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -784,5 +785,94 @@ describe('configuration errors stop the synth and name the field', () => {
     });
     expect(run.status).toBe(1);
     expect(run.stderr).toMatch(/aws\.vpc\.securityGroupIds\[0\]: must be an ID like sg-/);
+  });
+});
+
+describe('a HealthImaging destination with an Azure DICOM alternate', () => {
+  const DATASTORE = 'd9a2a515ab294163a2d2f4069eed584c';
+  const DATASTORE_ARN = `arn:aws:medical-imaging:eu-west-1:123456789012:datastore/${DATASTORE}`;
+  const AZURE_SECRET = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:forwarder/azure-client-Ab12Cd';
+  const cloudRaw = (
+    patch: Readonly<Record<string, unknown>> = {},
+    alternate: Readonly<Record<string, unknown>> = {},
+  ) => {
+    const raw = exampleRaw();
+    raw.destination = {
+      url: `https://dicom-medical-imaging.eu-west-1.amazonaws.com/datastore/${DATASTORE}`,
+      kind: 'healthimaging',
+      auth: { kind: 'aws-sigv4' },
+      verify: 'identity',
+      alternate: {
+        url: 'https://hospital-dicom.dicom.azurehealthcareapis.com/v2',
+        kind: 'azure',
+        auth: {
+          kind: 'oauth2-client-credentials',
+          tokenUrl:
+            'https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/oauth2/v2.0/token',
+          clientId: 'forwarder',
+          secretId: AZURE_SECRET,
+          scope: 'https://dicom.healthcareapis.azure.com/.default',
+        },
+        afterSeconds: 300,
+        ...alternate,
+      },
+      ...patch,
+    };
+    return raw;
+  };
+  let cloudStack: ForwarderStack;
+  let cloud: Template;
+  beforeAll(() => {
+    ({ stack: cloudStack, template: cloud } = synth({ raw: cloudRaw() }));
+  });
+  const fns = () => ({
+    poller: logicalId(cloudStack.forwarder.pollerFunction, cloudStack),
+    forwarder: logicalId(cloudStack.forwarder.forwarderFunction, cloudStack),
+  });
+
+  it('lets the forwarder store, search and read metadata on the one data store, and nothing else there', () => {
+    const { poller, forwarder } = fns();
+    expect(sorted(grantsOf(cloud, forwarder).get(DATASTORE_ARN))).toEqual(sorted(HEALTHIMAGING_ACTIONS));
+    const medicalImaging = (fn: string) =>
+      roleStatementsOf(cloud, fn).filter((statement) =>
+        list(statement.Action as string | string[]).some((action) => action.startsWith('medical-imaging:')),
+      );
+    expect(medicalImaging(forwarder).map((statement) => list(statement.Resource).map(render))).toEqual([
+      [DATASTORE_ARN],
+    ]);
+    expect(medicalImaging(poller)).toEqual([]);
+  });
+
+  it('lets only the forwarder read the alternate’s client secret, and gives the poller no auth at all', () => {
+    const { poller, forwarder } = fns();
+    expect(sorted(grantsOf(cloud, forwarder).get(AZURE_SECRET))).toEqual(['secretsmanager:GetSecretValue']);
+    expect(grantsOf(cloud, poller).get(AZURE_SECRET)).toBeUndefined();
+    const resources = cloud.toJSON().Resources as Record<string, Resource>;
+    const configOf = (fn: string) => JSON.parse(variablesOf(resources[fn]).FORWARDER_CONFIG as string);
+    expect(configOf(poller).destinations[0]).not.toHaveProperty('auth');
+    expect(configOf(poller).destinations[0].alternate).not.toHaveProperty('auth');
+    expect(configOf(forwarder).destinations[0].auth).toEqual({
+      kind: 'aws-sigv4',
+      service: 'medical-imaging',
+    });
+  });
+
+  it('passes both cdk-nag packs', () => {
+    for (const pack of [new AwsSolutionsChecks(), new HIPAASecurityChecks()]) {
+      expect(pack.validateScope(cloudStack).violations.map((v) => v.ruleName)).toEqual([]);
+    }
+  });
+
+  it('refuses, naming the field: a local secret on AWS, a URL without its data store, a verification that cannot see a conflict there', () => {
+    const refused = (raw: Record<string, unknown>) => () => synth({ raw });
+    expect(refused(cloudRaw({}, { auth: { kind: 'bearer', token: 'abc' } }))).toThrow(
+      /destination\.alternate\.auth\.token: not allowed on AWS: put the secret in a Secrets Manager secret and give its name or ARN in destination\.alternate\.auth\.secretId/,
+    );
+    expect(refused(cloudRaw({ url: 'https://dicom-medical-imaging.eu-west-1.amazonaws.com/' }))).toThrow(
+      /destination\.url: a HealthImaging destination's URL is https:\/\/dicom-medical-imaging\.<region>\.amazonaws\.com\/datastore\/<datastoreId>/,
+    );
+    expect(refused(cloudRaw({ verify: 'qido' }))).toThrow(
+      /destination\.verify: 'qido' cannot verify at a healthimaging destination \(destination\)/,
+    );
   });
 });

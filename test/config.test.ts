@@ -46,7 +46,7 @@ describe('configuration', () => {
     expect(config).toEqual({
       sources: [source],
       // The short form becomes a list of one: the core sees only `destinations`.
-      destinations: [{ id: 'destination', ...destination, transfer: 'relay' }],
+      destinations: [{ id: 'destination', ...destination, transfer: 'relay', kind: 'orthanc' }],
       trigger: 'StableStudy',
       unrouted: 'keep',
       pollIntervalSeconds: 5,
@@ -89,6 +89,7 @@ describe('configuration', () => {
       ...destination,
       pushServerName: 'archive-2',
       afterSeconds: 30,
+      kind: 'orthanc',
     });
     // The AWS pipeline hands the parsed configuration to its Lambdas, which parse it again.
     expect(parseConfig(JSON.parse(JSON.stringify(config)))).toEqual(config);

@@ -7,7 +7,7 @@
  * IAM scoping, encryption at rest and cdk-nag are checked on the synthesized stack in
  * test/cdk-stack.test.ts.
  */
-import { randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import type { Timeouts } from '../lambdas/core/config.ts';
@@ -22,6 +22,7 @@ import {
   withoutElements,
 } from '../testbed/dicom-generator.ts';
 import type { OrthancServer } from '../testbed/orthanc.ts';
+import { startArchive } from './support/cloud-archives.ts';
 import { HttpFront, TlsFront, useTestPki } from './support/fronts.ts';
 import {
   BIN,
@@ -39,6 +40,7 @@ import {
   until,
   upload,
   useTestbed,
+  withDestinations,
 } from './support/harness.ts';
 import { type Credentials, expectClearError, expectNoPhi, expectNoSecret } from './support/no-leaks.ts';
 import { parseLogLine, startProcess } from './support/processes.ts';
@@ -498,5 +500,98 @@ describe('security', () => {
     ]);
     const statusText = await cli(['status', '--config', configPath, '--state', statePath]);
     expectNoPhi([output, status.text, statusText.stdout, statusText.stderr].join('\n'), [setA, setB]);
+  });
+
+  it('never shows a client secret, a service account key, an access token or AWS keys: in a move, in refusals, in check, status, dlq or the state file', async () => {
+    const source = await fleet.start({ name: 'site-a', stableAge: 1 });
+    const [imaging, google, azure] = await Promise.all(
+      (['healthimaging', 'google', 'azure'] as const).map(async (kind) =>
+        closeAfterTest(await startArchive(kind, { fleet, workPath })),
+      ),
+    );
+    if (imaging === undefined || google === undefined || azure === undefined)
+      throw new Error('three archives');
+    const set = generateStudies(shape('cloud-secrets', { patients: 1 }));
+    await upload(source, set.instances);
+    // The client secret from the environment, as a service takes it.
+    const { clientSecret, ...azureAuth } = azure.destination.auth as Record<string, unknown>;
+    const env = { ...process.env, FORWARDER_TEST_AZURE_SECRET: String(clientSecret) };
+    const destinations = (azureSecret: string, googleKeyFile?: string) => [
+      { id: 'imaging', ...imaging.destination },
+      {
+        id: 'google',
+        ...google.destination,
+        ...(googleKeyFile === undefined
+          ? {}
+          : { auth: { kind: 'google-service-account', keyFile: googleKeyFile } }),
+      },
+      { id: 'azure', ...azure.destination, auth: { ...azureAuth, clientSecretEnv: azureSecret } },
+    ];
+    const base = configFor([{ id: 'site-a', server: source }], source, {
+      retry: { maxAttempts: 2, baseDelayMs: 100, maxDelayMs: 300 },
+    });
+    const outputs: string[] = [];
+    const collect = (result: ProcessResult) => outputs.push(result.stdout, result.stderr);
+
+    const goodPath = writeConfig(
+      'cloud.json',
+      withDestinations(base, destinations('FORWARDER_TEST_AZURE_SECRET')),
+    );
+    const goodState = workPath('cloud.sqlite');
+    const checked = await cli(['check', '--config', goodPath, '--json'], env);
+    collect(checked);
+    expect(checked.code, checked.stdout).toBe(0);
+    const moved = await run(goodPath, goodState, env, ['--log-level', 'DEBUG']);
+    collect(moved);
+    expect(moved.code, moved.stderr).toBe(0);
+    expect(await instanceCount(source)).toBe(0);
+    outputs.push((await statusOf(goodPath, goodState, env)).text);
+
+    // Refused: a wrong client secret, a key Google does not know.
+    const other = generateKeyPairSync('rsa', { modulusLength: 2048 })
+      .privateKey.export({ type: 'pkcs8', format: 'pem' })
+      .toString();
+    const unknownKey = workPath('unknown-key.json');
+    writeFileSync(
+      unknownKey,
+      JSON.stringify({
+        ...JSON.parse(readFileSync(String((google.destination.auth as { keyFile: string }).keyFile), 'utf8')),
+        private_key: other,
+      }),
+    );
+    const wrongSecret = distinctive('WrongClientSecret');
+    const refusedSet = generateStudies(shape('cloud-secrets-refused', { patients: 1 }));
+    await upload(source, refusedSet.instances);
+    const refusedPath = writeConfig(
+      'refused.json',
+      withDestinations(base, destinations('FORWARDER_TEST_WRONG_SECRET', unknownKey)),
+    );
+    const refusedState = workPath('refused.sqlite');
+    const refusedEnv = { ...env, FORWARDER_TEST_WRONG_SECRET: wrongSecret };
+    const failed = await run(refusedPath, refusedState, refusedEnv, ['--log-level', 'DEBUG']);
+    collect(failed);
+    expect(failed.code, failed.stderr).toBe(1);
+    const failedOutput = `${failed.stdout}\n${failed.stderr}`;
+    expect(failedOutput).toMatch(/requesting an access token at http:\/\/127\.0\.0\.1:\d+ answered 401/);
+    expect(failedOutput).toMatch(/requesting an access token at http:\/\/127\.0\.0\.1:\d+ answered 400/);
+    expect(await heldUids(source)).toEqual(uidsOf(refusedSet.instances));
+    outputs.push((await statusOf(refusedPath, refusedState, refusedEnv)).text);
+    for (const grouping of [[], ['--group-by', 'error']]) {
+      collect(
+        await cli(['dlq', 'list', '--config', refusedPath, '--state', refusedState, ...grouping], refusedEnv),
+      );
+    }
+
+    const secrets = [imaging, google, azure].flatMap((archive) => archive.secrets());
+    secrets.push(
+      wrongSecret,
+      ...other.split('\n').filter((line) => line.length >= 12 && !line.startsWith('-----')),
+    );
+    expect(secrets.length).toBeGreaterThan(10);
+    const asCredentials = secrets.map((secret) => ({ username: 'forwarder', password: secret }));
+    expectNoSecret(outputs.join('\n'), asCredentials);
+    for (const file of [goodState, refusedState].flatMap((path) => [path, `${path}-wal`])) {
+      if (existsSync(file)) expectNoSecret(readFileSync(file).toString('latin1'), asCredentials);
+    }
   });
 });

@@ -8,6 +8,7 @@ import type { Logger } from '@aws-lambda-powertools/logger';
 import { Tracer } from '@aws-lambda-powertools/tracer';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { SQSClient } from '@aws-sdk/client-sqs';
+import { checkAuthSecret } from '../core/authorizers.ts';
 import { ConfigError, configuredServers, type ForwarderConfig, parseConfig } from '../core/config.ts';
 import { type SecretReader, secretCredentials, secretTlsMaterial } from '../core/credentials.ts';
 import { createLog, type Log, type LogLevel } from '../core/log.ts';
@@ -53,6 +54,9 @@ export const checkSecrets = async (config: ForwarderConfig, read: SecretReader):
           .catch((error: unknown) => Promise.reject(named(error)));
       }
       await secretTlsMaterial(server, read).catch((error: unknown) => Promise.reject(named(error)));
+      if ('auth' in server && server.auth !== undefined) {
+        await checkAuthSecret(server.auth, read).catch((error: unknown) => Promise.reject(named(error)));
+      }
     }),
   );
 };

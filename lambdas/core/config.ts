@@ -3,6 +3,13 @@
  * the sources and the destination has a default, and an error names the field that is wrong.
  */
 import { z } from 'zod';
+import { authAlone, authAloneMessage, authSchema } from './auth-config.ts';
+import {
+  destinationKindSchema,
+  identityWhereRequired,
+  kindAuth,
+  kindAuthMessage,
+} from './destination-kind.ts';
 import { checkTimeZone, WEEKDAYS } from './transfer-window.ts';
 
 /** Credentials in a URL would reach every log, error and AWS template that shows the URL. */
@@ -173,6 +180,10 @@ const dicomWebServerFields = {
    * own `DicomWeb.Servers`. Every source must declare it under this name.
    */
   pushServerName: z.string().min(1).optional(),
+  /** What archive it is: its limits and answers (destination-kind.ts). */
+  kind: destinationKindSchema,
+  /** How to authenticate, where it is not basic auth (auth-config.ts). */
+  auth: authSchema.optional(),
 };
 
 /**
@@ -223,7 +234,9 @@ export const alternateSchema = z
   })
   .refine(exclusivePassword, passwordMessage)
   .refine(usernameWithPassword, usernameMessage)
-  .refine(clientPair, clientPairMessage);
+  .refine(clientPair, clientPairMessage)
+  .refine(authAlone, authAloneMessage)
+  .refine(kindAuth, kindAuthMessage);
 
 const destinationFields = {
   ...dicomWebServerFields,
@@ -262,14 +275,17 @@ const alternatePushNamedMessage = {
 
 type DestinationChecked = PushFields &
   Parameters<typeof exclusivePassword>[0] &
-  Parameters<typeof clientPair>[0];
+  Parameters<typeof clientPair>[0] &
+  Parameters<typeof kindAuth>[0];
 const withDestinationChecks = <T extends z.ZodType<DestinationChecked>>(schema: T): T =>
   schema
     .refine(exclusivePassword, passwordMessage)
     .refine(usernameWithPassword, usernameMessage)
     .refine(clientPair, clientPairMessage)
     .refine(pushNamed, pushNamedMessage)
-    .refine(alternatePushNamed, alternatePushNamedMessage);
+    .refine(alternatePushNamed, alternatePushNamedMessage)
+    .refine(authAlone, authAloneMessage)
+    .refine(kindAuth, kindAuthMessage);
 
 /** One of `destinations`. */
 export const destinationSchema = withDestinationChecks(
@@ -529,6 +545,7 @@ export const configSchema = configObject
     message: "'delete' contradicts deleteAfterForward false: copy mode never deletes at the source",
     path: ['unrouted'],
   })
+  .superRefine(identityWhereRequired)
   // The core sees one list: the short form becomes a list of one, and parsing the result again
   // gives the same result (the AWS pipeline hands the parsed configuration to its Lambdas).
   .transform(({ destination, destinations, ...rest }) => ({
@@ -583,7 +600,14 @@ export const plainHttpUrls = (
 ): { field: string; url: string; server: ServerConfig }[] =>
   configuredServers(config).flatMap(({ field, server }) => {
     if (server.allowInsecureHttp === true) return [];
-    const urls = { url: server.url, orthancUrl: 'orthancUrl' in server ? server.orthancUrl : undefined };
+    const urls = {
+      url: server.url,
+      orthancUrl: 'orthancUrl' in server ? server.orthancUrl : undefined,
+      'auth.tokenUrl':
+        'auth' in server && server.auth?.kind === 'oauth2-client-credentials'
+          ? server.auth.tokenUrl
+          : undefined,
+    };
     return Object.entries(urls).flatMap(([key, url]) =>
       url?.startsWith('http:') ? [{ field: `${field}.${key}`, url, server }] : [],
     );

@@ -2,6 +2,7 @@
  * The destinations as the engine holds them: each one's clients, its filter, and the choice
  * between it and its alternate while it is unreachable.
  */
+import { authSecretField } from './auth-config.ts';
 import {
   type AlternateConfig,
   type DestinationConfig,
@@ -10,6 +11,7 @@ import {
   type StudyFilter,
   type VerifyLevel,
 } from './config.ts';
+import { KIND_PROFILES } from './destination-kind.ts';
 import { ForwarderError, type ServerFault } from './errors.ts';
 import { createEndpoint, type EndpointOptions } from './http.ts';
 import { OrthancClient } from './orthanc-client.ts';
@@ -71,19 +73,21 @@ export const isUnreachable = (error: unknown): boolean =>
   (error.status === undefined ? error.cause !== undefined : error.status >= 500);
 
 /**
- * The settings each fault points at. Credentials: the one giving the password, or `username` when
- * none is configured. TLS: the CA to trust (on AWS its secret: a server with secrets is on AWS).
+ * The settings each fault points at. Credentials: the one giving the password (or the `auth`'s
+ * secret, or `auth` itself for a role), or `username` when none is configured. TLS: the CA to trust (on AWS its secret: a server with secrets is on AWS).
  */
 const faultFields = (server: DestinationConfig | AlternateConfig, field: string) => {
   const onAws = server.secretId !== undefined || server.caSecretId !== undefined;
   const password =
-    server.secretId !== undefined
-      ? 'secretId'
-      : server.passwordEnv !== undefined
-        ? 'passwordEnv'
-        : server.password !== undefined
-          ? 'password'
-          : 'username';
+    server.auth !== undefined
+      ? authSecretField(server.auth)
+      : server.secretId !== undefined
+        ? 'secretId'
+        : server.passwordEnv !== undefined
+          ? 'passwordEnv'
+          : server.password !== undefined
+            ? 'password'
+            : 'username';
   return {
     credentials: `${field}.${password}`,
     tls: `${field}.${onAws ? 'caSecretId' : 'caFile'}`,
@@ -105,10 +109,11 @@ const buildServer = (
     orthancUrl === undefined
       ? undefined
       : new OrthancClient(createEndpoint({ ...server, url: orthancUrl }, config.timeouts, options));
+  const profile = KIND_PROFILES[server.kind];
   return {
     label: endpoint.label,
-    stow: new StowClient(endpoint),
-    qido: new QidoClient(endpoint, config.qidoPageSize),
+    stow: new StowClient(endpoint, profile),
+    qido: new QidoClient(endpoint, config.qidoPageSize, { profile }),
     wado: new WadoClient(endpoint),
     orthanc,
     pushServerName: server.pushServerName,

@@ -6,6 +6,9 @@
 import { readFileSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { Agent, type Dispatcher, request } from 'undici';
+import type { TokenEndpoint } from './access-tokens.ts';
+import type { AuthConfig } from './auth-config.ts';
+import { authorizationFor } from './authorizers.ts';
 import { cachedUntilRejected } from './concurrency.ts';
 import {
   ConfigError,
@@ -15,21 +18,25 @@ import {
   type Timeouts,
 } from './config.ts';
 import {
+  type Authorization,
   basicHeader,
-  type CredentialSource,
+  isSigner,
   type SecretReader,
   secretCredentials,
   secretTlsMaterial,
   type TlsMaterial,
 } from './credentials.ts';
-import { describe, type ForwarderError, permanent, type ServerFault, transient } from './errors.ts';
+import { describe, ForwarderError, permanent, type ServerFault, transient } from './errors.ts';
 import type { Log } from './log.ts';
 
 export interface Endpoint {
   /** Base URL without a trailing slash. */
   readonly baseUrl: string;
-  /** The Authorization header: fixed, or read from a secret that may be rotated. */
-  readonly authorization: string | CredentialSource | undefined;
+  /**
+   * The Authorization header: fixed, read from a secret that may be rotated, a token renewed
+   * before it expires, or a signature made for each request.
+   */
+  readonly authorization: Authorization | undefined;
   /** The agent; built on first use where its TLS material comes from a secret store. */
   readonly dispatcher: () => Promise<Dispatcher>;
   /** Names the server in errors and logs: its URL's origin, never its credentials. */
@@ -64,10 +71,47 @@ const readPem = (path: string | undefined, field: string): string | undefined =>
   }
 };
 
+/**
+ * Token requests of a server's `auth`. A refusal is a fault of the server's credentials (a wrong
+ * client secret or key), which makes its studies wait rather than fail one by one.
+ */
+const tokenEndpoint = (timeouts: Timeouts, server: string): TokenEndpoint => {
+  const endpoints = new Map<string, Endpoint>();
+  return async (url, form) => {
+    const { origin, pathname, search } = new URL(url);
+    const endpoint = endpoints.get(origin) ?? createEndpoint({ url: origin }, timeouts, { connections: 2 });
+    endpoints.set(origin, endpoint);
+    const what = 'requesting an access token';
+    const response = await call(endpoint, `${pathname}${search}`, what, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' },
+      body: form.toString(),
+    });
+    if (response.statusCode >= 200 && response.statusCode < 300) return readJson(endpoint, what, response);
+    const error = await statusError(endpoint, what, response);
+    if (error.kind === 'transient') throw error;
+    throw permanent(`${error.message}: the credentials for ${server} are refused`, {
+      status: error.status,
+      serverFault: { kind: 'credentials', server },
+    });
+  };
+};
+
+/** What every server we talk to has, and what only a DICOMweb server may have: an `auth`. */
+type EndpointServer = ServerConfig & { readonly auth?: AuthConfig | undefined };
+
 const authorizationOf = (
-  server: ServerConfig,
+  server: EndpointServer,
+  timeouts: Timeouts,
   options: EndpointOptions,
-): string | CredentialSource | undefined => {
+): Authorization | undefined => {
+  if (server.auth !== undefined) {
+    return authorizationFor(server.auth, server.url, {
+      env: options.env ?? process.env,
+      secrets: options.secrets,
+      tokenEndpoint: tokenEndpoint(timeouts, new URL(server.url).origin),
+    });
+  }
   if (server.secretId !== undefined && options.secrets !== undefined) {
     return secretCredentials({ secretId: server.secretId, username: server.username }, options.secrets);
   }
@@ -112,11 +156,11 @@ const named = <T>(field: string | undefined, make: () => T): T => {
 };
 
 export const createEndpoint = (
-  server: ServerConfig,
+  server: EndpointServer,
   timeouts: Timeouts,
   options: EndpointOptions = {},
 ): Endpoint => {
-  const authorization = named(options.field, () => authorizationOf(server, options));
+  const authorization = named(options.field, () => authorizationOf(server, timeouts, options));
   const material = named(options.field, () => tlsMaterial(server, options));
   const dispatcher = cachedUntilRejected(
     async () =>
@@ -155,7 +199,8 @@ export const warnOfPlainHttpAuth = (
 ): void => {
   for (const { field, url, server } of plainHttpUrls(config)) {
     const { hostname, origin } = new URL(url);
-    if (server.username === undefined || isThisMachine(hostname)) continue;
+    const auth = 'auth' in server ? server.auth : undefined;
+    if ((server.username === undefined && auth === undefined) || isThisMachine(hostname)) continue;
     log.warn('basic auth over http:// beyond this machine: the password crosses the network readable', {
       field,
       origin,
@@ -168,6 +213,11 @@ export interface CallOptions {
   readonly method?: Dispatcher.HttpMethod;
   readonly headers?: Readonly<Record<string, string>>;
   readonly body?: string | Buffer | Readable;
+  /**
+   * The length of a streamed body, declared beforehand (Content-Length): a signature over the
+   * request needs it (RequestSigner.streamedBodyLength); otherwise a stream is sent chunked.
+   */
+  readonly contentLength?: number;
   /** Aborts the request, e.g. when the invocation runs out of time. */
   readonly signal?: AbortSignal;
 }
@@ -199,23 +249,45 @@ const fromSecretStore = async <T>(endpoint: Endpoint, what: string, load: () => 
   try {
     return await load();
   } catch (error) {
-    if (error instanceof ConfigError) throw error;
+    // Already classified (a token endpoint refusing the credentials), or a setting to fix.
+    if (error instanceof ConfigError || error instanceof ForwarderError) throw error;
     throw transient(`reading the ${what} of ${endpoint.label}: ${describe(error)}`, { cause: error });
   }
 };
 
 const send = async (endpoint: Endpoint, path: string, what: string, options: CallOptions) => {
-  const headers: Record<string, string> = { ...options.headers };
+  const method = options.method ?? 'GET';
+  const headers: Record<string, string> = {
+    ...options.headers,
+    ...(options.contentLength === undefined ? {} : { 'content-length': String(options.contentLength) }),
+  };
   const { authorization } = endpoint;
   if (typeof authorization === 'string') headers.authorization = authorization;
-  else if (authorization !== undefined) {
+  else if (isSigner(authorization)) {
+    const { body } = options;
+    const whole = typeof body === 'string' || Buffer.isBuffer(body) ? body : undefined;
+    if (body !== undefined && whole === undefined && options.contentLength === undefined) {
+      throw new Error(`${what}: a signed streamed body needs its contentLength`);
+    }
+    Object.assign(
+      headers,
+      await fromSecretStore(endpoint, 'credentials', () =>
+        authorization.sign({
+          method,
+          url: new URL(`${endpoint.baseUrl}${path}`),
+          body: whole,
+          streamedLength: whole === undefined ? options.contentLength : undefined,
+        }),
+      ),
+    );
+  } else if (authorization !== undefined) {
     headers.authorization = await fromSecretStore(endpoint, 'credentials', () => authorization.header());
   }
   const dispatcher = await fromSecretStore(endpoint, 'TLS material', endpoint.dispatcher);
   try {
     return await request(`${endpoint.baseUrl}${path}`, {
       dispatcher,
-      method: options.method ?? 'GET',
+      method,
       headers,
       ...(options.body === undefined ? {} : { body: options.body }),
       ...(options.signal === undefined ? {} : { signal: options.signal }),
@@ -227,9 +299,9 @@ const send = async (endpoint: Endpoint, path: string, what: string, options: Cal
 
 /**
  * Sends a request; the answer's status is the caller's to judge, network failures are classified.
- * A 401 or 403 from a server whose credentials come from a secret reads the secret anew: if it
- * was rotated, the request is sent again with the new one — or, when its body was a stream that
- * cannot be sent twice, the attempt fails for now and its retry uses them.
+ * A 401 or 403 from a server whose credentials can change (a secret, a token, a role's session)
+ * renews them: if they changed, the request is sent again with the new ones — or, when its body
+ * was a stream that cannot be sent twice, the attempt fails for now and its retry uses them.
  */
 export const call = async (
   endpoint: Endpoint,

@@ -154,6 +154,7 @@ const nothingSent = (): SendReport => ({
 
 const openPart = (source: OrthancClient, instance: SourceInstance, signal?: AbortSignal): StowPart => ({
   sopInstanceUid: instance.sopInstanceUid,
+  size: instance.fileSize,
   open: async (): Promise<Readable | undefined> => {
     try {
       return await source.openInstance(instance.id, signal);
@@ -194,7 +195,9 @@ const relay = async (
   const report = nothingSent();
   const now = ctx.now ?? Date.now;
   const started = now();
-  const batches = planBatches(instances, ctx.options.stow);
+  // The archive's own limit on a request, where it has one, bounds the configured one.
+  const maxBytes = Math.min(ctx.options.stow.maxBytes, stow.maxBytes ?? Number.POSITIVE_INFINITY);
+  const batches = planBatches(instances, { ...ctx.options.stow, maxBytes });
   await runBounded(batches, ctx.options.stow.parallel, async (batch) => {
     if (ctx.deadline !== undefined && now() >= ctx.deadline) {
       report.failure ??= transient('out of time: the rest of the study is sent by the next attempt');

@@ -6,6 +6,8 @@
  * does it at start (bin/check.ts).
  */
 import type { Dispatcher } from 'undici';
+import type { AuthConfig } from './auth-config.ts';
+import { checkAuthSecret } from './authorizers.ts';
 import {
   type AlternateConfig,
   ConfigError,
@@ -451,6 +453,10 @@ const checkSecrets = async (
       () => secretTlsMaterial({ clientCertSecretId: server.clientCertSecretId }, read),
     ],
   ];
+  const { auth } = server as { readonly auth?: AuthConfig };
+  if (auth !== undefined && 'secretId' in auth) {
+    reads.push(['auth.secretId', auth.secretId, () => checkAuthSecret(auth, read)]);
+  }
   for (const [key, secretId, load] of reads) {
     if (secretId === undefined) continue;
     try {
@@ -461,7 +467,7 @@ const checkSecrets = async (
         field: `${field}.${key}`,
         kind: 'mistake',
         problem: malformed
-          ? `the secret '${secretId}' ${error.message.replace(/^\w+: the secret /, '')}`
+          ? `the secret '${secretId}' ${error.message.replace(/^[\w.]+: the secret /, '')}`
           : `cannot read the secret '${secretId}' (${describe(error)})`,
         fix: malformed
           ? 'store the secret in that form'

@@ -4,6 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
+import type { KindProfile } from './destination-kind.ts';
 import { transient } from './errors.ts';
 import { call, type Endpoint, readJson, statusError } from './http.ts';
 import { IDENTITY_ATTRIBUTES, IDENTITY_TAGS, type Identity, identityFromDicomJson } from './identity.ts';
@@ -76,42 +77,64 @@ export const MAX_LISTED_COPIES = 500_000;
 const copyKey = (copy: ListedCopy): string =>
   createHash('sha256').update(copy.sopInstanceUid).update(JSON.stringify(copy.identity)).digest('base64');
 
+/** What paging there may assume (destination-kind.ts); nothing by default. */
+export type PagingProfile = Pick<KindProfile, 'maxPageSize' | 'maxListed' | 'shortPageEnds'>;
+
 export class QidoClient {
   readonly endpoint: Endpoint;
   readonly pageSize: number;
   readonly maxCopies: number;
+  readonly shortPageEnds: boolean;
 
-  constructor(endpoint: Endpoint, pageSize: number, options: { readonly maxCopies?: number } = {}) {
+  constructor(
+    endpoint: Endpoint,
+    pageSize: number,
+    options: { readonly maxCopies?: number; readonly profile?: PagingProfile } = {},
+  ) {
+    const { profile } = options;
     this.endpoint = endpoint;
-    this.pageSize = pageSize;
-    this.maxCopies = options.maxCopies ?? MAX_LISTED_COPIES;
+    this.pageSize = Math.min(pageSize, profile?.maxPageSize ?? pageSize);
+    this.maxCopies = Math.min(
+      options.maxCopies ?? MAX_LISTED_COPIES,
+      profile?.maxListed ?? MAX_LISTED_COPIES,
+    );
+    this.shortPageEnds = profile?.shortPageEnds === true;
   }
 
   /**
    * Every copy the archive lists for a study, read page by page until an empty page: an archive
-   * may cap a page below the limit asked for (Orthanc's LimitFindInstances), and a short page
-   * taken for the last would hide instances. Reading also stops at a page that lists nothing new
+   * may cut a page below the limit asked for (Google's Cloud Healthcare, silently), and a short
+   * page taken for the last would hide instances. Reading also stops at a page that lists nothing new
    * (an archive or proxy that ignores `offset` answers its first page for ever, one that clamps it
-   * its last) and past `maxCopies`. Stopping early is safe: a copy left unlisted only counts as
-   * not held yet, so it is sent again or waits for the next attempt, never deleted unverified.
+   * its last), at a short page where the archive is known to honour the limit (`shortPageEnds`),
+   * and past `maxCopies` (an archive's own maximum: no page beyond it is asked for). Stopping
+   * early is safe: a copy left unlisted only counts as not held yet, so it is sent again or waits
+   * for the next attempt, never deleted unverified.
    */
   async studyInstances(studyInstanceUid: string, signal?: AbortSignal): Promise<ListedCopy[]> {
     const listed: ListedCopy[] = [];
     const seen = new Set<string>();
     while (listed.length < this.maxCopies) {
-      const page = await this.page(studyInstanceUid, listed.length, signal);
+      const limit = Math.min(this.pageSize, this.maxCopies - listed.length);
+      const page = await this.page(studyInstanceUid, listed.length, limit, signal);
       const keys = page.map(copyKey);
       if (keys.every((key) => seen.has(key))) break;
       for (const key of keys) seen.add(key);
       listed.push(...page);
+      if (this.shortPageEnds && page.length < limit) break;
     }
     return listed;
   }
 
-  private page(studyInstanceUid: string, offset: number, signal?: AbortSignal): Promise<ListedCopy[]> {
+  private page(
+    studyInstanceUid: string,
+    offset: number,
+    limit: number,
+    signal?: AbortSignal,
+  ): Promise<ListedCopy[]> {
     const path =
       `/studies/${encodeURIComponent(studyInstanceUid)}/instances` +
-      `?${INCLUDE_FIELDS}&limit=${this.pageSize}&offset=${offset}`;
+      `?${INCLUDE_FIELDS}&limit=${limit}&offset=${offset}`;
     return getListedCopies(this.endpoint, path, 'QIDO-RS', { signal });
   }
 }

@@ -4,6 +4,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
+import { isSigner } from './credentials.ts';
+import { KIND_PROFILES, type KindProfile } from './destination-kind.ts';
 import { describe, ForwarderError, transient } from './errors.ts';
 import { call, type Endpoint, isTransientStatus, statusError } from './http.ts';
 
@@ -12,6 +14,8 @@ export interface StowPart {
   readonly sopInstanceUid: string;
   /** Opens the file; resolves undefined when the instance no longer exists at the source. */
   readonly open: () => Promise<Readable | undefined>;
+  /** The file's size, where the request must declare its length beforehand (a signed body). */
+  readonly size?: number;
 }
 
 export interface StowResult {
@@ -42,10 +46,8 @@ const REFERENCED_SOP_INSTANCE_UID = '00081155';
 const FAILURE_REASON = '00081197';
 const WARNING_REASON = '00081196';
 
-/** DICOM failure reasons (PS3.4 Annex GG) that a later attempt may overcome: out of resources, processing failure. */
-const TRANSIENT_REASONS = new Set([0xa700, 0xa701, 0xa702, 0x0110]);
-/** "Already exists": Azure DICOM's 45070 and PS3.7's duplicate SOP instance. */
-const EXISTING_REASONS = new Set([45070, 0x0111]);
+/** What a destination's failure reasons mean: "already exists", or "try again" (destination-kind.ts). */
+export type FailureReasons = Pick<KindProfile, 'existingReasons' | 'transientReasons'>;
 
 interface DicomJsonItem {
   readonly [tag: string]: { readonly Value?: readonly unknown[] } | undefined;
@@ -59,29 +61,50 @@ const sequenceItems = (answer: DicomJsonItem, tag: string): DicomJsonItem[] | un
 
 const firstValue = (item: DicomJsonItem, tag: string): unknown => item[tag]?.Value?.[0];
 
-/** The multipart body, one part per instance opened only when the previous one is sent. */
+const partHeader = (boundary: string) =>
+  Buffer.from(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`);
+const PART_END = Buffer.from('\r\n');
+const closing = (boundary: string) => Buffer.from(`--${boundary}--\r\n`);
+
+/** The body's length from the parts' sizes: undefined when one is not known. */
+const multipartLength = (parts: readonly StowPart[], boundary: string): number | undefined =>
+  parts.every((part) => part.size !== undefined)
+    ? parts.reduce(
+        (sum, part) => sum + partHeader(boundary).length + (part.size ?? 0) + PART_END.length,
+        closing(boundary).length,
+      )
+    : undefined;
+
+/**
+ * The multipart body, one part per instance opened only when the previous one is sent. With its
+ * length declared, a part gone at the source cannot be left out: the request fails for now, and
+ * its retry, on a new snapshot, goes without it.
+ */
 async function* multipartBody(
   parts: readonly StowPart[],
   boundary: string,
   progress: { bytes: number; sent: string[]; gone: string[]; complete: boolean },
+  declared: boolean,
 ): AsyncGenerator<Buffer> {
-  const partHeader = Buffer.from(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`);
   for (const part of parts) {
     const stream = await part.open();
+    if (stream === undefined && declared) {
+      throw transient('an instance was deleted at the source during a STOW-RS request of declared length');
+    }
     if (stream === undefined) {
       progress.gone.push(part.sopInstanceUid);
       continue;
     }
-    yield partHeader;
+    yield partHeader(boundary);
     for await (const chunk of stream) {
       progress.bytes += (chunk as Buffer).length;
       yield chunk as Buffer;
     }
-    yield Buffer.from('\r\n');
+    yield PART_END;
     progress.sent.push(part.sopInstanceUid);
   }
   progress.complete = true;
-  yield Buffer.from(`--${boundary}--\r\n`);
+  yield closing(boundary);
 }
 
 /**
@@ -92,6 +115,7 @@ async function* multipartBody(
 export const interpret = (
   answer: DicomJsonItem,
   sent: readonly string[],
+  reasons: FailureReasons = KIND_PROFILES.generic,
 ): Pick<StowResult, 'stored' | 'refused' | 'existing' | 'coerced'> => {
   const sentSet = new Set(sent);
   const stored = new Set<string>();
@@ -112,9 +136,9 @@ export const interpret = (
     const reason = firstValue(item, FAILURE_REASON);
     if (typeof uid !== 'string' || !sentSet.has(uid) || stored.has(uid)) continue;
     const code = typeof reason === 'number' ? reason : undefined;
-    if (code !== undefined && TRANSIENT_REASONS.has(code)) {
+    if (code !== undefined && reasons.transientReasons.has(code)) {
       retryable.add(uid);
-    } else if (code !== undefined && EXISTING_REASONS.has(code)) {
+    } else if (code !== undefined && reasons.existingReasons.has(code)) {
       existing.add(uid);
     } else {
       refused.set(
@@ -161,9 +185,15 @@ const joined = (first: Unanswered['base'], halves: readonly StowResult[]): StowR
 
 export class StowClient {
   readonly endpoint: Endpoint;
+  /** What the destination's failure reasons mean. */
+  readonly reasons: FailureReasons;
+  /** Bytes one request may carry there; undefined when the archive states no limit. */
+  readonly maxBytes: number | undefined;
 
-  constructor(endpoint: Endpoint) {
+  constructor(endpoint: Endpoint, profile: KindProfile = KIND_PROFILES.generic) {
     this.endpoint = endpoint;
+    this.reasons = profile;
+    this.maxBytes = profile.maxStowBytes;
   }
 
   /**
@@ -190,11 +220,16 @@ export class StowClient {
     const what = 'STOW-RS';
     const boundary = `orthanc-forwarder-${randomBytes(12).toString('hex')}`;
     const progress = { bytes: 0, sent: [] as string[], gone: [] as string[], complete: false };
+    const { authorization } = this.endpoint;
+    const contentLength =
+      isSigner(authorization) && authorization.streamedBodyLength === 'required'
+        ? multipartLength(parts, boundary)
+        : undefined;
     let sourceError: unknown;
     const body = Readable.from(
       (async function* () {
         try {
-          yield* multipartBody(parts, boundary, progress);
+          yield* multipartBody(parts, boundary, progress, contentLength !== undefined);
         } catch (error) {
           sourceError = error;
           throw error;
@@ -210,6 +245,7 @@ export class StowClient {
           accept: 'application/dicom+json',
         },
         body,
+        ...(contentLength === undefined ? {} : { contentLength }),
         ...(signal === undefined ? {} : { signal }),
       });
     } catch (error) {
@@ -231,7 +267,7 @@ export class StowClient {
       return { ...base, ...nothingStored() };
     }
     const answer = await this.readAnswer(response);
-    if (answer !== undefined) return { ...base, ...interpret(answer, progress.sent) };
+    if (answer !== undefined) return { ...base, ...interpret(answer, progress.sent, this.reasons) };
     if (response.statusCode === 400 && progress.complete) {
       const sent = new Set(progress.sent);
       return { base, sent: parts.filter((part) => sent.has(part.sopInstanceUid)) };

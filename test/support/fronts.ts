@@ -64,6 +64,31 @@ export const listening = async (server: Server | TlsServer): Promise<number> => 
   return address.port;
 };
 
+/**
+ * A small HTTP server on loopback: what `handle` throws is kept in `errors` (the test's to
+ * check) and ends that connection.
+ */
+export const serve = async (
+  handle: (request: IncomingMessage, response: ServerResponse) => Promise<void>,
+  errors: unknown[],
+): Promise<{ readonly port: number; close(): Promise<void> }> => {
+  const server = createHttpServer((request, response) => {
+    handle(request, response).catch((error: unknown) => {
+      errors.push(error);
+      response.destroy();
+    });
+  });
+  const port = await listening(server);
+  return {
+    port,
+    close: async () => {
+      server.closeAllConnections();
+      server.close();
+      await once(server, 'close').catch(() => undefined);
+    },
+  };
+};
+
 const samePathAt = (origin: string, serverUrl: string): string => {
   const path = new URL(serverUrl).pathname;
   return `${origin}${path === '/' ? '' : path}`;
