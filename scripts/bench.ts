@@ -6,6 +6,7 @@
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { VERIFY_LEVELS, type VerifyLevel } from '../lambdas/core/config.ts';
+import { type LinkProfile, linkLabel, parseLinkProfile } from '../testbed/link-emulator.ts';
 import {
   type BenchOptions,
   DEFAULT_OPTIONS,
@@ -52,6 +53,14 @@ const variants = (value: string): RelayRun[] => {
   }
 };
 
+const links = (value: string): LinkProfile[] => {
+  try {
+    return value.split(',').map(parseLinkProfile);
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
+};
+
 const list = (value: string): number[] => value.split(',').map((part) => whole(part.trim()));
 
 interface CliOptions {
@@ -83,6 +92,9 @@ interface CliOptions {
   pollerStudies: number;
   pollerInstances: number;
   forwardStudies: number;
+  link?: LinkProfile[];
+  linkProfiles: LinkProfile[] | false;
+  linkRepetitions: number;
   profile?: string;
   nodeFlags: string;
   runtime: Runtime;
@@ -146,6 +158,23 @@ const program = new Command('bench')
     whole,
     DEFAULT_OPTIONS.poller?.forwardStudies,
   )
+  .option(
+    '--link <list>',
+    'only: push and relay over emulated links, comma-separated RTT_MS:MBIT (e.g. 20:200)',
+    links,
+  )
+  .addOption(
+    new Option('--link-profiles <list>', "the full run's links, comma-separated RTT_MS:MBIT")
+      .argParser(links)
+      .default([...DEFAULT_OPTIONS.links], DEFAULT_OPTIONS.links.map(linkLabel).join(',')),
+  )
+  .option('--no-link-profiles', 'skip the links in the full run')
+  .option(
+    '--link-repetitions <n>',
+    'trials of each method over a link',
+    whole,
+    DEFAULT_OPTIONS.linkRepetitions,
+  )
   .option('--profile <dir>', 'write a V8 CPU profile of each relay child into this folder')
   .option(
     '--node-flags <flags>',
@@ -204,6 +233,9 @@ const toOptions = (cli: CliOptions, onProgress: ((line: string) => void) | undef
         }
       : undefined,
   pollerOnly: cli.pollerOnly === true,
+  links: cli.link ?? (cli.linkProfiles === false ? [] : cli.linkProfiles),
+  linkOnly: cli.link !== undefined,
+  linkRepetitions: cli.linkRepetitions,
   pin: cli.pin === true,
   relayRun: {
     runtime: cli.runtime,

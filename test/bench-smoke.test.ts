@@ -19,6 +19,8 @@ const TINY: BenchOptions = {
   bigGb: 0.005,
   // A feed of 60 changes (6 studies of 4 instances); the forwarder then moves 3 of its studies.
   poller: { studies: 6, instancesPerStudy: 4, forwardStudies: 3 },
+  // One short link: push and the relay both ways across it, once each.
+  links: [{ rttMs: 2, mbit: 400 }],
 };
 
 const expectFigures = (figures: unknown) => {
@@ -39,7 +41,7 @@ const expectFigures = (figures: unknown) => {
 };
 
 describe('benchmark', () => {
-  it('measures the ceiling, the push and the relay on a tiny set, and every instance moves; then the poller on the emulators', async () => {
+  it('measures the ceiling, the push and the relay on a tiny set, and over a link, and every instance moves; then the poller on the emulators', async () => {
     const result = JSON.parse(JSON.stringify(await runBenchmark(TINY)));
 
     for (const method of ['ceiling', 'push', 'relay']) {
@@ -145,9 +147,24 @@ describe('benchmark', () => {
       sqsRequests: 2,
     });
 
+    // Over the link: push, and the relay with the link at the source and at the destination, all
+    // move the set; each figure is set against the link's 50 MB/s.
+    expect(result.link['2:400']).toMatchObject({ rttMs: 2, mbit: 400, capacityMBps: 50, repetitions: 1 });
+    const [overLink] = result.link['2:400'].sets;
+    expect(overLink.set).toMatchObject({ name: 'default', instances: 20 });
+    for (const method of ['push', 'relaySourceLink', 'relayDestinationLink']) {
+      expectFigures(overLink[method]);
+      expect(overLink[method].linkFraction).toBeCloseTo(overLink[method].mbPerSecond / 50, 2);
+    }
+    expect(overLink.ratios).toEqual({
+      relaySourceLinkVsPush: expect.any(Number),
+      relayDestinationLinkVsPush: expect.any(Number),
+    });
+
     const report = formatReport(result, 1);
     expect(report).toContain('relay/push');
     expect(report).toContain('Verification modes on the default set');
     expect(report).toContain('Poller: a feed of 60 changes');
+    expect(report).toContain('Over a link of 2 ms round trip and 400 Mbit/s each way');
   });
 });

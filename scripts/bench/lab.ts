@@ -35,6 +35,14 @@ export interface DataSet {
 export interface Trial extends ChildResult {
   readonly sourceCpuSeconds: number;
   readonly destinationCpuSeconds: number;
+  /** CPU this process used meanwhile: the link emulator's, when one runs (scripts/bench/link.ts). */
+  readonly benchCpuSeconds: number;
+}
+
+/** Where the relay reaches each server when not directly: the HTTP root of a link emulator. */
+export interface Across {
+  readonly sourceUrl?: string | undefined;
+  readonly destinationUrl?: string | undefined;
 }
 
 const ref = (server: OrthancServer): ServerRef => ({
@@ -200,11 +208,20 @@ export class Lab {
     return { kind: 'ceiling', destination: ref(this.destination), files: set.files, concurrency };
   }
 
-  pushJob(studies: readonly string[], concurrency: number): ChildJob {
-    return { kind: 'push', source: ref(this.source), destinationName: PUSH_TARGET, studies, concurrency };
+  pushJob(studies: readonly string[], concurrency: number, destinationName = PUSH_TARGET): ChildJob {
+    return { kind: 'push', source: ref(this.source), destinationName, studies, concurrency };
   }
 
-  relayJob(studies: readonly string[], settings: RelaySettings): ChildJob {
+  /** Adds (or replaces) a destination the source can push to, at `url` (the destination's HTTP root). */
+  async addPushTarget(name: string, url: string): Promise<void> {
+    await this.source.rest('PUT', `/dicom-web/servers/${name}`, {
+      Url: `${url}/dicom-web`,
+      Username: this.destination.username,
+      Password: this.destination.password,
+    });
+  }
+
+  relayJob(studies: readonly string[], settings: RelaySettings, across: Across = {}): ChildJob {
     const config = forwarderConfigFor([{ id: SOURCE_ID, server: this.source }], this.destination, {
       concurrency: settings.concurrency,
       stow: { maxInstances: settings.maxInstances, parallel: settings.parallel },
@@ -214,13 +231,21 @@ export class Lab {
       sweepIntervalSeconds: 3600,
       ...(settings.maxReadMBps === undefined ? {} : { maxReadMBps: settings.maxReadMBps }),
     });
-    const destination = config.destination as Record<string, unknown>;
+    const [source] = config.sources as Record<string, unknown>[];
+    const destinationRoot = across.destinationUrl ?? this.destination.url;
+    const destination = {
+      ...(config.destination as Record<string, unknown>),
+      url: `${destinationRoot}/dicom-web`,
+      ...(settings.orthancRest ? { orthancUrl: destinationRoot } : {}),
+    };
     const statePath = join(this.work, `relay-${this.jobs}.sqlite`);
     return {
       kind: 'relay',
-      config: settings.orthancRest
-        ? { ...config, destination: { ...destination, orthancUrl: this.destination.url } }
-        : config,
+      config: {
+        ...config,
+        sources: [{ ...source, url: across.sourceUrl ?? this.source.url }],
+        destination,
+      },
       studies,
       statePath,
     };
@@ -248,7 +273,9 @@ export class Lab {
     writeFileSync(jobPath, JSON.stringify(job));
     const entry = options.runtime === 'bundle' ? await this.bundle() : CHILD;
     const before = { source: cpuSeconds(this.source.pid), destination: cpuSeconds(this.destination.pid) };
+    const benchCpu = process.cpuUsage();
     const result = await runChild([...(options.nodeFlags ?? []), entry, jobPath]);
+    const bench = process.cpuUsage(benchCpu);
     const after = { source: cpuSeconds(this.source.pid), destination: cpuSeconds(this.destination.pid) };
     rmSync(jobPath, { force: true });
     if (job.kind === 'relay') {
@@ -258,6 +285,7 @@ export class Lab {
       ...result,
       sourceCpuSeconds: after.source - before.source,
       destinationCpuSeconds: after.destination - before.destination,
+      benchCpuSeconds: (bench.user + bench.system) / 1e6,
     };
   }
 }

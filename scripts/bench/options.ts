@@ -1,5 +1,6 @@
 /** What one benchmark run measures, and the defaults of `npm run bench`. */
 import { parseConfig, VERIFY_LEVELS, type VerifyLevel } from '../../lambdas/core/config.ts';
+import type { LinkProfile } from '../../testbed/link-emulator.ts';
 
 /** A set of generated studies: how many instances, how large, in how many studies. */
 export interface SetShape {
@@ -92,6 +93,12 @@ export interface BenchOptions {
   readonly poller: PollerShape | undefined;
   /** Only the poller run. */
   readonly pollerOnly: boolean;
+  /** The push and the relay over each of these emulated links, on both sets; none to skip. */
+  readonly links: readonly LinkProfile[];
+  /** Only the runs over the links. */
+  readonly linkOnly: boolean;
+  /** Trials of each method over each link. */
+  readonly linkRepetitions: number;
   /** How the relay's child runs: from the TypeScript sources or the bundle, with extra Node flags. */
   readonly relayRun: RelayRun;
   /** Further ways to run the relay in the memory run (each moves the large study once more). */
@@ -150,6 +157,14 @@ export const DEFAULT_OPTIONS: BenchOptions = {
   pin: false,
   poller: DEFAULT_POLLER,
   pollerOnly: false,
+  // The issue's two profiles: a VPN to a nearby region, and a fast long-haul link.
+  links: [
+    { rttMs: 20, mbit: 200 },
+    { rttMs: 40, mbit: 1000 },
+  ],
+  linkOnly: false,
+  // One trial each: over a link a trial is slower, and its figure is the link's more than the machine's.
+  linkRepetitions: 1,
   // As bin/orthanc-forwarder runs local mode: the bundle, with V8 told to favour memory.
   relayRun: { runtime: 'bundle', nodeFlags: ['--optimize-for-size'] },
   // What the entry (bin/orthanc-forwarder.mjs) falls back to when the sources are newer than the bundle.

@@ -1,4 +1,5 @@
 /** The benchmark's figures as text tables, for a person to read. */
+import type { LinkFigures, LinkResult } from './link.ts';
 import type { SettingsPoint, VerifyModeFigures } from './modes.ts';
 import { type RelaySettings, relayRunLabel, verifyModeName } from './options.ts';
 import type { PerStudy, PollerResult } from './poller.ts';
@@ -87,6 +88,25 @@ const verifySection = (
     ),
     "checksum-wado: the destination's bytes retrieved with WADO-RS (no orthancUrl); " +
       "checksum-orthanc: its MD5s through Orthanc's REST API (orthancUrl set); phases summed over the studies",
+    '',
+  ];
+};
+
+const linkSection = (label: string, link: LinkResult): string[] => {
+  const line = (name: string, f: LinkFigures) =>
+    `${pad(row(name, f), WIDE)}${pad(num(f.linkFraction, 2), 9)}${num(f.cpuSecondsPer1000.bench, 2)}`;
+  return [
+    `Over a link of ${link.rttMs} ms round trip and ${link.mbit} Mbit/s each way (${label}: ` +
+      `${num(link.capacityMBps)} MB/s), ${link.repetitions} trial(s) each`,
+    ...link.sets.flatMap((set) => [
+      `  set '${set.set.name}': ${set.set.instances} instances of ${set.set.sizeKb} KiB`,
+      `${pad(header('method'), WIDE)}${pad('of link', 9)}CPU-s/1000 emulator`,
+      line('push (source across the link)', set.push),
+      line('relay, link at the source (AWS)', set.relaySourceLink),
+      line('relay, link at the destination', set.relayDestinationLink),
+      `  relay/push: link at the source ${num(set.ratios.relaySourceLinkVsPush, 2)}, ` +
+        `at the destination ${num(set.ratios.relayDestinationLinkVsPush, 2)}`,
+    ]),
     '',
   ];
 };
@@ -180,6 +200,7 @@ export const formatReport = (result: BenchResult, repetitions: number): string =
     }
     lines.push('');
   }
+  for (const [label, link] of Object.entries(result.link ?? {})) lines.push(...linkSection(label, link));
   if (result.poller !== undefined) lines.push(...pollerSection(result.poller), '');
   const measured = result.targets.filter((target) => target.met !== undefined);
   if (measured.length > 0) {

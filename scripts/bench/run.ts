@@ -10,6 +10,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type BigStudyResult, bigVariants, measureBigStudy } from './big-study.ts';
 import { type DataSet, Lab } from './lab.ts';
+import { type LinkResult, measureOverLinks } from './link.ts';
 import {
   compareVerifyModes,
   type ReadPoint,
@@ -31,18 +32,14 @@ import {
   measureRelay,
   type Progress,
   rotated,
+  type SetSummary,
+  setSummary,
 } from './trials.ts';
 
 export type { BigStudyResult, BigStudyRun } from './big-study.ts';
 
 export interface SetResult {
-  readonly set: {
-    readonly name: string;
-    readonly instances: number;
-    readonly bytes: number;
-    readonly sizeKb: number;
-    readonly studies: number;
-  };
+  readonly set: SetSummary;
   readonly ceiling: MethodFigures & {
     readonly concurrency: number;
     readonly byConcurrency: Readonly<Record<string, MethodFigures>>;
@@ -74,6 +71,8 @@ export interface BenchResult {
   readonly sweep?: readonly SettingsPoint[];
   readonly wado?: readonly ReadPoint[];
   readonly poller?: PollerResult;
+  /** The push and the relay over each emulated link, by the link's `RTT_MS:MBIT`. */
+  readonly link?: Readonly<Record<string, LinkResult>>;
   readonly targets: readonly TargetResult[];
   readonly durationSeconds: number;
 }
@@ -121,13 +120,7 @@ export const compareOnSet = async (
   const relayFigures = summarise(relay, set.instances, true);
   const pushFigures = summarise(push, set.instances, true);
   return {
-    set: {
-      name: shape.name,
-      instances: set.instances,
-      bytes: set.bytes,
-      sizeKb: shape.sizeKb,
-      studies: shape.studies,
-    },
+    set: setSummary(set),
     ceiling: { ...best, concurrency: Number(bestConcurrency), byConcurrency },
     push: pushFigures,
     relay: { ...relayFigures, settings: options.relay },
@@ -151,7 +144,8 @@ export const runBenchmark = async (options: BenchOptions): Promise<BenchResult> 
   let sweep: SettingsPoint[] | undefined;
   let wado: ReadPoint[] | undefined;
   let poller: PollerResult | undefined;
-  const full = !options.sweep && !options.wado && !options.verifyModesOnly;
+  const link: Record<string, LinkResult> = {};
+  const full = !options.sweep && !options.wado && !options.verifyModesOnly && !options.linkOnly;
   try {
     if (!options.pollerOnly) {
       const lab = await Lab.start(join(work, 'lab'), { pin: options.pin });
@@ -162,6 +156,12 @@ export const runBenchmark = async (options: BenchOptions): Promise<BenchResult> 
       try {
         if (options.sweep) sweep = await runSweep(lab, options.main, options, progress);
         if (options.wado) wado = await runReadComparison(lab, options.main, options, progress);
+        if (options.linkOnly) {
+          for (const shape of [options.main, options.small]) {
+            if (shape !== undefined)
+              await withSet(shape, (set) => measureOverLinks(lab, set, options, link, progress));
+          }
+        }
         if (full || options.verifyModesOnly) {
           await withSet(options.main, async (set) => {
             if (full) {
@@ -179,6 +179,7 @@ export const runBenchmark = async (options: BenchOptions): Promise<BenchResult> 
                   progress,
                 );
               }
+              await measureOverLinks(lab, set, options, link, progress);
             }
             if (options.verifyRepetitions !== undefined) {
               verify = await compareVerifyModes(lab, set, {
@@ -190,8 +191,12 @@ export const runBenchmark = async (options: BenchOptions): Promise<BenchResult> 
           });
         }
         if (full) {
-          if (options.small !== undefined)
-            sets.push(await withSet(options.small, (set) => compareOnSet(lab, set, options, progress)));
+          if (options.small !== undefined) {
+            await withSet(options.small, async (set) => {
+              sets.push(await compareOnSet(lab, set, options, progress));
+              await measureOverLinks(lab, set, options, link, progress);
+            });
+          }
           if (options.bigGb !== undefined) {
             bigStudy = await measureBigStudy(
               lab,
@@ -228,6 +233,7 @@ export const runBenchmark = async (options: BenchOptions): Promise<BenchResult> 
       ...(sweep === undefined ? {} : { sweep }),
       ...(wado === undefined ? {} : { wado }),
       ...(poller === undefined ? {} : { poller }),
+      ...(Object.keys(link).length === 0 ? {} : { link }),
       targets: evaluateTargets(sets, bigStudy, verify),
       durationSeconds: round((performance.now() - started) / 1000, 1),
     };

@@ -12,12 +12,16 @@ export interface TrialFigures {
   readonly seconds: number;
   readonly instancesPerSecond: number;
   readonly mbPerSecond: number;
-  /** CPU seconds per 1,000 instances: our process (of which in the kernel), the source Orthanc, the destination Orthanc. */
+  /**
+   * CPU seconds per 1,000 instances: our process (of which in the kernel), the source Orthanc, the
+   * destination Orthanc, and the benchmark's own process (which runs the link emulator, if any).
+   */
   readonly cpuPer1000: {
     readonly ours: number;
     readonly oursSystem: number;
     readonly source: number;
     readonly destination: number;
+    readonly bench: number;
   };
   readonly peakRssMb: number;
   readonly startupPeakRssMb: number;
@@ -58,6 +62,7 @@ export interface MethodFigures {
     readonly oursSystem: number;
     readonly source: number;
     readonly destination: number;
+    readonly bench: number;
   };
   /** Every trial moved every instance (and, for push and relay, left none at the source). */
   readonly allMoved: boolean;
@@ -108,6 +113,7 @@ export const summarise = (
       oursSystem: cpu('oursSystem'),
       source: cpu('source'),
       destination: cpu('destination'),
+      bench: cpu('bench'),
     },
     allMoved: trials.every(
       (t) => t.destinationInstances === instances && (!movesAll || t.sourceInstancesLeft === 0),

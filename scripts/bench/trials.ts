@@ -2,7 +2,7 @@
  * One timed trial of each method on a set: the destination emptied, the source loaded when the
  * method moves from it (neither timed), the child run, the figures read, the destination emptied.
  */
-import type { DataSet, Lab, Trial } from './lab.ts';
+import type { Across, DataSet, Lab, Trial } from './lab.ts';
 import type { RelayRun, RelaySettings } from './options.ts';
 import { round, type TrialFigures } from './stats.ts';
 
@@ -16,6 +16,23 @@ export const rotated = <T>(items: readonly T[], repetition: number): T[] => {
   const by = repetition % items.length;
   return [...items.slice(by), ...items.slice(0, by)];
 };
+
+/** A set as the JSON describes it. */
+export interface SetSummary {
+  readonly name: string;
+  readonly instances: number;
+  readonly bytes: number;
+  readonly sizeKb: number;
+  readonly studies: number;
+}
+
+export const setSummary = (set: DataSet): SetSummary => ({
+  name: set.shape.name,
+  instances: set.instances,
+  bytes: set.bytes,
+  sizeKb: set.shape.sizeKb,
+  studies: set.shape.studies,
+});
 
 export const figures = async (
   lab: Lab,
@@ -33,6 +50,7 @@ export const figures = async (
       oursSystem: per1000(trial.cpuSystemSeconds),
       source: per1000(trial.sourceCpuSeconds),
       destination: per1000(trial.destinationCpuSeconds),
+      bench: per1000(trial.benchCpuSeconds),
     },
     peakRssMb: trial.peakRssMb,
     startupPeakRssMb: trial.startupPeakRssMb,
@@ -67,10 +85,16 @@ export const measureCeiling = async (lab: Lab, set: DataSet, concurrency: number
   return result;
 };
 
-export const measurePush = async (lab: Lab, set: DataSet, concurrency: number): Promise<TrialFigures> => {
+/** `destinationName`: the destination as the source knows it (another route to it, `Lab.addPushTarget`). */
+export const measurePush = async (
+  lab: Lab,
+  set: DataSet,
+  concurrency: number,
+  destinationName?: string,
+): Promise<TrialFigures> => {
   await lab.emptyDestination();
   const studies = await lab.loadSource(set.files);
-  const trial = await lab.run(lab.pushJob(studies, concurrency));
+  const trial = await lab.run(lab.pushJob(studies, concurrency, destinationName));
   const result = await figures(lab, trial, set);
   await lab.emptyDestination();
   return result;
@@ -81,10 +105,11 @@ export const measureRelay = async (
   set: DataSet,
   settings: RelaySettings,
   run: RelayRun = { runtime: 'ts', nodeFlags: [] },
+  across: Across = {},
 ): Promise<TrialFigures> => {
   await lab.emptyDestination();
   const studies = await lab.loadSource(set.files);
-  const trial = await lab.run(lab.relayJob(studies, settings), run);
+  const trial = await lab.run(lab.relayJob(studies, settings, across), run);
   const result = await figures(lab, trial, set);
   await lab.emptyDestination();
   return result;
