@@ -14,7 +14,7 @@ import { createLog, type LogLevel } from '../lambdas/core/log.ts';
 import type { FeedStateStore, Ledger } from '../lambdas/core/ports.ts';
 import { runDemo } from '../lambdas/local/demo.ts';
 import { defaultStatePath, loadConfigFile } from '../lambdas/local/load-config.ts';
-import { LocalRunner, StateInUseError } from '../lambdas/local/local-runner.ts';
+import { StateInUseError } from '../lambdas/local/local-runner.ts';
 import { openState, StateFileError } from '../lambdas/local/sqlite-state.ts';
 import { gatherStatus } from '../lambdas/local/status.ts';
 import { type AuditOptions, auditQuery, exportDeletions, parsePeriod, writeStdout } from './audit.ts';
@@ -28,6 +28,7 @@ import {
   resolveSelected,
 } from './conflicts.ts';
 import { formatConflicts, formatStatus } from './format.ts';
+import { type ListenAddress, listenOption, runnerFor } from './listen.ts';
 import { plan } from './plan.ts';
 import { ProgressLines, showProgress } from './progress-line.ts';
 import { controlSource, SOURCE_ACTIONS, type SourceAction } from './source-control.ts';
@@ -38,6 +39,7 @@ interface RunFlags {
   /** --progress, --no-progress; undefined: neither given. */
   progress?: boolean;
   logLevel: LogLevel;
+  listen?: ListenAddress;
 }
 
 const logLevelOption = () =>
@@ -143,13 +145,15 @@ program
   .option('--no-check', 'skip the check of every server at start (see `check`)')
   .option('--progress', 'a line per source on stderr: moved, left, rate, ETA (default: at a terminal)')
   .option('--no-progress', 'no progress lines, even at a terminal')
+  .addOption(listenOption())
   .addOption(logLevelOption())
   .action(async (options: StateOptions & RunFlags) => {
     const config = loadConfigFile(options.config);
     const log = createLog({ level: options.logLevel });
     // Before anything else: a SIGTERM during the start-up check ends the run as cleanly as later.
     const signal = stopSignal();
-    await withState(options, config, async (state) => {
+    const statePath = options.state ?? defaultStatePath(options.config);
+    await withState({ ...options, state: statePath }, config, async (state) => {
       const stop = options.check
         ? await checkAtStart(config, log, {
             untilIdle: options.untilIdle === true,
@@ -165,9 +169,9 @@ program
         : undefined;
       // The run does not wait for the first drawing: a source slow to answer holds up nothing.
       void lines?.start();
-      const summary = await new LocalRunner(config, state, log)
-        .run({ untilIdle: options.untilIdle === true, signal, onOutcome: lines?.onOutcome })
-        .finally(() => lines?.stop());
+      const summary = await runnerFor(options.listen)({ config, state, statePath, log }, (runner) =>
+        runner.run({ untilIdle: options.untilIdle === true, signal, onOutcome: lines?.onOutcome }),
+      ).finally(() => lines?.stop());
       const stats = await state.queue.stats();
       const rejected = (await state.ledger.rejected()).length;
       const openConflicts = (await state.ledger.conflicts({ openOnly: true })).length;
@@ -461,12 +465,21 @@ program
   .command('demo')
   .description('start three Orthancs on loopback, move generated studies between them, print a summary')
   .option('--json', 'print the summary as one JSON object')
+  .addOption(listenOption())
   .addOption(logLevelOption().default('SILENT'))
-  .action(async (options: { json?: boolean; logLevel: LogLevel }) => {
+  .action(async (options: { json?: boolean; logLevel: LogLevel; listen?: ListenAddress }) => {
+    const onProgress = (message: string) => process.stderr.write(`${message}\n`);
+    const signal = stopSignal();
     const summary = await runDemo({
       log: createLog({ level: options.logLevel }),
-      onProgress: (message) => process.stderr.write(`${message}\n`),
-      signal: stopSignal(),
+      onProgress,
+      signal,
+      // The move takes seconds: the page stays up after it, until Ctrl-C.
+      withRunner: runnerFor(options.listen, {
+        onListening: (url) =>
+          onProgress(`status page: ${url}/ (metrics: ${url}/metrics; it stays up until Ctrl-C)`),
+        stayUntil: signal,
+      }),
     });
     if (options.json) {
       process.stdout.write(`${JSON.stringify(summary)}\n`);

@@ -78,8 +78,8 @@ const controlOf = (s: SourceStatus): string[] => [
   ...(s.sweepRequestedAt === undefined ? [] : [`sweep requested at ${iso(s.sweepRequestedAt)}`]),
 ];
 
-/** The columns of the sources' table: a header and a cell of each source. */
-const SOURCE_COLUMNS: readonly (readonly [string, (s: SourceStatus, at: number) => string])[] = [
+/** The columns of the sources' table, in `status` and on `run --listen`'s page: a header and a cell of each source. */
+export const SOURCE_COLUMNS: readonly (readonly [string, (s: SourceStatus, at: number) => string])[] = [
   ['SOURCE', (s) => s.id],
   ['AT SOURCE', (s) => tally(s.atSource)],
   ['MOVED', (s) => tally(s.moved)],

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks for the tests, the demo and the benchmark:
 # Orthanc with its DICOMweb plugin (real servers on loopback), a Java runtime (DynamoDB Local), and
-# python3-pydicom for the DICOM files it ships (test/pydicom-corpus.test.ts: real-world files).
+# python3-pydicom for the DICOM files it ships (test/pydicom-corpus.test.ts: real-world files), and
+# Chromium, which test/monitoring.test.ts drives headless (playwright-core, never a downloaded browser).
 # Run as root, or with sudo available. Safe to run again.
 set -euo pipefail
 
-packages=(orthanc orthanc-dicomweb python3-pydicom)
+packages=(orthanc orthanc-dicomweb python3-pydicom chromium)
 command -v java >/dev/null 2>&1 || packages+=(default-jre-headless)
 
 missing=()

@@ -31,6 +31,7 @@ export interface Engine {
   readonly leaseMs: number;
   readonly now?: () => number;
   readonly onStep?: MoveContext['onStep'];
+  readonly onDelivery?: MoveContext['onDelivery'];
 }
 
 /**
@@ -214,6 +215,7 @@ export const forwardWorkItem = async (
       log: engine.log,
       now,
       onStep: engine.onStep,
+      onDelivery: engine.onDelivery,
       deadline: limits.deadline,
       finishBy: limits.finishBy,
       intents,

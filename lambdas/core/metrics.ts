@@ -1,7 +1,9 @@
 /**
  * The metrics the engine emits. On AWS they become CloudWatch metrics through Powertools (EMF);
- * local mode keeps no metrics. Names and dimensions are the operations dashboard's contract.
+ * in local mode, with `run --listen`, Prometheus metrics (lambdas/local/prometheus-metrics.ts). Names and dimensions are the operations dashboard's contract.
  */
+import { DestinationUnavailableError, NotVerifiedError, WaitError } from './errors.ts';
+import type { FailureDecision } from './failure-policy.ts';
 import type { SourceProgress } from './progress.ts';
 
 export type MetricName =
@@ -115,4 +117,26 @@ export const recordPoll = (
   if (poll.reset) metrics.add('SourceReset', 1, 'Count', sourceId);
   // Each one is logged and left for the sweep: many in a row say the source refuses its lookups.
   metrics.add('LookupFailures', poll.lookupFailures, 'Count', sourceId);
+};
+
+/**
+ * The metrics of one failed attempt at a work item. `sourceId`, when given, becomes the dimension
+ * of the source's counts (local mode knows it; the AWS dashboard counts them for the stack).
+ */
+export const recordFailure = (
+  metrics: Metrics,
+  error: unknown,
+  decision: FailureDecision,
+  sourceId?: string,
+): void => {
+  // Sent but not listed by the destination: retried like any transient failure, and counted.
+  if (error instanceof NotVerifiedError) metrics.add('VerificationFailures', 1, 'Count', sourceId);
+  if (decision.action === 'dead-letter') {
+    metrics.add('DeadLettered', 1, 'Count', sourceId);
+    return;
+  }
+  if (error instanceof DestinationUnavailableError)
+    metrics.add('DestinationUnavailable', 1, 'Count', error.destinationId);
+  // A wait is no failed attempt (ForwarderErrorRate).
+  if (!(error instanceof WaitError)) metrics.add('Retries', 1, 'Count', sourceId);
 };

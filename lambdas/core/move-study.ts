@@ -60,6 +60,17 @@ export interface MoveOptions {
 /** Points between the protocol's steps, where the fault-injection tests crash or pause a worker. */
 export type MoveStep = 'snapshot-taken' | 'sent' | 'verified' | 'deleted';
 
+/** What one move did at one destination (or its alternate): counts only. */
+export interface DeliveryReport {
+  readonly destinationId: string;
+  /** Instances it stored in this move (STOW answers, push jobs). */
+  readonly sent: number;
+  /** Instances of the study it was verified to hold. */
+  readonly verified: number;
+  /** It failed in this move: unreachable, refused, or not holding what it was sent. */
+  readonly failed: boolean;
+}
+
 export interface MoveContext {
   readonly sourceId: string;
   readonly source: OrthancClient;
@@ -81,6 +92,8 @@ export interface MoveContext {
   readonly finishBy?: number | undefined;
   /** Called after each step; only tests pass one. */
   readonly onStep?: ((step: MoveStep, studyId: string) => void | Promise<void>) | undefined;
+  /** Told, once the study is verified, what each destination was sent and holds: local mode's metrics. */
+  readonly onDelivery?: ((report: DeliveryReport) => void) | undefined;
   /** The last deletions of the study and of each series of it, from the ledger: where it went before. */
   readonly intents?: readonly DeletionIntent[] | undefined;
 }
@@ -300,6 +313,12 @@ const destinationWait = (ctx: MoveContext, deliveries: readonly Delivery[]) => {
   const context = { log: ctx.log, now: ctx.now ?? Date.now, sourceId: ctx.sourceId };
   const waits = deliveries.map((delivery) => {
     if (delivery.failure === undefined) destinationServed(ctx.log, delivery.destination);
+    ctx.onDelivery?.({
+      destinationId: delivery.destination.id,
+      sent: delivery.sent.stored.size,
+      verified: [...delivery.verdicts.values()].filter((verdict) => verdict.kind === 'held').length,
+      failed: delivery.failure !== undefined,
+    });
     return destinationUnavailable(context, delivery.destination, delivery.failure);
   });
   return waits.find((wait) => wait !== undefined);

@@ -9,17 +9,10 @@ import { type AwsRuntime, createRuntime } from '../aws/runtime.ts';
 import { MAX_REQUEUE_DELAY_MS, SqsDeadLetters } from '../aws/sqs-dead-letters.ts';
 import { cachedUntilRejected } from '../core/concurrency.ts';
 import { buildEngine } from '../core/engine.ts';
-import {
-  DestinationUnavailableError,
-  describe,
-  failureKind,
-  NotVerifiedError,
-  NotYetError,
-  WaitError,
-} from '../core/errors.ts';
+import { describe, failureKind, NotYetError, WaitError } from '../core/errors.ts';
 import { decideOnFailure } from '../core/failure-policy.ts';
 import { type Engine, forwardWorkItem } from '../core/forward-work-item.ts';
-import { type Metrics, recordOutcome } from '../core/metrics.ts';
+import { type Metrics, recordFailure, recordOutcome } from '../core/metrics.ts';
 
 /** Time kept back from the invocation's budget to verify, delete and report what was sent. */
 const RESERVE_MS = 30_000;
@@ -78,9 +71,8 @@ const processRecord = async (
     });
     recordOutcome(invocation.metrics, outcome);
   } catch (error) {
-    // Sent but not listed by the destination: retried like any transient failure, and counted.
-    if (error instanceof NotVerifiedError) invocation.metrics.add('VerificationFailures', 1, 'Count');
     const decision = decideOnFailure(error, receiveCount, runtime.config.retry);
+    recordFailure(invocation.metrics, error, decision);
     const attributes = {
       messageId: record.messageId,
       receiveCount,
@@ -90,11 +82,7 @@ const processRecord = async (
     if (decision.action === 'dead-letter') {
       runtime.log.error('work item dead-lettered', { ...attributes, why: decision.why });
       await deadLetters.deadLetter(record.body, describe(error), receiveCount);
-      invocation.metrics.add('DeadLettered', 1, 'Count');
       return; // Reported as processed: the event source mapping deletes it from the work queue.
-    }
-    if (error instanceof DestinationUnavailableError) {
-      invocation.metrics.add('DestinationUnavailable', 1, 'Count', error.destinationId);
     }
     // A wait is no failed attempt (ForwarderErrorRate), and is logged once where it is found.
     if (error instanceof WaitError) {
@@ -105,7 +93,6 @@ const processRecord = async (
         delayMs: decision.delayMs,
         counted: decision.counted,
       });
-      invocation.metrics.add('Retries', 1, 'Count');
     }
     if (!decision.counted) {
       if (error instanceof NotYetError && decision.delayMs > MAX_REQUEUE_DELAY_MS) {

@@ -12,7 +12,7 @@ import { uploadToOrthanc } from '../../testbed/upload.ts';
 import { type ForwarderConfig, parseConfig } from '../core/config.ts';
 import type { Log } from '../core/log.ts';
 import type { StudyOutcome } from '../core/ports.ts';
-import { LocalRunner } from './local-runner.ts';
+import type { LocalRunner, RunParts } from './local-runner.ts';
 import { type LocalState, openState } from './sqlite-state.ts';
 
 export interface DemoSummary {
@@ -33,6 +33,8 @@ export interface DemoOptions {
   readonly log: Log;
   readonly onProgress?: (message: string) => void;
   readonly signal?: AbortSignal;
+  /** Hands the run its runner (`demo --listen`: one the status page and metrics report on). */
+  readonly withRunner: <T>(parts: RunParts, use: (runner: LocalRunner) => Promise<T>) => Promise<T>;
 }
 
 const SHAPE = {
@@ -75,8 +77,9 @@ export const runDemo = async (options: DemoOptions): Promise<DemoSummary> => {
       progress(`uploaded ${results.length} instances in ${set.patients.length} studies to ${source.name}`);
     }
     const config = demoConfig(sources, destination);
-    state = openState(join(work, 'state.sqlite'), { maxReceives: config.retry.maxAttempts });
-    const runner = new LocalRunner(config, state, options.log);
+    const statePath = join(work, 'state.sqlite');
+    state = openState(statePath, { maxReceives: config.retry.maxAttempts });
+    const parts = { config, state, statePath, log: options.log };
     let done = 0;
     const onOutcome = (outcome: StudyOutcome) => {
       done += outcome.sent;
@@ -85,11 +88,13 @@ export const runDemo = async (options: DemoOptions): Promise<DemoSummary> => {
       );
     };
     progress('moving until idle');
-    const summary = await runner.run({
-      untilIdle: true,
-      onOutcome,
-      ...(options.signal === undefined ? {} : { signal: options.signal }),
-    });
+    const summary = await options.withRunner(parts, (runner) =>
+      runner.run({
+        untilIdle: true,
+        onOutcome,
+        ...(options.signal === undefined ? {} : { signal: options.signal }),
+      }),
+    );
     const left = (await Promise.all(sources.map(instanceCount))).reduce((a, b) => a + b, 0);
     const seconds = summary.durationMs / 1000;
     return {

@@ -7,6 +7,7 @@ import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type FeedContext, type PollReport, pollSource } from '../core/changes-feed.ts';
 import type { ForwarderConfig } from '../core/config.ts';
+import type { Destination } from '../core/destinations.ts';
 import { buildEngine, feedSettings } from '../core/engine.ts';
 import {
   DestinationUnavailableError,
@@ -19,6 +20,7 @@ import { decideOnFailure } from '../core/failure-policy.ts';
 import { type Engine, forwardWorkItem } from '../core/forward-work-item.ts';
 import { warnOfPlainHttpAuth } from '../core/http.ts';
 import type { Log } from '../core/log.ts';
+import { type Metrics, noMetrics, recordFailure, recordOutcome, recordPoll } from '../core/metrics.ts';
 import type { MoveContext } from '../core/move-study.ts';
 import { moveTiming } from '../core/move-timing.ts';
 import type { StudyOutcome } from '../core/ports.ts';
@@ -38,10 +40,26 @@ export interface RunOptions {
   readonly onOutcome?: (outcome: StudyOutcome) => void;
 }
 
+/** What a runner is made of: the configuration, its state file (and where it is), its log. */
+export interface RunParts {
+  readonly config: ForwarderConfig;
+  readonly state: LocalState;
+  readonly statePath: string;
+  readonly log: Log;
+}
+
+/** What a run tells, besides its summary: each step of a move (tests), and to the metrics. */
+export interface RunnerObservers {
+  readonly onStep?: MoveContext['onStep'];
+  readonly onDelivery?: MoveContext['onDelivery'];
+  readonly metrics?: Metrics;
+}
+
 export interface SourceStatus {
   lastPoll: PollReport | undefined;
-  /** Successful polls so far. */
+  /** Successful polls so far, and when the last one ended (epoch ms). */
   polls: number;
+  lastPollAt: number | undefined;
   consecutiveFailures: number;
   lastError: string | undefined;
 }
@@ -69,7 +87,7 @@ const IDLE_WAIT_MS = 200;
  * Each poll's time: a sweep of a million studies, or a long feed, goes on across polls, each
  * reading the feed first, so that neither holds up new studies.
  */
-const POLL_BUDGET_MS = 10_000;
+export const POLL_BUDGET_MS = 10_000;
 
 /** The poll's deadline stopped it, or a sweep is under way: the next poll follows at once. */
 const unfinished = (poll: PollReport | undefined): boolean =>
@@ -93,6 +111,7 @@ export class LocalRunner {
   };
   private active = 0;
   private engine: Engine | undefined;
+  private readonly metrics: Metrics;
   /**
    * The work items (bodies, with their source) whose last attempt ended waiting for a destination
    * that refuses us, or for a time (a transfer window, a minimum age): `--until-idle` does not wait
@@ -100,22 +119,20 @@ export class LocalRunner {
    */
   private readonly longWaits = new Map<string, string | undefined>();
 
-  private readonly onStep: MoveContext['onStep'];
+  private readonly observers: RunnerObservers;
+  private startedAt: number | undefined;
 
-  constructor(
-    config: ForwarderConfig,
-    state: LocalState,
-    log: Log,
-    options: { onStep?: MoveContext['onStep'] } = {},
-  ) {
+  constructor(config: ForwarderConfig, state: LocalState, log: Log, observers: RunnerObservers = {}) {
     this.config = config;
     this.state = state;
     this.log = log;
-    this.onStep = options.onStep;
+    this.observers = observers;
+    this.metrics = observers.metrics ?? noMetrics;
     for (const source of config.sources) {
       this.sources.set(source.id, {
         lastPoll: undefined,
         polls: 0,
+        lastPollAt: undefined,
         consecutiveFailures: 0,
         lastError: undefined,
       });
@@ -124,6 +141,7 @@ export class LocalRunner {
 
   async run(options: RunOptions): Promise<RunSummary> {
     const started = Date.now();
+    this.startedAt = started;
     // A configuration error only the endpoints reveal (an unset passwordEnv, an unreadable PEM)
     // fails here, before the run holds the state file's lease or starts a loop it would leave running.
     this.engine = {
@@ -133,7 +151,8 @@ export class LocalRunner {
         log: this.log,
         owner: this.owner,
       }),
-      onStep: this.onStep,
+      onStep: this.observers.onStep,
+      onDelivery: this.observers.onDelivery,
     };
     warnOfPlainHttpAuth(this.config, this.log);
     const stop = new AbortController();
@@ -216,6 +235,8 @@ export class LocalRunner {
         const wasPaused = status.lastPoll?.paused === true;
         status.lastPoll = await pollSource({ ...context, deadline: Date.now() + POLL_BUDGET_MS });
         status.polls++;
+        status.lastPollAt = Date.now();
+        recordPoll(this.metrics, sourceId, status.lastPoll);
         if (status.lastPoll.paused !== wasPaused) {
           const change = status.lastPoll.paused
             ? 'source paused: not polled, its studies wait'
@@ -231,6 +252,7 @@ export class LocalRunner {
       } catch (error) {
         status.consecutiveFailures++;
         status.lastError = describe(error);
+        this.metrics.add('SourceUnreachable', 1, 'Count', sourceId);
         this.log.error('source poll failed', {
           sourceId,
           error: status.lastError,
@@ -286,6 +308,7 @@ export class LocalRunner {
         await this.state.queue.ack(message.handle);
         this.longWaits.delete(message.body);
         this.count(outcome);
+        recordOutcome(this.metrics, outcome);
         options.onOutcome?.(outcome);
       } catch (error) {
         await this.fail(message, error);
@@ -298,6 +321,7 @@ export class LocalRunner {
   private async fail(message: { handle: string; body: string; receiveCount: number }, error: unknown) {
     const reason = describe(error);
     const decision = decideOnFailure(error, message.receiveCount, this.config.retry);
+    recordFailure(this.metrics, error, decision, safeIds(message.body).sourceId);
     if (error instanceof DestinationUnavailableError || error instanceof NotYetError)
       this.longWaits.set(message.body, safeIds(message.body).sourceId);
     else this.longWaits.delete(message.body);
@@ -383,6 +407,16 @@ export class LocalRunner {
 
   sourceStatus(): ReadonlyMap<string, SourceStatus> {
     return this.sources;
+  }
+
+  /** When the run started (epoch ms); undefined before. */
+  runStartedAt(): number | undefined {
+    return this.startedAt;
+  }
+
+  /** The run's destinations and what this process saw of their health; none before the run starts. */
+  destinationHealth(): readonly Pick<Destination, 'id' | 'health'>[] {
+    return this.engine?.destinations ?? [];
   }
 }
 
