@@ -458,7 +458,7 @@ describe('configuration', () => {
     }
   });
 
-  it('warns at the start of a local run, once per URL, of basic auth over http:// beyond this machine', async () => {
+  it('warns at the start of a local run, once per URL, of credentials over http:// beyond this machine', async () => {
     const auth = { username: 'orthanc', password: 'orthanc' };
     const config = parseConfig({
       sources: [
@@ -468,17 +468,26 @@ describe('configuration', () => {
         { id: 'anonymous', url: 'http://192.0.2.12:8042' },
         { id: 'tls', url: 'https://192.0.2.13:8042', ...auth },
       ],
-      destination: {
-        url: 'https://cloud.example.org/dicom-web',
-        orthancUrl: 'http://[::1]:8042',
-        ...auth,
-        alternate: {
-          url: 'http://localhost:8043/dicom-web',
-          orthancUrl: 'http://dr.example.org',
-          afterSeconds: 60,
+      destinations: [
+        {
+          id: 'cloud',
+          url: 'https://cloud.example.org/dicom-web',
+          orthancUrl: 'http://[::1]:8042',
           ...auth,
+          alternate: {
+            url: 'http://localhost:8043/dicom-web',
+            orthancUrl: 'http://dr.example.org',
+            afterSeconds: 60,
+            ...auth,
+          },
         },
-      },
+        {
+          id: 'vna',
+          kind: 'generic',
+          url: 'http://vna.example.org/dicomweb',
+          auth: { kind: 'bearer', token: 'a-token' },
+        },
+      ],
       timeouts: { connectMs: 200 },
     });
     const stop = new AbortController();
@@ -495,11 +504,13 @@ describe('configuration', () => {
       clearTimeout(unwarned);
       state.close();
     }
-    const warnings = entries.filter((entry) => entry.message.startsWith('basic auth over http://'));
-    expect(warnings.map((entry) => [entry.field, entry.origin])).toEqual([
-      ['sources[1].url', 'http://192.0.2.10:8042'],
-      ['destination.alternate.orthancUrl', 'http://dr.example.org'],
+    const warnings = entries.filter((entry) => entry.message.includes(' auth over http://'));
+    expect(warnings.map((entry) => [entry.message.split(' ')[0], entry.field, entry.origin])).toEqual([
+      ['basic', 'sources[1].url', 'http://192.0.2.10:8042'],
+      ['basic', 'destinations[0].alternate.orthancUrl', 'http://dr.example.org'],
+      ['bearer', 'destinations[1].url', 'http://vna.example.org'],
     ]);
+    expect(JSON.stringify(entries)).not.toContain('a-token');
   });
 
   it('reads a file: a clear error for a missing file and for one that is not JSON', () => {

@@ -190,8 +190,9 @@ const isThisMachine = (hostname: string): boolean =>
   hostname === 'localhost' || hostname === '[::1]' || /^127(\.\d{1,3}){3}$/.test(hostname);
 
 /**
- * Warns once per URL at the start of a local run of basic auth sent over http:// to another
- * machine: the password crosses the network readable. `allowInsecureHttp` says it is known.
+ * Warns once per URL at the start of a local run of credentials sent over http:// to another
+ * machine: a password or a bearer token crosses the network readable, a signature can be
+ * replayed. `allowInsecureHttp` says it is known.
  */
 export const warnOfPlainHttpAuth = (
   config: Pick<ForwarderConfig, 'sources' | 'destinations'>,
@@ -199,9 +200,13 @@ export const warnOfPlainHttpAuth = (
 ): void => {
   for (const { field, url, server } of plainHttpUrls(config)) {
     const { hostname, origin } = new URL(url);
-    const auth = 'auth' in server ? server.auth : undefined;
+    const { auth } = server as { readonly auth?: AuthConfig };
     if ((server.username === undefined && auth === undefined) || isThisMachine(hostname)) continue;
-    log.warn('basic auth over http:// beyond this machine: the password crosses the network readable', {
+    const what =
+      auth === undefined
+        ? 'basic auth over http:// beyond this machine: the password crosses the network readable'
+        : `${auth.kind} auth over http:// beyond this machine: its credentials cross the network readable`;
+    log.warn(what, {
       field,
       origin,
       hint: 'use https://, or set allowInsecureHttp: true on the server if the network is trusted',
