@@ -13,6 +13,7 @@ import {
   linkCapacityMBps,
   parseLinkProfile,
 } from '../testbed/link-emulator.ts';
+import { listenOnLoopback } from '../testbed/loopback.ts';
 
 const servers: Server[] = [];
 const links: LinkEmulator[] = [];
@@ -26,11 +27,7 @@ afterEach(async () => {
 const serve = async (onConnection: (socket: Socket) => void): Promise<number> => {
   const server = createServer({ allowHalfOpen: true }, onConnection);
   servers.push(server);
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  return address.port;
+  return listenOnLoopback(server);
 };
 
 const linkTo = async (port: number, profile: LinkProfile): Promise<LinkEmulator> => {

@@ -22,8 +22,8 @@
  * It is a userspace proxy (no privileges, no kernel queueing discipline); its own CPU use comes
  * out of the machine's, which the benchmark reports.
  */
-import { once } from 'node:events';
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import { listenOnLoopback } from './loopback.ts';
 
 export interface LinkProfile {
   /** Round-trip time the link adds, ms: half of it in each direction. */
@@ -185,11 +185,7 @@ export class LinkEmulator {
   static async start(targetPort: number, profile: LinkProfile): Promise<LinkEmulator> {
     let link: LinkEmulator | undefined;
     const server = createServer({ allowHalfOpen: true }, (socket) => link?.accept(socket, targetPort));
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
-    const address = server.address();
-    if (address === null || typeof address === 'string') throw new Error('no port for the link emulator');
-    link = new LinkEmulator(server, address.port, profile);
+    link = new LinkEmulator(server, await listenOnLoopback(server), profile);
     return link;
   }
 

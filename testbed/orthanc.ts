@@ -19,6 +19,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { listenOnLoopback } from './loopback.ts';
 
 export const DEFAULT_ORTHANC_BIN = '/usr/sbin/Orthanc';
 export const DICOMWEB_PLUGIN = '/usr/share/orthanc/plugins/libOrthancDicomWeb.so';
@@ -57,12 +58,11 @@ process.once('exit', () => {
 
 const freePort = async (): Promise<number> => {
   const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  if (address === null || typeof address === 'string') throw new Error('no port from the kernel');
-  return address.port;
+  try {
+    return await listenOnLoopback(server);
+  } finally {
+    server.close();
+  }
 };
 
 const orthancBinary = (): string => {

@@ -25,6 +25,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer as createTlsServer, type TLSSocket, type Server as TlsServer } from 'node:tls';
 import { afterAll, beforeAll } from 'vitest';
+import { listenOnLoopback } from '../../testbed/loopback.ts';
 
 /** Headers that describe one hop, not the message: never copied across the proxy. */
 const HOP_BY_HOP = ['connection', 'keep-alive', 'transfer-encoding', 'proxy-connection', 'upgrade', 'te'];
@@ -56,14 +57,6 @@ export type FaultRule = (request: {
   readonly authorization?: string | undefined;
 }) => Fault | undefined;
 
-export const listening = async (server: Server | TlsServer): Promise<number> => {
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  return address.port;
-};
-
 /**
  * A small HTTP server on loopback: what `handle` throws is kept in `errors` (the test's to
  * check) and ends that connection.
@@ -78,7 +71,7 @@ export const serve = async (
       response.destroy();
     });
   });
-  const port = await listening(server);
+  const port = await listenOnLoopback(server);
   return {
     port,
     close: async () => {
@@ -133,7 +126,7 @@ export class HttpFront {
   /** A front for the server at `target` (its origin: the path of each request is kept). */
   static async start(target: string, rule?: FaultRule): Promise<HttpFront> {
     const front = new HttpFront(target, rule);
-    front.port = await listening(front.server);
+    front.port = await listenOnLoopback(front.server);
     return front;
   }
 
@@ -249,7 +242,7 @@ export class TlsFront {
   /** A TLS front for the plain HTTP server at `target` (a URL; its port is used). */
   static async start(target: string, options: TlsFrontOptions): Promise<TlsFront> {
     const front = new TlsFront(Number(new URL(target).port), options);
-    front.port = await listening(front.server);
+    front.port = await listenOnLoopback(front.server);
     return front;
   }
 

@@ -25,8 +25,8 @@
  * from the first answer byte after it. Without it the mode applies to every connection, counted
  * from the moment the mode was set. A mode triggers (`onTrigger`) the first time it takes effect.
  */
-import { once } from 'node:events';
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import { listenOnLoopback } from '../../testbed/loopback.ts';
 
 export type Direction = 'up' | 'down';
 
@@ -109,11 +109,7 @@ export class TcpProxy {
   static async start(targetPort: number): Promise<TcpProxy> {
     let proxy: TcpProxy | undefined;
     const server = createServer({ allowHalfOpen: true }, (socket) => proxy?.accept(socket));
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
-    const address = server.address();
-    if (address === null || typeof address === 'string') throw new Error('no port for the proxy');
-    proxy = new TcpProxy(server, address.port, targetPort);
+    proxy = new TcpProxy(server, await listenOnLoopback(server), targetPort);
     return proxy;
   }
 
