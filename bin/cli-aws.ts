@@ -7,6 +7,7 @@ import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SQSClient } from '@aws-sdk/client-sqs';
 import { InvalidArgumentError } from 'commander';
+import { AWS_REQUEST_HANDLER } from '../lambdas/aws/client-config.ts';
 import { DynamoFeedStore } from '../lambdas/aws/dynamo-feed-store.ts';
 import { DynamoLedger } from '../lambdas/aws/dynamo-ledger.ts';
 import {
@@ -66,7 +67,7 @@ const awsResources = <K extends keyof AwsResources>(
 
 const awsClientConfig = (options: AwsCliOptions, config: ForwarderConfig) => {
   const region = options.region ?? config.aws?.region;
-  return region === undefined ? {} : { region };
+  return { requestHandler: AWS_REQUEST_HANDLER, ...(region === undefined ? {} : { region }) };
 };
 
 export const awsStatus = async (

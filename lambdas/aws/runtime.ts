@@ -12,6 +12,7 @@ import { checkAuthSecret } from '../core/authorizers.ts';
 import { ConfigError, configuredServers, type ForwarderConfig, parseConfig } from '../core/config.ts';
 import { type SecretReader, secretCredentials, secretTlsMaterial } from '../core/credentials.ts';
 import { createLog, type Log, type LogLevel } from '../core/log.ts';
+import { AWS_REQUEST_HANDLER } from './client-config.ts';
 import { DynamoFeedStore } from './dynamo-feed-store.ts';
 import { DynamoLedger } from './dynamo-ledger.ts';
 
@@ -90,7 +91,7 @@ export const createRuntime = async (
   const tableName = requiredEnv(env, 'STATE_TABLE');
   // With aws.tracing (active tracing on the functions), every DynamoDB and SQS call is a subsegment.
   const tracer = new Tracer({ serviceName: 'orthanc-forwarder', enabled: config.aws?.tracing === true });
-  const dynamodb = tracer.captureAWSv3Client(new DynamoDBClient({}));
+  const dynamodb = tracer.captureAWSv3Client(new DynamoDBClient({ requestHandler: AWS_REQUEST_HANDLER }));
   return {
     config,
     secrets: readSecret,
@@ -101,7 +102,9 @@ export const createRuntime = async (
     }),
     dynamodb,
     // The endpoint comes from the region (or AWS_ENDPOINT_URL_SQS), not from each queue URL.
-    sqs: tracer.captureAWSv3Client(new SQSClient({ useQueueUrlAsEndpoint: false })),
+    sqs: tracer.captureAWSv3Client(
+      new SQSClient({ useQueueUrlAsEndpoint: false, requestHandler: AWS_REQUEST_HANDLER }),
+    ),
     feed: new DynamoFeedStore(dynamodb, tableName),
     ledger: new DynamoLedger(dynamodb, tableName, {
       outcomeDays: config.retention.outcomeDays,

@@ -113,12 +113,38 @@ export const startProcess = (
   return { child, done };
 };
 
-/** Runs a child process to its end (or its death) and collects what it printed. */
-export const runProcess = (
+/**
+ * Longer than any command the tests run takes on a loaded machine, shorter than a test's timeout:
+ * a child that hangs fails its test with what it printed, rather than a bare timeout.
+ */
+const RUN_TIMEOUT_MS = 60_000;
+
+/**
+ * Runs a child process to its end (or its death) and collects what it printed; SIGKILLs it, and
+ * says so on its stderr, if it has not ended within RUN_TIMEOUT_MS.
+ */
+export const runProcess = async (
   command: string,
   args: readonly string[],
   env: NodeJS.ProcessEnv = process.env,
-): Promise<ProcessResult> => startProcess(command, args, { env }).done;
+): Promise<ProcessResult> => {
+  const { child, done } = startProcess(command, args, { env });
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    child.kill('SIGKILL');
+  }, RUN_TIMEOUT_MS);
+  try {
+    const result = await done;
+    if (!timedOut) return result;
+    return {
+      ...result,
+      stderr: `${result.stderr}\n[test harness: SIGKILLed after ${RUN_TIMEOUT_MS} ms: ${args.join(' ')}]\n`,
+    };
+  } finally {
+    clearTimeout(timer);
+  }
+};
 
 /** Runs the CLI's entry (bin/orthanc-forwarder.mjs) to its end. */
 export const cli = (args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<ProcessResult> =>
