@@ -105,6 +105,38 @@ describe('link emulator', () => {
     await once(socket, 'close');
   });
 
+  it('delivers an answer written in two parts (a header, then a body a moment later) a round trip after the question: no write held for an ACK', async () => {
+    // As Orthanc answers (TcpNoDelay) and undici asks: neither end waits to coalesce its writes.
+    // With Nagle's algorithm on its sockets, the emulator would hold the body until the client's
+    // delayed ACK (40 ms on Linux), three round trips of this link instead of one.
+    const profile = { rttMs: 20, mbit: 100 };
+    const port = await serve((socket) => {
+      socket.setNoDelay(true);
+      socket.on('data', () => {
+        socket.write('head');
+        setTimeout(() => socket.write('body'), 5);
+      });
+      socket.on('end', () => socket.end());
+    });
+    const socket = await open((await linkTo(port, profile)).port);
+    socket.setNoDelay(true);
+    const times: number[] = [];
+    for (let i = 0; i < 10; i++) {
+      const sent = performance.now();
+      socket.write('?');
+      let received = '';
+      while (received.length < 'headbody'.length) received += String((await once(socket, 'data'))[0]);
+      expect(received).toBe('headbody');
+      times.push(performance.now() - sent);
+    }
+    const median = [...times].sort((a, b) => a - b)[Math.floor(times.length / 2)] ?? 0;
+    console.info(`link 20 ms, an answer in two writes: median ${median.toFixed(1)} ms`);
+    expect(median).toBeGreaterThanOrEqual(profile.rttMs - 1);
+    expect(median).toBeLessThan(profile.rttMs * 2);
+    socket.end();
+    await once(socket, 'close');
+  });
+
   it('caps each direction at the bandwidth, a long round trip notwithstanding (a pipelined delay line)', async () => {
     const profile = { rttMs: 40, mbit: 200 };
     const cap = linkCapacityMBps(profile);

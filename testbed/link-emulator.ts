@@ -201,7 +201,11 @@ export class LinkEmulator {
 
   private accept(client: Socket, targetPort: number): void {
     this.stats.connections++;
-    const server = connect({ port: targetPort, host: '127.0.0.1', allowHalfOpen: true });
+    // Nagle's algorithm off on both sides, as the endpoints have it (Orthanc's TcpNoDelay, undici):
+    // on, the emulator would hold each response's second write until the client's delayed ACK,
+    // 40 ms on Linux, and add it to every exchange.
+    client.setNoDelay(true);
+    const server = connect({ port: targetPort, host: '127.0.0.1', allowHalfOpen: true, noDelay: true });
     // After TCP's handshake: the client sends once its SYN-ACK is back (1 RTT), its bytes arrive
     // half a round trip later; a server speaking first is heard 1 RTT after the client's SYN.
     const accepted = performance.now();
