@@ -159,6 +159,12 @@ export const sourceSchema = z
     minimumAge: minimumAgeSchema.optional(),
     /** This source's read rate cap, instead of the top-level `maxReadMBps`. */
     maxReadMBps: readRateSchema.optional(),
+    /**
+     * Read-ahead requests a STOW request's own connection to the source carries before their
+     * answers are back (HTTP/1.1 pipelining); 16 when absent. 1 for a proxy in front of the
+     * source that mishandles pipelining.
+     */
+    pipelining: z.number().int().positive().max(64).optional(),
   })
   .refine(exclusivePassword, passwordMessage)
   .refine(usernameWithPassword, usernameMessage)
@@ -477,6 +483,14 @@ const configObject = z.strictObject({
       maxBytes: positiveInt.default(256 * 1024 * 1024),
       /** STOW requests (or push jobs) in flight for one study. */
       parallel: positiveInt.max(32).default(4),
+      /**
+       * Instance files asked for at the source ahead of the one being sent, per request, where
+       * the source is slow to answer (read-ahead.ts): across a link, a file then costs its bytes
+       * rather than a round trip. 0 asks for each in its turn.
+       */
+      readAheadInstances: z.number().int().min(0).max(256).default(32),
+      /** Bytes those may come to, per request; a larger file is asked for in its turn. */
+      readAheadBytes: positiveInt.max(256 * 1024 * 1024).default(4 * 1024 * 1024),
     })
     .prefault({}),
   /**

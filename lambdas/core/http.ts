@@ -39,8 +39,34 @@ export interface Endpoint {
   readonly authorization: Authorization | undefined;
   /** The agent; built on first use where its TLS material comes from a secret store. */
   readonly dispatcher: () => Promise<Dispatcher>;
+  /**
+   * A connection of its own, for requests sent `pipelined` whose answers are read in the order
+   * they were asked (a batch's read-ahead): none waits behind another reader's. Destroy it after.
+   */
+  readonly lane: () => Promise<Agent>;
+  /** How long its recent answers took to come (their headers): is it near, or across a link? */
+  readonly answers: AnswerTimes;
   /** Names the server in errors and logs: its URL's origin, never its credentials. */
   readonly label: string;
+}
+
+/**
+ * The time to the headers of an endpoint's last few answers. The quickest of them is about the
+ * round trip to the server (plus its least work): a read-ahead pays only across a link.
+ */
+export class AnswerTimes {
+  static readonly KEPT = 16;
+  readonly #times: number[] = [];
+
+  record(ms: number): void {
+    this.#times.push(ms);
+    if (this.#times.length > AnswerTimes.KEPT) this.#times.shift();
+  }
+
+  /** The quickest of the recent answers, in ms; undefined before the first. */
+  quickest(): number | undefined {
+    return this.#times.length === 0 ? undefined : Math.min(...this.#times);
+  }
 }
 
 const resolvePassword = (server: ServerConfig, env: NodeJS.ProcessEnv): string | undefined => {
@@ -143,6 +169,11 @@ export interface EndpointOptions {
   readonly secrets?: SecretReader;
   /** Where the server is in the configuration (`sources[0]`): errors of its settings name it. */
   readonly field?: string;
+  /**
+   * Requests a lane's connection carries before their answers are back (HTTP/1.1 pipelining):
+   * over a long link each then costs its bytes, not a round trip. 1: one at a time.
+   */
+  readonly pipelining?: number;
 }
 
 /** Where the server is in the configuration file, for errors: `sources[1]`, `destination.alternate`, … */
@@ -162,27 +193,33 @@ export const createEndpoint = (
 ): Endpoint => {
   const authorization = named(options.field, () => authorizationOf(server, timeouts, options));
   const material = named(options.field, () => tlsMaterial(server, options));
-  const dispatcher = cachedUntilRejected(
-    async () =>
-      new Agent({
-        connect: {
-          timeout: timeouts.connectMs,
-          // Verification stays on whatever the CA: a custom bundle replaces the trust store, it never disables it.
-          rejectUnauthorized: true,
-          ...(await material()),
-        },
-        headersTimeout: timeouts.headersMs,
-        bodyTimeout: timeouts.bodyMs,
-        connections: options.connections ?? 16,
-        // Orthanc closes idle connections after 1 s (it answers Keep-Alive: timeout=1); reuse only
-        // within that window. undici subtracts keepAliveTimeoutThreshold from the server's hint, and
-        // its default (2 s) leaves nothing of 1 s: every request would open a new connection.
-        keepAliveTimeout: 900,
-        keepAliveMaxTimeout: 900,
-        keepAliveTimeoutThreshold: 300,
-      }),
-  );
-  return { baseUrl: server.url, authorization, dispatcher, label: new URL(server.url).origin };
+  const agent = async (connections: number, pipelining: number) =>
+    new Agent({
+      connect: {
+        timeout: timeouts.connectMs,
+        // Verification stays on whatever the CA: a custom bundle replaces the trust store, it never disables it.
+        rejectUnauthorized: true,
+        ...(await material()),
+      },
+      headersTimeout: timeouts.headersMs,
+      bodyTimeout: timeouts.bodyMs,
+      connections,
+      pipelining,
+      // Orthanc closes idle connections after 1 s (it answers Keep-Alive: timeout=1); reuse only
+      // within that window. undici subtracts keepAliveTimeoutThreshold from the server's hint, and
+      // its default (2 s) leaves nothing of 1 s: every request would open a new connection.
+      keepAliveTimeout: 900,
+      keepAliveMaxTimeout: 900,
+      keepAliveTimeoutThreshold: 300,
+    });
+  return {
+    baseUrl: server.url,
+    authorization,
+    dispatcher: cachedUntilRejected(() => agent(options.connections ?? 16, 1)),
+    lane: () => agent(1, options.pipelining ?? 1),
+    answers: new AnswerTimes(),
+    label: new URL(server.url).origin,
+  };
 };
 
 /** Hosts on this machine: basic auth to them over http:// never crosses a network. */
@@ -225,6 +262,11 @@ export interface CallOptions {
   readonly contentLength?: number;
   /** Aborts the request, e.g. when the invocation runs out of time. */
   readonly signal?: AbortSignal;
+  /**
+   * Sent on this lane (Endpoint.lane), behind the requests before it whose answers are not back
+   * yet (undici's non-blocking request), instead of on the endpoint's pool.
+   */
+  readonly lane?: Dispatcher;
 }
 
 const TLS_CODES = /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS|ERR_SSL/;
@@ -288,19 +330,27 @@ const send = async (endpoint: Endpoint, path: string, what: string, options: Cal
   } else if (authorization !== undefined) {
     headers.authorization = await fromSecretStore(endpoint, 'credentials', () => authorization.header());
   }
-  const dispatcher = await fromSecretStore(endpoint, 'TLS material', endpoint.dispatcher);
+  const dispatcher = options.lane ?? (await fromSecretStore(endpoint, 'TLS material', endpoint.dispatcher));
+  const asked = performance.now();
   try {
-    return await request(`${endpoint.baseUrl}${path}`, {
+    const answer = await request(`${endpoint.baseUrl}${path}`, {
       dispatcher,
       method,
       headers,
       ...(options.body === undefined ? {} : { body: options.body }),
       ...(options.signal === undefined ? {} : { signal: options.signal }),
+      ...(options.lane === undefined ? {} : { blocking: false }),
     });
+    endpoint.answers.record(performance.now() - asked);
+    return answer;
   } catch (error) {
     throw networkError(endpoint, what, error);
   }
 };
+
+/** A lane to the endpoint (Endpoint.lane), its TLS material read as for any request. */
+export const openLane = (endpoint: Endpoint): Promise<Agent> =>
+  fromSecretStore(endpoint, 'TLS material', endpoint.lane);
 
 /**
  * Sends a request; the answer's status is the caller's to judge, network failures are classified.

@@ -7,6 +7,7 @@
  * anywhere converges when the work item is delivered again.
  */
 import type { Readable } from 'node:stream';
+import type { Agent, Dispatcher } from 'undici';
 import { runBounded } from './concurrency.ts';
 import type { VerifyLevel } from './config.ts';
 import { destinationServed, destinationUnavailable, isDestinationFault } from './destination-faults.ts';
@@ -26,6 +27,7 @@ import type {
 } from './ports.ts';
 import { pushBatches } from './push.ts';
 import type { ListedCopy } from './qido-client.ts';
+import { type ReadAheadLimits, readAhead, worthReadingAhead } from './read-ahead.ts';
 import { routeStudy, studyFacts } from './routing.ts';
 import type { StowClient, StowPart } from './stow-client.ts';
 import {
@@ -43,7 +45,13 @@ import {
 
 export interface MoveOptions {
   readonly deleteAfterForward: boolean;
-  readonly stow: { readonly maxInstances: number; readonly maxBytes: number; readonly parallel: number };
+  readonly stow: {
+    readonly maxInstances: number;
+    readonly maxBytes: number;
+    readonly parallel: number;
+    readonly readAheadInstances: number;
+    readonly readAheadBytes: number;
+  };
   /** A study no destination's filter accepts stays at the source, or is deleted there. */
   readonly unrouted: 'keep' | 'delete';
   /**
@@ -165,19 +173,36 @@ const nothingSent = (): SendReport => ({
   bytes: 0,
 });
 
-const openPart = (source: OrthancClient, instance: SourceInstance, signal?: AbortSignal): StowPart => ({
-  sopInstanceUid: instance.sopInstanceUid,
-  size: instance.fileSize,
-  open: async (): Promise<Readable | undefined> => {
-    try {
-      return await source.openInstance(instance.id, signal);
-    } catch (error) {
-      // Deleted at the source meanwhile (by someone else): nothing to send, nothing lost.
-      if (error instanceof ForwarderError && error.status === 404) return undefined;
-      throw error;
-    }
-  },
+/**
+ * How far ahead the batches ask for files at the source: not at all where it answers at once
+ * (its quickest recent answer, read-ahead.ts).
+ */
+const readAheadLimits = (ctx: MoveContext): ReadAheadLimits => ({
+  instances: worthReadingAhead(ctx.source.quickestAnswerMs()) ? ctx.options.stow.readAheadInstances : 0,
+  bytes: ctx.options.stow.readAheadBytes,
 });
+
+/** A batch's parts, their files asked for ahead on its lane to the source (read-ahead.ts). */
+const partsOf = (
+  ctx: MoveContext,
+  batch: readonly SourceInstance[],
+  lane: Dispatcher,
+  limits: ReadAheadLimits,
+  signal: AbortSignal | undefined,
+): StowPart[] =>
+  readAhead(
+    batch,
+    async (instance, ahead): Promise<Readable | undefined> => {
+      try {
+        return await ctx.source.openInstance(instance.id, signal, ahead ? { lane } : {});
+      } catch (error) {
+        // Deleted at the source meanwhile (by someone else): nothing to send, nothing lost.
+        if (error instanceof ForwarderError && error.status === 404) return undefined;
+        throw error;
+      }
+    },
+    limits,
+  );
 
 /**
  * Why a batch that the deadline cut failed. An instance alone in the only batch of an attempt had
@@ -211,6 +236,10 @@ const relay = async (
   // The archive's own limit on a request, where it has one, bounds the configured one.
   const maxBytes = Math.min(ctx.options.stow.maxBytes, stow.maxBytes ?? Number.POSITIVE_INFINITY);
   const batches = planBatches(instances, { ...ctx.options.stow, maxBytes });
+  const readAhead = readAheadLimits(ctx);
+  // A batch's lane goes to the next batch once every answer on it was read (the request
+  // succeeded): its connection is open already.
+  const lanes: Agent[] = [];
   await runBounded(batches, ctx.options.stow.parallel, async (batch) => {
     if (ctx.deadline !== undefined && now() >= ctx.deadline) {
       report.failure ??= transient('out of time: the rest of the study is sent by the next attempt');
@@ -220,15 +249,16 @@ const relay = async (
       ctx.deadline === undefined ? undefined : AbortSignal.timeout(Math.max(0, ctx.deadline - now()));
     const signals = [ctx.signal, cut].filter((signal) => signal !== undefined);
     const signal = signals.length === 0 ? undefined : AbortSignal.any(signals);
+    const lane = lanes.pop() ?? (await ctx.source.lane());
     const result = await stow
-      .store(
-        batch.map((instance) => openPart(ctx.source, instance, signal)),
-        signal,
-      )
+      .store(partsOf(ctx, batch, lane, readAhead, signal), signal)
       .catch((error: unknown) => {
+        // With the answers still ahead when the request failed part-way.
+        void lane.destroy();
         if (cut?.aborted !== true || ctx.deadline === undefined) throw error;
         throw cutByDeadline(batch, batches.length === 1, ctx.deadline - started);
       });
+    lanes.push(lane);
     // UIDs are unique within a batch (planBatches): each names one instance.
     const byUid = new Map(batch.map((instance) => [instance.sopInstanceUid, instance.id]));
     const ids = (uids: Iterable<string>) => [...uids].flatMap((uid) => byUid.get(uid) ?? []);
@@ -240,9 +270,11 @@ const relay = async (
       if (id !== undefined) report.refused.set(id, reason);
     }
     report.bytes += result.bytes;
-  }).catch((error: unknown) => {
-    report.failure = error;
-  });
+  })
+    .catch((error: unknown) => {
+      report.failure = error;
+    })
+    .finally(() => Promise.all(lanes.map((lane) => lane.destroy())));
   return report;
 };
 

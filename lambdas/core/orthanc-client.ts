@@ -4,9 +4,10 @@
  */
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
+import type { Agent } from 'undici';
 import { z } from 'zod';
 import { ForwarderError, transient } from './errors.ts';
-import { call, callJson, type Endpoint, statusError } from './http.ts';
+import { type CallOptions, call, callJson, type Endpoint, openLane, statusError } from './http.ts';
 import { type Identity, identityFromOrthancTags } from './identity.ts';
 import type { Tally } from './ports.ts';
 import type { ReadRate } from './read-rate.ts';
@@ -371,12 +372,27 @@ export class OrthancClient {
     return { instances: statistics.CountInstances, bytes: Number(statistics.DiskSize) };
   }
 
-  /** Streams an instance's DICOM file, no faster than the read rate cap. */
-  async openInstance(instanceId: string, signal?: AbortSignal): Promise<Readable> {
+  /** The quickest of its recent answers, in ms (about the round trip to it); undefined before one. */
+  quickestAnswerMs(): number | undefined {
+    return this.endpoint.answers.quickest();
+  }
+
+  /** A connection of its own to the source, for a batch's read-ahead: destroy it after. */
+  lane(): Promise<Agent> {
+    return openLane(this.endpoint);
+  }
+
+  /** Streams an instance's DICOM file, no faster than the read rate cap; on a lane, for a read-ahead. */
+  async openInstance(
+    instanceId: string,
+    signal?: AbortSignal,
+    options: Pick<CallOptions, 'lane'> = {},
+  ): Promise<Readable> {
     const what = 'reading an instance';
     const response = await call(this.endpoint, `/instances/${segment(instanceId)}/file`, what, {
       headers: { accept: 'application/dicom' },
       ...(signal === undefined ? {} : { signal }),
+      ...options,
     });
     if (response.statusCode !== 200) throw await statusError(this.endpoint, what, response);
     // A proxy's login or error page answered with 200 is not the file: sent on, the destination
