@@ -24,6 +24,8 @@ const positive = (value: string): number => {
   return parsed;
 };
 
+const wholeOrZero = (value: string): number => (value.trim() === '0' ? 0 : whole(value));
+
 const whole = (value: string): number => {
   const parsed = positive(value);
   if (!Number.isInteger(parsed)) throw new InvalidArgumentError('must be a whole number');
@@ -77,6 +79,7 @@ interface CliOptions {
   bigGb: number;
   maxInstances: number;
   parallel: number;
+  readAhead: number;
   concurrency: number;
   verify: VerifyLevel;
   orthancUrl?: boolean;
@@ -123,6 +126,12 @@ const program = new Command('bench')
   .option('--big-gb <gb>', 'size of the large study, GB', positive, DEFAULT_OPTIONS.bigGb)
   .option('--max-instances <n>', "relay's stow.maxInstances", whole, DEFAULT_OPTIONS.relay.maxInstances)
   .option('--parallel <n>', "relay's stow.parallel", whole, DEFAULT_OPTIONS.relay.parallel)
+  .option(
+    '--read-ahead <n>',
+    "relay's stow.readAheadInstances (0: each file read in its turn)",
+    wholeOrZero,
+    DEFAULT_OPTIONS.relay.readAheadInstances,
+  )
   .option('--concurrency <n>', "relay's concurrency", whole, DEFAULT_OPTIONS.relay.concurrency)
   .option(
     '--verify <level>',
@@ -141,7 +150,10 @@ const program = new Command('bench')
     DEFAULT_OPTIONS.verifyRepetitions,
   )
   .option('--sweep', 'only: the relay at several settings on the default set')
-  .option('--wado', 'only: read every series from the source, WADO-RS per series against GET per instance')
+  .option(
+    '--wado',
+    'only: read every series from the source: WADO-RS per series, GET per instance in turn, and read ahead as the relay does; with --link, also across each link',
+  )
   .option('--pin', 'experiment: the destination Orthanc alone on CPU 1, everything else on CPU 0')
   .option('--no-poller', 'skip the poller run on the AWS emulators')
   .option('--poller-only', 'only: the poller run on the AWS emulators')
@@ -214,6 +226,7 @@ const toOptions = (cli: CliOptions, onProgress: ((line: string) => void) | undef
   relay: {
     maxInstances: cli.maxInstances,
     parallel: cli.parallel,
+    readAheadInstances: cli.readAhead,
     concurrency: cli.concurrency,
     verify: cli.verify,
     orthancRest: cli.orthancUrl === true,

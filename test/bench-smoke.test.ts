@@ -156,6 +156,13 @@ describe('benchmark', () => {
       expectFigures(overLink[method]);
       expect(overLink[method].linkFraction).toBeCloseTo(overLink[method].mbPerSecond / 50, 2);
     }
+    // The relay's busy time (its studies' durations summed) per GB, and what Lambda would bill for it.
+    for (const method of ['relaySourceLink', 'relayDestinationLink']) {
+      const { busySecondsPerGB, lambdaUsdPerGB } = overLink[method];
+      expect(busySecondsPerGB).toBeGreaterThan(0);
+      expect(lambdaUsdPerGB).toBeCloseTo(busySecondsPerGB * 0.0000133334, 5);
+    }
+    expect(overLink.push.busySecondsPerGB).toBeUndefined();
     expect(overLink.ratios).toEqual({
       relaySourceLinkVsPush: expect.any(Number),
       relayDestinationLinkVsPush: expect.any(Number),
@@ -166,5 +173,26 @@ describe('benchmark', () => {
     expect(report).toContain('Verification modes on the default set');
     expect(report).toContain('Poller: a feed of 60 changes');
     expect(report).toContain('Over a link of 2 ms round trip and 400 Mbit/s each way');
+  });
+
+  it('reads every series from the source three ways, on loopback and across a link (--wado --link)', async () => {
+    const result = await runBenchmark({ ...TINY, wado: true, linkOnly: true });
+    const points = result.wado ?? [];
+    expect(points.map((point) => `${point.link} ${point.mode} x${point.concurrency}`)).toEqual(
+      ['loopback', '2:400'].flatMap((link) =>
+        ['wado x1', 'instances x1', 'wado x4', 'instances x4', 'ahead x4'].map(
+          (variant) => `${link} ${variant}`,
+        ),
+      ),
+    );
+    for (const point of points) {
+      expect(point.figures.mbPerSecond).toBeGreaterThan(0);
+      // One request per series with WADO-RS (4 series), one per instance otherwise (20).
+      expect(point.requests).toBe(point.mode === 'wado' ? 4 : 20);
+      expect(point.linkFraction === undefined).toBe(point.link === 'loopback');
+    }
+    // The relay's links were not run: --wado reads across them instead.
+    expect(result.link).toBeUndefined();
+    expect(formatReport(result, 1)).toContain('2:400, GET, read ahead, 4 at once');
   });
 });

@@ -224,7 +224,11 @@ export class Lab {
   relayJob(studies: readonly string[], settings: RelaySettings, across: Across = {}): ChildJob {
     const config = forwarderConfigFor([{ id: SOURCE_ID, server: this.source }], this.destination, {
       concurrency: settings.concurrency,
-      stow: { maxInstances: settings.maxInstances, parallel: settings.parallel },
+      stow: {
+        maxInstances: settings.maxInstances,
+        parallel: settings.parallel,
+        readAheadInstances: settings.readAheadInstances,
+      },
       verify: settings.verify,
       pollIntervalSeconds: 0.2,
       quietSeconds: 3600,
@@ -321,6 +325,30 @@ export const runChild = (args: readonly string[]): Promise<ChildResult> =>
         reject(new Error(`benchmark child failed (exit ${code}):\n${err.slice(-2000)}${out.slice(-2000)}`));
         return;
       }
-      resolve(JSON.parse(line.slice(RESULT_PREFIX.length)) as ChildResult);
+      const result = JSON.parse(line.slice(RESULT_PREFIX.length)) as ChildResult;
+      resolve({ ...result, warnings: warningsIn(Buffer.concat(stderr).toString('utf8')) });
     });
   });
+
+/**
+ * The child's WARN and ERROR log lines (its log level is WARN), counted by message: a trial that
+ * moved everything may still have needed more than one attempt for some studies, and why.
+ */
+const warningsIn = (stderr: string): Record<string, number> => {
+  const counted: Record<string, number> = {};
+  for (const line of stderr.split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      const entry = JSON.parse(line) as { level?: string; message?: string; error?: unknown };
+      if (entry.level !== 'WARN' && entry.level !== 'ERROR') continue;
+      // Our log lines carry the error described (a string); Powertools logs an Error as an object.
+      const { error } = entry;
+      const cause = typeof error === 'string' ? error : (error as { message?: string } | undefined)?.message;
+      const key = [entry.message, cause].filter(Boolean).join(': ');
+      counted[key] = (counted[key] ?? 0) + 1;
+    } catch {
+      // Not a log line.
+    }
+  }
+  return counted;
+};

@@ -10,7 +10,7 @@
 import { LinkEmulator, type LinkProfile, linkCapacityMBps, linkLabel } from '../../testbed/link-emulator.ts';
 import type { DataSet, Lab } from './lab.ts';
 import type { BenchOptions } from './options.ts';
-import { type MethodFigures, ratio, round, summarise, type TrialFigures } from './stats.ts';
+import { type MethodFigures, range, ratio, round, summarise, type TrialFigures } from './stats.ts';
 import {
   describeTrial,
   measurePush,
@@ -24,7 +24,21 @@ import {
 /** A method's figures over the link, and its MB/s over the link's capacity. */
 export interface LinkFigures extends MethodFigures {
   readonly linkFraction: number;
+  /**
+   * The relay's: its studies' move durations summed, per GB (10^9 bytes) moved (median over the
+   * trials). Deployed, each study is one forwarder invocation: this is its billed time.
+   */
+  readonly busySecondsPerGB?: number;
+  /** What that time costs on Lambda at the forwarder's default size (LAMBDA_PRICE), USD per GB. */
+  readonly lambdaUsdPerGB?: number;
 }
+
+/**
+ * The forwarder Lambda's default (aws.forwarder.memoryMb 1024, arm64) at Lambda's list price for
+ * arm64 in us-east-1, first tier: USD 0.0000133334 per GB-second of memory. Requests (USD 0.20
+ * per million, one per study) are left out: 1,000 studies cost USD 0.0002.
+ */
+export const LAMBDA_PRICE = { memoryGB: 1, usdPerGBSecond: 0.0000133334 } as const;
 
 export interface LinkSetResult {
   readonly set: SetSummary;
@@ -93,7 +107,15 @@ export const compareOverLink = async (
     const capacity = linkCapacityMBps(profile);
     const figures = (method: Method): LinkFigures => {
       const summary = summarise(trials[method], set.instances, true);
-      return { ...summary, linkFraction: round(summary.mbPerSecond / capacity, 3) };
+      const linkFraction = round(summary.mbPerSecond / capacity, 3);
+      if (method === 'push') return { ...summary, linkFraction };
+      const busy = range(trials[method].map((t) => (t.counts.busyMs ?? 0) / 1000 / (set.bytes / 1e9))).median;
+      return {
+        ...summary,
+        linkFraction,
+        busySecondsPerGB: round(busy, 2),
+        lambdaUsdPerGB: round(busy * LAMBDA_PRICE.memoryGB * LAMBDA_PRICE.usdPerGBSecond, 6),
+      };
     };
     const push = figures('push');
     const relaySourceLink = figures('relaySourceLink');

@@ -1,8 +1,10 @@
 /**
  * The relay at several settings on one set (the tuning sweep, the verification modes), and
- * reading series from the source two ways.
+ * reading series from the source three ways.
  */
+import { LinkEmulator, linkCapacityMBps, linkLabel } from '../../testbed/link-emulator.ts';
 import type { DataSet, Lab } from './lab.ts';
+import type { ReadMode } from './operations.ts';
 import {
   type BenchOptions,
   type RelayRun,
@@ -49,8 +51,11 @@ export interface VerifyModeFigures extends MethodFigures {
 }
 
 export interface ReadPoint {
-  readonly mode: 'wado' | 'instances';
+  readonly mode: ReadMode;
   readonly concurrency: number;
+  /** `loopback`, or the link's `RTT_MS:MBIT`; over a link, MB/s over its capacity too. */
+  readonly link: string;
+  readonly linkFraction?: number;
   readonly requests: number;
   readonly connections: number;
   readonly figures: MethodFigures;
@@ -123,7 +128,11 @@ export const compareVerifyModes = async (
   );
 };
 
-/** Reading every series of the set from the source: one WADO-RS request per series, or one request per instance. */
+/**
+ * Reading every series of the set from the source: one WADO-RS request per series, one request
+ * per instance in turn, or read ahead as the relay does; on loopback, then across each of
+ * `options.links` (`--wado --link`), where the source is reached through the emulator.
+ */
 export const runReadComparison = (
   lab: Lab,
   shape: SetShape,
@@ -134,43 +143,65 @@ export const runReadComparison = (
     try {
       await lab.loadSource(set.files);
       const series = await lab.sourceSeries();
-      const variants: { mode: 'wado' | 'instances'; concurrency: number }[] = [
+      const variants: { mode: ReadMode; concurrency: number }[] = [
         { mode: 'wado', concurrency: 1 },
         { mode: 'instances', concurrency: 1 },
         { mode: 'wado', concurrency: 4 },
         { mode: 'instances', concurrency: 4 },
+        { mode: 'ahead', concurrency: 4 },
       ];
       const points: ReadPoint[] = [];
-      const trials = variants.map(
-        () => [] as { figures: TrialFigures; requests: number; connections: number }[],
-      );
-      for (let rep = 0; rep < options.repetitions; rep++) {
-        for (const [index, variant] of variants.entries()) {
-          const trial = await lab.run({ kind: 'read', source: lab.sourceRef(), series, ...variant });
-          const t = await figures(lab, trial, set);
-          const socket = Object.values(trial.connections).reduce(
-            (sum, c) => ({
-              requests: sum.requests + c.requests,
-              connections: sum.connections + c.connections,
-            }),
-            { requests: 0, connections: 0 },
+      for (const profile of [undefined, ...(options.linkOnly ? options.links : [])]) {
+        const link =
+          profile === undefined ? undefined : await LinkEmulator.start(lab.source.httpPort, profile);
+        try {
+          const source = { ...lab.sourceRef(), ...(link === undefined ? {} : { url: link.url }) };
+          const where = profile === undefined ? 'loopback' : linkLabel(profile);
+          const trials = variants.map(
+            () => [] as { figures: TrialFigures; requests: number; connections: number }[],
           );
-          trials[index]?.push({ figures: t, ...socket });
-          progress(describeTrial(`read #${rep + 1} ${variant.mode} x${variant.concurrency}`, t));
+          for (let rep = 0; rep < options.repetitions; rep++) {
+            for (const [index, variant] of variants.entries()) {
+              const trial = await lab.run({
+                kind: 'read',
+                source,
+                series,
+                instanceBytes: set.bytes / set.instances,
+                ...variant,
+              });
+              const t = await figures(lab, trial, set);
+              const socket = Object.values(trial.connections).reduce(
+                (sum, c) => ({
+                  requests: sum.requests + c.requests,
+                  connections: sum.connections + c.connections,
+                }),
+                { requests: 0, connections: 0 },
+              );
+              trials[index]?.push({ figures: t, ...socket });
+              progress(describeTrial(`read ${where} #${rep + 1} ${variant.mode} x${variant.concurrency}`, t));
+            }
+          }
+          for (const [index, variant] of variants.entries()) {
+            const list = trials[index] ?? [];
+            const summary = summarise(
+              list.map((entry) => entry.figures),
+              0,
+              false,
+            );
+            points.push({
+              ...variant,
+              link: where,
+              ...(profile === undefined
+                ? {}
+                : { linkFraction: round(summary.mbPerSecond / linkCapacityMBps(profile), 3) }),
+              requests: list[0]?.requests ?? 0,
+              connections: list[0]?.connections ?? 0,
+              figures: summary,
+            });
+          }
+        } finally {
+          await link?.close();
         }
-      }
-      for (const [index, variant] of variants.entries()) {
-        const list = trials[index] ?? [];
-        points.push({
-          ...variant,
-          requests: list[0]?.requests ?? 0,
-          connections: list[0]?.connections ?? 0,
-          figures: summarise(
-            list.map((entry) => entry.figures),
-            0,
-            false,
-          ),
-        });
       }
       return points;
     } finally {

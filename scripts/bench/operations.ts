@@ -11,8 +11,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, type Dispatcher, request } from 'undici';
 import { runBounded } from '../../lambdas/core/concurrency.ts';
 import { parseConfig } from '../../lambdas/core/config.ts';
+import { SOURCE_PIPELINING } from '../../lambdas/core/engine.ts';
+import { createEndpoint } from '../../lambdas/core/http.ts';
 import { createLog } from '../../lambdas/core/log.ts';
+import { OrthancClient } from '../../lambdas/core/orthanc-client.ts';
 import type { StudyOutcome } from '../../lambdas/core/ports.ts';
+import { readAhead, worthReadingAhead } from '../../lambdas/core/read-ahead.ts';
 import { LocalRunner } from '../../lambdas/local/local-runner.ts';
 import { openState } from '../../lambdas/local/sqlite-state.ts';
 import type { PollerJob } from './poller-job.ts';
@@ -57,10 +61,18 @@ export interface ReadJob {
   readonly kind: 'read';
   readonly source: ServerRef;
   readonly series: readonly SeriesRef[];
-  /** `wado`: one WADO-RS request per series; `instances`: GET /instances/{id}/file each. */
-  readonly mode: 'wado' | 'instances';
+  /**
+   * `wado`: one WADO-RS request per series; `instances`: GET /instances/{id}/file each, in turn;
+   * `ahead`: the same GETs as the relay makes them, read ahead on pipelined connections
+   * (lambdas/core/read-ahead.ts at the configuration's defaults), `concurrency` batches at once.
+   */
+  readonly mode: ReadMode;
   readonly concurrency: number;
+  /** The instances' average size, for the read-ahead's byte budget. */
+  readonly instanceBytes: number;
 }
+
+export type ReadMode = 'wado' | 'instances' | 'ahead';
 
 export type ChildJob = CeilingJob | PushJob | RelayJob | ReadJob | PollerJob;
 
@@ -76,6 +88,8 @@ export interface OperationResult {
 }
 
 export interface ChildResult extends OperationResult {
+  /** Its WARN and ERROR log lines, counted by message (added by the parent, from its stderr). */
+  readonly warnings?: Readonly<Record<string, number>>;
   /** CPU seconds (user + system) this process used during the operation. */
   readonly cpuSeconds: number;
   /** The part of it spent in the kernel (system time): socket and file I/O, page faults. */
@@ -249,7 +263,8 @@ export const runRelay = async (job: RelayJob): Promise<OperationResult> => {
   const source = config.sources[0];
   if (source === undefined) throw new Error('the relay job needs one source');
   const state = openState(job.statePath, { maxReceives: config.retry.maxAttempts });
-  const counts = { studies: 0, instances: 0, bytes: 0, rejected: 0, deadLettered: 0 };
+  // busyMs: the studies' move durations summed, what Lambda bills with one study per invocation.
+  const counts = { studies: 0, instances: 0, bytes: 0, rejected: 0, deadLettered: 0, busyMs: 0 };
   try {
     const agent = clientAgent(1);
     const { Last } = await jsonCall<{ Last: number }>(agent, source as ServerRef, 'GET', '/changes?last');
@@ -263,6 +278,7 @@ export const runRelay = async (job: RelayJob): Promise<OperationResult> => {
       counts.instances += outcome.deleted;
       counts.bytes += outcome.bytes;
       counts.rejected += outcome.rejected;
+      counts.busyMs += outcome.durationMs;
       if (counts.studies === job.studies.length) {
         finished ??= { at: performance.now(), cpu: process.cpuUsage(cpuStart) };
       }
@@ -286,6 +302,49 @@ export const runRelay = async (job: RelayJob): Promise<OperationResult> => {
   } finally {
     state.close();
   }
+};
+
+/** The `ahead` reader: each series cut into STOW-sized batches, each batch's files read ahead. */
+const readAheadAll = async (
+  job: ReadJob,
+  counts: { series: number; requests: number; bytes: number; instances: number },
+): Promise<void> => {
+  const defaults = parseConfig(
+    { sources: [{ id: 'bench', url: job.source.url }], destination: { url: `${job.source.url}/dicom-web` } },
+    'benchmark configuration',
+  );
+  const source = new OrthancClient(
+    createEndpoint(job.source, defaults.timeouts, { pipelining: SOURCE_PIPELINING }),
+  );
+  const { maxInstances, readAheadInstances, readAheadBytes } = defaults.stow;
+  const batches = job.series.flatMap((series) =>
+    Array.from({ length: Math.ceil(series.instanceIds.length / maxInstances) }, (_, index) =>
+      series.instanceIds.slice(index * maxInstances, (index + 1) * maxInstances),
+    ),
+  );
+  await runBounded(batches, job.concurrency, async (ids) => {
+    const items = ids.map((id) => ({ id, sopInstanceUid: id, fileSize: job.instanceBytes }));
+    const lane = await source.lane();
+    const open = (item: { id: string }, ahead: boolean) =>
+      source.openInstance(item.id, undefined, ahead ? { lane } : {});
+    try {
+      // As the relay decides it: not at all where the source answers at once.
+      const limits = {
+        instances: worthReadingAhead(source.quickestAnswerMs()) ? readAheadInstances : 0,
+        bytes: readAheadBytes,
+      };
+      for (const part of readAhead(items, open, limits)) {
+        const stream = await part.open();
+        if (stream === undefined) throw new Error('an instance of the set is gone from the source');
+        for await (const chunk of stream) counts.bytes += (chunk as Buffer).length;
+        counts.requests++;
+        counts.instances++;
+      }
+    } finally {
+      await lane.destroy();
+    }
+  });
+  counts.series = job.series.length;
 };
 
 /** Reads whole series from the source, without storing them: bytes and parts are counted. */
@@ -312,6 +371,8 @@ export const runRead = async (job: ReadJob): Promise<OperationResult> => {
       counts.series++;
       counts.instances += series.instanceIds.length;
     });
+  } else if (job.mode === 'ahead') {
+    await readAheadAll(job, counts);
   } else {
     const ids = job.series.flatMap((series) => series.instanceIds);
     await runBounded(ids, job.concurrency, async (id) => {

@@ -42,6 +42,8 @@ export const relayRunLabel = (run: RelayRun): string =>
 export interface RelaySettings {
   readonly maxInstances: number;
   readonly parallel: number;
+  /** stow.readAheadInstances: files read from the source ahead of the one being sent. */
+  readonly readAheadInstances: number;
   readonly concurrency: number;
   /** The verification level (lambdas/core/verification.ts). */
   readonly verify: VerifyLevel;
@@ -116,6 +118,7 @@ const configDefaults = parseConfig({
 export const DEFAULT_RELAY: RelaySettings = {
   maxInstances: configDefaults.stow.maxInstances,
   parallel: configDefaults.stow.parallel,
+  readAheadInstances: configDefaults.stow.readAheadInstances,
   concurrency: configDefaults.concurrency,
   verify: configDefaults.verify,
   orthancRest: false,
@@ -192,6 +195,7 @@ export const sweepSettings = (): RelaySettings[] => {
   const variants: RelaySettings[] = [
     ...[10, 25, 50, 100].map((maxInstances) => ({ ...DEFAULT_RELAY, maxInstances })),
     ...[2, 4, 8].map((parallel) => ({ ...DEFAULT_RELAY, parallel })),
+    ...[0, 8, 32].map((readAheadInstances) => ({ ...DEFAULT_RELAY, readAheadInstances })),
     ...[1, 2, 4].map((concurrency) => ({ ...DEFAULT_RELAY, concurrency })),
     ...verifyModes(),
   ];
@@ -206,6 +210,9 @@ export const sweepSettings = (): RelaySettings[] => {
 
 export const settingsLabel = (settings: RelaySettings): string =>
   `maxInstances=${settings.maxInstances} parallel=${settings.parallel} concurrency=${settings.concurrency}` +
+  (settings.readAheadInstances === DEFAULT_RELAY.readAheadInstances
+    ? ''
+    : ` readAhead=${settings.readAheadInstances}`) +
   (verifyModeName(settings) === verifyModeName(DEFAULT_RELAY) ? '' : ` verify=${verifyModeName(settings)}`);
 
 /** Instances per series so that the set has about `instances` instances. */

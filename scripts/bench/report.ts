@@ -94,18 +94,20 @@ const verifySection = (
 
 const linkSection = (label: string, link: LinkResult): string[] => {
   const line = (name: string, f: LinkFigures) =>
-    `${pad(row(name, f), WIDE)}${pad(num(f.linkFraction, 2), 9)}${num(f.cpuSecondsPer1000.bench, 2)}`;
+    `${pad(row(name, f), WIDE)}${pad(num(f.linkFraction, 2), 9)}${pad(num(f.cpuSecondsPer1000.bench, 2), 11)}` +
+    (f.busySecondsPerGB === undefined ? '' : `${pad(num(f.busySecondsPerGB, 1), 11)}${f.lambdaUsdPerGB}`);
   return [
     `Over a link of ${link.rttMs} ms round trip and ${link.mbit} Mbit/s each way (${label}: ` +
       `${num(link.capacityMBps)} MB/s), ${link.repetitions} trial(s) each`,
     ...link.sets.flatMap((set) => [
       `  set '${set.set.name}': ${set.set.instances} instances of ${set.set.sizeKb} KiB`,
-      `${pad(header('method'), WIDE)}${pad('of link', 9)}CPU-s/1000 emulator`,
+      `${pad(header('method'), WIDE)}${pad('of link', 9)}${pad('emulator', 11)}${pad('busy s/GB', 11)}Lambda USD/GB`,
       line('push (source across the link)', set.push),
       line('relay, link at the source (AWS)', set.relaySourceLink),
       line('relay, link at the destination', set.relayDestinationLink),
       `  relay/push: link at the source ${num(set.ratios.relaySourceLinkVsPush, 2)}, ` +
         `at the destination ${num(set.ratios.relayDestinationLinkVsPush, 2)}`,
+      "  emulator: its CPU-s per 1,000 instances; busy: the studies' move durations summed, per GB",
     ]),
     '',
   ];
@@ -191,11 +193,15 @@ export const formatReport = (result: BenchResult, repetitions: number): string =
     lines.push('');
   }
   if (result.wado !== undefined) {
-    lines.push('Reading every series from the source', `${header('mode')}   requests/connections`);
+    const reader = { wado: 'WADO-RS per series', instances: 'GET per instance', ahead: 'GET, read ahead' };
+    lines.push(
+      'Reading every series from the source',
+      `${header('where, mode')}   requests/connections  of link`,
+    );
     for (const point of result.wado) {
       lines.push(
-        `${row(`${point.mode === 'wado' ? 'WADO-RS per series' : 'GET per instance'}, ${point.concurrency} at once`, point.figures)}` +
-          `   ${point.requests}/${point.connections}`,
+        `${row(`${point.link}, ${reader[point.mode]}, ${point.concurrency} at once`, point.figures)}` +
+          `   ${pad(`${point.requests}/${point.connections}`, 22)}${point.linkFraction === undefined ? '' : num(point.linkFraction, 2)}`,
       );
     }
     lines.push('');

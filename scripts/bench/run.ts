@@ -156,7 +156,8 @@ export const runBenchmark = async (options: BenchOptions): Promise<BenchResult> 
       try {
         if (options.sweep) sweep = await runSweep(lab, options.main, options, progress);
         if (options.wado) wado = await runReadComparison(lab, options.main, options, progress);
-        if (options.linkOnly) {
+        // With --wado, the links are those the source is read across.
+        if (options.linkOnly && !options.wado) {
           for (const shape of [options.main, options.small]) {
             if (shape !== undefined)
               await withSet(shape, (set) => measureOverLinks(lab, set, options, link, progress));

@@ -32,6 +32,8 @@ export interface TrialFigures {
   readonly sourceInstancesLeft: number;
   readonly connections: ConnectionCounts;
   readonly counts: Readonly<Record<string, number>>;
+  /** The relay child's warnings, counted by message. */
+  readonly warnings?: Readonly<Record<string, number>>;
 }
 
 export interface MethodFigures {

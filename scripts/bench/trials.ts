@@ -60,6 +60,7 @@ export const figures = async (
     sourceInstancesLeft: counts.source,
     connections: trial.connections,
     counts: trial.counts,
+    ...(trial.warnings === undefined ? {} : { warnings: trial.warnings }),
   };
 };
 
@@ -72,7 +73,10 @@ export const describeTrial = (what: string, t: TrialFigures): string => {
     `${what}: ${t.seconds.toFixed(2)} s, ${t.instancesPerSecond} inst/s, ${t.mbPerSecond} MB/s, ` +
     `CPU/1000 ours ${t.cpuPer1000.ours} src ${t.cpuPer1000.source} dst ${t.cpuPer1000.destination}, ` +
     `peak RSS ${t.peakRssMb} MB (startup ${t.startupPeakRssMb}, operation ${t.operationPeakRssMb}), ` +
-    `at destination ${t.destinationInstances}, left ${t.sourceInstancesLeft}${phases}`
+    `at destination ${t.destinationInstances}, left ${t.sourceInstancesLeft}${phases}` +
+    Object.entries(t.warnings ?? {})
+      .map(([message, count]) => `; warned ${count}× ${message}`)
+      .join('')
   );
 };
 
