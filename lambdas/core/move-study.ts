@@ -27,7 +27,7 @@ import type {
 } from './ports.ts';
 import { pushBatches } from './push.ts';
 import type { ListedCopy } from './qido-client.ts';
-import { type ReadAheadLimits, readAhead, worthReadingAhead } from './read-ahead.ts';
+import { type ReadAheadLimits, readAhead, readAheadLimits } from './read-ahead.ts';
 import { routeStudy, studyFacts } from './routing.ts';
 import type { StowClient, StowPart } from './stow-client.ts';
 import {
@@ -173,15 +173,6 @@ const nothingSent = (): SendReport => ({
   bytes: 0,
 });
 
-/**
- * How far ahead the batches ask for files at the source: not at all where it answers at once
- * (its quickest recent answer, read-ahead.ts).
- */
-const readAheadLimits = (ctx: MoveContext): ReadAheadLimits => ({
-  instances: worthReadingAhead(ctx.source.quickestAnswerMs()) ? ctx.options.stow.readAheadInstances : 0,
-  bytes: ctx.options.stow.readAheadBytes,
-});
-
 /** A batch's parts, their files asked for ahead on its lane to the source (read-ahead.ts). */
 const partsOf = (
   ctx: MoveContext,
@@ -236,7 +227,7 @@ const relay = async (
   // The archive's own limit on a request, where it has one, bounds the configured one.
   const maxBytes = Math.min(ctx.options.stow.maxBytes, stow.maxBytes ?? Number.POSITIVE_INFINITY);
   const batches = planBatches(instances, { ...ctx.options.stow, maxBytes });
-  const readAhead = readAheadLimits(ctx);
+  const limits = readAheadLimits(ctx.options.stow, ctx.source.quickestAnswerMs());
   // A batch's lane goes to the next batch once every answer on it was read (the request
   // succeeded): its connection is open already.
   const lanes: Agent[] = [];
@@ -251,7 +242,7 @@ const relay = async (
     const signal = signals.length === 0 ? undefined : AbortSignal.any(signals);
     const lane = lanes.pop() ?? (await ctx.source.lane());
     const result = await stow
-      .store(partsOf(ctx, batch, lane, readAhead, signal), signal)
+      .store(partsOf(ctx, batch, lane, limits, signal), signal)
       .catch((error: unknown) => {
         // With the answers still ahead when the request failed part-way.
         void lane.destroy();

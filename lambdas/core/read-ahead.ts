@@ -34,6 +34,15 @@ export const READ_AHEAD_WHEN_SLOWER_THAN_MS = 3;
 export const worthReadingAhead = (quickestAnswerMs: number | undefined): boolean =>
   quickestAnswerMs === undefined || quickestAnswerMs >= READ_AHEAD_WHEN_SLOWER_THAN_MS;
 
+/** The configured read-ahead, or none where the source answers at once (worthReadingAhead). */
+export const readAheadLimits = (
+  stow: { readonly readAheadInstances: number; readonly readAheadBytes: number },
+  quickestAnswerMs: number | undefined,
+): ReadAheadLimits => ({
+  instances: worthReadingAhead(quickestAnswerMs) ? stow.readAheadInstances : 0,
+  bytes: stow.readAheadBytes,
+});
+
 export interface ReadAheadItem {
   readonly sopInstanceUid: string;
   /** The size the source declares: the part's length, and what it counts against `bytes`. */

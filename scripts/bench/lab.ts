@@ -8,6 +8,7 @@ import { mkdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseLogLine } from '../../test/support/processes.ts';
 import { generateStudies, writeStudies } from '../../testbed/dicom-generator.ts';
 import { forwarderConfigFor } from '../../testbed/forwarder-config.ts';
 import { OrthancFleet, type OrthancServer } from '../../testbed/orthanc.ts';
@@ -336,19 +337,13 @@ export const runChild = (args: readonly string[]): Promise<ChildResult> =>
  */
 const warningsIn = (stderr: string): Record<string, number> => {
   const counted: Record<string, number> = {};
-  for (const line of stderr.split('\n')) {
-    if (!line.startsWith('{')) continue;
-    try {
-      const entry = JSON.parse(line) as { level?: string; message?: string; error?: unknown };
-      if (entry.level !== 'WARN' && entry.level !== 'ERROR') continue;
-      // Our log lines carry the error described (a string); Powertools logs an Error as an object.
-      const { error } = entry;
-      const cause = typeof error === 'string' ? error : (error as { message?: string } | undefined)?.message;
-      const key = [entry.message, cause].filter(Boolean).join(': ');
-      counted[key] = (counted[key] ?? 0) + 1;
-    } catch {
-      // Not a log line.
-    }
+  for (const entry of stderr.split('\n').map(parseLogLine)) {
+    if (entry?.level !== 'WARN' && entry?.level !== 'ERROR') continue;
+    // Our log lines carry the error described (a string); Powertools logs an Error as an object.
+    const { error } = entry;
+    const cause = typeof error === 'string' ? error : (error as { message?: string } | undefined)?.message;
+    const key = [entry.message, cause].filter(Boolean).join(': ');
+    counted[key] = (counted[key] ?? 0) + 1;
   }
   return counted;
 };

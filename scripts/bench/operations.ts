@@ -14,11 +14,13 @@ import { parseConfig } from '../../lambdas/core/config.ts';
 import { SOURCE_PIPELINING } from '../../lambdas/core/engine.ts';
 import { createEndpoint } from '../../lambdas/core/http.ts';
 import { createLog } from '../../lambdas/core/log.ts';
+import { planBatches } from '../../lambdas/core/move-study.ts';
 import { OrthancClient } from '../../lambdas/core/orthanc-client.ts';
 import type { StudyOutcome } from '../../lambdas/core/ports.ts';
-import { readAhead, worthReadingAhead } from '../../lambdas/core/read-ahead.ts';
+import { readAhead, readAheadLimits } from '../../lambdas/core/read-ahead.ts';
 import { LocalRunner } from '../../lambdas/local/local-runner.ts';
 import { openState } from '../../lambdas/local/sqlite-state.ts';
+import { configDefaults } from './options.ts';
 import type { PollerJob } from './poller-job.ts';
 
 export interface ServerRef {
@@ -309,31 +311,26 @@ const readAheadAll = async (
   job: ReadJob,
   counts: { series: number; requests: number; bytes: number; instances: number },
 ): Promise<void> => {
-  const defaults = parseConfig(
-    { sources: [{ id: 'bench', url: job.source.url }], destination: { url: `${job.source.url}/dicom-web` } },
-    'benchmark configuration',
-  );
   const source = new OrthancClient(
-    createEndpoint(job.source, defaults.timeouts, { pipelining: SOURCE_PIPELINING }),
+    createEndpoint(job.source, configDefaults.timeouts, { pipelining: SOURCE_PIPELINING }),
   );
-  const { maxInstances, readAheadInstances, readAheadBytes } = defaults.stow;
-  const batches = job.series.flatMap((series) =>
-    Array.from({ length: Math.ceil(series.instanceIds.length / maxInstances) }, (_, index) =>
-      series.instanceIds.slice(index * maxInstances, (index + 1) * maxInstances),
-    ),
+  // Cut as the relay cuts them; the sizes are the set's average, the attachments unknown here.
+  const instances = job.series.flatMap((series) =>
+    series.instanceIds.map((id) => ({
+      id,
+      sopInstanceUid: id,
+      seriesId: series.seriesInstanceUid,
+      fileSize: job.instanceBytes,
+      fileUuid: '',
+    })),
   );
-  await runBounded(batches, job.concurrency, async (ids) => {
-    const items = ids.map((id) => ({ id, sopInstanceUid: id, fileSize: job.instanceBytes }));
+  await runBounded(planBatches(instances, configDefaults.stow), job.concurrency, async (batch) => {
     const lane = await source.lane();
     const open = (item: { id: string }, ahead: boolean) =>
       source.openInstance(item.id, undefined, ahead ? { lane } : {});
     try {
-      // As the relay decides it: not at all where the source answers at once.
-      const limits = {
-        instances: worthReadingAhead(source.quickestAnswerMs()) ? readAheadInstances : 0,
-        bytes: readAheadBytes,
-      };
-      for (const part of readAhead(items, open, limits)) {
+      const limits = readAheadLimits(configDefaults.stow, source.quickestAnswerMs());
+      for (const part of readAhead(batch, open, limits)) {
         const stream = await part.open();
         if (stream === undefined) throw new Error('an instance of the set is gone from the source');
         for await (const chunk of stream) counts.bytes += (chunk as Buffer).length;

@@ -110,7 +110,7 @@ export interface BenchOptions {
 }
 
 /** The configuration's defaults (lambdas/core/config.ts), read from its schema so that they cannot drift. */
-const configDefaults = parseConfig({
+export const configDefaults = parseConfig({
   sources: [{ id: 'defaults', url: 'http://127.0.0.1:8042' }],
   destination: { url: 'http://127.0.0.1:8043/dicom-web' },
 });
